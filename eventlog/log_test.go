@@ -1,0 +1,214 @@
+package eventlog_test
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func open(t *testing.T, dir string) *eventlog.Log {
+	t.Helper()
+	l, err := eventlog.Open(t.Context(), eventlog.Config{DataDir: dir, AckWait: time.Second})
+	require.NoError(t, err)
+	return l
+}
+
+func setup(t *testing.T) *eventlog.Log {
+	t.Helper()
+	l := open(t, t.TempDir())
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func record(id string, kind taskhubv1.EventKind, state taskhubv1.TaskState) *storagev1.Record {
+	return &storagev1.Record{Event: &taskhubv1.TaskEvent{
+		Kind: kind,
+		Task: &taskhubv1.Task{Id: id, Owner: "alice", Prompt: "p", Mode: "demo", State: state},
+	}}
+}
+
+func TestLog_AppendFencesAndDeduplicates(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+
+	seq, dup, err := l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "alice:key")
+	require.NoError(t, err)
+	require.False(t, dup)
+	require.Equal(t, uint64(1), seq)
+
+	// A second create of the same task: the fence refuses it.
+	_, _, err = l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "")
+	require.ErrorIs(t, err, eventlog.ErrConflict)
+
+	// The same idempotency key for another task id: nothing written, the first seq returned.
+	seq, dup, err = l.Append(ctx, "alice", "T2", record("T2", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "alice:key")
+	require.NoError(t, err)
+	require.True(t, dup)
+	require.Equal(t, uint64(1), seq)
+	_, err = l.Last(ctx, "alice", "T2")
+	require.ErrorIs(t, err, eventlog.ErrNotFound)
+
+	seq, _, err = l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.TaskState_TASK_STATE_RUNNING), 1, "")
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), seq)
+
+	e, err := l.Last(ctx, "*", "T1")
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), e.Seq)
+	require.Equal(t, uint64(2), e.Record.Event.Seq)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_RUNNING, e.Record.Event.Task.State)
+
+	e, err = l.Next(ctx, eventlog.OwnerFilter("alice"), 2)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), e.Seq)
+	_, err = l.Next(ctx, eventlog.OwnerFilter("alice"), 3)
+	require.ErrorIs(t, err, eventlog.ErrNotFound)
+	_, err = l.Next(ctx, eventlog.OwnerFilter("bob"), 1)
+	require.ErrorIs(t, err, eventlog.ErrNotFound)
+
+	ids, err := l.TaskIDs(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, []string{"T1"}, ids)
+}
+
+func TestLog_EpochSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	l := open(t, dir)
+	_, _, err := l.Append(t.Context(), "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "")
+	require.NoError(t, err)
+	epoch := l.Epoch()
+	require.NoError(t, l.Close())
+
+	l = open(t, dir)
+	defer l.Close()
+	require.Equal(t, epoch, l.Epoch())
+	first, last, err := l.Bounds(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), first)
+	require.Equal(t, uint64(1), last)
+
+	other := setup(t)
+	require.NotEqual(t, epoch, other.Epoch(), "a new log must have a new epoch")
+}
+
+func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+	var last = map[string]uint64{}
+	for i, id := range []string{"A", "B", "A", "C", "A"} {
+		seq, _, err := l.Append(ctx, "alice", id, record(id, taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), last[id], "")
+		require.NoError(t, err, i)
+		last[id] = seq
+	}
+
+	var mu sync.Mutex
+	var seqs, pendings []uint64
+	stop, err := l.Follow(ctx, func(e *eventlog.Entry, pending uint64) {
+		mu.Lock()
+		defer mu.Unlock()
+		seqs = append(seqs, e.Seq)
+		pendings = append(pendings, pending)
+	})
+	require.NoError(t, err)
+	defer stop()
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(c, seqs, 3)
+	}, 5*time.Second, 5*time.Millisecond)
+
+	_, _, err = l.Append(ctx, "alice", "B", record("B", taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), last["B"], "")
+	require.NoError(t, err)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(c, seqs, 4)
+	}, 5*time.Second, 5*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []uint64{2, 4, 5, 6}, seqs, "last of B, C, A in order, then the new B")
+	require.Equal(t, []uint64{2, 1, 0, 0}, pendings)
+}
+
+func TestLog_Queue(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+
+	require.NoError(t, l.Enqueue(ctx, "demo", "T1"))
+	require.NoError(t, l.Enqueue(ctx, "demo", "T1"), "enqueueing twice is not an error")
+	require.NoError(t, l.Enqueue(ctx, "demo", "T2"))
+
+	// A batch returns as soon as it is full.
+	ds, err := l.Fetch(ctx, "demo", 2, time.Second)
+	require.NoError(t, err)
+	require.Len(t, ds, 2)
+	require.Equal(t, "T1", ds[0].TaskID)
+	require.Equal(t, uint64(1), ds[0].Delivered)
+
+	// Release T1 at once; it comes back with a second delivery of the same message.
+	require.NoError(t, l.Release(ds[0].AckSubject, 0))
+	again, err := l.Fetch(ctx, "demo", 1, time.Second)
+	require.NoError(t, err)
+	require.Len(t, again, 1)
+	require.Equal(t, "T1", again[0].TaskID)
+	require.Equal(t, ds[0].QueueSeq, again[0].QueueSeq)
+	require.Equal(t, uint64(2), again[0].Delivered)
+
+	// Ack T1; dequeue T2 while delivered. Nothing comes back, even after the ack wait (1s).
+	require.NoError(t, l.Ack(ctx, again[0].AckSubject))
+	require.NoError(t, l.Dequeue(ctx, "demo", "T2"))
+	none, err := l.Fetch(ctx, "demo", 1, 1500*time.Millisecond)
+	require.NoError(t, err)
+	require.Empty(t, none)
+
+	// An unrenewed delivery comes back after the ack wait; a renewed one does not.
+	require.NoError(t, l.Enqueue(ctx, "demo", "T3"))
+	require.NoError(t, l.Enqueue(ctx, "demo", "T4"))
+	ds, err = l.Fetch(ctx, "demo", 2, time.Second)
+	require.NoError(t, err)
+	require.Len(t, ds, 2)
+	stopRenew := make(chan struct{})
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopRenew:
+				return
+			case <-tick.C:
+				_ = l.Renew(ds[1].AckSubject)
+			}
+		}
+	}()
+	back, err := l.Fetch(ctx, "demo", 1, 3*time.Second)
+	require.NoError(t, err)
+	require.Len(t, back, 1)
+	require.Equal(t, "T3", back[0].TaskID)
+	require.NoError(t, l.Ack(ctx, back[0].AckSubject))
+	none, err = l.Fetch(ctx, "demo", 1, 1500*time.Millisecond)
+	close(stopRenew)
+	<-renewed
+	require.NoError(t, err)
+	require.Empty(t, none, "T4 is renewed, so it must not come back")
+
+	none, err = l.Fetch(ctx, "other", 1, 0)
+	require.NoError(t, err)
+	require.Empty(t, none)
+}
