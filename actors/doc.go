@@ -1,0 +1,30 @@
+// Package actors is the task hub: a supervisor actor that owns one actor per live task, one
+// subscriber actor per watching client, the feed that follows the event log, and the dispatcher
+// that hands queued tasks to claiming workers. Hub is its only API; no PID leaks out.
+//
+// # Who writes what
+//
+// A task actor is the only writer of its task. It validates each command against the task's
+// current state, appends the resulting event to the event log (fenced on the task's last
+// sequence, so a second writer anywhere is refused and the actor reloads), and only then replies.
+// A task actor that panics is restarted by the supervisor and reloads its state from the log.
+//
+// # How events reach watchers
+//
+// Events are published through the log: one follower per process reads the event stream in
+// sequence order and hands each event, built once and shared read-only, to the subscriber actors
+// of its owner. So every watcher sees events in strictly increasing seq order, sees only what is
+// durable, and events from other processes (an external NATS cluster) arrive the same way.
+//
+// A subscriber registers with the follower and reads the log in one step that cannot interleave
+// with an event, so its snapshot or replay ends exactly where live events begin: no gap, no
+// duplicate. Its outbox is bounded: the progress of one task is coalesced to the latest, and when
+// even that overflows the subscriber stops taking live events, lets the client drain, and refills
+// from the log from the last seq it queued. Nothing is lost, memory stays bounded, and a slow
+// client never blocks the follower or the task actors.
+//
+// # Concurrency
+//
+// Hub methods are safe for concurrent use. Messages between actors are pointers to structs that
+// are never mutated after sending; events and tasks handed to watchers are shared and read-only.
+package actors

@@ -1,0 +1,178 @@
+package actors
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// item is one message for watchers: built once, shared read-only by every outbox it goes to.
+type item struct {
+	seq    uint64
+	taskID string
+	kind   taskhubv1.EventKind // EVENT_KIND_UNSPECIFIED for a snapshot
+	resp   *taskhubv1.WatchTasksResponse
+}
+
+// eventItem builds the watcher message of a log entry. The lease stays behind.
+func eventItem(e *eventlog.Entry) *item {
+	ev := e.Record.Event
+	return &item{
+		seq:    e.Seq,
+		taskID: ev.Task.Id,
+		kind:   ev.Kind,
+		resp:   &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: ev}},
+	}
+}
+
+// feed follows the event log in sequence order. It keeps the active tasks of every owner and
+// hands each event to the subscribers of its owner. Subscribing takes the position and the
+// active tasks under the same lock that applying an event takes, so a subscriber gets exactly
+// the events after its snapshot.
+type feed struct {
+	root   *actor.RootContext
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	pos    uint64                                // the last sequence applied
+	active map[string]map[string]*taskhubv1.Task // owner -> task id -> task (queued or running)
+	subs   map[string]map[*actor.PID]struct{}    // owner -> subscriber actors
+	ready  chan struct{}                         // closed once every task has been read
+	once   sync.Once
+	stop   func()
+}
+
+func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *slog.Logger) (*feed, error) {
+	f := &feed{
+		root:   root,
+		logger: logger,
+		active: map[string]map[string]*taskhubv1.Task{},
+		subs:   map[string]map[*actor.PID]struct{}{},
+		ready:  make(chan struct{}),
+	}
+	first, last, err := log.Bounds(ctx)
+	if err != nil {
+		return nil, taskhub.Errorf(taskhub.Unavailable, "read the event log: %v", err)
+	}
+	if first == 0 {
+		f.pos = last
+		f.markReady()
+	}
+	f.stop, err = log.Follow(ctx, f.apply)
+	if err != nil {
+		return nil, taskhub.Errorf(taskhub.Unavailable, "follow the event log: %v", err)
+	}
+	select {
+	case <-f.ready:
+		return f, nil
+	case <-ctx.Done():
+		f.stop()
+		return nil, taskhub.Errorf(taskhub.Unavailable, "read the event log: %v", ctx.Err())
+	}
+}
+
+func (f *feed) markReady() { f.once.Do(func() { close(f.ready) }) }
+
+// apply is called by the log's follower, one entry at a time, in sequence order.
+func (f *feed) apply(e *eventlog.Entry, pending uint64) {
+	var it *item
+	if e.Record != nil {
+		it = eventItem(e)
+	}
+	f.mu.Lock()
+	if e.Seq > f.pos {
+		if it != nil {
+			t := it.resp.GetEvent().Task
+			tasks := f.active[t.Owner]
+			if terminal(t.State) {
+				delete(tasks, t.Id)
+				if len(tasks) == 0 {
+					delete(f.active, t.Owner)
+				}
+			} else {
+				if tasks == nil {
+					tasks = map[string]*taskhubv1.Task{}
+					f.active[t.Owner] = tasks
+				}
+				tasks[t.Id] = t
+			}
+			for pid := range f.subs[t.Owner] {
+				f.root.Send(pid, it)
+			}
+		}
+		f.pos = e.Seq
+	}
+	f.mu.Unlock()
+	if pending == 0 {
+		f.markReady()
+	}
+}
+
+// subscribe registers pid for the events of owner after the returned position, and returns the
+// owner's active tasks as of that position, newest first.
+func (f *feed) subscribe(owner string, pid *actor.PID) (pos uint64, active []*taskhubv1.Task) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	subs := f.subs[owner]
+	if subs == nil {
+		subs = map[*actor.PID]struct{}{}
+		f.subs[owner] = subs
+	}
+	subs[pid] = struct{}{}
+	for _, t := range f.active[owner] {
+		active = append(active, t)
+	}
+	slices.SortFunc(active, func(a, b *taskhubv1.Task) int { return cmp.Compare(b.Id, a.Id) })
+	return f.pos, active
+}
+
+func (f *feed) unsubscribe(owner string, pid *actor.PID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.subs[owner], pid)
+	if len(f.subs[owner]) == 0 {
+		delete(f.subs, owner)
+	}
+}
+
+// position is the last sequence applied.
+func (f *feed) position() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pos
+}
+
+// activeTasks returns every queued or running task.
+func (f *feed) activeTasks() []*taskhubv1.Task {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*taskhubv1.Task
+	for _, tasks := range f.active {
+		for _, t := range tasks {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// subscribers returns every registered subscriber.
+func (f *feed) subscribers() []*actor.PID {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*actor.PID
+	for _, subs := range f.subs {
+		for pid := range subs {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

@@ -1,0 +1,407 @@
+package actors
+
+import (
+	"cmp"
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// Log is the event log and task queue the hub persists to; *eventlog.Log implements it. The
+// method contracts are those of eventlog.Log.
+type Log interface {
+	Epoch() string
+	Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (seq uint64, dup bool, err error)
+	Last(ctx context.Context, owner, id string) (*eventlog.Entry, error)
+	Get(ctx context.Context, seq uint64) (*eventlog.Entry, error)
+	Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error)
+	Bounds(ctx context.Context) (first, last uint64, err error)
+	TaskIDs(ctx context.Context, owner string) ([]string, error)
+	Follow(ctx context.Context, fn func(e *eventlog.Entry, pending uint64)) (stop func(), err error)
+
+	Enqueue(ctx context.Context, mode, id string) error
+	Dequeue(ctx context.Context, mode, id string) error
+	Fetch(ctx context.Context, mode string, max int, wait time.Duration) ([]eventlog.Delivery, error)
+	Renew(ackSubject string) error
+	Release(ackSubject string, delay time.Duration) error
+	Ack(ctx context.Context, ackSubject string) error
+}
+
+// Config configures a Hub. Zero values take the defaults in brackets.
+type Config struct {
+	Log    Log
+	Logger *slog.Logger // [slog.Default()]
+	// LeaseTimeout is how long a claimed task stays leased without a report [30s].
+	LeaseTimeout time.Duration
+	// MaxAttempts is how many times a task may be claimed before a lease expiry or a
+	// retryable failure fails it for good [3].
+	MaxAttempts int
+	// Modes, when not empty, are the only modes tasks may be created in.
+	Modes []string
+	// ParamCheck, when set, validates a new task's params for its mode (built-in executors
+	// use it to refuse params they cannot run).
+	ParamCheck func(mode string, params map[string]string) error
+	// Heartbeat is how often an idle watch gets a heartbeat [15s].
+	Heartbeat time.Duration
+	// OutboxLimit bounds each watcher's queue, in events [1024].
+	OutboxLimit int
+	// IdleTimeout is how long a task actor with nothing to do stays in memory [1m].
+	IdleTimeout time.Duration
+	// CallTimeout bounds each call into the actors and the log [10s].
+	CallTimeout time.Duration
+}
+
+// Hub is the API of the task hub. Its methods take the caller's identity (an owner, or a worker
+// name; "" when auth is off) from the transport, which has authenticated it.
+type Hub struct {
+	cfg        Config
+	log        Log
+	logger     *slog.Logger
+	system     *actor.ActorSystem
+	root       *actor.RootContext
+	supervisor *actor.PID
+	feed       *feed
+	claims     *claims
+	cancel     context.CancelFunc
+	closeOnce  sync.Once
+	now        func() time.Time
+}
+
+// Open starts the hub: it reads the active tasks from the log, then resumes what they were
+// doing (lease timers of running tasks, queueing of queued ones).
+func Open(ctx context.Context, cfg Config) (*Hub, error) {
+	if cfg.Log == nil {
+		return nil, errors.New("actors: Config.Log is required")
+	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	cfg.LeaseTimeout = cmp.Or(cfg.LeaseTimeout, 30*time.Second)
+	cfg.MaxAttempts = cmp.Or(cfg.MaxAttempts, 3)
+	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, 15*time.Second)
+	cfg.OutboxLimit = cmp.Or(cfg.OutboxLimit, 1024)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, time.Minute)
+	cfg.CallTimeout = cmp.Or(cfg.CallTimeout, 10*time.Second)
+	for _, m := range cfg.Modes {
+		if err := taskhub.ValidateMode(m); err != nil {
+			return nil, err
+		}
+	}
+
+	protoLogger := slog.New(minLevel{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "protoactor")
+	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return protoLogger }))
+	life, cancel := context.WithCancel(context.Background())
+	h := &Hub{
+		cfg:    cfg,
+		log:    cfg.Log,
+		logger: cfg.Logger,
+		system: system,
+		root:   system.Root,
+		cancel: cancel,
+		now:    time.Now,
+	}
+	var err error
+	h.feed, err = startFeed(ctx, h.log, h.root, h.logger)
+	if err != nil {
+		cancel()
+		system.Shutdown()
+		return nil, err
+	}
+	h.claims = newClaims(life, h.log, h.logger)
+	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
+		actor.WithSupervisor(supervisorStrategy())))
+	for _, t := range h.feed.activeTasks() {
+		h.root.Send(h.supervisor, &toTask{id: t.Id, cmd: &wakeCmd{}})
+	}
+	return h, nil
+}
+
+// Close ends every watch (their streams get Unavailable) and stops the actors. Calls under
+// way may fail with Unavailable.
+func (h *Hub) Close() error {
+	h.closeOnce.Do(func() {
+		h.cancel()
+		if h.feed.stop != nil {
+			h.feed.stop()
+		}
+		for _, pid := range h.feed.subscribers() {
+			_ = h.root.StopFuture(pid).Wait()
+		}
+		_ = h.root.StopFuture(h.supervisor).Wait()
+		h.claims.wait()
+		h.system.Shutdown()
+	})
+	return nil
+}
+
+// Epoch is the event log's identity, as snapshots carry it.
+func (h *Hub) Epoch() string { return h.log.Epoch() }
+
+// ask sends cmd to the actor of task id and waits for its reply.
+func (h *Hub) ask(id string, cmd any) *taskReply {
+	res, err := h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd}, h.cfg.CallTimeout).Result()
+	if err != nil {
+		return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "task %s did not answer: %v", id, err)}
+	}
+	return res.(*taskReply)
+}
+
+// CreateTask queues a new task of owner. It returns once the task is durable.
+func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpec) (*taskhubv1.Task, error) {
+	spec.Mode = cmp.Or(spec.Mode, taskhub.DefaultMode)
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if len(h.cfg.Modes) > 0 && !slices.Contains(h.cfg.Modes, spec.Mode) {
+		return nil, taskhub.Errorf(taskhub.Invalid, "mode %q is not enabled on this server; enabled modes: %s", spec.Mode, strings.Join(h.cfg.Modes, ", "))
+	}
+	if h.cfg.ParamCheck != nil {
+		if err := h.cfg.ParamCheck(spec.Mode, spec.Params); err != nil {
+			return nil, err
+		}
+	}
+	now := h.now()
+	id := taskhub.NewTaskID(now)
+	msgID := "create:" + id
+	if spec.IdempotencyKey != "" {
+		msgID = "create:" + owner + ":" + spec.IdempotencyKey
+	}
+	ts := timestamppb.New(now)
+	t := &taskhubv1.Task{
+		Id:        id,
+		Owner:     owner,
+		Prompt:    spec.Prompt,
+		Mode:      spec.Mode,
+		Params:    spec.Params,
+		State:     taskhubv1.TaskState_TASK_STATE_QUEUED,
+		Attempt:   1,
+		CreatedAt: ts,
+		UpdatedAt: ts,
+	}
+	r := h.ask(id, &createCmd{task: t, msgID: msgID})
+	return r.task, r.err
+}
+
+// GetTask returns owner's task id as it is now.
+func (h *Hub) GetTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error) {
+	if err := taskhub.ValidateTaskID(id); err != nil {
+		return nil, err
+	}
+	e, err := h.log.Last(ctx, owner, id)
+	if errors.Is(err, eventlog.ErrNotFound) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, taskhub.Errorf(taskhub.Unavailable, "get task %s: %v", id, err)
+	}
+	return e.Record.Event.Task, nil
+}
+
+// ListTasks returns a page of owner's tasks, newest first, in the given states (all if none).
+func (h *Hub) ListTasks(ctx context.Context, owner string, states []taskhubv1.TaskState, pageSize int, pageToken string) ([]*taskhubv1.Task, string, error) {
+	switch {
+	case pageSize == 0:
+		pageSize = 50
+	case pageSize < 0 || pageSize > 500:
+		return nil, "", taskhub.Errorf(taskhub.Invalid, "page_size must be 1..500: got %d", pageSize)
+	}
+	var want map[taskhubv1.TaskState]bool
+	for _, s := range states {
+		if _, ok := taskhubv1.TaskState_name[int32(s)]; !ok || s == taskhubv1.TaskState_TASK_STATE_UNSPECIFIED {
+			return nil, "", taskhub.Errorf(taskhub.Invalid, "states: %d is not a task state", s)
+		}
+		if want == nil {
+			want = map[taskhubv1.TaskState]bool{}
+		}
+		want[s] = true
+	}
+	before := ""
+	if pageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(pageToken)
+		if err != nil || taskhub.ValidateTaskID(string(b)) != nil {
+			return nil, "", taskhub.Errorf(taskhub.Invalid, "page_token is not one this server issued")
+		}
+		before = string(b)
+	}
+	ids, err := h.log.TaskIDs(ctx, owner)
+	if err != nil {
+		return nil, "", taskhub.Errorf(taskhub.Unavailable, "list tasks: %v", err)
+	}
+	slices.SortFunc(ids, func(a, b string) int { return cmp.Compare(b, a) })
+	var out []*taskhubv1.Task
+	for _, id := range ids {
+		if before != "" && id >= before {
+			continue
+		}
+		if len(out) == pageSize {
+			return out, base64.RawURLEncoding.EncodeToString([]byte(out[len(out)-1].Id)), nil
+		}
+		e, err := h.log.Last(ctx, owner, id)
+		if errors.Is(err, eventlog.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, "", taskhub.Errorf(taskhub.Unavailable, "list tasks: %v", err)
+		}
+		if t := e.Record.Event.Task; want == nil || want[t.State] {
+			out = append(out, t)
+		}
+	}
+	return out, "", nil
+}
+
+// CancelTask cancels owner's task id if it is queued or running.
+func (h *Hub) CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error) {
+	if err := taskhub.ValidateTaskID(id); err != nil {
+		return nil, err
+	}
+	r := h.ask(id, &cancelCmd{owner: owner})
+	return r.task, r.err
+}
+
+// Watch starts a watch of owner's tasks: a snapshot, then every change. With the log's epoch
+// and an afterSeq it still covers, the snapshot is recovered and the events after afterSeq are
+// replayed first. The caller must Close it.
+func (h *Hub) Watch(ctx context.Context, owner, epoch string, afterSeq uint64) (*Watch, error) {
+	select {
+	case <-h.claims.ctx.Done():
+		return nil, taskhub.Errorf(taskhub.Unavailable, "the server is shutting down")
+	default:
+	}
+	out := newOutbox(h.cfg.OutboxLimit)
+	pid := h.root.Spawn(actor.PropsFromProducer(func() actor.Actor {
+		return &subscriber{h: h, owner: owner, epoch: epoch, after: afterSeq, out: out}
+	}))
+	return &Watch{root: h.root, pid: pid, out: out, heartbeat: h.cfg.Heartbeat}, nil
+}
+
+// Claim is a task handed to a worker, with the lease that proves it.
+type Claim struct {
+	Task         *taskhubv1.Task
+	LeaseToken   string
+	LeaseExpires time.Time
+}
+
+// ClaimTask takes a queued task of one of modes for worker (the authenticated worker, "" when
+// auth is off), naming workerID as its runner. It waits up to wait for one and returns nil if
+// none came.
+func (h *Hub) ClaimTask(ctx context.Context, worker, workerID string, modes []string, wait time.Duration) (*Claim, error) {
+	if err := taskhub.ValidateWorkerID(workerID); err != nil {
+		return nil, err
+	}
+	if len(modes) == 0 || len(modes) > taskhub.MaxClaimModes {
+		return nil, taskhub.Errorf(taskhub.Invalid, "modes: give 1 to %d modes: got %d", taskhub.MaxClaimModes, len(modes))
+	}
+	for _, m := range modes {
+		if err := taskhub.ValidateMode(m); err != nil {
+			return nil, err
+		}
+	}
+	if wait < 0 || wait > taskhub.MaxClaimWait {
+		return nil, taskhub.Errorf(taskhub.Invalid, "wait_seconds must be 0..%d: got %v", int(taskhub.MaxClaimWait.Seconds()), wait.Seconds())
+	}
+	modes = slices.Compact(slices.Sorted(slices.Values(modes)))
+	deadline := h.now().Add(wait)
+	for {
+		d, err := h.claims.next(ctx, modes, time.Until(deadline))
+		if err != nil {
+			return nil, taskhub.Errorf(taskhub.Unavailable, "claim: %v", err)
+		}
+		if d == nil {
+			return nil, nil
+		}
+		r := h.ask(d.TaskID, &claimCmd{worker: worker, workerID: workerID, delivery: *d})
+		if r.err != nil {
+			// Give the task back at once rather than after the ack wait.
+			_ = h.log.Release(d.AckSubject, 0)
+			return nil, r.err
+		}
+		if r.claimed {
+			return &Claim{Task: r.task, LeaseToken: r.leaseToken, LeaseExpires: r.leaseExpires}, nil
+		}
+		if time.Until(deadline) <= 0 && wait > 0 {
+			return nil, nil
+		}
+	}
+}
+
+// ReportProgress records progress on a task worker holds the lease of, and renews the lease.
+// cancelRequested is true when the task was cancelled: the worker should stop.
+func (h *Hub) ReportProgress(ctx context.Context, worker, id, token string, progress float64, message string) (cancelRequested bool, leaseExpires time.Time, err error) {
+	if err := checkWork(id, token); err != nil {
+		return false, time.Time{}, err
+	}
+	if err := taskhub.ValidateProgress(progress, message); err != nil {
+		return false, time.Time{}, err
+	}
+	r := h.ask(id, &reportCmd{worker: worker, token: token, progress: progress, message: message})
+	return r.cancelRequested, r.leaseExpires, r.err
+}
+
+// CompleteTask finishes a task worker holds the lease of with its result.
+func (h *Hub) CompleteTask(ctx context.Context, worker, id, token, result string) (*taskhubv1.Task, error) {
+	if err := checkWork(id, token); err != nil {
+		return nil, err
+	}
+	if err := taskhub.ValidateResult(result); err != nil {
+		return nil, err
+	}
+	r := h.ask(id, &completeCmd{worker: worker, token: token, result: result})
+	return r.task, r.err
+}
+
+// FailTask fails a task worker holds the lease of. A retryable failure requeues the task while
+// it has attempts left.
+func (h *Hub) FailTask(ctx context.Context, worker, id, token, text string, retryable bool) (*taskhubv1.Task, error) {
+	if err := checkWork(id, token); err != nil {
+		return nil, err
+	}
+	if err := taskhub.ValidateFailure(text); err != nil {
+		return nil, err
+	}
+	r := h.ask(id, &failCmd{worker: worker, token: token, text: text, retryable: retryable})
+	return r.task, r.err
+}
+
+func checkWork(id, token string) error {
+	if err := taskhub.ValidateTaskID(id); err != nil {
+		return err
+	}
+	if token == "" {
+		return taskhub.Errorf(taskhub.Invalid, "lease_token is required: use the one ClaimTask returned")
+	}
+	if len(token) > 128 {
+		return taskhub.Errorf(taskhub.Invalid, "lease_token is too long to be one this server issued")
+	}
+	return nil
+}
+
+// minLevel drops records below a level; the actor system's info chatter stays out of the logs.
+type minLevel struct {
+	slog.Handler
+	level slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.level && m.Handler.Enabled(ctx, l)
+}
+
+func (m minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{m.Handler.WithAttrs(attrs), m.level}
+}
+
+func (m minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{m.Handler.WithGroup(name), m.level}
+}

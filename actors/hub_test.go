@@ -1,0 +1,420 @@
+package actors_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+type bundle struct {
+	hub *actors.Hub
+	log *eventlog.Log
+	dir string
+}
+
+type options struct {
+	lease     time.Duration
+	attempts  int
+	outbox    int
+	heartbeat time.Duration
+	wrap      func(actors.Log) actors.Log
+}
+
+// setup opens a real embedded JetStream log in a temp dir and a hub on it.
+func setup(t *testing.T, o options) *bundle {
+	t.Helper()
+	b := &bundle{dir: t.TempDir()}
+	b.open(t, o)
+	t.Cleanup(b.close)
+	return b
+}
+
+func (b *bundle) open(t *testing.T, o options) {
+	t.Helper()
+	var err error
+	b.log, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: b.dir, AckWait: o.lease + time.Second, Logger: quiet()})
+	require.NoError(t, err)
+	var log actors.Log = b.log
+	if o.wrap != nil {
+		log = o.wrap(log)
+	}
+	b.hub, err = actors.Open(t.Context(), actors.Config{
+		Log:          log,
+		Logger:       quiet(),
+		LeaseTimeout: o.lease,
+		MaxAttempts:  o.attempts,
+		OutboxLimit:  o.outbox,
+		Heartbeat:    o.heartbeat,
+	})
+	require.NoError(t, err)
+}
+
+func (b *bundle) close() {
+	if b.hub != nil {
+		b.hub.Close()
+		b.log.Close()
+		b.hub = nil
+	}
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func codeOf(err error) taskhub.Code { return taskhub.ErrorCode(err) }
+
+func create(t *testing.T, h *actors.Hub, owner, prompt, mode string) *taskhubv1.Task {
+	t.Helper()
+	task, err := h.CreateTask(t.Context(), owner, taskhub.TaskSpec{Prompt: prompt, Mode: mode})
+	require.NoError(t, err)
+	return task
+}
+
+func claim(t *testing.T, h *actors.Hub, mode string) *actors.Claim {
+	t.Helper()
+	c, err := h.ClaimTask(t.Context(), "", "w1", []string{mode}, 5*time.Second)
+	require.NoError(t, err)
+	require.NotNil(t, c, "no task to claim")
+	return c
+}
+
+// watcher reads a watch on a goroutine, as a stream's send loop would, keeping what it got.
+type watcher struct {
+	t      *testing.T
+	w      *actors.Watch
+	mu     sync.Mutex
+	snap   *taskhubv1.Snapshot
+	events []*taskhubv1.TaskEvent
+	beats  []uint64
+	err    error
+	done   chan struct{}
+}
+
+func watch(t *testing.T, h *actors.Hub, owner, epoch string, after uint64) *watcher {
+	t.Helper()
+	w, err := h.Watch(t.Context(), owner, epoch, after)
+	require.NoError(t, err)
+	r := &watcher{t: t, w: w, done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(r.done)
+		for {
+			msgs, err := w.Next(ctx)
+			r.mu.Lock()
+			if err != nil {
+				r.err = err
+				r.mu.Unlock()
+				return
+			}
+			for _, m := range msgs {
+				switch {
+				case m.GetSnapshot() != nil:
+					if r.snap != nil {
+						r.err = errors.New("a second snapshot")
+					}
+					r.snap = m.GetSnapshot()
+				case m.GetEvent() != nil:
+					if r.snap == nil {
+						r.err = errors.New("an event before the snapshot")
+					}
+					r.events = append(r.events, m.GetEvent())
+				case m.GetHeartbeat() != nil:
+					r.beats = append(r.beats, m.GetHeartbeat().Seq)
+				}
+			}
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { r.stop(); cancel(); <-r.done })
+	return r
+}
+
+func (r *watcher) stop() { r.w.Close() }
+
+// wait waits until the watcher has a snapshot and at least n events, and returns them.
+func (r *watcher) wait(n int) (*taskhubv1.Snapshot, []*taskhubv1.TaskEvent) {
+	r.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.mu.Lock()
+		snap, events, err := r.snap, slices.Clone(r.events), r.err
+		r.mu.Unlock()
+		if snap != nil && len(events) >= n {
+			return snap, events
+		}
+		if err != nil || time.Now().After(deadline) {
+			r.t.Fatalf("waiting for %d events, got %d: %v", n, len(events), err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func kinds(events []*taskhubv1.TaskEvent) []taskhubv1.EventKind {
+	var out []taskhubv1.EventKind
+	for _, e := range events {
+		out = append(out, e.Kind)
+	}
+	return out
+}
+
+func TestHub_Lifecycle(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+
+	w := watch(t, h, "alice", "", 0)
+	w.wait(0)
+
+	task := create(t, h, "alice", "a red fox", "paint")
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, task.State)
+	require.Equal(t, uint32(1), task.Attempt)
+	require.Equal(t, "alice", task.Owner)
+
+	c := claim(t, h, "paint")
+	require.Equal(t, task.Id, c.Task.Id)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_RUNNING, c.Task.State)
+	require.Equal(t, "w1", c.Task.WorkerId)
+	require.NotEmpty(t, c.LeaseToken)
+
+	for i, p := range []float64{10, 50, 90} {
+		w.wait(2 + i) // keep up, so nothing is coalesced
+		cancelled, expires, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, p, "step")
+		require.NoError(t, err)
+		require.False(t, cancelled)
+		require.WithinDuration(t, time.Now().Add(10*time.Second), expires, 2*time.Second)
+	}
+	done, err := h.CompleteTask(ctx, "", task.Id, c.LeaseToken, "a picture")
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, done.State)
+	require.Equal(t, "a picture", done.Result)
+	require.Equal(t, float64(100), done.Progress)
+
+	got, err := h.GetTask(ctx, "alice", task.Id)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, got.State)
+
+	snap, events := w.wait(6)
+	require.False(t, snap.Recovered)
+	require.Empty(t, snap.Tasks)
+	require.Equal(t, h.Epoch(), snap.Epoch)
+	// The watcher keeps up, so nothing is coalesced: every event arrives, in seq order.
+	require.Equal(t, []taskhubv1.EventKind{
+		taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.EventKind_EVENT_KIND_STARTED,
+		taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.EventKind_EVENT_KIND_PROGRESS,
+		taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.EventKind_EVENT_KIND_COMPLETED,
+	}, kinds(events))
+	for i, e := range events {
+		require.Equal(t, snap.Seq+uint64(i)+1, e.Seq)
+	}
+	require.Equal(t, float64(50), events[3].Task.Progress)
+
+	// Illegal transitions change nothing.
+	_, _, err = h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 95, "late")
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+	_, err = h.CompleteTask(ctx, "", task.Id, c.LeaseToken, "again")
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+	_, err = h.CancelTask(ctx, "alice", task.Id)
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+	got, err = h.GetTask(ctx, "alice", task.Id)
+	require.NoError(t, err)
+	require.Equal(t, "a picture", got.Result)
+	require.True(t, got.UpdatedAt.AsTime().Equal(done.UpdatedAt.AsTime()))
+}
+
+func TestHub_Errors(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+	task := create(t, h, "alice", "x", "paint")
+	c := claim(t, h, "paint")
+	unknown := taskhub.NewTaskID(time.Now())
+
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want taskhub.Code
+	}{
+		{"empty prompt", func() error { _, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Mode: "paint"}); return err }, taskhub.Invalid},
+		{"malformed mode", func() error {
+			_, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "x", Mode: "Bad Mode"})
+			return err
+		}, taskhub.Invalid},
+		{"oversized prompt", func() error {
+			_, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: string(make([]byte, taskhub.MaxPromptBytes+1)), Mode: "paint"})
+			return err
+		}, taskhub.Invalid},
+		{"get unknown", func() error { _, err := h.GetTask(ctx, "alice", unknown); return err }, taskhub.NotFound},
+		{"get malformed id", func() error { _, err := h.GetTask(ctx, "alice", "tasks.>"); return err }, taskhub.Invalid},
+		{"get another owner's task", func() error { _, err := h.GetTask(ctx, "bob", task.Id); return err }, taskhub.NotFound},
+		{"cancel another owner's task", func() error { _, err := h.CancelTask(ctx, "bob", task.Id); return err }, taskhub.NotFound},
+		{"cancel unknown", func() error { _, err := h.CancelTask(ctx, "alice", unknown); return err }, taskhub.NotFound},
+		{"progress over 100", func() error {
+			_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 100.5, "")
+			return err
+		}, taskhub.Invalid},
+		{"progress below 0", func() error {
+			_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, -1, "")
+			return err
+		}, taskhub.Invalid},
+		{"wrong lease token", func() error {
+			_, _, err := h.ReportProgress(ctx, "", task.Id, "not-the-token", 10, "")
+			return err
+		}, taskhub.PermissionDenied},
+		{"another worker's lease", func() error {
+			_, _, err := h.ReportProgress(ctx, "mallory", task.Id, c.LeaseToken, 10, "")
+			return err
+		}, taskhub.PermissionDenied},
+		{"report on unknown task", func() error {
+			_, _, err := h.ReportProgress(ctx, "", unknown, c.LeaseToken, 10, "")
+			return err
+		}, taskhub.NotFound},
+		{"missing lease token", func() error { _, err := h.CompleteTask(ctx, "", task.Id, "", "r"); return err }, taskhub.Invalid},
+		{"empty failure text", func() error { _, err := h.FailTask(ctx, "", task.Id, c.LeaseToken, "", false); return err }, taskhub.Invalid},
+		{"claim without modes", func() error { _, err := h.ClaimTask(ctx, "", "w", nil, 0); return err }, taskhub.Invalid},
+		{"claim waits too long", func() error { _, err := h.ClaimTask(ctx, "", "w", []string{"paint"}, time.Hour); return err }, taskhub.Invalid},
+		{"list with a forged page token", func() error { _, _, err := h.ListTasks(ctx, "alice", nil, 10, "forged"); return err }, taskhub.Invalid},
+		{"list with a bad page size", func() error { _, _, err := h.ListTasks(ctx, "alice", nil, 501, ""); return err }, taskhub.Invalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			require.Error(t, err)
+			require.Equal(t, tc.want, codeOf(err), err.Error())
+		})
+	}
+
+	// None of that changed the task.
+	got, err := h.GetTask(ctx, "alice", task.Id)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_RUNNING, got.State)
+	require.Zero(t, got.Progress)
+}
+
+func TestHub_CancelReachesWorker(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+
+	queued := create(t, h, "alice", "queued", "paint")
+	got, err := h.CancelTask(ctx, "alice", queued.Id)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_CANCELLED, got.State)
+	none, err := h.ClaimTask(ctx, "", "w1", []string{"paint"}, 0)
+	require.NoError(t, err)
+	require.Nil(t, none, "a cancelled task must not be claimable")
+
+	running := create(t, h, "alice", "running", "paint")
+	c := claim(t, h, "paint")
+	require.Equal(t, running.Id, c.Task.Id)
+	_, err = h.CancelTask(ctx, "alice", running.Id)
+	require.NoError(t, err)
+	cancelled, _, err := h.ReportProgress(ctx, "", running.Id, c.LeaseToken, 50, "still going")
+	require.NoError(t, err)
+	require.True(t, cancelled)
+	_, err = h.CompleteTask(ctx, "", running.Id, c.LeaseToken, "too late")
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+	got, err = h.GetTask(ctx, "alice", running.Id)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_CANCELLED, got.State)
+	require.Zero(t, got.Progress, "the report after the cancel must not be recorded")
+}
+
+func TestHub_LeaseExpiryRequeuesThenFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 300 * time.Millisecond, attempts: 2})
+	h, ctx := b.hub, t.Context()
+	w := watch(t, h, "alice", "", 0)
+	task := create(t, h, "alice", "x", "paint")
+	first := claim(t, h, "paint")
+
+	// The worker goes silent: the lease expires and the task is requeued for attempt 2.
+	_, events := w.wait(3)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_REQUEUED, events[2].Kind)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, events[2].Task.State)
+	require.Equal(t, uint32(2), events[2].Task.Attempt)
+
+	// The old lease holder is refused, and changes nothing.
+	_, _, err := h.ReportProgress(ctx, "", task.Id, first.LeaseToken, 50, "late")
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+
+	// A second worker claims it (after the 1s backoff), then goes silent too: out of attempts.
+	second, err := h.ClaimTask(ctx, "", "w2", []string{"paint"}, 5*time.Second)
+	require.NoError(t, err)
+	require.NotNil(t, second)
+	require.Equal(t, task.Id, second.Task.Id)
+	require.Equal(t, "w2", second.Task.WorkerId)
+	_, _, err = h.ReportProgress(ctx, "", task.Id, first.LeaseToken, 50, "late")
+	require.Equal(t, taskhub.PermissionDenied, codeOf(err), err)
+
+	_, events = w.wait(5)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_STARTED, events[3].Kind)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_FAILED, events[4].Kind)
+	require.Contains(t, events[4].Task.Error, "gave up after 2 attempts")
+}
+
+func TestHub_IdempotentCreate(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+	spec := taskhub.TaskSpec{Prompt: "once", Mode: "paint", IdempotencyKey: "click-1"}
+	first, err := h.CreateTask(ctx, "alice", spec)
+	require.NoError(t, err)
+	again, err := h.CreateTask(ctx, "alice", spec)
+	require.NoError(t, err)
+	require.Equal(t, first.Id, again.Id)
+	other, err := h.CreateTask(ctx, "bob", spec)
+	require.NoError(t, err)
+	require.NotEqual(t, first.Id, other.Id, "keys are per owner")
+
+	tasks, _, err := h.ListTasks(ctx, "alice", nil, 10, "")
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+}
+
+func TestHub_ListPagesNewestFirst(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+	var ids []string
+	for range 5 {
+		ids = append(ids, create(t, h, "alice", "x", "paint").Id)
+	}
+	create(t, h, "bob", "not alice's", "paint")
+	_, err := h.CancelTask(ctx, "alice", ids[1])
+	require.NoError(t, err)
+
+	var seen []string
+	token := ""
+	for {
+		page, next, err := h.ListTasks(ctx, "alice", nil, 2, token)
+		require.NoError(t, err)
+		for _, task := range page {
+			seen = append(seen, task.Id)
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	require.Equal(t, []string{ids[4], ids[3], ids[2], ids[1], ids[0]}, seen)
+
+	cancelled, _, err := h.ListTasks(ctx, "alice", []taskhubv1.TaskState{taskhubv1.TaskState_TASK_STATE_CANCELLED}, 10, "")
+	require.NoError(t, err)
+	require.Len(t, cancelled, 1)
+	require.Equal(t, ids[1], cancelled[0].Id)
+}

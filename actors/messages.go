@@ -1,0 +1,60 @@
+package actors
+
+import (
+	"time"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// toTask asks the supervisor to deliver cmd to the actor of task id, spawning it if needed.
+type toTask struct {
+	id  string
+	cmd any
+}
+
+// passivate tells the supervisor that a task actor is idle and may be stopped.
+type passivate struct{ id string }
+
+// Commands to a task actor. Each is answered with a *taskReply when sent as a request.
+type (
+	createCmd struct {
+		task  *taskhubv1.Task
+		msgID string
+	}
+	cancelCmd struct{ owner string }
+	claimCmd  struct {
+		worker   string // the authenticated worker: the lease is theirs
+		workerID string // the name the task shows as its runner
+		delivery eventlog.Delivery
+	}
+	reportCmd struct {
+		worker, token string
+		progress      float64
+		message       string
+	}
+	completeCmd struct{ worker, token, result string }
+	failCmd     struct {
+		worker, token, text string
+		retryable           bool
+	}
+	// wakeCmd loads the task and resumes its timers and queueing (after a restart).
+	wakeCmd struct{}
+)
+
+// Timer messages a task actor sends itself.
+type (
+	leaseExpired struct{}
+	retryEnqueue struct{}
+)
+
+// taskReply answers a task command.
+type taskReply struct {
+	task            *taskhubv1.Task
+	claimed         bool
+	leaseToken      string
+	leaseExpires    time.Time
+	cancelRequested bool
+	err             error
+}

@@ -1,0 +1,175 @@
+package actors
+
+import (
+	"context"
+	"sync"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+)
+
+// outbox is the bounded queue between a subscriber actor and the goroutine that sends its
+// stream. A progress event replaces the queued progress event of the same task, if any, and
+// takes its place at the tail, so the seq order of what is queued never goes backwards. Only
+// progress is coalesced; every other event is kept until it is taken.
+type outbox struct {
+	mu        sync.Mutex
+	items     []*item        // in seq order; nil where a progress event was coalesced away
+	n         int            // non-nil items
+	progress  map[string]int // task id -> index in items of its queued progress event
+	limit     int
+	delivered uint64 // the seq of the last item taken
+	onDrain   func() // called once, after a take empties the outbox
+	err       error  // why the outbox was closed
+
+	signal chan struct{} // cap 1: items to take
+	room   chan struct{} // cap 1: items were taken
+	done   chan struct{} // closed by close
+}
+
+func newOutbox(limit int) *outbox {
+	return &outbox{
+		progress: map[string]int{},
+		limit:    limit,
+		signal:   make(chan struct{}, 1),
+		room:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
+}
+
+// push queues it and reports true, or reports false when the outbox is full.
+func (o *outbox) push(it *item) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.pushLocked(it)
+}
+
+func (o *outbox) pushLocked(it *item) bool {
+	if o.err != nil {
+		return true // closed: nobody will read it
+	}
+	progress := it.kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS
+	if progress {
+		if i, ok := o.progress[it.taskID]; ok {
+			o.items[i] = nil
+			o.n--
+			delete(o.progress, it.taskID)
+		}
+	}
+	if o.n >= o.limit {
+		return false
+	}
+	if len(o.items) >= 2*o.limit {
+		o.compact()
+	}
+	o.items = append(o.items, it)
+	o.n++
+	if progress {
+		o.progress[it.taskID] = len(o.items) - 1
+	}
+	select {
+	case o.signal <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// compact drops the holes that coalescing left.
+func (o *outbox) compact() {
+	kept := o.items[:0]
+	for _, it := range o.items {
+		if it != nil {
+			if it.kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS {
+				o.progress[it.taskID] = len(kept)
+			}
+			kept = append(kept, it)
+		}
+	}
+	clear(o.items[len(kept):])
+	o.items = kept
+}
+
+// pushWait queues it, waiting for room while the outbox is full.
+func (o *outbox) pushWait(ctx context.Context, it *item) error {
+	for {
+		o.mu.Lock()
+		if o.err != nil {
+			o.mu.Unlock()
+			return o.err
+		}
+		ok := o.pushLocked(it)
+		o.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-o.room:
+		case <-o.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// take moves every queued item into dst and returns it. With nothing queued it returns dst
+// empty, and the close error once the outbox is closed.
+func (o *outbox) take(dst []*item) ([]*item, error) {
+	dst = dst[:0]
+	o.mu.Lock()
+	if o.n == 0 {
+		err := o.err
+		o.mu.Unlock()
+		return dst, err
+	}
+	for _, it := range o.items {
+		if it != nil {
+			dst = append(dst, it)
+		}
+	}
+	clear(o.items)
+	o.items = o.items[:0]
+	clear(o.progress)
+	o.n = 0
+	o.delivered = dst[len(dst)-1].seq
+	drained := o.onDrain
+	o.onDrain = nil
+	o.mu.Unlock()
+
+	select {
+	case o.room <- struct{}{}:
+	default:
+	}
+	if drained != nil {
+		drained()
+	}
+	return dst, nil
+}
+
+// whenDrained calls f once the outbox is empty: now, or after the take that empties it.
+func (o *outbox) whenDrained(f func()) {
+	o.mu.Lock()
+	if o.n > 0 && o.err == nil {
+		o.onDrain = f
+		o.mu.Unlock()
+		return
+	}
+	o.mu.Unlock()
+	f()
+}
+
+// lastDelivered is the seq of the last item taken.
+func (o *outbox) lastDelivered() uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.delivered
+}
+
+// close ends the outbox with err: what is queued can still be taken, then take returns err.
+func (o *outbox) close(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return
+	}
+	o.err = err
+	close(o.done)
+}

@@ -1,0 +1,480 @@
+package actors
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// taskActor is the single writer of one task. Its state is the task's last event in the log;
+// it loads it on its first command (and again after a restart or a fence conflict).
+//
+// A task value, once stored in a.task, is never modified: every change builds a copy, so replies
+// and the log's encoder can share it.
+type taskActor struct {
+	h    *Hub
+	id   string
+	self *actor.PID
+	root *actor.RootContext
+
+	loaded  bool
+	task    *taskhubv1.Task // nil: no such task
+	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
+	lease   *storagev1.Lease
+	timer   *time.Timer // fires leaseExpired or retryEnqueue
+
+	enqueuePending bool // the task is queued in the log but not yet in the queue
+}
+
+// errCancelled marks a lease check on a task its owner cancelled.
+var errCancelled = errors.New("task cancelled")
+
+func (a *taskActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		a.self, a.root = ctx.Self(), ctx.ActorSystem().Root
+		ctx.SetReceiveTimeout(a.h.cfg.IdleTimeout)
+	case *actor.Stopping, *actor.Restarting:
+		a.stopTimer()
+	case *actor.ReceiveTimeout:
+		if a.task == nil || a.task.State != taskhubv1.TaskState_TASK_STATE_RUNNING && !a.enqueuePending {
+			ctx.Request(ctx.Parent(), &passivate{id: a.id})
+		}
+	case *toTask:
+		r := a.handle(m.cmd)
+		if ctx.Sender() != nil {
+			ctx.Respond(r)
+		}
+	case *leaseExpired:
+		a.handle(m)
+	case *retryEnqueue:
+		if a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
+			a.enqueue()
+		}
+	}
+}
+
+// handle applies cmd to the current state. When another writer appended first, it reloads and
+// applies cmd again to the new state.
+func (a *taskActor) handle(cmd any) *taskReply {
+	for range 3 {
+		if !a.loaded {
+			if err := a.load(); err != nil {
+				return &taskReply{err: err}
+			}
+		}
+		r := a.apply(cmd)
+		if !errors.Is(r.err, eventlog.ErrConflict) {
+			return r
+		}
+		a.loaded = false
+	}
+	return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "task %s is being changed elsewhere; retry", a.id)}
+}
+
+func (a *taskActor) apply(cmd any) *taskReply {
+	switch c := cmd.(type) {
+	case *createCmd:
+		return a.create(c)
+	case *cancelCmd:
+		return a.cancel(c)
+	case *claimCmd:
+		return a.claim(c)
+	case *reportCmd:
+		return a.report(c)
+	case *completeCmd:
+		return a.complete(c)
+	case *failCmd:
+		return a.fail(c)
+	case *leaseExpired:
+		return a.expire()
+	case *wakeCmd:
+		return a.wake()
+	}
+	return &taskReply{err: taskhub.Errorf(taskhub.Internal, "unknown command %T", cmd)}
+}
+
+func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
+}
+
+func (a *taskActor) load() error {
+	ctx, cancel := a.ctx()
+	defer cancel()
+	a.stopTimer()
+	e, err := a.h.log.Last(ctx, "*", a.id)
+	switch {
+	case errors.Is(err, eventlog.ErrNotFound):
+		a.task, a.lastSeq, a.lease = nil, 0, nil
+	case err != nil:
+		return taskhub.Errorf(taskhub.Unavailable, "cannot load task %s: %v", a.id, err)
+	default:
+		a.task, a.lastSeq, a.lease = e.Record.Event.Task, e.Seq, e.Record.Lease
+	}
+	a.loaded = true
+	if a.task.GetState() == taskhubv1.TaskState_TASK_STATE_RUNNING && a.lease != nil {
+		a.armTimer(a.lease.ExpiresAt.AsTime())
+	}
+	return nil
+}
+
+// append writes the event that turns the task into t and makes t the current state.
+func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *storagev1.Lease, msgID string) (seq uint64, dup bool, err error) {
+	now := timestamppb.New(a.h.now())
+	t.UpdatedAt = now
+	rec := &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: kind, Task: t, Time: now}, Lease: lease}
+	ctx, cancel := a.ctx()
+	defer cancel()
+	seq, dup, err = a.h.log.Append(ctx, t.Owner, t.Id, rec, a.lastSeq, msgID)
+	if err != nil {
+		if errors.Is(err, eventlog.ErrConflict) {
+			return 0, false, err
+		}
+		return 0, false, taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
+	}
+	if !dup {
+		a.task, a.lastSeq, a.lease = t, seq, lease
+	}
+	return seq, dup, nil
+}
+
+func (a *taskActor) create(c *createCmd) *taskReply {
+	if a.task != nil {
+		return &taskReply{task: a.task}
+	}
+	seq, dup, err := a.append(taskhubv1.EventKind_EVENT_KIND_CREATED, c.task, nil, c.msgID)
+	if err != nil {
+		return &taskReply{err: err}
+	}
+	if dup {
+		return a.firstCreated(seq)
+	}
+	a.enqueue()
+	return &taskReply{task: a.task}
+}
+
+// firstCreated answers a create whose idempotency key was used before, with the task created
+// then, as it is now. The first create may have been cut off before it queued the task, so
+// queue it (a no-op when it is queued already).
+func (a *taskActor) firstCreated(seq uint64) *taskReply {
+	ctx, cancel := a.ctx()
+	defer cancel()
+	first, err := a.h.log.Get(ctx, seq)
+	if err != nil {
+		if errors.Is(err, eventlog.ErrNotFound) {
+			return &taskReply{err: taskhub.Errorf(taskhub.FailedPrecondition, "the idempotency key was used for a task that no longer exists")}
+		}
+		return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)}
+	}
+	t := first.Record.Event.Task
+	cur, err := a.h.log.Last(ctx, t.Owner, t.Id)
+	if err != nil {
+		return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)}
+	}
+	if cur.Record.Event.Task.State == taskhubv1.TaskState_TASK_STATE_QUEUED {
+		if err := a.h.log.Enqueue(ctx, t.Mode, t.Id); err != nil {
+			a.h.logger.Warn("cannot queue task", "task", t.Id, "err", err)
+		}
+	}
+	return &taskReply{task: cur.Record.Event.Task}
+}
+
+// enqueue puts the task in its mode's queue, retrying every second while the queue is
+// unavailable. The create was acknowledged once its event was durable: the task is queued
+// eventually, by this actor or, if the process dies first, by the wake-up after a restart.
+func (a *taskActor) enqueue() {
+	ctx, cancel := a.ctx()
+	defer cancel()
+	if err := a.h.log.Enqueue(ctx, a.task.Mode, a.id); err != nil {
+		a.h.logger.Warn("cannot queue task; retrying", "task", a.id, "err", err)
+		a.enqueuePending = true
+		a.schedule(time.Second, &retryEnqueue{})
+		return
+	}
+	a.enqueuePending = false
+}
+
+func (a *taskActor) cancel(c *cancelCmd) *taskReply {
+	if a.task == nil || a.task.Owner != c.owner {
+		return &taskReply{err: notFound(a.id)}
+	}
+	if terminal(a.task.State) {
+		return &taskReply{err: taskhub.Errorf(taskhub.FailedPrecondition, "task %s is already %s", a.id, stateWord(a.task.State))}
+	}
+	was := a.task.State
+	t := a.next()
+	t.State = taskhubv1.TaskState_TASK_STATE_CANCELLED
+	t.FinishedAt = timestamppb.New(a.h.now())
+	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_CANCELLED, t, a.lease, ""); err != nil {
+		return &taskReply{err: err}
+	}
+	a.stopTimer()
+	a.leaveQueue(was)
+	return &taskReply{task: a.task}
+}
+
+// leaveQueue removes a finished task from the queue. Errors are only logged: a queue message
+// left behind is acked by the next claim that finds the task finished.
+func (a *taskActor) leaveQueue(was taskhubv1.TaskState) {
+	ctx, cancel := a.ctx()
+	defer cancel()
+	var err error
+	if was == taskhubv1.TaskState_TASK_STATE_RUNNING && a.lease != nil {
+		err = a.h.log.Ack(ctx, a.lease.AckSubject)
+	} else {
+		err = a.h.log.Dequeue(ctx, a.task.Mode, a.id)
+	}
+	if err != nil {
+		a.h.logger.Warn("cannot remove a finished task from the queue", "task", a.id, "err", err)
+	}
+}
+
+func (a *taskActor) claim(c *claimCmd) *taskReply {
+	d := c.delivery
+	ctx, cancel := a.ctx()
+	defer cancel()
+	switch {
+	case a.task == nil || terminal(a.task.State):
+		// A stale ticket: the task is gone or finished.
+		_ = a.h.log.Ack(ctx, d.AckSubject)
+		return &taskReply{}
+	case a.task.State == taskhubv1.TaskState_TASK_STATE_RUNNING:
+		if a.lease != nil && a.lease.QueueSeq == d.QueueSeq {
+			// JetStream redelivered the message this lease holds (its ack wait ran out before
+			// the lease did, for example across a restart): keep the lease, follow the delivery.
+			lease := proto.CloneOf(a.lease)
+			lease.AckSubject = d.AckSubject
+			a.lease = lease
+			_ = a.h.log.Renew(d.AckSubject)
+		} else {
+			_ = a.h.log.Ack(ctx, d.AckSubject)
+		}
+		return &taskReply{}
+	}
+
+	token := rand.Text()
+	hash := sha256.Sum256([]byte(token))
+	now := a.h.now()
+	expires := now.Add(a.h.cfg.LeaseTimeout)
+	lease := &storagev1.Lease{
+		TokenSha256: hash[:],
+		Worker:      c.worker,
+		ExpiresAt:   timestamppb.New(expires),
+		AckSubject:  d.AckSubject,
+		QueueSeq:    d.QueueSeq,
+	}
+	t := a.next()
+	t.State = taskhubv1.TaskState_TASK_STATE_RUNNING
+	t.StartedAt = timestamppb.New(now)
+	t.Progress, t.Message, t.WorkerId = 0, "", c.workerID
+	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_STARTED, t, lease, ""); err != nil {
+		return &taskReply{err: err}
+	}
+	a.armTimer(expires)
+	return &taskReply{task: a.task, claimed: true, leaseToken: token, leaseExpires: expires}
+}
+
+// checkLease returns nil when token proves worker's current, unexpired lease on the task.
+func (a *taskActor) checkLease(worker, token string) error {
+	if a.task == nil {
+		return notFound(a.id)
+	}
+	hash := sha256.Sum256([]byte(token))
+	if a.lease == nil || subtle.ConstantTimeCompare(hash[:], a.lease.TokenSha256) != 1 {
+		return taskhub.Errorf(taskhub.PermissionDenied, "the lease token does not match task %s's lease: only the worker that claimed it may report on it", a.id)
+	}
+	if a.lease.Worker != worker {
+		return taskhub.Errorf(taskhub.PermissionDenied, "task %s is leased to worker %q", a.id, a.lease.Worker)
+	}
+	switch a.task.State {
+	case taskhubv1.TaskState_TASK_STATE_RUNNING:
+		if a.h.now().Before(a.lease.ExpiresAt.AsTime()) {
+			return nil
+		}
+		if r := a.expire(); r.err != nil {
+			return r.err
+		}
+		return taskhub.Errorf(taskhub.FailedPrecondition, "the lease on task %s expired at %s; the task was %s",
+			a.id, a.lease.ExpiresAt.AsTime().Format(time.RFC3339Nano), requeuedOrFailed(a.task.State))
+	case taskhubv1.TaskState_TASK_STATE_QUEUED:
+		return taskhub.Errorf(taskhub.FailedPrecondition, "the lease on task %s expired at %s; the task was requeued",
+			a.id, a.lease.ExpiresAt.AsTime().Format(time.RFC3339Nano))
+	case taskhubv1.TaskState_TASK_STATE_CANCELLED:
+		return errCancelled
+	}
+	return taskhub.Errorf(taskhub.FailedPrecondition, "task %s is already %s", a.id, stateWord(a.task.State))
+}
+
+func (a *taskActor) report(c *reportCmd) *taskReply {
+	if err := a.checkLease(c.worker, c.token); err != nil {
+		if err == errCancelled {
+			return &taskReply{task: a.task, cancelRequested: true}
+		}
+		return &taskReply{err: err}
+	}
+	expires := a.h.now().Add(a.h.cfg.LeaseTimeout)
+	lease := proto.CloneOf(a.lease)
+	lease.ExpiresAt = timestamppb.New(expires)
+	t := a.next()
+	t.Progress, t.Message = c.progress, c.message
+	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_PROGRESS, t, lease, ""); err != nil {
+		return &taskReply{err: err}
+	}
+	_ = a.h.log.Renew(lease.AckSubject)
+	a.armTimer(expires)
+	return &taskReply{task: a.task, leaseExpires: expires}
+}
+
+func (a *taskActor) complete(c *completeCmd) *taskReply {
+	if err := a.checkLease(c.worker, c.token); err != nil {
+		if err == errCancelled {
+			err = taskhub.Errorf(taskhub.FailedPrecondition, "task %s was cancelled; its result is not kept", a.id)
+		}
+		return &taskReply{err: err}
+	}
+	t := a.next()
+	t.State = taskhubv1.TaskState_TASK_STATE_COMPLETED
+	t.Progress, t.Result = 100, c.result
+	t.FinishedAt = timestamppb.New(a.h.now())
+	return a.finish(taskhubv1.EventKind_EVENT_KIND_COMPLETED, t)
+}
+
+func (a *taskActor) fail(c *failCmd) *taskReply {
+	if err := a.checkLease(c.worker, c.token); err != nil {
+		if err == errCancelled {
+			err = taskhub.Errorf(taskhub.FailedPrecondition, "task %s was cancelled", a.id)
+		}
+		return &taskReply{err: err}
+	}
+	if c.retryable && int(a.task.Attempt) < a.h.cfg.MaxAttempts {
+		return a.requeue(fmt.Sprintf("attempt %d failed: %s", a.task.Attempt, c.text))
+	}
+	t := a.next()
+	t.State = taskhubv1.TaskState_TASK_STATE_FAILED
+	t.Error = c.text
+	if c.retryable {
+		t.Error = fmt.Sprintf("%s (gave up after %d attempts)", c.text, a.task.Attempt)
+	}
+	t.FinishedAt = timestamppb.New(a.h.now())
+	return a.finish(taskhubv1.EventKind_EVENT_KIND_FAILED, t)
+}
+
+// finish records a terminal event of a running task and takes it out of the queue.
+func (a *taskActor) finish(kind taskhubv1.EventKind, t *taskhubv1.Task) *taskReply {
+	if _, _, err := a.append(kind, t, a.lease, ""); err != nil {
+		return &taskReply{err: err}
+	}
+	a.stopTimer()
+	a.leaveQueue(taskhubv1.TaskState_TASK_STATE_RUNNING)
+	return &taskReply{task: a.task}
+}
+
+// expire requeues (or, out of attempts, fails) a running task whose lease has run out.
+func (a *taskActor) expire() *taskReply {
+	if a.task.GetState() != taskhubv1.TaskState_TASK_STATE_RUNNING || a.lease == nil {
+		return &taskReply{task: a.task}
+	}
+	if expires := a.lease.ExpiresAt.AsTime(); a.h.now().Before(expires) {
+		a.armTimer(expires)
+		return &taskReply{task: a.task}
+	}
+	reason := fmt.Sprintf("worker %q stopped reporting and its lease expired", a.task.WorkerId)
+	if int(a.task.Attempt) < a.h.cfg.MaxAttempts {
+		return a.requeue(reason)
+	}
+	t := a.next()
+	t.State = taskhubv1.TaskState_TASK_STATE_FAILED
+	t.Error = fmt.Sprintf("%s (gave up after %d attempts)", reason, a.task.Attempt)
+	t.FinishedAt = timestamppb.New(a.h.now())
+	return a.finish(taskhubv1.EventKind_EVENT_KIND_FAILED, t)
+}
+
+// requeue puts a running task back in the queue for its next attempt, after a backoff.
+func (a *taskActor) requeue(reason string) *taskReply {
+	t := a.next()
+	t.State = taskhubv1.TaskState_TASK_STATE_QUEUED
+	t.Attempt++
+	t.Progress, t.Message, t.StartedAt = 0, reason, nil
+	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_REQUEUED, t, a.lease, ""); err != nil {
+		return &taskReply{err: err}
+	}
+	a.stopTimer()
+	if err := a.h.log.Release(a.lease.AckSubject, backoff(t.Attempt)); err != nil {
+		a.h.logger.Warn("cannot release a requeued task; it returns after the ack wait", "task", a.id, "err", err)
+	}
+	return &taskReply{task: a.task}
+}
+
+// wake resumes what a task actor does on its own after a restart: expiring a running task's
+// lease, queueing a queued task.
+func (a *taskActor) wake() *taskReply {
+	switch a.task.GetState() {
+	case taskhubv1.TaskState_TASK_STATE_QUEUED:
+		a.enqueue()
+	case taskhubv1.TaskState_TASK_STATE_RUNNING:
+		// load armed the lease timer.
+	}
+	return &taskReply{task: a.task}
+}
+
+// next returns a copy of the current task to change into the next state.
+func (a *taskActor) next() *taskhubv1.Task { return proto.CloneOf(a.task) }
+
+func (a *taskActor) armTimer(at time.Time) {
+	a.schedule(time.Until(at), &leaseExpired{})
+}
+
+func (a *taskActor) schedule(d time.Duration, msg any) {
+	a.stopTimer()
+	self, root := a.self, a.root
+	a.timer = time.AfterFunc(d, func() { root.Send(self, msg) })
+}
+
+func (a *taskActor) stopTimer() {
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+}
+
+// backoff is the delay before attempt is offered to workers: 1s, 2s, 4s, ... up to 30s.
+func backoff(attempt uint32) time.Duration {
+	if attempt < 2 {
+		return 0
+	}
+	return min(time.Second<<min(attempt-2, 5), 30*time.Second)
+}
+
+func terminal(s taskhubv1.TaskState) bool {
+	return s == taskhubv1.TaskState_TASK_STATE_COMPLETED || s == taskhubv1.TaskState_TASK_STATE_FAILED ||
+		s == taskhubv1.TaskState_TASK_STATE_CANCELLED
+}
+
+// stateWord names a state in a sentence: "completed", "running".
+func stateWord(s taskhubv1.TaskState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "TASK_STATE_"))
+}
+
+func requeuedOrFailed(s taskhubv1.TaskState) string {
+	if s == taskhubv1.TaskState_TASK_STATE_QUEUED {
+		return "requeued"
+	}
+	return stateWord(s)
+}
+
+func notFound(id string) error { return taskhub.Errorf(taskhub.NotFound, "task %s not found", id) }

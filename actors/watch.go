@@ -1,0 +1,66 @@
+package actors
+
+import (
+	"context"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+)
+
+// Watch is one client's view of its tasks: what Hub.Watch started. Next is for one goroutine.
+type Watch struct {
+	root      *actor.RootContext
+	pid       *actor.PID
+	out       *outbox
+	heartbeat time.Duration
+	timer     *time.Timer
+	items     []*item
+	msgs      []*taskhubv1.WatchTasksResponse
+}
+
+// Next waits for the next messages to send: queued events, or a heartbeat when the watch has
+// been idle for the heartbeat interval. The messages are shared and must not be modified; the
+// slice is valid until the next call. It fails when ctx ends or the watch is closed (the error
+// is Unavailable when the hub is shutting down).
+func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, error) {
+	if w.timer == nil {
+		w.timer = time.NewTimer(w.heartbeat)
+	}
+	for {
+		var err error
+		w.items, err = w.out.take(w.items)
+		if len(w.items) > 0 {
+			w.msgs = w.msgs[:0]
+			for _, it := range w.items {
+				w.msgs = append(w.msgs, it.resp)
+			}
+			w.timer.Reset(w.heartbeat)
+			return w.msgs, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-w.out.signal:
+		case <-w.out.done:
+		case <-w.timer.C:
+			w.timer.Reset(w.heartbeat)
+			w.msgs = append(w.msgs[:0], &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{
+				Heartbeat: &taskhubv1.Heartbeat{Seq: w.out.lastDelivered()},
+			}})
+			return w.msgs, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Close ends the watch and frees its subscriber.
+func (w *Watch) Close() {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.root.Stop(w.pid)
+}
