@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -65,8 +66,9 @@ type Config struct {
 	CallTimeout time.Duration
 }
 
-// Hub is the API of the task hub. Its methods take the caller's identity (an owner, or a worker
-// name; "" when auth is off) from the transport, which has authenticated it.
+// Hub is the API of the task hub. Its methods take the caller's identity from the transport,
+// which has authenticated it: an owner (a valid name: it becomes part of log subjects), or a
+// worker name ("" when auth is off, for every worker).
 type Hub struct {
 	cfg        Config
 	log        Log
@@ -77,6 +79,7 @@ type Hub struct {
 	feed       *feed
 	claims     *claims
 	cancel     context.CancelFunc
+	closed     atomic.Bool
 	closeOnce  sync.Once
 	now        func() time.Time
 }
@@ -123,7 +126,7 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
 		actor.WithSupervisor(supervisorStrategy())))
 	for _, t := range h.feed.activeTasks() {
-		h.root.Send(h.supervisor, &toTask{id: t.Id, cmd: &wakeCmd{}})
+		h.root.Send(h.supervisor, &toTask{id: t.Id, cmd: &wakeCmd{enqueue: true}})
 	}
 	return h, nil
 }
@@ -132,6 +135,7 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 // way may fail with Unavailable.
 func (h *Hub) Close() error {
 	h.closeOnce.Do(func() {
+		h.closed.Store(true)
 		h.cancel()
 		if h.feed.stop != nil {
 			h.feed.stop()
@@ -149,8 +153,16 @@ func (h *Hub) Close() error {
 // Epoch is the event log's identity, as snapshots carry it.
 func (h *Hub) Epoch() string { return h.log.Epoch() }
 
+// Position returns the epoch and the last seq the hub has applied. Everything up to seq is
+// readable in the log, so a page rendered after calling it can resume watching from seq
+// without missing an event.
+func (h *Hub) Position() (epoch string, seq uint64) { return h.log.Epoch(), h.feed.position() }
+
 // ask sends cmd to the actor of task id and waits for its reply.
 func (h *Hub) ask(id string, cmd any) *taskReply {
+	if h.closed.Load() {
+		return &taskReply{err: errShuttingDown}
+	}
 	res, err := h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd}, h.cfg.CallTimeout).Result()
 	if err != nil {
 		return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "task %s did not answer: %v", id, err)}
@@ -160,6 +172,9 @@ func (h *Hub) ask(id string, cmd any) *taskReply {
 
 // CreateTask queues a new task of owner. It returns once the task is durable.
 func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpec) (*taskhubv1.Task, error) {
+	if err := taskhub.ValidateName(owner); err != nil {
+		return nil, err
+	}
 	spec.Mode = cmp.Or(spec.Mode, taskhub.DefaultMode)
 	if err := spec.Validate(); err != nil {
 		return nil, err
@@ -196,6 +211,9 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 
 // GetTask returns owner's task id as it is now.
 func (h *Hub) GetTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error) {
+	if err := taskhub.ValidateName(owner); err != nil {
+		return nil, err
+	}
 	if err := taskhub.ValidateTaskID(id); err != nil {
 		return nil, err
 	}
@@ -211,6 +229,9 @@ func (h *Hub) GetTask(ctx context.Context, owner, id string) (*taskhubv1.Task, e
 
 // ListTasks returns a page of owner's tasks, newest first, in the given states (all if none).
 func (h *Hub) ListTasks(ctx context.Context, owner string, states []taskhubv1.TaskState, pageSize int, pageToken string) ([]*taskhubv1.Task, string, error) {
+	if err := taskhub.ValidateName(owner); err != nil {
+		return nil, "", err
+	}
 	switch {
 	case pageSize == 0:
 		pageSize = 50
@@ -264,6 +285,9 @@ func (h *Hub) ListTasks(ctx context.Context, owner string, states []taskhubv1.Ta
 
 // CancelTask cancels owner's task id if it is queued or running.
 func (h *Hub) CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error) {
+	if err := taskhub.ValidateName(owner); err != nil {
+		return nil, err
+	}
 	if err := taskhub.ValidateTaskID(id); err != nil {
 		return nil, err
 	}
@@ -275,16 +299,17 @@ func (h *Hub) CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task
 // and an afterSeq it still covers, the snapshot is recovered and the events after afterSeq are
 // replayed first. The caller must Close it.
 func (h *Hub) Watch(ctx context.Context, owner, epoch string, afterSeq uint64) (*Watch, error) {
-	select {
-	case <-h.claims.ctx.Done():
-		return nil, taskhub.Errorf(taskhub.Unavailable, "the server is shutting down")
-	default:
+	if h.closed.Load() {
+		return nil, errShuttingDown
+	}
+	if err := taskhub.ValidateName(owner); err != nil {
+		return nil, err
 	}
 	out := newOutbox(h.cfg.OutboxLimit)
 	pid := h.root.Spawn(actor.PropsFromProducer(func() actor.Actor {
 		return &subscriber{h: h, owner: owner, epoch: epoch, after: afterSeq, out: out}
 	}))
-	return &Watch{root: h.root, pid: pid, out: out, heartbeat: h.cfg.Heartbeat}, nil
+	return &Watch{root: h.root, pid: pid, out: out, heartbeat: h.cfg.Heartbeat, timer: time.NewTimer(h.cfg.Heartbeat)}, nil
 }
 
 // Claim is a task handed to a worker, with the lease that proves it.

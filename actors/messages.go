@@ -39,8 +39,11 @@ type (
 		worker, token, text string
 		retryable           bool
 	}
-	// wakeCmd loads the task and resumes its timers and queueing (after a restart).
-	wakeCmd struct{}
+	// wakeCmd loads the task, which arms the lease timer of a running task. Every new actor
+	// sends it to itself, so a restarted one resumes its timer at once; after a process restart
+	// the hub also asks it to queue a queued task again (enqueue), in case the process died
+	// between writing the task and queueing it.
+	wakeCmd struct{ enqueue bool }
 )
 
 // Timer messages a task actor sends itself.

@@ -20,7 +20,10 @@ type (
 	replayDone struct{ err error }
 )
 
-var errWatchClosed = taskhub.Errorf(taskhub.Unavailable, "the watch was closed")
+var (
+	errWatchClosed  = taskhub.Errorf(taskhub.Unavailable, "the watch was closed")
+	errShuttingDown = taskhub.Errorf(taskhub.Unavailable, "the server is shutting down; resume with the last seq you saw")
+)
 
 // subscriber feeds one WatchTasks stream. It takes its owner's events from the feed and queues
 // them in its outbox, which the stream's send loop empties.
@@ -64,6 +67,9 @@ func (s *subscriber) Receive(ctx actor.Context) {
 		s.h.feed.unsubscribe(s.owner, s.self)
 		if s.cancel != nil {
 			s.cancel()
+		}
+		if s.h.closed.Load() {
+			s.out.close(errShuttingDown)
 		}
 		s.out.close(errWatchClosed)
 	}

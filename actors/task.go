@@ -49,6 +49,7 @@ func (a *taskActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		a.self, a.root = ctx.Self(), ctx.ActorSystem().Root
 		ctx.SetReceiveTimeout(a.h.cfg.IdleTimeout)
+		ctx.Send(a.self, &toTask{id: a.id, cmd: &wakeCmd{}})
 	case *actor.Stopping, *actor.Restarting:
 		a.stopTimer()
 	case *actor.ReceiveTimeout:
@@ -104,7 +105,7 @@ func (a *taskActor) apply(cmd any) *taskReply {
 	case *leaseExpired:
 		return a.expire()
 	case *wakeCmd:
-		return a.wake()
+		return a.wake(c)
 	}
 	return &taskReply{err: taskhub.Errorf(taskhub.Internal, "unknown command %T", cmd)}
 }
@@ -420,14 +421,11 @@ func (a *taskActor) requeue(reason string) *taskReply {
 	return &taskReply{task: a.task}
 }
 
-// wake resumes what a task actor does on its own after a restart: expiring a running task's
-// lease, queueing a queued task.
-func (a *taskActor) wake() *taskReply {
-	switch a.task.GetState() {
-	case taskhubv1.TaskState_TASK_STATE_QUEUED:
+// wake resumes what a task actor does on its own: handle already loaded the task, which armed
+// a running task's lease timer; after a process restart it also queues a queued task again.
+func (a *taskActor) wake(c *wakeCmd) *taskReply {
+	if c.enqueue && a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
 		a.enqueue()
-	case taskhubv1.TaskState_TASK_STATE_RUNNING:
-		// load armed the lease timer.
 	}
 	return &taskReply{task: a.task}
 }

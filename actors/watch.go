@@ -15,7 +15,7 @@ type Watch struct {
 	pid       *actor.PID
 	out       *outbox
 	heartbeat time.Duration
-	timer     *time.Timer
+	timer     *time.Timer // the next heartbeat
 	items     []*item
 	msgs      []*taskhubv1.WatchTasksResponse
 }
@@ -25,9 +25,6 @@ type Watch struct {
 // slice is valid until the next call. It fails when ctx ends or the watch is closed (the error
 // is Unavailable when the hub is shutting down).
 func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, error) {
-	if w.timer == nil {
-		w.timer = time.NewTimer(w.heartbeat)
-	}
 	for {
 		var err error
 		w.items, err = w.out.take(w.items)
@@ -59,8 +56,6 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 
 // Close ends the watch and frees its subscriber.
 func (w *Watch) Close() {
-	if w.timer != nil {
-		w.timer.Stop()
-	}
+	w.timer.Stop()
 	w.root.Stop(w.pid)
 }

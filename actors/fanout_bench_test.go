@@ -1,0 +1,124 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+func benchHub(b *testing.B) *Hub {
+	b.Helper()
+	log, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := Open(b.Context(), Config{Log: log, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Close(); log.Close() })
+	return h
+}
+
+// BenchmarkFanout delivers one event to every subscriber of its owner: the feed hands it to each
+// subscriber actor, which queues it in its outbox, from which each watch's reader takes it (as a
+// stream's send loop would, minus the network). An op ends when every reader has it.
+func BenchmarkFanout(b *testing.B) {
+	for _, n := range []int{1, 100, 1000, 10000} {
+		b.Run(fmt.Sprintf("%dSubs", n), func(b *testing.B) { benchFanout(b, n) })
+	}
+}
+
+func benchFanout(b *testing.B, subs int) {
+	h := benchHub(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var got atomic.Int64 // deliveries of the current event
+	done := make(chan struct{}, 1)
+	var target atomic.Uint64
+	var wg sync.WaitGroup
+	for range subs {
+		w, err := h.Watch(ctx, "bench", "", 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.Next(ctx); err != nil { // the snapshot
+			b.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer w.Close()
+			for {
+				msgs, err := w.Next(ctx)
+				if err != nil {
+					return
+				}
+				for _, m := range msgs {
+					if m.GetEvent().GetSeq() == target.Load() && got.Add(1) == int64(subs) {
+						done <- struct{}{}
+					}
+				}
+			}
+		}()
+	}
+
+	now := time.Now()
+	task := &taskhubv1.Task{Id: taskhub.NewTaskID(now), Owner: "bench", Prompt: "p", Mode: "demo", State: taskhubv1.TaskState_TASK_STATE_RUNNING}
+	base := h.feed.position() + 1
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		seq := base + uint64(i)
+		got.Store(0)
+		target.Store(seq)
+		// STARTED is never coalesced, so every subscriber must get every event.
+		h.feed.apply(&eventlog.Entry{Seq: seq, Subject: eventlog.Subject("bench", task.Id), Record: &storagev1.Record{
+			Event: &taskhubv1.TaskEvent{Seq: seq, Kind: taskhubv1.EventKind_EVENT_KIND_STARTED, Task: task},
+		}}, 0)
+		<-done
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(subs), "ns/delivery")
+	cancel()
+	wg.Wait()
+}
+
+// BenchmarkHub_CreateClaimComplete runs whole task lifecycles through the hub and the real
+// embedded event log: create (an append and an enqueue), claim (a fetch and an append), complete
+// (an append and an ack).
+func BenchmarkHub_CreateClaimComplete(b *testing.B) {
+	h := benchHub(b)
+	ctx := b.Context()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		t, err := h.CreateTask(ctx, "bench", taskhub.TaskSpec{Prompt: "p", Mode: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := h.ClaimTask(ctx, "", "w", []string{"bench"}, time.Second)
+		if err != nil || c == nil {
+			b.Fatal("claim", err)
+		}
+		if c.Task.Id != t.Id {
+			b.Fatal("claimed another task")
+		}
+		if _, err := h.CompleteTask(ctx, "", t.Id, c.LeaseToken, "r"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+}

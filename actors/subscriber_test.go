@@ -1,0 +1,603 @@
+package actors_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// key is what a watcher compares: which event, of what kind, of which task.
+type key struct {
+	seq  uint64
+	kind taskhubv1.EventKind
+	id   string
+}
+
+func (k key) String() string { return fmt.Sprintf("%d:%s:%s", k.seq, k.kind, k.id) }
+
+func keysOf(events []*taskhubv1.TaskEvent) []key {
+	out := []key{}
+	for _, e := range events {
+		out = append(out, key{e.Seq, e.Kind, e.Task.Id})
+	}
+	return out
+}
+
+// logEvents reads owner's events with seq > after straight from the event log: what a watcher
+// must get.
+func logEvents(t *testing.T, l *eventlog.Log, owner string, after uint64) []*taskhubv1.TaskEvent {
+	t.Helper()
+	var out []*taskhubv1.TaskEvent
+	for seq := after + 1; ; {
+		e, err := l.Next(t.Context(), eventlog.OwnerFilter(owner), seq)
+		if errors.Is(err, eventlog.ErrNotFound) {
+			return out
+		}
+		require.NoError(t, err)
+		out = append(out, e.Record.Event)
+		seq = e.Seq + 1
+	}
+}
+
+func terminalKind(k taskhubv1.EventKind) bool {
+	return k == taskhubv1.EventKind_EVENT_KIND_COMPLETED || k == taskhubv1.EventKind_EVENT_KIND_FAILED ||
+		k == taskhubv1.EventKind_EVENT_KIND_CANCELLED
+}
+
+// legalNext says which kinds may follow an event of a kind in one task's life (UNSPECIFIED: the
+// task has had no event yet).
+var legalNext = map[taskhubv1.EventKind][]taskhubv1.EventKind{
+	taskhubv1.EventKind_EVENT_KIND_UNSPECIFIED: {taskhubv1.EventKind_EVENT_KIND_CREATED},
+	taskhubv1.EventKind_EVENT_KIND_CREATED:     {taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_CANCELLED},
+	taskhubv1.EventKind_EVENT_KIND_REQUEUED:    {taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_CANCELLED},
+	taskhubv1.EventKind_EVENT_KIND_STARTED:     running,
+	taskhubv1.EventKind_EVENT_KIND_PROGRESS:    running,
+}
+
+var running = []taskhubv1.EventKind{
+	taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.EventKind_EVENT_KIND_COMPLETED, taskhubv1.EventKind_EVENT_KIND_FAILED,
+	taskhubv1.EventKind_EVENT_KIND_CANCELLED, taskhubv1.EventKind_EVENT_KIND_REQUEUED,
+}
+
+// requireLegalStream checks what a watcher got after a snapshot at seq from: seq strictly
+// increasing, and each task's events in an order its life allows, starting with CREATED.
+func requireLegalStream(t *testing.T, from uint64, events []*taskhubv1.TaskEvent) {
+	t.Helper()
+	last := from
+	prev := map[string]taskhubv1.EventKind{}
+	for _, e := range events {
+		require.Greater(t, e.Seq, last, "seq must strictly increase: %v", keysOf(events))
+		last = e.Seq
+		p := prev[e.Task.Id]
+		require.Contains(t, legalNext[p], e.Kind, "task %s: %s after %s", e.Task.Id, e.Kind, p)
+		prev[e.Task.Id] = e.Kind
+	}
+}
+
+// nonProgress drops the progress events, which a slow watcher may get coalesced.
+func nonProgress(events []*taskhubv1.TaskEvent) []*taskhubv1.TaskEvent {
+	return slices.DeleteFunc(slices.Clone(events), func(e *taskhubv1.TaskEvent) bool {
+		return e.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS
+	})
+}
+
+// reader reads a watch's events on a goroutine, pausing between reads to play a slow client,
+// until enough.
+type reader struct {
+	mu     sync.Mutex
+	events []*taskhubv1.TaskEvent
+	err    error
+	done   chan struct{}
+}
+
+func read(ctx context.Context, w *actors.Watch, pause time.Duration, enough func([]*taskhubv1.TaskEvent) bool) *reader {
+	r := &reader{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			msgs, err := w.Next(ctx)
+			r.mu.Lock()
+			if err != nil {
+				r.err = err
+				r.mu.Unlock()
+				return
+			}
+			for _, m := range msgs {
+				if e := m.GetEvent(); e != nil {
+					r.events = append(r.events, e)
+				}
+			}
+			stop := enough(r.events)
+			r.mu.Unlock()
+			if stop {
+				return
+			}
+			time.Sleep(pause)
+		}
+	}()
+	return r
+}
+
+// result waits for the reader to end and returns what it read.
+func (r *reader) result(t *testing.T) []*taskhubv1.TaskEvent {
+	t.Helper()
+	<-r.done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	require.NoError(t, r.err, "read %d events", len(r.events))
+	return r.events
+}
+
+func countTerminal(n int) func([]*taskhubv1.TaskEvent) bool {
+	return func(events []*taskhubv1.TaskEvent) bool {
+		seen := 0
+		for _, e := range events {
+			if terminalKind(e.Kind) {
+				seen++
+			}
+		}
+		return seen >= n
+	}
+}
+
+func TestHub_WatchSlowWatcher(t *testing.T) {
+	t.Parallel()
+	// A watcher whose outbox (8) overflows many times over: it is refilled from the log, with
+	// only progress coalesced, and ends exactly where the log does.
+	t.Run("not reading until every task finished", func(t *testing.T) {
+		t.Parallel()
+		slowWatcher(t, false)
+	})
+	t.Run("reading slowly while tasks change", func(t *testing.T) {
+		t.Parallel()
+		slowWatcher(t, true)
+	})
+}
+
+func slowWatcher(t *testing.T, readWhileWriting bool) {
+	b := setup(t, options{outbox: 8, lease: 10 * time.Second})
+	h := b.hub
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+
+	w, err := h.Watch(ctx, "alice", "", 0)
+	require.NoError(t, err)
+	defer w.Close()
+	// Take only the snapshot, so every event of the test comes after it.
+	msgs, err := w.Next(ctx)
+	require.NoError(t, err)
+	require.Len(t, msgs, 1)
+	snap := msgs[0].GetSnapshot()
+	require.NotNil(t, snap)
+	require.Zero(t, snap.Seq)
+	require.Empty(t, snap.Tasks)
+
+	const tasks, reports = 5, 50
+	var r *reader
+	if readWhileWriting {
+		r = read(ctx, w, time.Millisecond, countTerminal(tasks))
+	}
+
+	var ids []string
+	for i := range tasks {
+		ids = append(ids, create(t, h, "alice", fmt.Sprintf("task %d", i), "paint").Id)
+	}
+	// The last one is cancelled while queued; the others are claimed.
+	_, err = h.CancelTask(ctx, "alice", ids[tasks-1])
+	require.NoError(t, err)
+	var claimed []*actors.Claim
+	for range tasks - 1 {
+		claimed = append(claimed, claim(t, h, "paint"))
+	}
+	for i := 1; i <= reports; i++ {
+		for _, c := range claimed {
+			_, _, err := h.ReportProgress(ctx, "", c.Task.Id, c.LeaseToken, float64(i), fmt.Sprintf("step %d", i))
+			require.NoError(t, err)
+		}
+	}
+	for _, c := range claimed[:len(claimed)-1] {
+		_, err := h.CompleteTask(ctx, "", c.Task.Id, c.LeaseToken, "done "+c.Task.Id)
+		require.NoError(t, err)
+	}
+	last := claimed[len(claimed)-1]
+	_, err = h.FailTask(ctx, "", last.Task.Id, last.LeaseToken, "out of paint", false)
+	require.NoError(t, err)
+
+	if !readWhileWriting {
+		r = read(ctx, w, 0, countTerminal(tasks))
+	}
+	got := r.result(t)
+	want := logEvents(t, b.log, "alice", 0)
+	t.Logf("the log has %d events; the watcher got %d", len(want), len(got))
+
+	requireLegalStream(t, snap.Seq, got)
+	require.Equal(t, keysOf(nonProgress(want)), keysOf(nonProgress(got)), "every event but progress must arrive")
+	require.Equal(t, want[len(want)-1].Seq, got[len(got)-1].Seq, "the watcher must end where the log does")
+
+	// What arrived is what the log holds, not a copy that drifted.
+	bySeq := map[uint64]*taskhubv1.TaskEvent{}
+	for _, e := range want {
+		bySeq[e.Seq] = e
+	}
+	for _, e := range got {
+		require.True(t, proto.Equal(bySeq[e.Seq], e), "event %d differs from the log", e.Seq)
+	}
+
+	// Coalescing keeps the latest progress: the last one a task got before finishing is the
+	// last one reported.
+	lastProgress := map[string]*taskhubv1.TaskEvent{}
+	lastEvent := map[string]*taskhubv1.TaskEvent{}
+	for _, e := range got {
+		if e.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS {
+			lastProgress[e.Task.Id] = e
+		}
+		lastEvent[e.Task.Id] = e
+	}
+	for _, c := range claimed {
+		p := lastProgress[c.Task.Id]
+		require.NotNil(t, p, "task %s: no progress at all", c.Task.Id)
+		require.Equal(t, float64(reports), p.Task.Progress, "task %s", c.Task.Id)
+		require.Equal(t, fmt.Sprintf("step %d", reports), p.Task.Message, "task %s", c.Task.Id)
+	}
+	// And each task's last event is its final state.
+	require.Len(t, lastEvent, tasks)
+	for _, id := range ids {
+		task, err := h.GetTask(ctx, "alice", id)
+		require.NoError(t, err)
+		require.True(t, proto.Equal(task, lastEvent[id].Task), "task %s: the watcher's last state differs from GetTask", id)
+		require.True(t, terminalKind(lastEvent[id].Kind), "task %s ended with %s", id, lastEvent[id].Kind)
+	}
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_CANCELLED, lastEvent[ids[tasks-1]].Task.State)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_FAILED, lastEvent[last.Task.Id].Task.State)
+	require.Equal(t, float64(reports), lastEvent[last.Task.Id].Task.Progress)
+}
+
+func TestHub_WatchResume(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+
+	// stayed keeps up the whole time (each step waits for it), so it gets every event.
+	stayed := watch(t, h, "alice", "", 0)
+	stayed.wait(0)
+	n := 0
+	step := func(do func()) {
+		t.Helper()
+		do()
+		n++
+		stayed.wait(n)
+	}
+
+	left := watch(t, h, "alice", "", 0)
+	var t1, t2 *taskhubv1.Task
+	var c1, c2 *actors.Claim
+	step(func() { t1 = create(t, h, "alice", "one", "paint") })
+	step(func() { t2 = create(t, h, "alice", "two", "paint") })
+	step(func() { c1 = claim(t, h, "paint") })
+	require.Equal(t, t1.Id, c1.Task.Id)
+	step(func() { report(t, h, c1, 10) })
+	_, seen := left.wait(4)
+	after := seen[3].Seq
+	left.stop()
+
+	// While it is away, at most one progress per task: a watcher coalesces queued progress,
+	// so two would make the lists differ by design.
+	step(func() { c2 = claim(t, h, "paint") })
+	require.Equal(t, t2.Id, c2.Task.Id)
+	create(t, h, "bob", "not alice's", "paint")
+	step(func() { report(t, h, c1, 20) })
+	step(func() { report(t, h, c2, 30) })
+	step(func() { complete(t, h, c1) })
+	var t3 *taskhubv1.Task
+	step(func() { t3 = create(t, h, "alice", "three", "paint") })
+	step(func() { _, err := h.CancelTask(ctx, "alice", t3.Id); require.NoError(t, err) })
+	step(func() {
+		_, err := h.FailTask(ctx, "", c2.Task.Id, c2.LeaseToken, "broken", false)
+		require.NoError(t, err)
+	})
+
+	back := watch(t, h, "alice", h.Epoch(), after)
+	snap, _ := back.wait(0)
+	require.True(t, snap.Recovered)
+	require.Equal(t, after, snap.Seq)
+	require.Equal(t, h.Epoch(), snap.Epoch)
+	require.Empty(t, snap.Tasks, "a recovered snapshot carries no tasks")
+
+	// Live again: new events reach both.
+	var t4, t5 *taskhubv1.Task
+	step(func() { t4 = create(t, h, "alice", "four", "paint") })
+	step(func() { t5 = create(t, h, "alice", "five", "paint") })
+	back.wait(n - 4)
+	time.Sleep(50 * time.Millisecond) // a duplicate would arrive by now
+	_, resumed := back.wait(0)
+	_, all := stayed.wait(0)
+	require.Len(t, all, n)
+	require.Equal(t, keysOf(all[:4]), keysOf(seen[:4]))
+	require.Equal(t, keysOf(all[4:]), keysOf(resumed), "the resumed watch must get exactly the events after %d", after)
+	require.Equal(t, keysOf(logEvents(t, b.log, "alice", after)), keysOf(resumed))
+
+	last := all[len(all)-1].Seq
+	_, pos, err := b.log.Bounds(ctx)
+	require.NoError(t, err)
+	active := []string{t5.Id, t4.Id} // newest first
+
+	t.Run("another epoch", func(t *testing.T) {
+		w := watch(t, h, "alice", "TASKS.1", after)
+		snap, _ := w.wait(0)
+		require.False(t, snap.Recovered)
+		require.Equal(t, h.Epoch(), snap.Epoch)
+		require.Equal(t, pos, snap.Seq)
+		require.Equal(t, active, taskIDs(snap.Tasks))
+	})
+	t.Run("after_seq beyond the log", func(t *testing.T) {
+		w := watch(t, h, "alice", h.Epoch(), pos+1)
+		snap, _ := w.wait(0)
+		require.False(t, snap.Recovered)
+		require.Equal(t, pos, snap.Seq)
+		require.Equal(t, active, taskIDs(snap.Tasks))
+	})
+	t.Run("after_seq at the end of the log", func(t *testing.T) {
+		w := watch(t, h, "alice", h.Epoch(), last)
+		snap, events := w.wait(0)
+		require.True(t, snap.Recovered)
+		require.Equal(t, last, snap.Seq)
+		require.Empty(t, events)
+	})
+}
+
+func TestHub_WatchResumeAcrossRestart(t *testing.T) {
+	t.Parallel()
+
+	t.Run("nothing missing or repeated", func(t *testing.T) {
+		t.Parallel()
+		opts := options{lease: 10 * time.Second}
+		b := setup(t, opts)
+		before := watch(t, b.hub, "alice", "", 0)
+		t1 := create(t, b.hub, "alice", "one", "paint")
+		t2 := create(t, b.hub, "alice", "two", "paint")
+		c1 := claim(t, b.hub, "paint")
+		require.Equal(t, t1.Id, c1.Task.Id)
+		before.wait(3)
+		report(t, b.hub, c1, 10)
+		_, seen := before.wait(4)
+		after, epoch := seen[3].Seq, b.hub.Epoch()
+
+		b.close()
+		select {
+		case <-before.done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the watch did not end when the hub closed")
+		}
+		require.Equal(t, taskhub.Unavailable, codeOf(before.err), before.err)
+
+		b.open(t, opts)
+		require.Equal(t, epoch, b.hub.Epoch(), "the epoch must survive a restart")
+		h, ctx := b.hub, t.Context()
+		// The lease survived too.
+		report(t, h, c1, 20)
+		complete(t, h, c1)
+		_, err := h.CancelTask(ctx, "alice", t2.Id)
+		require.NoError(t, err)
+		create(t, h, "alice", "three", "paint")
+
+		want := logEvents(t, b.log, "alice", after)
+		require.Len(t, want, 4)
+		back := watch(t, h, "alice", epoch, after)
+		snap, _ := back.wait(len(want))
+		require.True(t, snap.Recovered)
+		require.Equal(t, after, snap.Seq)
+		time.Sleep(50 * time.Millisecond) // a duplicate would arrive by now
+		_, resumed := back.wait(0)
+		require.Equal(t, keysOf(want), keysOf(resumed))
+		require.Equal(t, keysOf(logEvents(t, b.log, "alice", 0)), append(keysOf(seen), keysOf(resumed)...))
+	})
+
+	t.Run("a running task's lease keeps ticking", func(t *testing.T) {
+		t.Parallel()
+		opts := options{lease: 500 * time.Millisecond}
+		b := setup(t, opts)
+		task := create(t, b.hub, "alice", "x", "paint")
+		c := claim(t, b.hub, "paint")
+		b.close()
+		b.open(t, opts)
+		h, ctx := b.hub, t.Context()
+
+		// Nobody touches the task: GetTask reads the log, not the task's actor.
+		var got *taskhubv1.Task
+		require.Eventually(t, func() bool {
+			var err error
+			got, err = h.GetTask(ctx, "alice", task.Id)
+			require.NoError(t, err)
+			return got.State != taskhubv1.TaskState_TASK_STATE_RUNNING
+		}, 3*time.Second, 20*time.Millisecond, "the lease expired but the task is still running")
+		require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, got.State)
+		require.Equal(t, uint32(2), got.Attempt)
+		require.Contains(t, got.Message, "stopped reporting")
+		e, err := b.log.Last(ctx, "alice", task.Id)
+		require.NoError(t, err)
+		require.Equal(t, taskhubv1.EventKind_EVENT_KIND_REQUEUED, e.Record.Event.Kind)
+
+		_, _, err = h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 50, "late")
+		require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+		again := claim(t, h, "paint")
+		require.Equal(t, task.Id, again.Task.Id)
+		require.Equal(t, uint32(2), again.Task.Attempt)
+	})
+}
+
+func TestHub_WatchOwnerIsolation(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h := b.hub
+	alice := watch(t, h, "alice", "", 0)
+	bob := watch(t, h, "bob", "", 0)
+	alice.wait(0)
+	bob.wait(0)
+
+	a1 := create(t, h, "alice", "a1", "paint")
+	b1 := create(t, h, "bob", "b1", "paint")
+	a2 := create(t, h, "alice", "a2", "paint")
+	b2 := create(t, h, "bob", "b2", "paint")
+	c := claim(t, h, "paint")
+	require.Equal(t, a1.Id, c.Task.Id)
+	report(t, h, c, 40)
+
+	bob.wait(2)
+	alice.wait(4)
+	time.Sleep(50 * time.Millisecond) // bob's events would have reached alice by now
+	_, alices := alice.wait(0)
+	_, bobs := bob.wait(0)
+	require.Equal(t, keysOf(logEvents(t, b.log, "alice", 0)), keysOf(alices))
+	require.Equal(t, keysOf(logEvents(t, b.log, "bob", 0)), keysOf(bobs))
+	for _, e := range alices {
+		require.Equal(t, "alice", e.Task.Owner)
+	}
+	for _, e := range bobs {
+		require.Equal(t, "bob", e.Task.Owner)
+	}
+
+	snap, _ := watch(t, h, "bob", "", 0).wait(0)
+	require.Equal(t, []string{b2.Id, b1.Id}, taskIDs(snap.Tasks))
+	snap, _ = watch(t, h, "alice", "", 0).wait(0)
+	require.Equal(t, []string{a2.Id, a1.Id}, taskIDs(snap.Tasks))
+
+	// A replay reads only the owner's events too.
+	resumed := watch(t, h, "bob", h.Epoch(), alices[0].Seq)
+	snap, replayed := resumed.wait(2)
+	require.True(t, snap.Recovered)
+	require.Equal(t, keysOf(bobs), keysOf(replayed))
+}
+
+// TestHub_WatchWithoutAuth: the Hub's doc says callers pass "" as the owner when auth is off.
+func TestHub_RejectsMalformedOwner(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+	id := taskhub.NewTaskID(time.Now())
+	// Owners become part of event log subjects: "" or "a.b" must never reach the log.
+	for _, owner := range []string{"", "a.b", "*", ">"} {
+		_, err := h.CreateTask(ctx, owner, taskhub.TaskSpec{Prompt: "x", Mode: "paint"})
+		require.Equal(t, taskhub.Invalid, codeOf(err), "create as %q: %v", owner, err)
+		_, err = h.GetTask(ctx, owner, id)
+		require.Equal(t, taskhub.Invalid, codeOf(err), "get as %q: %v", owner, err)
+		_, _, err = h.ListTasks(ctx, owner, nil, 10, "")
+		require.Equal(t, taskhub.Invalid, codeOf(err), "list as %q: %v", owner, err)
+		_, err = h.CancelTask(ctx, owner, id)
+		require.Equal(t, taskhub.Invalid, codeOf(err), "cancel as %q: %v", owner, err)
+		_, err = h.Watch(ctx, owner, "", 0)
+		require.Equal(t, taskhub.Invalid, codeOf(err), "watch as %q: %v", owner, err)
+	}
+	_, last, err := b.log.Bounds(ctx)
+	require.NoError(t, err)
+	require.Zero(t, last, "nothing was written")
+}
+
+func TestHub_WatchHeartbeat(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, heartbeat: 100 * time.Millisecond})
+	h := b.hub
+	// CreateTask returns once the event is durable, which may be before the hub has applied it;
+	// a watcher that saw it makes sure the next snapshot is taken after it.
+	first := watch(t, h, "alice", "", 0)
+	first.wait(0)
+	create(t, h, "alice", "before the watch", "paint")
+	first.wait(1)
+
+	w := watch(t, h, "alice", "", 0)
+	snap, _ := w.wait(0)
+	require.Equal(t, uint64(1), snap.Seq)
+
+	// Idle: heartbeats carry the snapshot's seq.
+	for _, seq := range w.waitBeats(2) {
+		require.Equal(t, snap.Seq, seq)
+	}
+
+	// After an event they carry its seq, and another owner's events do not move it.
+	create(t, h, "alice", "mine", "paint")
+	_, events := w.wait(1)
+	mine := events[0].Seq
+	k := len(w.waitBeats(0)) // the beats from here on came after the event was taken
+	create(t, h, "bob", "not mine", "paint")
+	beats := w.waitBeats(k + 2)
+	for _, seq := range beats[k:] {
+		require.Equal(t, mine, seq, "beats after the event at %d: %v", mine, beats[k:])
+	}
+}
+
+// waitBeats waits until the watcher has at least n heartbeats and returns them.
+func (r *watcher) waitBeats(n int) []uint64 {
+	r.t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		r.mu.Lock()
+		beats, err := slices.Clone(r.beats), r.err
+		r.mu.Unlock()
+		if len(beats) >= n {
+			return beats
+		}
+		if err != nil || time.Now().After(deadline) {
+			r.t.Fatalf("waiting for %d heartbeats, got %d: %v", n, len(beats), err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestWatch_CloseWhileNextWaits closes a watch from another goroutine while Next waits, as a
+// stream's owner does when the client goes away. It runs alone (not in parallel) so that the
+// race detector's report names it.
+func TestWatch_CloseWhileNextWaits(t *testing.T) {
+	b := setup(t, options{lease: 10 * time.Second})
+	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := w.Next(context.Background()); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	w.Close()
+	select {
+	case err := <-done:
+		require.Equal(t, taskhub.Unavailable, codeOf(err), err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Next did not return after Close")
+	}
+}
+
+func taskIDs(tasks []*taskhubv1.Task) []string {
+	out := []string{}
+	for _, task := range tasks {
+		out = append(out, task.Id)
+	}
+	return out
+}
+
+func report(t *testing.T, h *actors.Hub, c *actors.Claim, p float64) {
+	t.Helper()
+	cancelled, _, err := h.ReportProgress(t.Context(), "", c.Task.Id, c.LeaseToken, p, fmt.Sprintf("at %v", p))
+	require.NoError(t, err)
+	require.False(t, cancelled)
+}
+
+func complete(t *testing.T, h *actors.Hub, c *actors.Claim) {
+	t.Helper()
+	done, err := h.CompleteTask(t.Context(), "", c.Task.Id, c.LeaseToken, "result of "+c.Task.Id)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, done.State)
+}
