@@ -1,0 +1,91 @@
+// Command taskhub runs the task hub: the Connect API, the live page and the built-in demo
+// executor, with NATS JetStream embedded (or external, with --nats-url).
+//
+//	taskhub [serve] [flags]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/taskhub/taskhub/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "taskhub:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// run runs the command line args until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "serve":
+			args = args[1:]
+		default:
+			return fmt.Errorf("unknown command %q: the only command is serve", args[0])
+		}
+	}
+	fs := flag.NewFlagSet("taskhub serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg      server.Config
+		modes    string
+		logLevel slog.Level
+	)
+	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:8080", "`host:port` to listen on; without --auth-file only loopback is allowed")
+	fs.StringVar(&cfg.DataDir, "data-dir", "data", "`directory` of the embedded event log")
+	fs.StringVar(&cfg.NATSURL, "nats-url", "", "use the NATS server or cluster at `url` instead of the embedded one")
+	fs.BoolVar(&cfg.Fsync, "fsync", false, "fsync every write of the embedded event log (survives power loss; fewer writes per second)")
+	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON `file` mapping bearer tokens to users and workers (see README)")
+	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", 30*time.Second, "how long a claimed task stays leased without a progress report")
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 3, "how many times a task may be claimed before it fails for good")
+	fs.StringVar(&modes, "modes", "", "comma-separated `list` of the only modes tasks may use (default: any well-formed mode)")
+	fs.IntVar(&cfg.DemoWorkers, "demo-workers", 4, "how many demo tasks run at once; 0 disables the built-in demo executor")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 15*time.Second, "heartbeat interval of idle watch streams")
+	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if modes != "" {
+		cfg.Modes = strings.Split(modes, ",")
+	}
+	if cfg.DemoWorkers == 0 {
+		cfg.DemoWorkers = -1
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+
+	s, err := server.Open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "taskhub serving on %s (data in %s)\n", s.URL(), dataWhere(cfg))
+	<-ctx.Done()
+	fmt.Fprintln(stdout, "taskhub shutting down")
+	return s.Close()
+}
+
+func dataWhere(cfg server.Config) string {
+	if cfg.NATSURL != "" {
+		return cfg.NATSURL
+	}
+	return cfg.DataDir
+}

@@ -1,0 +1,37 @@
+package rpc
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"connectrpc.com/connect"
+
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+)
+
+// MaxRequestBytes bounds a request message; a larger one gets resource_exhausted.
+const MaxRequestBytes = 1 << 20
+
+// Hub is the whole hub API the handlers need.
+type Hub interface {
+	Tasks
+	Workers
+}
+
+// Mount registers TaskService and WorkerService on mux, with auth (nil: off), panic recovery
+// and the request size limit.
+func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
+	opts := connect.WithHandlerOptions(append(jsonCodecs(),
+		// The first interceptor is the outermost: recovery wraps everything.
+		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+			logger.Error("handler panic", "procedure", spec.Procedure, "panic", p)
+			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error"))
+		}),
+		connect.WithInterceptors(auth.Interceptor()),
+		connect.WithReadMaxBytes(MaxRequestBytes),
+	)...)
+	mux.Handle(taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts))
+	mux.Handle(taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts))
+}

@@ -1,0 +1,82 @@
+package rpc
+
+import (
+	"context"
+
+	"connectrpc.com/connect"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/actors"
+)
+
+// Tasks is what TaskService needs from the hub.
+type Tasks interface {
+	CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpec) (*taskhubv1.Task, error)
+	GetTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error)
+	ListTasks(ctx context.Context, owner string, states []taskhubv1.TaskState, pageSize int, pageToken string) ([]*taskhubv1.Task, string, error)
+	CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error)
+	Watch(ctx context.Context, owner, epoch string, afterSeq uint64) (*actors.Watch, error)
+}
+
+type taskServer struct{ hub Tasks }
+
+// NewTaskServer returns the TaskService handler. Callers act as the user the auth interceptor
+// found.
+func NewTaskServer(hub Tasks) taskhubv1connect.TaskServiceHandler { return &taskServer{hub: hub} }
+
+func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[taskhubv1.CreateTaskRequest]) (*connect.Response[taskhubv1.CreateTaskResponse], error) {
+	m := req.Msg
+	t, err := s.hub.CreateTask(ctx, identityFrom(ctx).user, taskhub.TaskSpec{
+		Prompt: m.Prompt, Mode: m.Mode, Params: m.Params, IdempotencyKey: m.IdempotencyKey,
+	})
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&taskhubv1.CreateTaskResponse{Task: t}), nil
+}
+
+func (s *taskServer) GetTask(ctx context.Context, req *connect.Request[taskhubv1.GetTaskRequest]) (*connect.Response[taskhubv1.GetTaskResponse], error) {
+	t, err := s.hub.GetTask(ctx, identityFrom(ctx).user, req.Msg.Id)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&taskhubv1.GetTaskResponse{Task: t}), nil
+}
+
+func (s *taskServer) ListTasks(ctx context.Context, req *connect.Request[taskhubv1.ListTasksRequest]) (*connect.Response[taskhubv1.ListTasksResponse], error) {
+	tasks, next, err := s.hub.ListTasks(ctx, identityFrom(ctx).user, req.Msg.States, int(req.Msg.PageSize), req.Msg.PageToken)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&taskhubv1.ListTasksResponse{Tasks: tasks, NextPageToken: next}), nil
+}
+
+func (s *taskServer) CancelTask(ctx context.Context, req *connect.Request[taskhubv1.CancelTaskRequest]) (*connect.Response[taskhubv1.CancelTaskResponse], error) {
+	t, err := s.hub.CancelTask(ctx, identityFrom(ctx).user, req.Msg.Id)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&taskhubv1.CancelTaskResponse{Task: t}), nil
+}
+
+func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhubv1.WatchTasksRequest], stream *connect.ServerStream[taskhubv1.WatchTasksResponse]) error {
+	w, err := s.hub.Watch(ctx, identityFrom(ctx).user, req.Msg.Epoch, req.Msg.AfterSeq)
+	if err != nil {
+		return connectError(err)
+	}
+	defer w.Close()
+	for {
+		msgs, err := w.Next(ctx)
+		if err != nil {
+			return connectError(err)
+		}
+		for _, m := range msgs {
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -1,0 +1,213 @@
+// Package server wires taskhub together: the event log, the hub, the built-in demo executor, and
+// the HTTP server that serves the Connect API, the pages and the assets on one port (HTTP/1.1
+// and unencrypted HTTP/2).
+package server
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub/assets"
+	"github.com/taskhub/taskhub/demo"
+	"github.com/taskhub/taskhub/eventlog"
+	"github.com/taskhub/taskhub/rpc"
+	"github.com/taskhub/taskhub/views"
+)
+
+// Config configures a Server. Zero values take the defaults in brackets.
+type Config struct {
+	// Addr is the address to listen on [127.0.0.1:8080]; port 0 picks a free port.
+	Addr string
+	// DataDir holds the embedded event log [data].
+	DataDir string
+	// NATSURL, when set, uses an external NATS server or cluster instead of the embedded one.
+	NATSURL string
+	// Fsync makes the embedded event log fsync every write: it then survives power loss, at a
+	// cost in write throughput.
+	Fsync bool
+	// AuthFile maps bearer tokens to users and workers; without it every caller is the local
+	// user, and the server refuses to listen on anything but loopback.
+	AuthFile string
+	// LeaseTimeout is how long a claimed task stays leased without a report [30s].
+	LeaseTimeout time.Duration
+	// MaxAttempts is how many times a task may be claimed [3].
+	MaxAttempts int
+	// Modes, when set, are the only modes tasks may be created in.
+	Modes []string
+	// DemoWorkers is how many demo tasks run at once [4]; negative disables the demo executor.
+	DemoWorkers int
+	// Heartbeat is how often idle watch streams get a heartbeat [15s].
+	Heartbeat time.Duration
+	// Logger receives the server's logs [slog.Default()].
+	Logger *slog.Logger
+}
+
+// Server is a running taskhub.
+type Server struct {
+	cfg  Config
+	ln   net.Listener
+	srv  *http.Server
+	log  *eventlog.Log
+	hub  *actors.Hub
+	demo *demo.Executor
+	done chan error // Serve's result
+}
+
+// Open starts a server. Close stops it.
+func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
+	cfg.Addr = cmp.Or(cfg.Addr, "127.0.0.1:8080")
+	cfg.DataDir = cmp.Or(cfg.DataDir, "data")
+	cfg.LeaseTimeout = cmp.Or(cfg.LeaseTimeout, 30*time.Second)
+	cfg.MaxAttempts = cmp.Or(cfg.MaxAttempts, 3)
+	cfg.DemoWorkers = cmp.Or(cfg.DemoWorkers, 4)
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	s := &Server{cfg: cfg, done: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			s.shutdown(context.Background())
+		}
+	}()
+
+	var auth *rpc.Auth
+	if cfg.AuthFile != "" {
+		if auth, err = rpc.LoadAuth(cfg.AuthFile); err != nil {
+			return nil, err
+		}
+	}
+	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+		return nil, err
+	}
+	if tcp, ok := s.ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && !auth.Enabled() {
+		return nil, fmt.Errorf("refusing to listen on %s without --auth-file: anyone who can reach it could read and forge tasks", s.ln.Addr())
+	}
+
+	s.log, err = eventlog.Open(ctx, eventlog.Config{
+		DataDir:    cfg.DataDir,
+		URL:        cfg.NATSURL,
+		SyncAlways: cfg.Fsync,
+		// JetStream's own lease is the backstop for a crashed process; the task actor's lease
+		// timer, a little shorter, is what requeues a task.
+		AckWait: cfg.LeaseTimeout + 5*time.Second,
+		Logger:  cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	demoOn := cfg.DemoWorkers > 0 && (len(cfg.Modes) == 0 || slices.Contains(cfg.Modes, demo.Mode))
+	s.hub, err = actors.Open(ctx, actors.Config{
+		Log:          s.log,
+		Logger:       cfg.Logger,
+		LeaseTimeout: cfg.LeaseTimeout,
+		MaxAttempts:  cfg.MaxAttempts,
+		Modes:        cfg.Modes,
+		Heartbeat:    cfg.Heartbeat,
+		ParamCheck: func(mode string, params map[string]string) error {
+			if mode == demo.Mode && demoOn {
+				return demo.CheckParams(params)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if demoOn {
+		s.demo = demo.Start(s.hub, cfg.DemoWorkers, cfg.Logger)
+	}
+
+	pageModes := cfg.Modes
+	if len(pageModes) == 0 {
+		pageModes = []string{demo.Mode}
+	}
+	mux := http.NewServeMux()
+	rpc.Mount(mux, s.hub, auth, cfg.Logger)
+	mux.Handle("/", http.NewCrossOriginProtection().Handler(views.NewHandler(s.hub, auth, pageModes, cfg.Logger)))
+	mux.Handle(assets.Prefix, assets.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.log.Healthy() {
+			http.Error(w, "event log unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	var handler http.Handler = mux
+	if !auth.Enabled() {
+		handler = loopbackHostsOnly(handler)
+	}
+
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	s.srv = &http.Server{
+		Handler:           handler,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	go func() { s.done <- s.srv.Serve(s.ln) }()
+	return s, nil
+}
+
+// URL is the server's base URL, such as http://127.0.0.1:8080.
+func (s *Server) URL() string { return "http://" + s.ln.Addr().String() }
+
+// Close stops the server gracefully: it stops accepting requests, ends open watch streams with
+// Unavailable (clients resume with after_seq), waits up to 10s for requests under way, and
+// closes the event log.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return s.shutdown(ctx)
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	if s.demo != nil {
+		s.demo.Stop()
+	}
+	var shut chan error
+	if s.srv != nil {
+		shut = make(chan error, 1)
+		go func() { shut <- s.srv.Shutdown(ctx) }()
+	} else if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.hub != nil {
+		s.hub.Close() // ends the watch streams, so Shutdown does not wait for them
+	}
+	var err error
+	if shut != nil {
+		err = <-shut
+		if serveErr := <-s.done; !errors.Is(serveErr, http.ErrServerClosed) {
+			err = cmp.Or(err, serveErr)
+		}
+	}
+	if s.log != nil {
+		s.log.Close()
+	}
+	return err
+}
+
+// loopbackHostsOnly refuses requests whose Host is not a loopback name. Without auth the server
+// only listens on loopback; this keeps web pages elsewhere from reaching it by DNS rebinding.
+func loopbackHostsOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.Host)
+		if err != nil {
+			host = r.Host
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			http.Error(w, "this server only answers requests for localhost: it runs without --auth-file", http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
