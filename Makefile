@@ -1,0 +1,60 @@
+.DEFAULT_GOAL := help
+
+BUF     := tools/npm/node_modules/.bin/buf
+GOTOOL  := go tool -modfile=tools/go.mod
+ARGS    ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9/_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: run
+run: ## run taskhub on 127.0.0.1:8080 with its data in ./data (ARGS="--flag value" to pass flags)
+	go run ./cmd/taskhub $(ARGS)
+
+.PHONY: build
+build: ## build bin/taskhub
+	go build -o bin/taskhub ./cmd/taskhub
+
+.PHONY: test
+test: ## run every test with the race detector (starts its own servers on 127.0.0.1)
+	go test -race -timeout 10m ./...
+
+.PHONY: test/e2e
+test/e2e: ## run only the end-to-end tests against a real server
+	go test -race -timeout 10m ./server/...
+
+$(BUF): tools/npm/package.json tools/npm/package-lock.json
+	npm ci --prefix tools/npm --no-audit --no-fund
+	@touch $(BUF)
+
+.PHONY: generate
+generate: $(BUF) ## regenerate gen/ (buf) and views/*_templ.go (templ) from scratch
+	$(BUF) lint
+	$(BUF) generate
+	$(GOTOOL) templ generate -path views
+
+.PHONY: checkgenerate
+checkgenerate: generate ## fail if generated code is not what make generate makes
+	@test -z "$$(git status --porcelain -- gen views)" || \
+		(git status --porcelain -- gen views; git --no-pager diff -- gen views | head -50; \
+		 echo "generated code is stale: run make generate and commit"; exit 1)
+
+.PHONY: lint
+lint: $(BUF) ## gofmt, go vet and buf lint
+	@test -z "$$(gofmt -l .)" || (gofmt -l .; echo "run gofmt -w ."; exit 1)
+	go vet ./...
+	$(BUF) lint
+
+.PHONY: bench
+bench: ## run the benchmarks (fan-out by subscriber count, create->complete throughput)
+	go test -run '^$$' -bench . -benchmem -count 5 ./actors/ ./server/
+
+.PHONY: tidy
+tidy: ## tidy go.mod and tools/go.mod
+	go mod tidy
+	cd tools && go mod tidy
+
+.PHONY: clean
+clean: ## remove build output, the default data dir and installed generators
+	rm -rf bin data tools/npm/node_modules
