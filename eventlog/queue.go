@@ -127,15 +127,11 @@ func (l *Log) Release(ackSubject string, delay time.Duration) error {
 	return l.ackOp(ackSubject, fmt.Sprintf(`-NAK {"delay": %d}`, delay.Nanoseconds()))
 }
 
-// Ack ends a delivery: the task leaves the queue. It waits for JetStream to confirm.
+// Ack ends a delivery: the task leaves the queue. It does not wait for JetStream to confirm:
+// queue messages are claim tickets, and a ticket whose ack was lost comes back after the ack
+// wait to a claim that finds its task finished and acks it again.
 func (l *Log) Ack(ctx context.Context, ackSubject string) error {
-	if ackSubject == "" {
-		return nil
-	}
-	if _, err := l.nc.RequestWithContext(ctx, ackSubject, []byte("+ACK")); err != nil {
-		return l.unavailable("ack", err)
-	}
-	return nil
+	return l.ackOp(ackSubject, "+ACK")
 }
 
 func (l *Log) ackOp(ackSubject, body string) error {
