@@ -36,9 +36,10 @@ type taskActor struct {
 	task    *taskhubv1.Task // nil: no such task
 	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
 	lease   *storagev1.Lease
-	timer   *time.Timer // fires leaseExpired or retryEnqueue
+	timer   *time.Timer // fires leaseExpired
 
-	enqueuePending bool // the task is queued in the log but not yet in the queue
+	enqueuePending bool        // the task is queued in the log but not yet in the queue
+	retry          *time.Timer // fires retryEnqueue
 }
 
 // errCancelled marks a lease check on a task its owner cancelled.
@@ -52,6 +53,9 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		ctx.Send(a.self, &toTask{id: a.id, cmd: &wakeCmd{}})
 	case *actor.Stopping, *actor.Restarting:
 		a.stopTimer()
+		if a.retry != nil {
+			a.retry.Stop()
+		}
 	case *actor.ReceiveTimeout:
 		if a.task == nil || a.task.State != taskhubv1.TaskState_TASK_STATE_RUNNING && !a.enqueuePending {
 			ctx.Request(ctx.Parent(), &passivate{id: a.id})
@@ -64,6 +68,7 @@ func (a *taskActor) Receive(ctx actor.Context) {
 	case *leaseExpired:
 		a.handle(m)
 	case *retryEnqueue:
+		a.enqueuePending = false
 		if a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
 			a.enqueue()
 		}
@@ -204,7 +209,8 @@ func (a *taskActor) enqueue() {
 	if err := a.h.log.Enqueue(ctx, a.task.Mode, a.id); err != nil {
 		a.h.logger.Warn("cannot queue task; retrying", "task", a.id, "err", err)
 		a.enqueuePending = true
-		a.schedule(time.Second, &retryEnqueue{})
+		self, root := a.self, a.root
+		a.retry = time.AfterFunc(time.Second, func() { root.Send(self, &retryEnqueue{}) })
 		return
 	}
 	a.enqueuePending = false
@@ -433,14 +439,11 @@ func (a *taskActor) wake(c *wakeCmd) *taskReply {
 // next returns a copy of the current task to change into the next state.
 func (a *taskActor) next() *taskhubv1.Task { return proto.CloneOf(a.task) }
 
+// armTimer makes the actor expire the lease at the given time.
 func (a *taskActor) armTimer(at time.Time) {
-	a.schedule(time.Until(at), &leaseExpired{})
-}
-
-func (a *taskActor) schedule(d time.Duration, msg any) {
 	a.stopTimer()
 	self, root := a.self, a.root
-	a.timer = time.AfterFunc(d, func() { root.Send(self, msg) })
+	a.timer = time.AfterFunc(time.Until(at), func() { root.Send(self, &leaseExpired{}) })
 }
 
 func (a *taskActor) stopTimer() {
