@@ -223,16 +223,18 @@ func claimTask(t *testing.T, c taskhubv1connect.WorkerServiceClient, worker, mod
 	return res.Msg
 }
 
-func TestServer_EndToEndTwoWatchers(t *testing.T) {
+func TestServer_EndToEndThreeProtocols(t *testing.T) {
 	t.Parallel()
 	b := setup(t, server.Config{})
 	ctx := t.Context()
 
-	// One watcher speaks Connect over HTTP/1.1, the other gRPC over HTTP/2.
+	// One watcher speaks Connect over HTTP/1.1, one gRPC over HTTP/2, one gRPC-Web.
 	w1 := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{}, "")
 	w2 := watch(t, b.grpcTasks(), &taskhubv1.WatchTasksRequest{}, "")
+	w3 := watch(t, taskhubv1connect.NewTaskServiceClient(b.http, b.srv.URL(), connect.WithGRPCWeb()), &taskhubv1.WatchTasksRequest{}, "")
 	w1.wait(0)
 	w2.wait(0)
+	w3.wait(0)
 
 	task := createTask(t, b.tasks, "a lighthouse at dawn", "render")
 	claim := claimTask(t, b.work, "gpu-1", "render")
@@ -247,6 +249,7 @@ func TestServer_EndToEndTwoWatchers(t *testing.T) {
 		// Both watchers keep up, so each gets every progress event.
 		w1.wait(2 + i)
 		w2.wait(2 + i)
+		w3.wait(2 + i)
 	}
 	done, err := b.work.CompleteTask(ctx, connect.NewRequest(&taskhubv1.CompleteTaskRequest{
 		TaskId: task.Id, LeaseToken: claim.LeaseToken, Result: "https://example.invalid/lighthouse.png",
@@ -256,8 +259,10 @@ func TestServer_EndToEndTwoWatchers(t *testing.T) {
 
 	s1, e1 := w1.wait(23)
 	s2, e2 := w2.wait(23)
+	_, e3 := w3.wait(23)
 	require.Equal(t, s1.Seq, s2.Seq)
-	require.Equal(t, keys(e1), keys(e2), "both watchers see the same events in the same order")
+	require.Equal(t, keys(e1), keys(e2), "every watcher sees the same events in the same order")
+	require.Equal(t, keys(e1), keys(e3))
 	require.Len(t, e1, 23)
 	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_CREATED, e1[0].Kind)
 	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_STARTED, e1[1].Kind)
