@@ -222,7 +222,10 @@ func TestHub_Lifecycle(t *testing.T) {
 	}, kinds(events))
 	for i, e := range events {
 		require.Equal(t, snap.Seq+uint64(i)+1, e.Seq)
+		require.Equal(t, e.Seq, e.Task.Seq, "a task's seq is the seq of the event that made it")
 	}
+	require.Equal(t, events[0].Seq, task.Seq, "CreateTask returns the task at its CREATED event")
+	require.Equal(t, events[5].Seq, done.Seq)
 	require.Equal(t, float64(50), events[3].Task.Progress)
 
 	// Illegal transitions change nothing.

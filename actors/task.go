@@ -154,6 +154,7 @@ func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *s
 		return 0, false, taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
 	}
 	if !dup {
+		t.Seq = seq // t is not shared yet: the record holding it was encoded above
 		a.task, a.lastSeq, a.lease = t, seq, lease
 	}
 	return seq, dup, nil

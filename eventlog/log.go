@@ -197,7 +197,7 @@ func OwnerFilter(owner string) string { return "tasks." + owner + ".>" }
 
 // Entry is one event log message.
 type Entry struct {
-	// Seq is the stream sequence; Record.Event.Seq is set to it.
+	// Seq is the stream sequence; Record.Event.Seq and Record.Event.Task.Seq are set to it.
 	Seq     uint64
 	Subject string
 	Record  *storagev1.Record
@@ -212,6 +212,7 @@ func decode(subject string, seq uint64, data []byte) (*Entry, error) {
 		return nil, fmt.Errorf("eventlog: message %d on %s has no task", seq, subject)
 	}
 	rec.Event.Seq = seq
+	rec.Event.Task.Seq = seq
 	return &Entry{Seq: seq, Subject: subject, Record: rec}, nil
 }
 

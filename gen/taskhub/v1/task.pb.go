@@ -184,7 +184,10 @@ type Task struct {
 	// When the task reached a terminal state.
 	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
 	// The worker running (or that last ran) the task.
-	WorkerId      string `protobuf:"bytes,16,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	WorkerId string `protobuf:"bytes,16,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The seq of the event that made the task what it is: its version. A client holding a task
+	// ignores events with a smaller or equal seq for it.
+	Seq           uint64 `protobuf:"varint,17,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -331,6 +334,13 @@ func (x *Task) GetWorkerId() string {
 	return ""
 }
 
+func (x *Task) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 // TaskEvent is one accepted change, as stored in the event log.
 type TaskEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -408,7 +418,7 @@ var File_taskhub_v1_task_proto protoreflect.FileDescriptor
 const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"\x15taskhub/v1/task.proto\x12\n" +
-	"taskhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n" +
+	"taskhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x05\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x16\n" +
@@ -430,7 +440,8 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"started_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
 	"\vfinished_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12\x1b\n" +
-	"\tworker_id\x18\x10 \x01(\tR\bworkerId\x1a9\n" +
+	"\tworker_id\x18\x10 \x01(\tR\bworkerId\x12\x10\n" +
+	"\x03seq\x18\x11 \x01(\x04R\x03seq\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
