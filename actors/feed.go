@@ -46,6 +46,7 @@ type feed struct {
 	pos    uint64                                // the last sequence applied
 	active map[string]map[string]*taskhubv1.Task // owner -> task id -> task (queued or running)
 	subs   map[string]map[*actor.PID]struct{}    // owner -> subscriber actors
+	ends   map[string][]chan struct{}            // task id -> closed when the task ends
 	ready  chan struct{}                         // closed once every task has been read
 	once   sync.Once
 	stop   func()
@@ -57,6 +58,7 @@ func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *sl
 		logger: logger,
 		active: map[string]map[string]*taskhubv1.Task{},
 		subs:   map[string]map[*actor.PID]struct{}{},
+		ends:   map[string][]chan struct{}{},
 		ready:  make(chan struct{}),
 	}
 	first, last, err := log.Bounds(ctx)
@@ -98,6 +100,10 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 				if len(tasks) == 0 {
 					delete(f.active, t.Owner)
 				}
+				for _, ch := range f.ends[t.Id] {
+					close(ch)
+				}
+				delete(f.ends, t.Id)
 			} else {
 				if tasks == nil {
 					tasks = map[string]*taskhubv1.Task{}
@@ -141,6 +147,26 @@ func (f *feed) unsubscribe(owner string, pid *actor.PID) {
 	delete(f.subs[owner], pid)
 	if len(f.subs[owner]) == 0 {
 		delete(f.subs, owner)
+	}
+}
+
+// ended returns a channel that is closed when the feed applies a terminal event of task id,
+// and a function to call when the channel is no longer wanted.
+func (f *feed) ended(id string) (<-chan struct{}, func()) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ends[id] = append(f.ends[id], ch)
+	return ch, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		chans := f.ends[id]
+		if i := slices.Index(chans, ch); i >= 0 {
+			f.ends[id] = slices.Delete(chans, i, i+1)
+			if len(f.ends[id]) == 0 {
+				delete(f.ends, id)
+			}
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -51,6 +52,11 @@ type Config struct {
 	// MaxAttempts is how many times a task may be claimed before a lease expiry or a
 	// retryable failure fails it for good [3].
 	MaxAttempts int
+	// ModeAttempts overrides MaxAttempts for some modes.
+	ModeAttempts map[string]int
+	// StallTimeout marks a running task stalled when it makes no progress for this long
+	// (0: never).
+	StallTimeout time.Duration
 	// Modes, when not empty, are the only modes tasks may be created in.
 	Modes []string
 	// ParamCheck, when set, validates a new task's params for its mode (built-in executors
@@ -102,6 +108,14 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 			return nil, err
 		}
 	}
+	for m, n := range cfg.ModeAttempts {
+		if err := taskhub.ValidateMode(m); err != nil {
+			return nil, err
+		}
+		if n < 1 {
+			return nil, fmt.Errorf("actors: mode %s: max attempts must be at least 1, got %d", m, n)
+		}
+	}
 
 	protoLogger := slog.New(minLevel{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "protoactor")
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return protoLogger }))
@@ -148,6 +162,14 @@ func (h *Hub) Close() error {
 		h.system.Shutdown()
 	})
 	return nil
+}
+
+// maxAttempts is how many times a task of mode may be claimed.
+func (h *Hub) maxAttempts(mode string) int {
+	if n, ok := h.cfg.ModeAttempts[mode]; ok {
+		return n
+	}
+	return h.cfg.MaxAttempts
 }
 
 // Epoch is the event log's identity, as snapshots carry it.
@@ -372,6 +394,22 @@ func (h *Hub) ReportProgress(ctx context.Context, worker, id, token string, prog
 		return false, time.Time{}, err
 	}
 	r := h.ask(id, &reportCmd{worker: worker, token: token, progress: progress, message: message})
+	return r.cancelRequested, r.leaseExpires, r.err
+}
+
+// TaskEnded returns a channel that is closed once the task has ended (completed, failed or
+// cancelled), for in-process executors that want to stop at once when their task is cancelled,
+// and a function to release it. It only speeds things up: a task that ended before the call
+// may never close the channel, and ReportProgress answering cancel_requested stays the rule.
+func (h *Hub) TaskEnded(id string) (ended <-chan struct{}, release func()) { return h.feed.ended(id) }
+
+// RenewLease extends the lease worker holds on a task without recording progress.
+// cancelRequested is true when the task was cancelled: the worker should stop.
+func (h *Hub) RenewLease(ctx context.Context, worker, id, token string) (cancelRequested bool, leaseExpires time.Time, err error) {
+	if err := checkWork(id, token); err != nil {
+		return false, time.Time{}, err
+	}
+	r := h.ask(id, &renewCmd{worker: worker, token: token})
 	return r.cancelRequested, r.leaseExpires, r.err
 }
 

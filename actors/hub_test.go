@@ -36,6 +36,8 @@ type options struct {
 	attempts  int
 	outbox    int
 	heartbeat time.Duration
+	stall     time.Duration
+	modeTries map[string]int
 	wrap      func(actors.Log) actors.Log
 }
 
@@ -64,6 +66,8 @@ func (b *bundle) open(t *testing.T, o options) {
 		MaxAttempts:  o.attempts,
 		OutboxLimit:  o.outbox,
 		Heartbeat:    o.heartbeat,
+		StallTimeout: o.stall,
+		ModeAttempts: o.modeTries,
 	})
 	require.NoError(t, err)
 }

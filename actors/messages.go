@@ -34,11 +34,15 @@ type (
 		progress      float64
 		message       string
 	}
+	renewCmd    struct{ worker, token string }
 	completeCmd struct{ worker, token, result string }
 	failCmd     struct {
 		worker, token, text string
 		retryable           bool
 	}
+	// abortCmd fails the task with reason, whatever its lease: the supervisor sends it when
+	// the task's actor kept failing.
+	abortCmd struct{ reason string }
 	// wakeCmd loads the task, which arms the lease timer of a running task. Every new actor
 	// sends it to itself, so a restarted one resumes its timer at once; after a process restart
 	// the hub also asks it to queue a queued task again (enqueue), in case the process died
@@ -49,6 +53,7 @@ type (
 // Timer messages a task actor sends itself.
 type (
 	leaseExpired struct{}
+	stallCheck   struct{}
 	retryEnqueue struct{}
 )
 

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -15,14 +16,28 @@ type supervisor struct {
 	h        *Hub
 	children map[string]*actor.PID // task id -> its actor
 	ids      map[string]string     // actor id -> task id
+	aborting map[string]bool       // task ids whose actor crashed out and is failing the task
 }
 
-// supervisorStrategy restarts a task actor that panics, up to 10 times a minute; after that the
-// actor is stopped, and the next command for the task starts a fresh one.
+// maxRestarts is how many times a minute a task actor may panic and be restarted. One more, and
+// the supervisor stops it and fails its task with a reason.
+const maxRestarts = 10
+
+// supervisorStrategy restarts a task actor that panics, up to maxRestarts times a minute; after
+// that the actor is stopped.
 func supervisorStrategy() actor.SupervisorStrategy {
-	return actor.NewOneForOneStrategy(10, time.Minute, func(any) actor.Directive {
+	return actor.NewOneForOneStrategy(maxRestarts, time.Minute, func(any) actor.Directive {
 		return actor.RestartDirective
 	})
+}
+
+func (s *supervisor) spawn(ctx actor.Context, id string) *actor.PID {
+	pid := ctx.Spawn(actor.PropsFromProducer(func() actor.Actor {
+		return &taskActor{h: s.h, id: id}
+	}, actor.WithReceiverMiddleware(replyOnPanic)))
+	s.children[id] = pid
+	s.ids[pid.Id] = id
+	return pid
 }
 
 func (s *supervisor) Receive(ctx actor.Context) {
@@ -30,15 +45,11 @@ func (s *supervisor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		s.children = map[string]*actor.PID{}
 		s.ids = map[string]string{}
+		s.aborting = map[string]bool{}
 	case *toTask:
 		pid := s.children[m.id]
 		if pid == nil {
-			id := m.id
-			pid = ctx.Spawn(actor.PropsFromProducer(func() actor.Actor {
-				return &taskActor{h: s.h, id: id}
-			}, actor.WithReceiverMiddleware(replyOnPanic)))
-			s.children[m.id] = pid
-			s.ids[pid.Id] = m.id
+			pid = s.spawn(ctx, m.id)
 		}
 		ctx.Forward(pid)
 	case *passivate:
@@ -47,13 +58,32 @@ func (s *supervisor) Receive(ctx actor.Context) {
 		if pid := s.children[m.id]; pid != nil && pid.Equal(ctx.Sender()) {
 			delete(s.children, m.id)
 			delete(s.ids, pid.Id)
+			delete(s.aborting, m.id)
 			ctx.Poison(pid)
 		}
 	case *actor.Terminated:
-		if id, ok := s.ids[m.Who.Id]; ok {
-			delete(s.ids, m.Who.Id)
-			delete(s.children, id)
+		// An actor that stops while still ours did not passivate: the strategy stopped it after
+		// too many restarts. Fail its task with a fresh actor, once; if that one crashes out
+		// too, give up on the task until the next command for it.
+		id, ok := s.ids[m.Who.Id]
+		if !ok {
+			return
 		}
+		delete(s.ids, m.Who.Id)
+		delete(s.children, id)
+		if s.h.closed.Load() {
+			return
+		}
+		if s.aborting[id] {
+			delete(s.aborting, id)
+			s.h.logger.Error("giving up on a task: its actor fails even to fail it", "task", id)
+			return
+		}
+		s.aborting[id] = true
+		s.h.logger.Error("a task's actor kept failing; failing the task", "task", id)
+		ctx.Send(s.spawn(ctx, id), &toTask{id: id, cmd: &abortCmd{
+			reason: fmt.Sprintf("internal error: taskhub could not process this task (its actor failed more than %d times within a minute)", maxRestarts),
+		}})
 	}
 }
 

@@ -35,11 +35,15 @@ type taskActor struct {
 	loaded  bool
 	task    *taskhubv1.Task // nil: no such task
 	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
-	lease   *storagev1.Lease
-	timer   *time.Timer // fires leaseExpired
+	// lease is the last lease granted. While the task runs it is the live one, and its expiry
+	// may be later than the stored one (RenewLease does not write an event).
+	lease *storagev1.Lease
 
-	enqueuePending bool        // the task is queued in the log but not yet in the queue
-	retry          *time.Timer // fires retryEnqueue
+	leaseTimer *time.Timer // fires leaseExpired
+	stallTimer *time.Timer // fires stallCheck
+	retryTimer *time.Timer // fires retryEnqueue
+
+	enqueuePending bool // the task is queued in the log but not yet in the queue
 }
 
 // errCancelled marks a lease check on a task its owner cancelled.
@@ -52,10 +56,9 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		ctx.SetReceiveTimeout(a.h.cfg.IdleTimeout)
 		ctx.Send(a.self, &toTask{id: a.id, cmd: &wakeCmd{}})
 	case *actor.Stopping, *actor.Restarting:
-		a.stopTimer()
-		if a.retry != nil {
-			a.retry.Stop()
-		}
+		stop(&a.leaseTimer)
+		stop(&a.stallTimer)
+		stop(&a.retryTimer)
 	case *actor.ReceiveTimeout:
 		if a.task == nil || a.task.State != taskhubv1.TaskState_TASK_STATE_RUNNING && !a.enqueuePending {
 			ctx.Request(ctx.Parent(), &passivate{id: a.id})
@@ -65,7 +68,7 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		if ctx.Sender() != nil {
 			ctx.Respond(r)
 		}
-	case *leaseExpired:
+	case *leaseExpired, *stallCheck:
 		a.handle(m)
 	case *retryEnqueue:
 		a.enqueuePending = false
@@ -107,8 +110,14 @@ func (a *taskActor) apply(cmd any) *taskReply {
 		return a.complete(c)
 	case *failCmd:
 		return a.fail(c)
+	case *renewCmd:
+		return a.renew(c)
 	case *leaseExpired:
 		return a.expire()
+	case *stallCheck:
+		return a.stall()
+	case *abortCmd:
+		return a.abort(c)
 	case *wakeCmd:
 		return a.wake(c)
 	}
@@ -122,7 +131,8 @@ func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
 func (a *taskActor) load() error {
 	ctx, cancel := a.ctx()
 	defer cancel()
-	a.stopTimer()
+	stop(&a.leaseTimer)
+	stop(&a.stallTimer)
 	e, err := a.h.log.Last(ctx, "*", a.id)
 	switch {
 	case errors.Is(err, eventlog.ErrNotFound):
@@ -133,10 +143,22 @@ func (a *taskActor) load() error {
 		a.task, a.lastSeq, a.lease = e.Record.Event.Task, e.Seq, e.Record.Lease
 	}
 	a.loaded = true
-	if a.task.GetState() == taskhubv1.TaskState_TASK_STATE_RUNNING && a.lease != nil {
-		a.armTimer(a.lease.ExpiresAt.AsTime())
+	if a.running() {
+		// Whoever held the task could not reach the hub while it was down (or while this actor
+		// restarted): give the worker a full lease from now to report again.
+		if grace := a.h.now().Add(a.h.cfg.LeaseTimeout); a.lease.ExpiresAt.AsTime().Before(grace) {
+			lease := proto.CloneOf(a.lease)
+			lease.ExpiresAt = timestamppb.New(grace)
+			a.lease = lease
+		}
+		a.armRunning()
 	}
 	return nil
+}
+
+// running reports whether the task runs under a lease.
+func (a *taskActor) running() bool {
+	return a.task.GetState() == taskhubv1.TaskState_TASK_STATE_RUNNING && a.lease != nil
 }
 
 // append writes the event that turns the task into t and makes t the current state.
@@ -210,8 +232,7 @@ func (a *taskActor) enqueue() {
 	if err := a.h.log.Enqueue(ctx, a.task.Mode, a.id); err != nil {
 		a.h.logger.Warn("cannot queue task; retrying", "task", a.id, "err", err)
 		a.enqueuePending = true
-		self, root := a.self, a.root
-		a.retry = time.AfterFunc(time.Second, func() { root.Send(self, &retryEnqueue{}) })
+		a.after(&a.retryTimer, time.Second, &retryEnqueue{})
 		return
 	}
 	a.enqueuePending = false
@@ -231,7 +252,7 @@ func (a *taskActor) cancel(c *cancelCmd) *taskReply {
 	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_CANCELLED, t, a.lease, ""); err != nil {
 		return &taskReply{err: err}
 	}
-	a.stopTimer()
+	a.stopRunning()
 	a.leaveQueue(was)
 	return &taskReply{task: a.task}
 }
@@ -288,12 +309,12 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 	}
 	t := a.next()
 	t.State = taskhubv1.TaskState_TASK_STATE_RUNNING
-	t.StartedAt = timestamppb.New(now)
-	t.Progress, t.Message, t.WorkerId = 0, "", c.workerID
+	t.StartedAt, t.ProgressedAt = timestamppb.New(now), timestamppb.New(now)
+	t.Progress, t.Message, t.WorkerId, t.Stalled = 0, "", c.workerID, false
 	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_STARTED, t, lease, ""); err != nil {
 		return &taskReply{err: err}
 	}
-	a.armTimer(expires)
+	a.armRunning()
 	return &taskReply{task: a.task, claimed: true, leaseToken: token, leaseExpires: expires}
 }
 
@@ -335,17 +356,53 @@ func (a *taskActor) report(c *reportCmd) *taskReply {
 		}
 		return &taskReply{err: err}
 	}
-	expires := a.h.now().Add(a.h.cfg.LeaseTimeout)
+	now := a.h.now()
+	expires := now.Add(a.h.cfg.LeaseTimeout)
 	lease := proto.CloneOf(a.lease)
 	lease.ExpiresAt = timestamppb.New(expires)
 	t := a.next()
-	t.Progress, t.Message = c.progress, c.message
+	t.Progress, t.Message, t.Stalled, t.ProgressedAt = c.progress, c.message, false, timestamppb.New(now)
 	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_PROGRESS, t, lease, ""); err != nil {
 		return &taskReply{err: err}
 	}
 	_ = a.h.log.Renew(lease.AckSubject)
-	a.armTimer(expires)
+	a.armRunning()
 	return &taskReply{task: a.task, leaseExpires: expires}
+}
+
+// renew extends the lease without an event: the stored lease keeps its older expiry until the
+// next event, and a reload grants a full lease anyway.
+func (a *taskActor) renew(c *renewCmd) *taskReply {
+	if err := a.checkLease(c.worker, c.token); err != nil {
+		if err == errCancelled {
+			return &taskReply{task: a.task, cancelRequested: true}
+		}
+		return &taskReply{err: err}
+	}
+	expires := a.h.now().Add(a.h.cfg.LeaseTimeout)
+	lease := proto.CloneOf(a.lease)
+	lease.ExpiresAt = timestamppb.New(expires)
+	a.lease = lease
+	_ = a.h.log.Renew(lease.AckSubject)
+	a.armRunning()
+	return &taskReply{task: a.task, leaseExpires: expires}
+}
+
+// stall marks a running task that made no progress for the stall timeout.
+func (a *taskActor) stall() *taskReply {
+	if !a.running() || a.task.Stalled || a.h.cfg.StallTimeout <= 0 {
+		return &taskReply{task: a.task}
+	}
+	if at := a.task.ProgressedAt.AsTime().Add(a.h.cfg.StallTimeout); a.h.now().Before(at) {
+		a.armRunning()
+		return &taskReply{task: a.task}
+	}
+	t := a.next()
+	t.Stalled = true
+	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_STALLED, t, a.lease, ""); err != nil {
+		return &taskReply{err: err}
+	}
+	return &taskReply{task: a.task}
 }
 
 func (a *taskActor) complete(c *completeCmd) *taskReply {
@@ -369,7 +426,7 @@ func (a *taskActor) fail(c *failCmd) *taskReply {
 		}
 		return &taskReply{err: err}
 	}
-	if c.retryable && int(a.task.Attempt) < a.h.cfg.MaxAttempts {
+	if c.retryable && int(a.task.Attempt) < a.h.maxAttempts(a.task.Mode) {
 		return a.requeue(fmt.Sprintf("attempt %d failed: %s", a.task.Attempt, c.text))
 	}
 	t := a.next()
@@ -387,22 +444,22 @@ func (a *taskActor) finish(kind taskhubv1.EventKind, t *taskhubv1.Task) *taskRep
 	if _, _, err := a.append(kind, t, a.lease, ""); err != nil {
 		return &taskReply{err: err}
 	}
-	a.stopTimer()
+	a.stopRunning()
 	a.leaveQueue(taskhubv1.TaskState_TASK_STATE_RUNNING)
 	return &taskReply{task: a.task}
 }
 
 // expire requeues (or, out of attempts, fails) a running task whose lease has run out.
 func (a *taskActor) expire() *taskReply {
-	if a.task.GetState() != taskhubv1.TaskState_TASK_STATE_RUNNING || a.lease == nil {
+	if !a.running() {
 		return &taskReply{task: a.task}
 	}
 	if expires := a.lease.ExpiresAt.AsTime(); a.h.now().Before(expires) {
-		a.armTimer(expires)
+		a.armRunning()
 		return &taskReply{task: a.task}
 	}
 	reason := fmt.Sprintf("worker %q stopped reporting and its lease expired", a.task.WorkerId)
-	if int(a.task.Attempt) < a.h.cfg.MaxAttempts {
+	if int(a.task.Attempt) < a.h.maxAttempts(a.task.Mode) {
 		return a.requeue(reason)
 	}
 	t := a.next()
@@ -412,16 +469,34 @@ func (a *taskActor) expire() *taskReply {
 	return a.finish(taskhubv1.EventKind_EVENT_KIND_FAILED, t)
 }
 
+// abort fails a task that is not finished, for a reason of the hub's own.
+func (a *taskActor) abort(c *abortCmd) *taskReply {
+	if a.task == nil || terminal(a.task.State) {
+		return &taskReply{task: a.task}
+	}
+	was := a.task.State
+	t := a.next()
+	t.State = taskhubv1.TaskState_TASK_STATE_FAILED
+	t.Error = c.reason
+	t.FinishedAt = timestamppb.New(a.h.now())
+	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_FAILED, t, a.lease, ""); err != nil {
+		return &taskReply{err: err}
+	}
+	a.stopRunning()
+	a.leaveQueue(was)
+	return &taskReply{task: a.task}
+}
+
 // requeue puts a running task back in the queue for its next attempt, after a backoff.
 func (a *taskActor) requeue(reason string) *taskReply {
 	t := a.next()
 	t.State = taskhubv1.TaskState_TASK_STATE_QUEUED
 	t.Attempt++
-	t.Progress, t.Message, t.StartedAt = 0, reason, nil
+	t.Progress, t.Message, t.StartedAt, t.ProgressedAt, t.Stalled = 0, reason, nil, nil, false
 	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_REQUEUED, t, a.lease, ""); err != nil {
 		return &taskReply{err: err}
 	}
-	a.stopTimer()
+	a.stopRunning()
 	if err := a.h.log.Release(a.lease.AckSubject, backoff(t.Attempt)); err != nil {
 		a.h.logger.Warn("cannot release a requeued task; it returns after the ack wait", "task", a.id, "err", err)
 	}
@@ -440,17 +515,34 @@ func (a *taskActor) wake(c *wakeCmd) *taskReply {
 // next returns a copy of the current task to change into the next state.
 func (a *taskActor) next() *taskhubv1.Task { return proto.CloneOf(a.task) }
 
-// armTimer makes the actor expire the lease at the given time.
-func (a *taskActor) armTimer(at time.Time) {
-	a.stopTimer()
-	self, root := a.self, a.root
-	a.timer = time.AfterFunc(time.Until(at), func() { root.Send(self, &leaseExpired{}) })
+// armRunning sets the timers of a running task: its lease's expiry and, unless it is stalled
+// already, the moment it would stall.
+func (a *taskActor) armRunning() {
+	now := a.h.now()
+	a.after(&a.leaseTimer, a.lease.ExpiresAt.AsTime().Sub(now), &leaseExpired{})
+	if a.h.cfg.StallTimeout > 0 && !a.task.Stalled {
+		a.after(&a.stallTimer, a.task.ProgressedAt.AsTime().Add(a.h.cfg.StallTimeout).Sub(now), &stallCheck{})
+	} else {
+		stop(&a.stallTimer)
+	}
 }
 
-func (a *taskActor) stopTimer() {
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
+func (a *taskActor) stopRunning() {
+	stop(&a.leaseTimer)
+	stop(&a.stallTimer)
+}
+
+// after sends msg to the actor after d, replacing what *t was set to.
+func (a *taskActor) after(t **time.Timer, d time.Duration, msg any) {
+	stop(t)
+	self, root := a.self, a.root
+	*t = time.AfterFunc(d, func() { root.Send(self, msg) })
+}
+
+func stop(t **time.Timer) {
+	if *t != nil {
+		(*t).Stop()
+		*t = nil
 	}
 }
 

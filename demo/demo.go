@@ -3,7 +3,7 @@
 // a generated image (an SVG data URL). It claims and reports through the hub like any worker.
 //
 // Params: steps (1..1000, default 20) and step_ms (0..60000, default 250). A prompt containing
-// "fail" fails part-way through. A cancelled task stops at its next step.
+// "fail" fails part-way through. A cancelled task stops at once.
 //
 // An Executor's workers each run one task at a time; Stop waits for them to return.
 package demo
@@ -43,6 +43,7 @@ const (
 type Hub interface {
 	ClaimTask(ctx context.Context, worker, workerID string, modes []string, wait time.Duration) (*actors.Claim, error)
 	ReportProgress(ctx context.Context, worker, id, token string, progress float64, message string) (cancelRequested bool, leaseExpires time.Time, err error)
+	TaskEnded(id string) (ended <-chan struct{}, release func())
 	CompleteTask(ctx context.Context, worker, id, token, result string) (*taskhubv1.Task, error)
 	FailTask(ctx context.Context, worker, id, token, text string, retryable bool) (*taskhubv1.Task, error)
 }
@@ -80,7 +81,7 @@ func (e *Executor) work(ctx context.Context, id string) {
 		if err != nil {
 			if ctx.Err() == nil {
 				e.logger.Warn("demo executor: claim failed", "worker", id, "err", err)
-				sleep(ctx, time.Second)
+				sleep(ctx, nil, time.Second)
 			}
 			continue
 		}
@@ -102,9 +103,11 @@ func (e *Executor) run(ctx context.Context, worker string, c *actors.Claim) {
 	if strings.Contains(strings.ToLower(t.Prompt), "fail") {
 		failAt = steps*6/10 + 1
 	}
+	ended, release := e.hub.TaskEnded(t.Id)
+	defer release()
 	for step := 1; step <= steps; step++ {
-		if !sleep(ctx, time.Duration(stepMS)*time.Millisecond) {
-			return
+		if !sleep(ctx, ended, time.Duration(stepMS)*time.Millisecond) {
+			return // stopping, or the task was cancelled
 		}
 		if step == failAt {
 			e.finish(e.hub.FailTask(ctx, "", t.Id, c.LeaseToken,
@@ -157,13 +160,16 @@ func intParam(p map[string]string, name string, def, lo, hi int) (int, error) {
 	return n, nil
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+// sleep waits for d and reports true, or reports false as soon as ctx ends or ended is closed.
+func sleep(ctx context.Context, ended <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
 	case <-ctx.Done():
+		return false
+	case <-ended:
 		return false
 	}
 }

@@ -17,6 +17,7 @@ import (
 type Workers interface {
 	ClaimTask(ctx context.Context, worker, workerID string, modes []string, wait time.Duration) (*actors.Claim, error)
 	ReportProgress(ctx context.Context, worker, id, token string, progress float64, message string) (cancelRequested bool, leaseExpires time.Time, err error)
+	RenewLease(ctx context.Context, worker, id, token string) (cancelRequested bool, leaseExpires time.Time, err error)
 	CompleteTask(ctx context.Context, worker, id, token, result string) (*taskhubv1.Task, error)
 	FailTask(ctx context.Context, worker, id, token, text string, retryable bool) (*taskhubv1.Task, error)
 }
@@ -53,6 +54,19 @@ func (s *workerServer) ReportProgress(ctx context.Context, req *connect.Request[
 		return nil, connectError(err)
 	}
 	res := &taskhubv1.ReportProgressResponse{CancelRequested: cancelled}
+	if !expires.IsZero() {
+		res.LeaseExpiresAt = timestamppb.New(expires)
+	}
+	return connect.NewResponse(res), nil
+}
+
+func (s *workerServer) RenewLease(ctx context.Context, req *connect.Request[taskhubv1.RenewLeaseRequest]) (*connect.Response[taskhubv1.RenewLeaseResponse], error) {
+	m := req.Msg
+	cancelled, expires, err := s.hub.RenewLease(ctx, identityFrom(ctx).worker, m.TaskId, m.LeaseToken)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	res := &taskhubv1.RenewLeaseResponse{CancelRequested: cancelled}
 	if !expires.IsZero() {
 		res.LeaseExpiresAt = timestamppb.New(expires)
 	}

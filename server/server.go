@@ -40,6 +40,10 @@ type Config struct {
 	LeaseTimeout time.Duration
 	// MaxAttempts is how many times a task may be claimed [3].
 	MaxAttempts int
+	// ModeAttempts overrides MaxAttempts for some modes.
+	ModeAttempts map[string]int
+	// StallTimeout marks a running task stalled after this long without progress (0: never).
+	StallTimeout time.Duration
 	// Modes, when set, are the only modes tasks may be created in.
 	Modes []string
 	// DemoWorkers is how many demo tasks run at once [4]; negative disables the demo executor.
@@ -107,6 +111,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Logger:       cfg.Logger,
 		LeaseTimeout: cfg.LeaseTimeout,
 		MaxAttempts:  cfg.MaxAttempts,
+		ModeAttempts: cfg.ModeAttempts,
+		StallTimeout: cfg.StallTimeout,
 		Modes:        cfg.Modes,
 		Heartbeat:    cfg.Heartbeat,
 		ParamCheck: func(mode string, params map[string]string) error {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -55,6 +56,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON `file` mapping bearer tokens to users and workers (see README)")
 	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", 30*time.Second, "how long a claimed task stays leased without a progress report")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 3, "how many times a task may be claimed before it fails for good")
+	fs.Func("mode-attempts", "per-mode max attempts, as `mode=n,...` (overrides --max-attempts)", func(v string) error {
+		cfg.ModeAttempts = map[string]int{}
+		for _, kv := range strings.Split(v, ",") {
+			mode, n, ok := strings.Cut(kv, "=")
+			attempts, err := strconv.Atoi(n)
+			if !ok || err != nil || attempts < 1 {
+				return fmt.Errorf("%q: want mode=n with n >= 1", kv)
+			}
+			cfg.ModeAttempts[mode] = attempts
+		}
+		return nil
+	})
+	fs.DurationVar(&cfg.StallTimeout, "stall-timeout", 2*time.Minute, "mark a running task stalled after this long without progress; 0 disables")
 	fs.StringVar(&modes, "modes", "", "comma-separated `list` of the only modes tasks may use (default: any well-formed mode)")
 	fs.IntVar(&cfg.DemoWorkers, "demo-workers", 4, "how many demo tasks run at once; 0 disables the built-in demo executor")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 15*time.Second, "heartbeat interval of idle watch streams")

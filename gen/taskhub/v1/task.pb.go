@@ -100,6 +100,9 @@ const (
 	EventKind_EVENT_KIND_CANCELLED   EventKind = 6
 	// The worker's lease expired or it failed retryably; the task waits for a worker again.
 	EventKind_EVENT_KIND_REQUEUED EventKind = 7
+	// The running task made no progress for the stall timeout (task.stalled is set); the next
+	// PROGRESS event clears it.
+	EventKind_EVENT_KIND_STALLED EventKind = 8
 )
 
 // Enum value maps for EventKind.
@@ -113,6 +116,7 @@ var (
 		5: "EVENT_KIND_FAILED",
 		6: "EVENT_KIND_CANCELLED",
 		7: "EVENT_KIND_REQUEUED",
+		8: "EVENT_KIND_STALLED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED": 0,
@@ -123,6 +127,7 @@ var (
 		"EVENT_KIND_FAILED":      5,
 		"EVENT_KIND_CANCELLED":   6,
 		"EVENT_KIND_REQUEUED":    7,
+		"EVENT_KIND_STALLED":     8,
 	}
 )
 
@@ -187,7 +192,11 @@ type Task struct {
 	WorkerId string `protobuf:"bytes,16,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// The seq of the event that made the task what it is: its version. A client holding a task
 	// ignores events with a smaller or equal seq for it.
-	Seq           uint64 `protobuf:"varint,17,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,17,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The running task made no progress for the stall timeout; its next progress clears this.
+	Stalled bool `protobuf:"varint,18,opt,name=stalled,proto3" json:"stalled,omitempty"`
+	// When the task last made progress: its last progress report, or its claim.
+	ProgressedAt  *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=progressed_at,json=progressedAt,proto3" json:"progressed_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -341,6 +350,20 @@ func (x *Task) GetSeq() uint64 {
 	return 0
 }
 
+func (x *Task) GetStalled() bool {
+	if x != nil {
+		return x.Stalled
+	}
+	return false
+}
+
+func (x *Task) GetProgressedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ProgressedAt
+	}
+	return nil
+}
+
 // TaskEvent is one accepted change, as stored in the event log.
 type TaskEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -418,7 +441,7 @@ var File_taskhub_v1_task_proto protoreflect.FileDescriptor
 const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"\x15taskhub/v1/task.proto\x12\n" +
-	"taskhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x05\n" +
+	"taskhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x05\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x16\n" +
@@ -441,7 +464,9 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\vfinished_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12\x1b\n" +
 	"\tworker_id\x18\x10 \x01(\tR\bworkerId\x12\x10\n" +
-	"\x03seq\x18\x11 \x01(\x04R\x03seq\x1a9\n" +
+	"\x03seq\x18\x11 \x01(\x04R\x03seq\x12\x18\n" +
+	"\astalled\x18\x12 \x01(\bR\astalled\x12?\n" +
+	"\rprogressed_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\fprogressedAt\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
@@ -456,7 +481,7 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n" +
 	"\x14TASK_STATE_COMPLETED\x10\x03\x12\x15\n" +
 	"\x11TASK_STATE_FAILED\x10\x04\x12\x18\n" +
-	"\x14TASK_STATE_CANCELLED\x10\x05*\xd4\x01\n" +
+	"\x14TASK_STATE_CANCELLED\x10\x05*\xec\x01\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12EVENT_KIND_CREATED\x10\x01\x12\x16\n" +
@@ -465,7 +490,8 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\x14EVENT_KIND_COMPLETED\x10\x04\x12\x15\n" +
 	"\x11EVENT_KIND_FAILED\x10\x05\x12\x18\n" +
 	"\x14EVENT_KIND_CANCELLED\x10\x06\x12\x17\n" +
-	"\x13EVENT_KIND_REQUEUED\x10\aB\x99\x01\n" +
+	"\x13EVENT_KIND_REQUEUED\x10\a\x12\x16\n" +
+	"\x12EVENT_KIND_STALLED\x10\bB\x99\x01\n" +
 	"\x0ecom.taskhub.v1B\tTaskProtoP\x01Z3github.com/taskhub/taskhub/gen/taskhub/v1;taskhubv1\xa2\x02\x03TXX\xaa\x02\n" +
 	"Taskhub.V1\xca\x02\n" +
 	"Taskhub\\V1\xe2\x02\x16Taskhub\\V1\\GPBMetadata\xea\x02\vTaskhub::V1b\x06proto3"
@@ -493,20 +519,21 @@ var file_taskhub_v1_task_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
 }
 var file_taskhub_v1_task_proto_depIdxs = []int32{
-	4, // 0: taskhub.v1.Task.params:type_name -> taskhub.v1.Task.ParamsEntry
-	0, // 1: taskhub.v1.Task.state:type_name -> taskhub.v1.TaskState
-	5, // 2: taskhub.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	5, // 3: taskhub.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	5, // 4: taskhub.v1.Task.started_at:type_name -> google.protobuf.Timestamp
-	5, // 5: taskhub.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
-	1, // 6: taskhub.v1.TaskEvent.kind:type_name -> taskhub.v1.EventKind
-	2, // 7: taskhub.v1.TaskEvent.task:type_name -> taskhub.v1.Task
-	5, // 8: taskhub.v1.TaskEvent.time:type_name -> google.protobuf.Timestamp
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	4,  // 0: taskhub.v1.Task.params:type_name -> taskhub.v1.Task.ParamsEntry
+	0,  // 1: taskhub.v1.Task.state:type_name -> taskhub.v1.TaskState
+	5,  // 2: taskhub.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	5,  // 3: taskhub.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	5,  // 4: taskhub.v1.Task.started_at:type_name -> google.protobuf.Timestamp
+	5,  // 5: taskhub.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
+	5,  // 6: taskhub.v1.Task.progressed_at:type_name -> google.protobuf.Timestamp
+	1,  // 7: taskhub.v1.TaskEvent.kind:type_name -> taskhub.v1.EventKind
+	2,  // 8: taskhub.v1.TaskEvent.task:type_name -> taskhub.v1.Task
+	5,  // 9: taskhub.v1.TaskEvent.time:type_name -> google.protobuf.Timestamp
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_taskhub_v1_task_proto_init() }

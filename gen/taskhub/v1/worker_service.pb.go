@@ -271,6 +271,111 @@ func (x *ReportProgressResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type RenewLeaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	LeaseToken    string                 `protobuf:"bytes,2,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseRequest) Reset() {
+	*x = RenewLeaseRequest{}
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseRequest) ProtoMessage() {}
+
+func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RenewLeaseRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *RenewLeaseRequest) GetLeaseToken() string {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return ""
+}
+
+type RenewLeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task was cancelled: stop working on it.
+	CancelRequested bool                   `protobuf:"varint,1,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	LeaseExpiresAt  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RenewLeaseResponse) Reset() {
+	*x = RenewLeaseResponse{}
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseResponse) ProtoMessage() {}
+
+func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RenewLeaseResponse) GetCancelRequested() bool {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return false
+}
+
+func (x *RenewLeaseResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpiresAt
+	}
+	return nil
+}
+
 type CompleteTaskRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	TaskId     string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -283,7 +388,7 @@ type CompleteTaskRequest struct {
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +400,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +413,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{4}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -341,7 +446,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +458,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +471,7 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{5}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CompleteTaskResponse) GetTask() *Task {
@@ -390,7 +495,7 @@ type FailTaskRequest struct {
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +507,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +520,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{6}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -455,7 +560,7 @@ type FailTaskResponse struct {
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +572,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +585,7 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{7}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FailTaskResponse) GetTask() *Task {
@@ -513,6 +618,13 @@ const file_taskhub_v1_worker_service_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\x89\x01\n" +
 	"\x16ReportProgressResponse\x12)\n" +
 	"\x10cancel_requested\x18\x01 \x01(\bR\x0fcancelRequested\x12D\n" +
+	"\x10lease_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\"M\n" +
+	"\x11RenewLeaseRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n" +
+	"\vlease_token\x18\x02 \x01(\tR\n" +
+	"leaseToken\"\x85\x01\n" +
+	"\x12RenewLeaseResponse\x12)\n" +
+	"\x10cancel_requested\x18\x01 \x01(\bR\x0fcancelRequested\x12D\n" +
 	"\x10lease_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\"g\n" +
 	"\x13CompleteTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n" +
@@ -528,10 +640,12 @@ const file_taskhub_v1_worker_service_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1c\n" +
 	"\tretryable\x18\x04 \x01(\bR\tretryable\"8\n" +
 	"\x10FailTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.taskhub.v1.TaskR\x04task2\xcc\x02\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.taskhub.v1.TaskR\x04task2\x99\x03\n" +
 	"\rWorkerService\x12H\n" +
 	"\tClaimTask\x12\x1c.taskhub.v1.ClaimTaskRequest\x1a\x1d.taskhub.v1.ClaimTaskResponse\x12W\n" +
-	"\x0eReportProgress\x12!.taskhub.v1.ReportProgressRequest\x1a\".taskhub.v1.ReportProgressResponse\x12Q\n" +
+	"\x0eReportProgress\x12!.taskhub.v1.ReportProgressRequest\x1a\".taskhub.v1.ReportProgressResponse\x12K\n" +
+	"\n" +
+	"RenewLease\x12\x1d.taskhub.v1.RenewLeaseRequest\x1a\x1e.taskhub.v1.RenewLeaseResponse\x12Q\n" +
 	"\fCompleteTask\x12\x1f.taskhub.v1.CompleteTaskRequest\x1a .taskhub.v1.CompleteTaskResponse\x12E\n" +
 	"\bFailTask\x12\x1b.taskhub.v1.FailTaskRequest\x1a\x1c.taskhub.v1.FailTaskResponseB\xa2\x01\n" +
 	"\x0ecom.taskhub.v1B\x12WorkerServiceProtoP\x01Z3github.com/taskhub/taskhub/gen/taskhub/v1;taskhubv1\xa2\x02\x03TXX\xaa\x02\n" +
@@ -550,38 +664,43 @@ func file_taskhub_v1_worker_service_proto_rawDescGZIP() []byte {
 	return file_taskhub_v1_worker_service_proto_rawDescData
 }
 
-var file_taskhub_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_taskhub_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_taskhub_v1_worker_service_proto_goTypes = []any{
 	(*ClaimTaskRequest)(nil),       // 0: taskhub.v1.ClaimTaskRequest
 	(*ClaimTaskResponse)(nil),      // 1: taskhub.v1.ClaimTaskResponse
 	(*ReportProgressRequest)(nil),  // 2: taskhub.v1.ReportProgressRequest
 	(*ReportProgressResponse)(nil), // 3: taskhub.v1.ReportProgressResponse
-	(*CompleteTaskRequest)(nil),    // 4: taskhub.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),   // 5: taskhub.v1.CompleteTaskResponse
-	(*FailTaskRequest)(nil),        // 6: taskhub.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),       // 7: taskhub.v1.FailTaskResponse
-	(*Task)(nil),                   // 8: taskhub.v1.Task
-	(*timestamppb.Timestamp)(nil),  // 9: google.protobuf.Timestamp
+	(*RenewLeaseRequest)(nil),      // 4: taskhub.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),     // 5: taskhub.v1.RenewLeaseResponse
+	(*CompleteTaskRequest)(nil),    // 6: taskhub.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),   // 7: taskhub.v1.CompleteTaskResponse
+	(*FailTaskRequest)(nil),        // 8: taskhub.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),       // 9: taskhub.v1.FailTaskResponse
+	(*Task)(nil),                   // 10: taskhub.v1.Task
+	(*timestamppb.Timestamp)(nil),  // 11: google.protobuf.Timestamp
 }
 var file_taskhub_v1_worker_service_proto_depIdxs = []int32{
-	8, // 0: taskhub.v1.ClaimTaskResponse.task:type_name -> taskhub.v1.Task
-	9, // 1: taskhub.v1.ClaimTaskResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	9, // 2: taskhub.v1.ReportProgressResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	8, // 3: taskhub.v1.CompleteTaskResponse.task:type_name -> taskhub.v1.Task
-	8, // 4: taskhub.v1.FailTaskResponse.task:type_name -> taskhub.v1.Task
-	0, // 5: taskhub.v1.WorkerService.ClaimTask:input_type -> taskhub.v1.ClaimTaskRequest
-	2, // 6: taskhub.v1.WorkerService.ReportProgress:input_type -> taskhub.v1.ReportProgressRequest
-	4, // 7: taskhub.v1.WorkerService.CompleteTask:input_type -> taskhub.v1.CompleteTaskRequest
-	6, // 8: taskhub.v1.WorkerService.FailTask:input_type -> taskhub.v1.FailTaskRequest
-	1, // 9: taskhub.v1.WorkerService.ClaimTask:output_type -> taskhub.v1.ClaimTaskResponse
-	3, // 10: taskhub.v1.WorkerService.ReportProgress:output_type -> taskhub.v1.ReportProgressResponse
-	5, // 11: taskhub.v1.WorkerService.CompleteTask:output_type -> taskhub.v1.CompleteTaskResponse
-	7, // 12: taskhub.v1.WorkerService.FailTask:output_type -> taskhub.v1.FailTaskResponse
-	9, // [9:13] is the sub-list for method output_type
-	5, // [5:9] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	10, // 0: taskhub.v1.ClaimTaskResponse.task:type_name -> taskhub.v1.Task
+	11, // 1: taskhub.v1.ClaimTaskResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 2: taskhub.v1.ReportProgressResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 3: taskhub.v1.RenewLeaseResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	10, // 4: taskhub.v1.CompleteTaskResponse.task:type_name -> taskhub.v1.Task
+	10, // 5: taskhub.v1.FailTaskResponse.task:type_name -> taskhub.v1.Task
+	0,  // 6: taskhub.v1.WorkerService.ClaimTask:input_type -> taskhub.v1.ClaimTaskRequest
+	2,  // 7: taskhub.v1.WorkerService.ReportProgress:input_type -> taskhub.v1.ReportProgressRequest
+	4,  // 8: taskhub.v1.WorkerService.RenewLease:input_type -> taskhub.v1.RenewLeaseRequest
+	6,  // 9: taskhub.v1.WorkerService.CompleteTask:input_type -> taskhub.v1.CompleteTaskRequest
+	8,  // 10: taskhub.v1.WorkerService.FailTask:input_type -> taskhub.v1.FailTaskRequest
+	1,  // 11: taskhub.v1.WorkerService.ClaimTask:output_type -> taskhub.v1.ClaimTaskResponse
+	3,  // 12: taskhub.v1.WorkerService.ReportProgress:output_type -> taskhub.v1.ReportProgressResponse
+	5,  // 13: taskhub.v1.WorkerService.RenewLease:output_type -> taskhub.v1.RenewLeaseResponse
+	7,  // 14: taskhub.v1.WorkerService.CompleteTask:output_type -> taskhub.v1.CompleteTaskResponse
+	9,  // 15: taskhub.v1.WorkerService.FailTask:output_type -> taskhub.v1.FailTaskResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_taskhub_v1_worker_service_proto_init() }
@@ -596,7 +715,7 @@ func file_taskhub_v1_worker_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskhub_v1_worker_service_proto_rawDesc), len(file_taskhub_v1_worker_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

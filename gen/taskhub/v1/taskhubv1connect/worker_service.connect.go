@@ -38,6 +38,9 @@ const (
 	// WorkerServiceReportProgressProcedure is the fully-qualified name of the WorkerService's
 	// ReportProgress RPC.
 	WorkerServiceReportProgressProcedure = "/taskhub.v1.WorkerService/ReportProgress"
+	// WorkerServiceRenewLeaseProcedure is the fully-qualified name of the WorkerService's RenewLease
+	// RPC.
+	WorkerServiceRenewLeaseProcedure = "/taskhub.v1.WorkerService/RenewLease"
 	// WorkerServiceCompleteTaskProcedure is the fully-qualified name of the WorkerService's
 	// CompleteTask RPC.
 	WorkerServiceCompleteTaskProcedure = "/taskhub.v1.WorkerService/CompleteTask"
@@ -53,6 +56,10 @@ type WorkerServiceClient interface {
 	// ReportProgress records progress and renews the lease. It answers cancel_requested when the
 	// task was cancelled: the worker should stop.
 	ReportProgress(context.Context, *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error)
+	// RenewLease extends the lease without reporting progress, for a worker inside a long step.
+	// It writes no event (so it does not clear task.stalled), and answers cancel_requested like
+	// ReportProgress.
+	RenewLease(context.Context, *connect.Request[v1.RenewLeaseRequest]) (*connect.Response[v1.RenewLeaseResponse], error)
 	// CompleteTask finishes the task with its result.
 	CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error)
 	// FailTask finishes the task with an error, or requeues it when retryable and attempts remain.
@@ -82,6 +89,12 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(workerServiceMethods.ByName("ReportProgress")),
 			connect.WithClientOptions(opts...),
 		),
+		renewLease: connect.NewClient[v1.RenewLeaseRequest, v1.RenewLeaseResponse](
+			httpClient,
+			baseURL+WorkerServiceRenewLeaseProcedure,
+			connect.WithSchema(workerServiceMethods.ByName("RenewLease")),
+			connect.WithClientOptions(opts...),
+		),
 		completeTask: connect.NewClient[v1.CompleteTaskRequest, v1.CompleteTaskResponse](
 			httpClient,
 			baseURL+WorkerServiceCompleteTaskProcedure,
@@ -101,6 +114,7 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 type workerServiceClient struct {
 	claimTask      *connect.Client[v1.ClaimTaskRequest, v1.ClaimTaskResponse]
 	reportProgress *connect.Client[v1.ReportProgressRequest, v1.ReportProgressResponse]
+	renewLease     *connect.Client[v1.RenewLeaseRequest, v1.RenewLeaseResponse]
 	completeTask   *connect.Client[v1.CompleteTaskRequest, v1.CompleteTaskResponse]
 	failTask       *connect.Client[v1.FailTaskRequest, v1.FailTaskResponse]
 }
@@ -113,6 +127,11 @@ func (c *workerServiceClient) ClaimTask(ctx context.Context, req *connect.Reques
 // ReportProgress calls taskhub.v1.WorkerService.ReportProgress.
 func (c *workerServiceClient) ReportProgress(ctx context.Context, req *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error) {
 	return c.reportProgress.CallUnary(ctx, req)
+}
+
+// RenewLease calls taskhub.v1.WorkerService.RenewLease.
+func (c *workerServiceClient) RenewLease(ctx context.Context, req *connect.Request[v1.RenewLeaseRequest]) (*connect.Response[v1.RenewLeaseResponse], error) {
+	return c.renewLease.CallUnary(ctx, req)
 }
 
 // CompleteTask calls taskhub.v1.WorkerService.CompleteTask.
@@ -133,6 +152,10 @@ type WorkerServiceHandler interface {
 	// ReportProgress records progress and renews the lease. It answers cancel_requested when the
 	// task was cancelled: the worker should stop.
 	ReportProgress(context.Context, *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error)
+	// RenewLease extends the lease without reporting progress, for a worker inside a long step.
+	// It writes no event (so it does not clear task.stalled), and answers cancel_requested like
+	// ReportProgress.
+	RenewLease(context.Context, *connect.Request[v1.RenewLeaseRequest]) (*connect.Response[v1.RenewLeaseResponse], error)
 	// CompleteTask finishes the task with its result.
 	CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error)
 	// FailTask finishes the task with an error, or requeues it when retryable and attempts remain.
@@ -158,6 +181,12 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(workerServiceMethods.ByName("ReportProgress")),
 		connect.WithHandlerOptions(opts...),
 	)
+	workerServiceRenewLeaseHandler := connect.NewUnaryHandler(
+		WorkerServiceRenewLeaseProcedure,
+		svc.RenewLease,
+		connect.WithSchema(workerServiceMethods.ByName("RenewLease")),
+		connect.WithHandlerOptions(opts...),
+	)
 	workerServiceCompleteTaskHandler := connect.NewUnaryHandler(
 		WorkerServiceCompleteTaskProcedure,
 		svc.CompleteTask,
@@ -176,6 +205,8 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 			workerServiceClaimTaskHandler.ServeHTTP(w, r)
 		case WorkerServiceReportProgressProcedure:
 			workerServiceReportProgressHandler.ServeHTTP(w, r)
+		case WorkerServiceRenewLeaseProcedure:
+			workerServiceRenewLeaseHandler.ServeHTTP(w, r)
 		case WorkerServiceCompleteTaskProcedure:
 			workerServiceCompleteTaskHandler.ServeHTTP(w, r)
 		case WorkerServiceFailTaskProcedure:
@@ -195,6 +226,10 @@ func (UnimplementedWorkerServiceHandler) ClaimTask(context.Context, *connect.Req
 
 func (UnimplementedWorkerServiceHandler) ReportProgress(context.Context, *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskhub.v1.WorkerService.ReportProgress is not implemented"))
+}
+
+func (UnimplementedWorkerServiceHandler) RenewLease(context.Context, *connect.Request[v1.RenewLeaseRequest]) (*connect.Response[v1.RenewLeaseResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskhub.v1.WorkerService.RenewLease is not implemented"))
 }
 
 func (UnimplementedWorkerServiceHandler) CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error) {

@@ -1,0 +1,192 @@
+package actors_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/actors"
+)
+
+func TestHub_StallMarksAndClears(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, stall: 300 * time.Millisecond})
+	h, ctx := b.hub, t.Context()
+	w := watch(t, h, "alice", "", 0)
+	task := create(t, h, "alice", "x", "paint")
+	c := claim(t, h, "paint")
+
+	// No progress for the stall timeout: marked stalled, and watchers hear it.
+	_, events := w.wait(3)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_STALLED, events[2].Kind)
+	require.True(t, events[2].Task.Stalled)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_RUNNING, events[2].Task.State)
+
+	// Progress clears it.
+	_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 30, "unstuck")
+	require.NoError(t, err)
+	_, events = w.wait(4)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_PROGRESS, events[3].Kind)
+	require.False(t, events[3].Task.Stalled)
+	require.True(t, events[3].Task.ProgressedAt.AsTime().After(events[1].Task.ProgressedAt.AsTime()))
+
+	// A lease renewal is not progress: the task stalls again.
+	_, _, err = h.RenewLease(ctx, "", task.Id, c.LeaseToken)
+	require.NoError(t, err)
+	_, events = w.wait(5)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_STALLED, events[4].Kind)
+	require.Len(t, events, 5, "exactly one stall event per stall")
+}
+
+func TestHub_RenewLeaseWithoutEvents(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 400 * time.Millisecond})
+	h, ctx := b.hub, t.Context()
+	w := watch(t, h, "alice", "", 0)
+	task := create(t, h, "alice", "x", "paint")
+	c := claim(t, h, "paint")
+
+	// Renewing every 150 ms keeps a 400 ms lease alive for three times its length.
+	for range 8 {
+		time.Sleep(150 * time.Millisecond)
+		cancelled, expires, err := h.RenewLease(ctx, "", task.Id, c.LeaseToken)
+		require.NoError(t, err)
+		require.False(t, cancelled)
+		require.WithinDuration(t, time.Now().Add(400*time.Millisecond), expires, 200*time.Millisecond)
+	}
+	got, err := h.GetTask(ctx, "alice", task.Id)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_RUNNING, got.State)
+	_, events := w.wait(2)
+	require.Len(t, events, 2, "renewals write no events: %v", kinds(events))
+
+	_, _, err = h.RenewLease(ctx, "", task.Id, "not-the-token")
+	require.Equal(t, taskhub.PermissionDenied, codeOf(err), err)
+
+	_, err = h.CancelTask(ctx, "alice", task.Id)
+	require.NoError(t, err)
+	cancelled, _, err := h.RenewLease(ctx, "", task.Id, c.LeaseToken)
+	require.NoError(t, err)
+	require.True(t, cancelled, "a renewal learns of the cancel")
+}
+
+func TestHub_ModeAttempts(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, attempts: 3, modeTries: map[string]int{"once": 1}})
+	h, ctx := b.hub, t.Context()
+
+	once := create(t, h, "alice", "x", "once")
+	c := claim(t, h, "once")
+	got, err := h.FailTask(ctx, "", once.Id, c.LeaseToken, "GPU out of memory", true)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_FAILED, got.State, "mode once allows one attempt")
+	require.Equal(t, "GPU out of memory (gave up after 1 attempts)", got.Error)
+
+	twice := create(t, h, "alice", "x", "paint")
+	c = claim(t, h, "paint")
+	got, err = h.FailTask(ctx, "", twice.Id, c.LeaseToken, "GPU out of memory", true)
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, got.State, "other modes get the default 3")
+	require.Equal(t, uint32(2), got.Attempt)
+	require.Contains(t, got.Message, "GPU out of memory")
+}
+
+// alwaysPanics panics on every append of a progress event of one task.
+type alwaysPanics struct {
+	actors.Log
+	id     atomic.Value
+	panics atomic.Int32
+}
+
+func (p *alwaysPanics) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (uint64, bool, error) {
+	if rec.GetEvent().GetKind() == taskhubv1.EventKind_EVENT_KIND_PROGRESS && p.id.Load() == id {
+		p.panics.Add(1)
+		panic("injected: this task's progress always panics")
+	}
+	return p.Log.Append(ctx, owner, id, rec, expectLast, msgID)
+}
+
+func TestHub_SupervisorFailsTaskThatKeepsPanicking(t *testing.T) {
+	t.Parallel()
+	p := &alwaysPanics{}
+	b := setup(t, options{lease: 10 * time.Second, wrap: func(l actors.Log) actors.Log { p.Log = l; return p }})
+	h, ctx := b.hub, t.Context()
+	task := create(t, h, "alice", "poison", "paint")
+	c := claim(t, h, "paint")
+	p.id.Store(task.Id)
+
+	// Every report panics; after the supervisor's bounded restarts it fails the task.
+	var got *taskhubv1.Task
+	for i := range 30 {
+		_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 10, "boom")
+		require.Error(t, err, "report %d", i)
+		var gerr error
+		got, gerr = h.GetTask(ctx, "alice", task.Id)
+		require.NoError(t, gerr)
+		if got.State != taskhubv1.TaskState_TASK_STATE_RUNNING {
+			break
+		}
+	}
+	require.Eventually(t, func() bool {
+		got, _ = h.GetTask(ctx, "alice", task.Id)
+		return got.State == taskhubv1.TaskState_TASK_STATE_FAILED
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Contains(t, got.Error, "internal error")
+	require.Equal(t, int32(11), p.panics.Load(), "10 restarts, then the 11th failure stops the actor")
+
+	// The hub is fine: other tasks still run, and the failed one refuses more work.
+	other := create(t, h, "alice", "fine", "paint")
+	c2 := claim(t, h, "paint")
+	require.Equal(t, other.Id, c2.Task.Id)
+	_, err := h.CompleteTask(ctx, "", other.Id, c2.LeaseToken, "ok")
+	require.NoError(t, err)
+	_, _, err = h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 10, "again")
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+}
+
+func TestHub_TaskEndedClosesOnCancel(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+	task := create(t, h, "alice", "x", "paint")
+	claim(t, h, "paint")
+	ended, release := h.TaskEnded(task.Id)
+	defer release()
+	select {
+	case <-ended:
+		t.Fatal("closed before the task ended")
+	case <-time.After(50 * time.Millisecond):
+	}
+	_, err := h.CancelTask(ctx, "alice", task.Id)
+	require.NoError(t, err)
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not closed after the cancel")
+	}
+}
+
+func TestHub_RestartGivesWorkersAFullLease(t *testing.T) {
+	t.Parallel()
+	opts := options{lease: time.Second}
+	b := setup(t, opts)
+	create(t, b.hub, "alice", "x", "paint")
+	c := claim(t, b.hub, "paint")
+
+	// The hub is down for most of the lease; the worker cannot report meanwhile.
+	b.close()
+	time.Sleep(800 * time.Millisecond)
+	b.open(t, opts)
+	time.Sleep(400 * time.Millisecond) // now past the lease granted before the restart
+
+	_, expires, err := b.hub.ReportProgress(t.Context(), "", c.Task.Id, c.LeaseToken, 50, "still here")
+	require.NoError(t, err, "the restarted hub gave the worker a full lease to come back")
+	require.True(t, expires.After(c.LeaseExpires))
+}
