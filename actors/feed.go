@@ -39,8 +39,9 @@ func eventItem(e *eventlog.Entry) *item {
 // active tasks under the same lock that applying an event takes, so a subscriber gets exactly
 // the events after its snapshot.
 type feed struct {
-	root   *actor.RootContext
-	logger *slog.Logger
+	root      *actor.RootContext
+	logger    *slog.Logger
+	compactor *compactor
 
 	mu     sync.Mutex
 	pos    uint64                                // the last sequence applied
@@ -52,14 +53,15 @@ type feed struct {
 	stop   func()
 }
 
-func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *slog.Logger) (*feed, error) {
+func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *slog.Logger, c *compactor) (*feed, error) {
 	f := &feed{
-		root:   root,
-		logger: logger,
-		active: map[string]map[string]*taskhubv1.Task{},
-		subs:   map[string]map[*actor.PID]struct{}{},
-		ends:   map[string][]chan struct{}{},
-		ready:  make(chan struct{}),
+		root:      root,
+		logger:    logger,
+		compactor: c,
+		active:    map[string]map[string]*taskhubv1.Task{},
+		subs:      map[string]map[*actor.PID]struct{}{},
+		ends:      map[string][]chan struct{}{},
+		ready:     make(chan struct{}),
 	}
 	first, last, err := log.Bounds(ctx)
 	if err != nil {
@@ -104,6 +106,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 					close(ch)
 				}
 				delete(f.ends, t.Id)
+				f.compactor.add(e.Seq, t.Owner, t.Id, it.resp.GetEvent().Time.AsTime())
 			} else {
 				if tasks == nil {
 					tasks = map[string]*taskhubv1.Task{}

@@ -34,6 +34,9 @@ type Log interface {
 	Bounds(ctx context.Context) (first, last uint64, err error)
 	TaskIDs(ctx context.Context, owner string) ([]string, error)
 	Follow(ctx context.Context, fn func(e *eventlog.Entry, pending uint64)) (stop func(), err error)
+	Compact(ctx context.Context, owner, id string) error
+	Compacted(ctx context.Context) (uint64, error)
+	SetCompacted(ctx context.Context, w uint64) error
 
 	Enqueue(ctx context.Context, mode, id string) error
 	Dequeue(ctx context.Context, mode, id string) error
@@ -57,6 +60,10 @@ type Config struct {
 	// StallTimeout marks a running task stalled when it makes no progress for this long
 	// (0: never).
 	StallTimeout time.Duration
+	// Retention is how long the events of a finished task are kept before all but the final
+	// one are removed (0: forever). A watch resuming from before the removed history gets a
+	// fresh snapshot.
+	Retention time.Duration
 	// Modes, when not empty, are the only modes tasks may be created in.
 	Modes []string
 	// ParamCheck, when set, validates a new task's params for its mode (built-in executors
@@ -84,7 +91,9 @@ type Hub struct {
 	supervisor *actor.PID
 	feed       *feed
 	claims     *claims
+	compactor  *compactor
 	cancel     context.CancelFunc
+	wg         sync.WaitGroup // the compactor
 	closed     atomic.Bool
 	closeOnce  sync.Once
 	now        func() time.Time
@@ -129,13 +138,25 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		cancel: cancel,
 		now:    time.Now,
 	}
-	var err error
-	h.feed, err = startFeed(ctx, h.log, h.root, h.logger)
+	h.compactor = &compactor{log: h.log, logger: h.logger, retention: cfg.Retention, now: h.now}
+	w, err := h.log.Compacted(ctx)
+	if err != nil {
+		cancel()
+		system.Shutdown()
+		return nil, taskhub.Errorf(taskhub.Unavailable, "read the compaction watermark: %v", err)
+	}
+	h.compactor.watermark.Store(w)
+	h.feed, err = startFeed(ctx, h.log, h.root, h.logger, h.compactor)
 	if err != nil {
 		cancel()
 		system.Shutdown()
 		return nil, err
 	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		h.compactor.run(life)
+	}()
 	h.claims = newClaims(life, h.log, h.logger)
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
 		actor.WithSupervisor(supervisorStrategy())))
@@ -159,6 +180,7 @@ func (h *Hub) Close() error {
 		}
 		_ = h.root.StopFuture(h.supervisor).Wait()
 		h.claims.wait()
+		h.wg.Wait()
 		h.system.Shutdown()
 	})
 	return nil

@@ -37,6 +37,7 @@ type options struct {
 	outbox    int
 	heartbeat time.Duration
 	stall     time.Duration
+	retention time.Duration
 	modeTries map[string]int
 	wrap      func(actors.Log) actors.Log
 }
@@ -67,6 +68,7 @@ func (b *bundle) open(t *testing.T, o options) {
 		OutboxLimit:  o.outbox,
 		Heartbeat:    o.heartbeat,
 		StallTimeout: o.stall,
+		Retention:    o.retention,
 		ModeAttempts: o.modeTries,
 	})
 	require.NoError(t, err)

@@ -190,3 +190,51 @@ func TestHub_RestartGivesWorkersAFullLease(t *testing.T) {
 	require.NoError(t, err, "the restarted hub gave the worker a full lease to come back")
 	require.True(t, expires.After(c.LeaseExpires))
 }
+
+func TestHub_RetentionCompactsAndResumesHonestly(t *testing.T) {
+	t.Parallel()
+	opts := options{lease: 10 * time.Second, retention: 300 * time.Millisecond}
+	b := setup(t, opts)
+	h, ctx := b.hub, t.Context()
+	w := watch(t, h, "alice", "", 0)
+
+	task := create(t, h, "alice", "x", "paint")
+	c := claim(t, h, "paint")
+	for p := 10.0; p <= 50; p += 10 {
+		_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, p, "")
+		require.NoError(t, err)
+	}
+	_, err := h.CompleteTask(ctx, "", task.Id, c.LeaseToken, "done")
+	require.NoError(t, err)
+	snap, events := w.wait(2)
+	started := events[1].Seq // a watcher that left right after STARTED
+	_, events = w.wait(8)
+	final := events[7].Seq
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_COMPLETED, events[7].Kind)
+
+	// After the retention, only the final event of the task is left.
+	require.Eventually(t, func() bool {
+		e, err := b.log.Next(ctx, "tasks.alice.>", 1)
+		return err == nil && e.Seq == final
+	}, 5*time.Second, 20*time.Millisecond, "the finished task's events were not compacted")
+	got, err := h.GetTask(ctx, "alice", task.Id)
+	require.NoError(t, err)
+	require.Equal(t, "done", got.Result)
+
+	// A watcher that left before the removed history gets a fresh snapshot, not a gap.
+	old := watch(t, h, "alice", snap.Epoch, started)
+	osnap, _ := old.wait(0)
+	require.False(t, osnap.Recovered)
+	require.Empty(t, osnap.Tasks, "nothing is active")
+	// One that saw the final event resumes as usual.
+	recent := watch(t, h, "alice", snap.Epoch, final)
+	rsnap, _ := recent.wait(0)
+	require.True(t, rsnap.Recovered)
+
+	// The watermark survives a restart.
+	b.close()
+	b.open(t, opts)
+	again := watch(t, b.hub, "alice", snap.Epoch, started)
+	asnap, _ := again.wait(0)
+	require.False(t, asnap.Recovered)
+}

@@ -22,6 +22,7 @@ type (
 
 var (
 	errWatchClosed  = taskhub.Errorf(taskhub.Unavailable, "the watch was closed")
+	errTooFarBehind = taskhub.Errorf(taskhub.Unavailable, "this watch fell behind the history the server keeps; watch again for a fresh snapshot")
 	errShuttingDown = taskhub.Errorf(taskhub.Unavailable, "the server is shutting down; resume with the last seq you saw")
 )
 
@@ -44,6 +45,7 @@ type subscriber struct {
 
 	catchingUp bool    // live events are ignored until the outbox drains and a replay runs
 	replaying  bool    // a replay goroutine is filling the outbox
+	replayFrom uint64  // the replay started after this seq
 	replayTo   uint64  // the replay ends at this seq
 	held       []*item // live events after replayTo, queued when the replay is done
 	heldLost   bool    // held overflowed and was dropped: replay again
@@ -78,7 +80,7 @@ func (s *subscriber) Receive(ctx actor.Context) {
 func (s *subscriber) start() {
 	pos, active := s.h.feed.subscribe(s.owner, s.self)
 	epoch := s.h.log.Epoch()
-	resume := s.epoch == epoch && s.after > 0 && s.after <= pos
+	resume := s.epoch == epoch && s.after > 0 && s.after <= pos && s.after >= s.h.compactor.watermark.Load()
 	if resume && s.after < pos {
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
 		first, _, err := s.h.log.Bounds(ctx)
@@ -138,7 +140,11 @@ func (s *subscriber) queue(it *item) {
 // replay reads the owner's events after cursor up to seq to from the log into the outbox, on a
 // goroutine that waits for room as the client reads.
 func (s *subscriber) replay(to uint64) {
-	s.catchingUp, s.replaying, s.replayTo = false, true, to
+	if s.cursor < s.h.compactor.watermark.Load() {
+		s.out.close(errTooFarBehind) // events it needs may be gone
+		return
+	}
+	s.catchingUp, s.replaying, s.replayFrom, s.replayTo = false, true, s.cursor, to
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	from, filter, log, out := s.cursor+1, eventlog.OwnerFilter(s.owner), s.h.log, s.out
@@ -174,6 +180,10 @@ func (s *subscriber) replayed(err error) {
 	s.replaying = false
 	if err != nil {
 		s.out.close(taskhub.Errorf(taskhub.Unavailable, "replay from the event log: %v", err))
+		return
+	}
+	if s.h.compactor.watermark.Load() > s.replayFrom {
+		s.out.close(errTooFarBehind) // a compaction may have removed events during the replay
 		return
 	}
 	s.cursor = s.replayTo

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -140,8 +141,9 @@ func (l *Log) createStreams(ctx context.Context) error {
 	var err error
 	l.events, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        EventStream,
-		Description: "taskhub task events: subject tasks.<owner>.<task id>, one storage.v1.Record each",
-		Subjects:    []string{"tasks.>"},
+		Description: "taskhub task events: subject tasks.<owner>.<task id>, one storage.v1.Record each; taskhub.compacted: the compaction watermark",
+		Subjects:    []string{"tasks.>", compactedSubject},
+		AllowRollup: true,
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Duplicates:  l.cfg.Duplicates,
@@ -194,6 +196,46 @@ func Subject(owner, id string) string { return "tasks." + owner + "." + id }
 
 // OwnerFilter is the subject filter matching every task of owner.
 func OwnerFilter(owner string) string { return "tasks." + owner + ".>" }
+
+// compactedSubject holds the compaction watermark: a decimal seq, the last message rolled up.
+const compactedSubject = "taskhub.compacted"
+
+// Compact removes every event of a task but its last (its final state).
+func (l *Log) Compact(ctx context.Context, owner, id string) error {
+	err := l.events.Purge(ctx, jetstream.WithPurgeSubject(Subject(owner, id)), jetstream.WithPurgeKeep(1))
+	if err != nil {
+		return l.unavailable("compact", err)
+	}
+	return nil
+}
+
+// Compacted returns the compaction watermark: events with a seq at or below it may have been
+// removed by Compact. 0 when nothing was ever compacted.
+func (l *Log) Compacted(ctx context.Context) (uint64, error) {
+	m, err := l.events.GetLastMsgForSubject(ctx, compactedSubject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, l.unavailable("compacted", err)
+	}
+	w, err := strconv.ParseUint(string(m.Data), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("eventlog: compaction watermark %q: %w", m.Data, err)
+	}
+	return w, nil
+}
+
+// SetCompacted records the compaction watermark (the message replaces the previous one).
+func (l *Log) SetCompacted(ctx context.Context, w uint64) error {
+	m := nats.NewMsg(compactedSubject)
+	m.Data = strconv.AppendUint(nil, w, 10)
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	if _, err := l.js.PublishMsg(ctx, m); err != nil {
+		return l.unavailable("set compacted", err)
+	}
+	return nil
+}
 
 // Entry is one event log message.
 type Entry struct {

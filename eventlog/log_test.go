@@ -212,3 +212,41 @@ func TestLog_Queue(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, none)
 }
+
+func TestLog_CompactKeepsTheFinalState(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+	w, err := l.Compacted(ctx)
+	require.NoError(t, err)
+	require.Zero(t, w)
+
+	var last uint64
+	for _, kind := range []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_COMPLETED} {
+		seq, _, err := l.Append(ctx, "alice", "T1", record("T1", kind, taskhubv1.TaskState_TASK_STATE_RUNNING), last, "")
+		require.NoError(t, err)
+		last = seq
+	}
+	other, _, err := l.Append(ctx, "alice", "T2", record("T2", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "")
+	require.NoError(t, err)
+
+	require.NoError(t, l.Compact(ctx, "alice", "T1"))
+	e, err := l.Next(ctx, eventlog.OwnerFilter("alice"), 1)
+	require.NoError(t, err)
+	require.Equal(t, last, e.Seq, "only T1's final event is left of it")
+	e, err = l.Last(ctx, "alice", "T1")
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_COMPLETED, e.Record.Event.Kind)
+	e, err = l.Next(ctx, eventlog.OwnerFilter("alice"), last+1)
+	require.NoError(t, err)
+	require.Equal(t, other, e.Seq, "other tasks are untouched")
+
+	require.NoError(t, l.SetCompacted(ctx, 2))
+	require.NoError(t, l.SetCompacted(ctx, last))
+	w, err = l.Compacted(ctx)
+	require.NoError(t, err)
+	require.Equal(t, last, w)
+	ids, err := l.TaskIDs(ctx, "alice")
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"T1", "T2"}, ids, "the watermark is not a task")
+}

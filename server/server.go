@@ -44,6 +44,9 @@ type Config struct {
 	ModeAttempts map[string]int
 	// StallTimeout marks a running task stalled after this long without progress (0: never).
 	StallTimeout time.Duration
+	// Retention is how long a finished task keeps all its events; then only its final event is
+	// kept (0: forever).
+	Retention time.Duration
 	// Modes, when set, are the only modes tasks may be created in.
 	Modes []string
 	// DemoWorkers is how many demo tasks run at once [4]; negative disables the demo executor.
@@ -113,6 +116,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		MaxAttempts:  cfg.MaxAttempts,
 		ModeAttempts: cfg.ModeAttempts,
 		StallTimeout: cfg.StallTimeout,
+		Retention:    cfg.Retention,
 		Modes:        cfg.Modes,
 		Heartbeat:    cfg.Heartbeat,
 		ParamCheck: func(mode string, params map[string]string) error {

@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	})
 	fs.DurationVar(&cfg.StallTimeout, "stall-timeout", 2*time.Minute, "mark a running task stalled after this long without progress; 0 disables")
+	fs.DurationVar(&cfg.Retention, "retention", 24*time.Hour, "keep all events of a finished task this long, then only its final one; 0 keeps everything")
 	fs.StringVar(&modes, "modes", "", "comma-separated `list` of the only modes tasks may use (default: any well-formed mode)")
 	fs.IntVar(&cfg.DemoWorkers, "demo-workers", 4, "how many demo tasks run at once; 0 disables the built-in demo executor")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 15*time.Second, "heartbeat interval of idle watch streams")
