@@ -50,6 +50,15 @@ lint: $(BUF) ## gofmt, go vet and buf lint
 bench: ## run the benchmarks (fan-out by subscriber count, create->complete throughput)
 	go test -run '^$$' -bench . -benchmem -count 5 ./actors/ ./server/
 
+FUZZTIME ?= 5s
+FUZZ     := FuzzTaskSpec:. FuzzIDs:. FuzzPageToken:./actors FuzzStrictJSON:./rpc FuzzAuthorization:./rpc
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME (5s) each, from the seed corpora in testdata/fuzz
+	@for f in $(FUZZ); do \
+		go test -run '^$$' -fuzz "^$${f%%:*}$$" -fuzztime $(FUZZTIME) $${f#*:} || exit 1; \
+	done
+
 .PHONY: tidy
 tidy: ## tidy go.mod and tools/go.mod
 	go mod tidy

@@ -292,13 +292,9 @@ func (h *Hub) ListTasks(ctx context.Context, owner string, states []taskhubv1.Ta
 		}
 		want[s] = true
 	}
-	before := ""
-	if pageToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(pageToken)
-		if err != nil || taskhub.ValidateTaskID(string(b)) != nil {
-			return nil, "", taskhub.Errorf(taskhub.Invalid, "page_token is not one this server issued")
-		}
-		before = string(b)
+	before, err := decodePageToken(pageToken)
+	if err != nil {
+		return nil, "", err
 	}
 	ids, err := h.log.TaskIDs(ctx, owner)
 	if err != nil {
@@ -311,7 +307,7 @@ func (h *Hub) ListTasks(ctx context.Context, owner string, states []taskhubv1.Ta
 			continue
 		}
 		if len(out) == pageSize {
-			return out, base64.RawURLEncoding.EncodeToString([]byte(out[len(out)-1].Id)), nil
+			return out, encodePageToken(out[len(out)-1].Id), nil
 		}
 		e, err := h.log.Last(ctx, owner, id)
 		if errors.Is(err, eventlog.ErrNotFound) {
@@ -325,6 +321,23 @@ func (h *Hub) ListTasks(ctx context.Context, owner string, states []taskhubv1.Ta
 		}
 	}
 	return out, "", nil
+}
+
+// A page token is the id of the last task of the page before, base64url-encoded.
+func encodePageToken(lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(lastID))
+}
+
+// decodePageToken returns the task id a page token carries ("" for no token).
+func decodePageToken(token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(token)
+	if err != nil || taskhub.ValidateTaskID(string(b)) != nil {
+		return "", taskhub.Errorf(taskhub.Invalid, "page_token is not one this server issued")
+	}
+	return string(b), nil
 }
 
 // CancelTask cancels owner's task id if it is queued or running.

@@ -98,7 +98,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 }
 
 func (l *Log) connect() error {
-	opts := []nats.Option{nats.Name("taskhub"), nats.MaxReconnects(-1)}
+	// While disconnected, publishes fail at once instead of being buffered and sent after a
+	// reconnect: a caller told "unavailable" must not have its write land later behind its back.
+	opts := []nats.Option{nats.Name("taskhub"), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1),
+		nats.ReconnectWait(250 * time.Millisecond)}
 	url := l.cfg.URL
 	if url == "" {
 		if l.cfg.DataDir == "" {

@@ -180,6 +180,24 @@ func (s *stream) wait(n int) (*taskhubv1.Snapshot, []*taskhubv1.TaskEvent) {
 	}
 }
 
+// waitFor waits until done is true of the events received, and returns them.
+func (s *stream) waitFor(done func([]*taskhubv1.TaskEvent) bool) []*taskhubv1.TaskEvent {
+	s.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		events, err := slices.Clone(s.events), s.err
+		s.mu.Unlock()
+		if done(events) {
+			return events
+		}
+		if err != nil || time.Now().After(deadline) {
+			s.t.Fatalf("waiting: got %d events: %v", len(events), err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // end waits for the stream to end and returns its error.
 func (s *stream) end() error {
 	s.t.Helper()

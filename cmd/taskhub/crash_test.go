@@ -1,0 +1,467 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/stretchr/testify/require"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// The crash tests run taskhub as a child process (this test binary, re-executed: see TestMain)
+// and kill it with SIGKILL.
+const (
+	childArgsEnv   = "TASKHUB_TEST_CHILD_ARGS"
+	childWorkerEnv = "TASKHUB_TEST_CHILD_WORKER"
+)
+
+func TestMain(m *testing.M) {
+	if url := os.Getenv(childWorkerEnv); url != "" {
+		os.Exit(fragileWorker(url))
+	}
+	if args := os.Getenv(childArgsEnv); args != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		if err := run(ctx, strings.Fields(args), io.Discard, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(2)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// child is a taskhub process on a fixed port and data dir, so it can be killed and restarted.
+type child struct {
+	t    *testing.T
+	args string
+	url  string
+	cmd  *exec.Cmd
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startChild(t *testing.T, dir string, extra string) *child {
+	t.Helper()
+	addr := freePort(t)
+	c := &child{t: t, url: "http://" + addr,
+		args: fmt.Sprintf("serve --addr %s --data-dir %s --demo-workers 0 --log-level error %s", addr, dir, extra)}
+	c.start()
+	t.Cleanup(c.kill)
+	return c
+}
+
+func (c *child) start() {
+	c.t.Helper()
+	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	c.cmd.Env = append(os.Environ(), childArgsEnv+"="+c.args)
+	c.cmd.Stderr = os.Stderr
+	require.NoError(c.t, c.cmd.Start())
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		res, err := http.Get(c.url + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the child did not come up: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (c *child) kill() {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	_ = c.cmd.Wait()
+	c.cmd = nil
+}
+
+// stop ends the child gracefully.
+func (c *child) stop() {
+	if c.cmd == nil {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		c.kill()
+	}
+	c.cmd = nil
+}
+
+func retryable(err error) bool {
+	code := connect.CodeOf(err)
+	return code == connect.CodeUnavailable || code == connect.CodeUnknown || code == connect.CodeDeadlineExceeded ||
+		code == connect.CodeInternal || code == connect.CodeCanceled
+}
+
+// ledger records what the server acknowledged.
+type ledger struct {
+	mu       sync.Mutex
+	created  map[string]string // idempotency key -> task id
+	reported map[string]bool   // task id + "/" + message of an acknowledged report
+	done     map[string]string // task id -> result of an acknowledged completion
+}
+
+// TestCrash_KillNineAtRandomMoments drives tasks with workers and watchers while the server is
+// killed with SIGKILL at random moments and restarted on the same data dir, then checks what a
+// user relies on: every acknowledged create, report and completion is in the log; every watcher
+// that resumed saw a duplicate-free, in-order stream with no event missing; no task completed
+// twice; every task ends in a terminal state.
+func TestCrash_KillNineAtRandomMoments(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills and restarts a server several times")
+	}
+	dir := t.TempDir()
+	srv := startChild(t, dir, "--lease-timeout 1s --max-attempts 20 --retention 0 --stall-timeout 0")
+	hc := &http.Client{Transport: &http.Transport{}, Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	tasks := taskhubv1connect.NewTaskServiceClient(hc, srv.url)
+	work := taskhubv1connect.NewWorkerServiceClient(hc, srv.url)
+	led := &ledger{created: map[string]string{}, reported: map[string]bool{}, done: map[string]string{}}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	creating := make(chan struct{})
+
+	// Creators: each create retried with its idempotency key until acknowledged.
+	for c := range 2 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-creating:
+					return
+				default:
+				}
+				key := fmt.Sprintf("c%d-%d", c, i)
+				for {
+					res, err := tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: key, Mode: "crash", IdempotencyKey: key}))
+					if err == nil {
+						led.mu.Lock()
+						led.created[key] = res.Msg.Task.Id
+						led.mu.Unlock()
+						break
+					}
+					if ctx.Err() != nil {
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
+			}
+		})
+	}
+
+	// Workers: claim, report a few steps, complete; ride out restarts with the same lease.
+	for w := range 3 {
+		wg.Go(func() { crashWorker(ctx, work, led, fmt.Sprintf("w%d", w)) })
+	}
+
+	// Watchers: resume with epoch and the last seq after every break.
+	watchers := make([]*resumer, 3)
+	for i := range watchers {
+		watchers[i] = &resumer{client: tasks}
+		wg.Go(func() { watchers[i].run(ctx) })
+	}
+
+	for kill := range 4 {
+		time.Sleep(time.Duration(400+rand.IntN(900)) * time.Millisecond)
+		srv.kill()
+		t.Logf("kill -9 #%d", kill+1)
+		srv.start()
+	}
+	close(creating)
+
+	// Let the workers finish everything (abandoned leases requeue after 1s).
+	require.Eventually(t, func() bool {
+		res, err := tasks.ListTasks(ctx, connect.NewRequest(&taskhubv1.ListTasksRequest{
+			States: []taskhubv1.TaskState{taskhubv1.TaskState_TASK_STATE_QUEUED, taskhubv1.TaskState_TASK_STATE_RUNNING}, PageSize: 500,
+		}))
+		return err == nil && len(res.Msg.Tasks) == 0
+	}, 60*time.Second, 100*time.Millisecond, "tasks are still active")
+	// Watchers catch up to the end, then everything stops.
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	wg.Wait()
+	srv.stop()
+
+	// Read the whole log from the data dir.
+	log, err := eventlog.Open(context.Background(), eventlog.Config{DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	defer log.Close()
+	var all []*taskhubv1.TaskEvent
+	for seq := uint64(1); ; {
+		e, err := log.Next(context.Background(), "tasks.>", seq)
+		if errors.Is(err, eventlog.ErrNotFound) {
+			break
+		}
+		require.NoError(t, err)
+		all = append(all, e.Record.Event)
+		seq = e.Seq + 1
+	}
+
+	byTask := map[string][]*taskhubv1.TaskEvent{}
+	reportsSeen := map[string]bool{}
+	for _, e := range all {
+		byTask[e.Task.Id] = append(byTask[e.Task.Id], e)
+		if e.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS {
+			reportsSeen[e.Task.Id+"/"+e.Task.Message] = true
+		}
+	}
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	t.Logf("%d events, %d tasks; acknowledged: %d creates, %d reports, %d completions",
+		len(all), len(byTask), len(led.created), len(led.reported), len(led.done))
+	require.NotEmpty(t, led.done, "the workload did nothing")
+
+	// Every acknowledged create is there, once per key.
+	require.Len(t, byTask, len(led.created), "one task per idempotency key")
+	for key, id := range led.created {
+		require.Contains(t, byTask, id, "acknowledged create %s lost", key)
+	}
+	// Every acknowledged report and completion is there.
+	for r := range led.reported {
+		require.True(t, reportsSeen[r], "acknowledged report %s lost", r)
+	}
+	for id, result := range led.done {
+		events := byTask[id]
+		last := events[len(events)-1]
+		require.Equal(t, taskhubv1.EventKind_EVENT_KIND_COMPLETED, last.Kind, "acknowledged completion of %s lost", id)
+		require.Equal(t, result, last.Task.Result)
+	}
+	// Every task ends terminal, completes at most once, and nothing follows its end.
+	for id, events := range byTask {
+		completions := 0
+		for i, e := range events {
+			if e.Kind == taskhubv1.EventKind_EVENT_KIND_COMPLETED {
+				completions++
+			}
+			if i < len(events)-1 {
+				require.NotContains(t, []taskhubv1.TaskState{taskhubv1.TaskState_TASK_STATE_COMPLETED,
+					taskhubv1.TaskState_TASK_STATE_FAILED, taskhubv1.TaskState_TASK_STATE_CANCELLED}, e.Task.State,
+					"task %s has events after it ended", id)
+			}
+		}
+		require.LessOrEqual(t, completions, 1, "task %s completed twice", id)
+		require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, events[len(events)-1].Task.State, "task %s", id)
+	}
+	// Every watcher saw an in-order, duplicate-free stream with no event missing: all the log's
+	// events after its first snapshot but progress, which may be coalesced for a slow watcher.
+	for i, w := range watchers {
+		w.mu.Lock()
+		require.Empty(t, w.violations, "watcher %d", i)
+		require.Positive(t, w.resumes, "watcher %d never had to resume", i)
+		seen := map[uint64]bool{}
+		for _, s := range w.seqs {
+			seen[s] = true
+		}
+		for _, e := range all {
+			if e.Seq > w.from && e.Kind != taskhubv1.EventKind_EVENT_KIND_PROGRESS {
+				require.True(t, seen[e.Seq], "watcher %d missed event %d (%s of %s)", i, e.Seq, e.Kind, e.Task.Id)
+			}
+		}
+		t.Logf("watcher %d: %d events over %d resumes", i, len(w.seqs), w.resumes)
+		w.mu.Unlock()
+	}
+}
+
+func crashWorker(ctx context.Context, work taskhubv1connect.WorkerServiceClient, led *ledger, name string) {
+	for ctx.Err() == nil {
+		res, err := work.ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: name, Modes: []string{"crash"}, WaitSeconds: 1}))
+		if err != nil || res.Msg.Task == nil {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		id, token := res.Msg.Task.Id, res.Msg.LeaseToken
+		lost := false
+		for step := 1; step <= 3 && !lost; step++ {
+			time.Sleep(time.Duration(20+rand.IntN(60)) * time.Millisecond)
+			msg := fmt.Sprintf("%s step %d attempt %d", name, step, res.Msg.Task.Attempt)
+			for ctx.Err() == nil {
+				_, err := work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{TaskId: id, LeaseToken: token, Progress: float64(step * 30), Message: msg}))
+				if err == nil {
+					led.mu.Lock()
+					led.reported[id+"/"+msg] = true
+					led.mu.Unlock()
+					break
+				}
+				if !retryable(err) {
+					lost = true // the lease is gone: another worker has it, or will
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		for !lost && ctx.Err() == nil {
+			result := "done by " + name
+			_, err := work.CompleteTask(ctx, connect.NewRequest(&taskhubv1.CompleteTaskRequest{TaskId: id, LeaseToken: token, Result: result}))
+			if err == nil {
+				led.mu.Lock()
+				led.done[id] = result
+				led.mu.Unlock()
+				break
+			}
+			if !retryable(err) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// resumer watches, and after every break resumes with the epoch and the last seq it saw.
+type resumer struct {
+	client     taskhubv1connect.TaskServiceClient
+	mu         sync.Mutex
+	epoch      string
+	from       uint64 // the seq of its first snapshot
+	last       uint64
+	seqs       []uint64
+	resumes    int
+	violations []string
+}
+
+func (r *resumer) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		r.mu.Lock()
+		req := &taskhubv1.WatchTasksRequest{Epoch: r.epoch, AfterSeq: r.last}
+		r.mu.Unlock()
+		stream, err := r.client.WatchTasks(ctx, connect.NewRequest(req))
+		if err != nil {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		for stream.Receive() {
+			m := stream.Msg()
+			r.mu.Lock()
+			switch {
+			case m.GetSnapshot() != nil:
+				s := m.GetSnapshot()
+				if r.epoch == "" {
+					r.epoch, r.from, r.last = s.Epoch, s.Seq, s.Seq
+				} else {
+					r.resumes++
+					if !s.Recovered || s.Seq != r.last {
+						r.violations = append(r.violations, fmt.Sprintf("resume after %d: recovered=%v seq=%d", r.last, s.Recovered, s.Seq))
+					}
+				}
+			case m.GetEvent() != nil:
+				seq := m.GetEvent().Seq
+				if seq <= r.last {
+					r.violations = append(r.violations, fmt.Sprintf("seq %d after %d", seq, r.last))
+				}
+				r.last = seq
+				r.seqs = append(r.seqs, seq)
+			case m.GetHeartbeat() != nil:
+				r.last = max(r.last, m.GetHeartbeat().Seq)
+			}
+			r.mu.Unlock()
+		}
+		stream.Close()
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// fragileWorker is a worker process: it claims one task of mode "fragile", reports once, says
+// so on stdout, and then hangs until it is killed.
+func fragileWorker(url string) int {
+	work := taskhubv1connect.NewWorkerServiceClient(http.DefaultClient, url)
+	ctx := context.Background()
+	res, err := work.ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "fragile-1", Modes: []string{"fragile"}, WaitSeconds: 10}))
+	if err != nil || res.Msg.Task == nil {
+		fmt.Fprintln(os.Stderr, "worker: no claim:", err)
+		return 1
+	}
+	if _, err := work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
+		TaskId: res.Msg.Task.Id, LeaseToken: res.Msg.LeaseToken, Progress: 25, Message: "a quarter"})); err != nil {
+		fmt.Fprintln(os.Stderr, "worker: report:", err)
+		return 1
+	}
+	fmt.Printf("reported %s %s\n", res.Msg.Task.Id, res.Msg.LeaseToken)
+	select {}
+}
+
+// TestCrash_WorkerKilledMidTask kills a worker process holding a task: the task goes back to the
+// queue when the lease expires and another worker completes it.
+func TestCrash_WorkerKilledMidTask(t *testing.T) {
+	t.Parallel()
+	srv := startChild(t, t.TempDir(), "--lease-timeout 1s")
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	tasks := taskhubv1connect.NewTaskServiceClient(hc, srv.url)
+	work := taskhubv1connect.NewWorkerServiceClient(hc, srv.url)
+	ctx := t.Context()
+
+	created, err := tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "render a film", Mode: "fragile"}))
+	require.NoError(t, err)
+	id := created.Msg.Task.Id
+
+	worker := exec.Command(os.Args[0], "-test.run=^$")
+	worker.Env = append(os.Environ(), childWorkerEnv+"="+srv.url)
+	worker.Stderr = os.Stderr
+	out, err := worker.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, worker.Start())
+	line := make([]byte, 256)
+	n, err := out.Read(line)
+	require.NoError(t, err)
+	var gotID, oldToken string
+	_, err = fmt.Sscanf(string(line[:n]), "reported %s %s", &gotID, &oldToken)
+	require.NoError(t, err)
+	require.Equal(t, id, gotID)
+	require.NoError(t, worker.Process.Signal(syscall.SIGKILL))
+	_ = worker.Wait()
+
+	// Another worker gets it once the lease has expired (1s) and the backoff passed (1s).
+	res, err := work.ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "steady-1", Modes: []string{"fragile"}, WaitSeconds: 10}))
+	require.NoError(t, err)
+	require.NotNil(t, res.Msg.Task, "the task did not come back to the queue")
+	require.Equal(t, id, res.Msg.Task.Id)
+	require.Equal(t, uint32(2), res.Msg.Task.Attempt)
+	require.Equal(t, "steady-1", res.Msg.Task.WorkerId)
+
+	// The dead worker's lease is void.
+	_, err = work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{TaskId: id, LeaseToken: oldToken, Progress: 50}))
+	require.Equal(t, connect.CodePermissionDenied, connect.CodeOf(err), err)
+
+	done, err := work.CompleteTask(ctx, connect.NewRequest(&taskhubv1.CompleteTaskRequest{TaskId: id, LeaseToken: res.Msg.LeaseToken, Result: "a film"}))
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, done.Msg.Task.State)
+	require.Equal(t, uint32(2), done.Msg.Task.Attempt)
+}
