@@ -73,6 +73,9 @@ type Config struct {
 	Heartbeat time.Duration
 	// OutboxLimit bounds each watcher's queue, in events [1024].
 	OutboxLimit int
+	// MaxWatches bounds the open watches in all [100000]; MaxWatchesPerUser those of one user
+	// [10000]. Past a limit, Watch fails with ResourceExhausted.
+	MaxWatches, MaxWatchesPerUser int
 	// IdleTimeout is how long a task actor with nothing to do stays in memory [1m].
 	IdleTimeout time.Duration
 	// CallTimeout bounds each call into the actors and the log [10s].
@@ -92,6 +95,7 @@ type Hub struct {
 	feed       *feed
 	claims     *claims
 	compactor  *compactor
+	watches    watchCount
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup // the compactor
 	closed     atomic.Bool
@@ -110,6 +114,8 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	cfg.MaxAttempts = cmp.Or(cfg.MaxAttempts, 3)
 	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, 15*time.Second)
 	cfg.OutboxLimit = cmp.Or(cfg.OutboxLimit, 1024)
+	cfg.MaxWatches = cmp.Or(cfg.MaxWatches, 100000)
+	cfg.MaxWatchesPerUser = cmp.Or(cfg.MaxWatchesPerUser, 10000)
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, time.Minute)
 	cfg.CallTimeout = cmp.Or(cfg.CallTimeout, 10*time.Second)
 	for _, m := range cfg.Modes {
@@ -362,11 +368,48 @@ func (h *Hub) Watch(ctx context.Context, owner, epoch string, afterSeq uint64) (
 	if err := taskhub.ValidateName(owner); err != nil {
 		return nil, err
 	}
+	if err := h.watches.open(owner, h.cfg.MaxWatches, h.cfg.MaxWatchesPerUser); err != nil {
+		return nil, err
+	}
 	out := newOutbox(h.cfg.OutboxLimit)
 	pid := h.root.Spawn(actor.PropsFromProducer(func() actor.Actor {
 		return &subscriber{h: h, owner: owner, epoch: epoch, after: afterSeq, out: out}
 	}))
-	return &Watch{root: h.root, pid: pid, out: out, heartbeat: h.cfg.Heartbeat, timer: time.NewTimer(h.cfg.Heartbeat)}, nil
+	return &Watch{root: h.root, pid: pid, out: out, heartbeat: h.cfg.Heartbeat, timer: time.NewTimer(h.cfg.Heartbeat),
+		release: func() { h.watches.close(owner) }}, nil
+}
+
+// watchCount counts the open watches, in all and per user.
+type watchCount struct {
+	mu     sync.Mutex
+	total  int
+	byUser map[string]int
+}
+
+func (c *watchCount) open(user string, max, maxPerUser int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.byUser[user] >= maxPerUser:
+		return taskhub.Errorf(taskhub.ResourceExhausted, "you have %d open watches, the most one user may have: close some (one watch sees all your tasks)", c.byUser[user])
+	case c.total >= max:
+		return taskhub.Errorf(taskhub.ResourceExhausted, "the server has %d open watches, its limit: try again later", c.total)
+	}
+	if c.byUser == nil {
+		c.byUser = map[string]int{}
+	}
+	c.byUser[user]++
+	c.total++
+	return nil
+}
+
+func (c *watchCount) close(user string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.total--
+	if c.byUser[user]--; c.byUser[user] == 0 {
+		delete(c.byUser, user)
+	}
 }
 
 // Claim is a task handed to a worker, with the lease that proves it.

@@ -39,7 +39,9 @@ type options struct {
 	stall     time.Duration
 	retention time.Duration
 	modeTries map[string]int
-	wrap      func(actors.Log) actors.Log
+	watches   [2]int // max in all, max per user
+
+	wrap func(actors.Log) actors.Log
 }
 
 // setup opens a real embedded JetStream log in a temp dir and a hub on it.
@@ -61,15 +63,17 @@ func (b *bundle) open(t *testing.T, o options) {
 		log = o.wrap(log)
 	}
 	b.hub, err = actors.Open(t.Context(), actors.Config{
-		Log:          log,
-		Logger:       quiet(),
-		LeaseTimeout: o.lease,
-		MaxAttempts:  o.attempts,
-		OutboxLimit:  o.outbox,
-		Heartbeat:    o.heartbeat,
-		StallTimeout: o.stall,
-		Retention:    o.retention,
-		ModeAttempts: o.modeTries,
+		Log:               log,
+		Logger:            quiet(),
+		LeaseTimeout:      o.lease,
+		MaxAttempts:       o.attempts,
+		OutboxLimit:       o.outbox,
+		Heartbeat:         o.heartbeat,
+		StallTimeout:      o.stall,
+		Retention:         o.retention,
+		MaxWatches:        o.watches[0],
+		MaxWatchesPerUser: o.watches[1],
+		ModeAttempts:      o.modeTries,
 	})
 	require.NoError(t, err)
 }

@@ -238,3 +238,35 @@ func TestHub_RetentionCompactsAndResumesHonestly(t *testing.T) {
 	asnap, _ := again.wait(0)
 	require.False(t, asnap.Recovered)
 }
+
+func TestHub_WatchLimits(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, watches: [2]int{3, 2}})
+	h, ctx := b.hub, t.Context()
+	open := func(owner string) (*actors.Watch, error) {
+		w, err := h.Watch(ctx, owner, "", 0)
+		if err == nil {
+			t.Cleanup(w.Close)
+		}
+		return w, err
+	}
+	a1, err := open("alice")
+	require.NoError(t, err)
+	_, err = open("alice")
+	require.NoError(t, err)
+	_, err = open("alice")
+	require.Equal(t, taskhub.ResourceExhausted, codeOf(err), err)
+	require.Contains(t, err.Error(), "2 open watches")
+
+	_, err = open("bob")
+	require.NoError(t, err, "another user has their own allowance")
+	_, err = open("carol")
+	require.Equal(t, taskhub.ResourceExhausted, codeOf(err), "the server's limit of 3")
+
+	a1.Close()
+	a1.Close() // closing twice frees one place, not two
+	_, err = open("alice")
+	require.NoError(t, err, "a closed watch frees its place")
+	_, err = open("alice")
+	require.Equal(t, taskhub.ResourceExhausted, codeOf(err), err)
+}

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -16,6 +17,8 @@ type Watch struct {
 	out       *outbox
 	heartbeat time.Duration
 	timer     *time.Timer // the next heartbeat
+	release   func()      // frees the watch's place under the limits
+	closeOnce sync.Once
 	items     []*item
 	msgs      []*taskhubv1.WatchTasksResponse
 }
@@ -56,6 +59,9 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 
 // Close ends the watch and frees its subscriber.
 func (w *Watch) Close() {
-	w.timer.Stop()
-	w.root.Stop(w.pid)
+	w.closeOnce.Do(func() {
+		w.timer.Stop()
+		w.root.Stop(w.pid)
+		w.release()
+	})
 }
