@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -14,14 +13,6 @@ import (
 // misspelt field ("mdoe") would otherwise be silently ignored. The binary codec, which
 // generated clients use, stays tolerant, so clients and servers of different versions mix.
 type strictJSON struct{ name string }
-
-// jsonCodecs replace Connect's JSON codecs under both names it registers.
-func jsonCodecs() []connect.HandlerOption {
-	return []connect.HandlerOption{
-		connect.WithCodec(strictJSON{"json"}),
-		connect.WithCodec(strictJSON{"json; charset=utf-8"}),
-	}
-}
 
 func (c strictJSON) Name() string { return c.name }
 

@@ -23,7 +23,7 @@ type Hub interface {
 // Mount registers TaskService and WorkerService on mux, with auth (nil: off), panic recovery
 // and the request size limit.
 func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
-	opts := connect.WithHandlerOptions(append(jsonCodecs(),
+	opts := connect.WithHandlerOptions(append(codecs(),
 		// The first interceptor is the outermost: recovery wraps everything.
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.Error("handler panic", "procedure", spec.Procedure, "panic", p)
