@@ -13,6 +13,7 @@ import (
 
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub/eventlog"
 )
 
 func TestHub_StallMarksAndClears(t *testing.T) {
@@ -269,4 +270,34 @@ func TestHub_WatchLimits(t *testing.T) {
 	require.NoError(t, err, "a closed watch frees its place")
 	_, err = open("alice")
 	require.Equal(t, taskhub.ResourceExhausted, codeOf(err), err)
+}
+
+// flakyLog fails the first append of one event kind, as a log that is briefly down would.
+type flakyLog struct {
+	actors.Log
+	kind   taskhubv1.EventKind
+	failed atomic.Int32
+}
+
+func (f *flakyLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (uint64, bool, error) {
+	if rec.GetEvent().GetKind() == f.kind && f.failed.CompareAndSwap(0, 1) {
+		return 0, false, eventlog.ErrUnavailable
+	}
+	return f.Log.Append(ctx, owner, id, rec, expectLast, msgID)
+}
+
+func TestHub_LeaseExpiryOutlivesABriefLogOutage(t *testing.T) {
+	t.Parallel()
+	f := &flakyLog{kind: taskhubv1.EventKind_EVENT_KIND_REQUEUED}
+	b := setup(t, options{lease: 300 * time.Millisecond, wrap: func(l actors.Log) actors.Log { f.Log = l; return f }})
+	h := b.hub
+	w := watch(t, h, "alice", "", 0)
+	create(t, h, "alice", "x", "paint")
+	claim(t, h, "paint")
+
+	// The expiry's append fails once; the actor tries again rather than forget the lease.
+	_, events := w.wait(3)
+	require.Equal(t, int32(1), f.failed.Load())
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_REQUEUED, events[2].Kind)
+	require.Equal(t, uint32(2), events[2].Task.Attempt)
 }

@@ -68,8 +68,14 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		if ctx.Sender() != nil {
 			ctx.Respond(r)
 		}
-	case *leaseExpired, *stallCheck:
-		a.handle(m)
+	case *leaseExpired:
+		if r := a.handle(m); r.err != nil { // the log is down: try again soon
+			a.after(&a.leaseTimer, time.Second, m)
+		}
+	case *stallCheck:
+		if r := a.handle(m); r.err != nil {
+			a.after(&a.stallTimer, time.Second, m)
+		}
 	case *retryEnqueue:
 		a.enqueuePending = false
 		if a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
@@ -282,6 +288,16 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 		// A stale ticket: the task is gone or finished.
 		_ = a.h.log.Ack(ctx, d.AckSubject)
 		return &taskReply{}
+	case a.running() && !a.h.now().Before(a.lease.ExpiresAt.AsTime()):
+		// The lease ran out and its timer did not requeue the task (the log was down then):
+		// requeue it now, then let this claim have it.
+		if r := a.expire(); r.err != nil {
+			return r
+		}
+		if a.task.State != taskhubv1.TaskState_TASK_STATE_QUEUED {
+			_ = a.h.log.Ack(ctx, d.AckSubject) // out of attempts: failed
+			return &taskReply{}
+		}
 	case a.task.State == taskhubv1.TaskState_TASK_STATE_RUNNING:
 		if a.lease != nil && a.lease.QueueSeq == d.QueueSeq {
 			// JetStream redelivered the message this lease holds (its ack wait ran out before
