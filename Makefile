@@ -1,6 +1,7 @@
 .DEFAULT_GOAL := help
 
 BUF     := tools/npm/node_modules/.bin/buf
+TSC     := tools/npm/node_modules/.bin/tsc
 GOTOOL  := go tool -modfile=tools/go.mod
 ARGS    ?=
 
@@ -21,30 +22,35 @@ test: ## run every test with the race detector (starts its own servers on 127.0.
 	go test -race -timeout 10m ./...
 
 .PHONY: test/e2e
-test/e2e: ## run only the end-to-end tests against a real server
-	go test -race -timeout 10m ./server/...
+test/e2e: ## run only the end-to-end tests against a real server, the browser tests among them
+	go test -race -timeout 10m ./server/... ./views/browser/...
 
 $(BUF): tools/npm/package.json tools/npm/package-lock.json
 	npm ci --prefix tools/npm --no-audit --no-fund
 	@touch $(BUF)
 
 .PHONY: generate
-generate: $(BUF) ## regenerate gen/ (buf) and views/*_templ.go (templ) from scratch
+generate: $(BUF) ## regenerate gen/ and assets/src/gen/ (buf), views/*_templ.go (templ) and the page's script bundle
 	$(BUF) lint
 	$(BUF) generate
 	$(GOTOOL) templ generate -path views
+	$(TSC) -p assets
+	go -C tools run ./bundle -root ..
 
 .PHONY: checkgenerate
 checkgenerate: generate ## fail if generated code is not what make generate makes
-	@test -z "$$(git status --porcelain -- gen views)" || \
-		(git status --porcelain -- gen views; git --no-pager diff -- gen views | head -50; \
+	@test -z "$$(git status --porcelain -- gen views assets)" || \
+		(git status --porcelain -- gen views assets; git --no-pager diff --stat -- gen views assets; \
+		 git --no-pager diff -- gen views assets/src | head -50; \
 		 echo "generated code is stale: run make generate and commit"; exit 1)
 
 .PHONY: lint
-lint: $(BUF) ## gofmt, go vet and buf lint
+lint: $(BUF) ## gofmt, go vet, buf lint and tsc
 	@test -z "$$(gofmt -l .)" || (gofmt -l .; echo "run gofmt -w ."; exit 1)
 	go vet ./...
+	go -C tools vet ./bundle
 	$(BUF) lint
+	$(TSC) -p assets
 
 .PHONY: bench
 bench: ## run the benchmarks (fan-out by subscriber count, create->complete throughput)

@@ -2,12 +2,15 @@ package rpc
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -18,11 +21,26 @@ import (
 // LocalUser owns every task when auth is off.
 const LocalUser = "local"
 
-// Auth maps bearer tokens to users and workers. The zero value (nil *Auth) is auth off:
-// every caller is LocalUser, and any caller may act as a worker.
+// Auth maps bearer tokens to users and workers, and browser sessions to users. The zero value
+// (nil *Auth) is auth off: every caller is LocalUser, and any caller may act as a worker.
 type Auth struct {
-	users   map[[32]byte]string
-	workers map[[32]byte]string
+	users    map[[32]byte]string
+	workers  map[[32]byte]string
+	sessions map[[32]byte]string // SHA-256 of a session cookie's value -> user
+}
+
+// SessionCookie is the name of a browser's session cookie. Its value is derived from the user's
+// token (an HMAC of it), so it stands for the user as long as the token is in the auth file, and
+// it is no bearer token itself. It is accepted only from same-origin requests.
+const SessionCookie = "taskhub_session"
+
+// SessionMaxAge is how long a browser keeps a session cookie.
+const SessionMaxAge = 30 * 24 * time.Hour
+
+func sessionValue(token string) string {
+	mac := hmac.New(sha256.New, []byte(token))
+	mac.Write([]byte("taskhub browser session v1"))
+	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
 // AuthFile is the JSON form of an auth file.
@@ -60,7 +78,7 @@ func LoadAuth(path string) (*Auth, error) {
 // NewAuth builds an Auth. Names must be valid (they become part of log subjects) and tokens at
 // least 16 characters and unique.
 func NewAuth(f AuthFile) (*Auth, error) {
-	a := &Auth{users: map[[32]byte]string{}, workers: map[[32]byte]string{}}
+	a := &Auth{users: map[[32]byte]string{}, workers: map[[32]byte]string{}, sessions: map[[32]byte]string{}}
 	add := func(kind string, ps []Principal, into map[[32]byte]string) error {
 		for _, p := range ps {
 			if err := taskhub.ValidateName(p.Name); err != nil {
@@ -83,6 +101,9 @@ func NewAuth(f AuthFile) (*Auth, error) {
 	if err := add("user", f.Users, a.users); err != nil {
 		return nil, err
 	}
+	for _, p := range f.Users {
+		a.sessions[sha256.Sum256([]byte(sessionValue(p.Token)))] = p.Name
+	}
 	if err := add("worker", f.Workers, a.workers); err != nil {
 		return nil, err
 	}
@@ -95,12 +116,54 @@ func NewAuth(f AuthFile) (*Auth, error) {
 // Enabled reports whether callers must authenticate.
 func (a *Auth) Enabled() bool { return a != nil }
 
-// User returns the user a request's bearer token names.
+// User returns the user a request's bearer token names, or else its session cookie.
 func (a *Auth) User(h http.Header) (string, error) {
 	if a == nil {
 		return LocalUser, nil
 	}
+	if h.Get("Authorization") == "" {
+		if c, err := (&http.Request{Header: h}).Cookie(SessionCookie); err == nil {
+			return a.session(h, c.Value)
+		}
+	}
 	return a.lookup(h, a.users, "a user")
+}
+
+func (a *Auth) session(h http.Header, value string) (string, error) {
+	// The cookie is SameSite=Strict; refusing it on requests another site started (a browser
+	// says so in Sec-Fetch-Site) also covers sibling subdomains, which count as the same site.
+	switch h.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default:
+		return "", taskhub.Errorf(taskhub.Unauthenticated, "the session cookie is only accepted from this server's own pages")
+	}
+	if name, ok := a.sessions[sha256.Sum256([]byte(value))]; ok {
+		return name, nil
+	}
+	return "", taskhub.Errorf(taskhub.Unauthenticated, "the session has ended: sign in again")
+}
+
+// SignIn returns the session cookie for a user's token: HttpOnly, SameSite=Strict, and Secure
+// when the page is served over TLS.
+func (a *Auth) SignIn(token string, secure bool) (*http.Cookie, error) {
+	if a == nil {
+		return nil, taskhub.Errorf(taskhub.FailedPrecondition, "auth is off: there is nothing to sign in to")
+	}
+	if _, ok := a.users[sha256.Sum256([]byte(token))]; !ok {
+		if _, worker := a.workers[sha256.Sum256([]byte(token))]; worker {
+			return nil, taskhub.Errorf(taskhub.PermissionDenied, "this is a worker's token; sign in with a user's token")
+		}
+		return nil, taskhub.Errorf(taskhub.Unauthenticated, "unknown token")
+	}
+	return sessionCookie(sessionValue(token), int(SessionMaxAge/time.Second), secure), nil
+}
+
+// SignOut returns the cookie that ends a browser's session.
+func (a *Auth) SignOut(secure bool) *http.Cookie { return sessionCookie("", -1, secure) }
+
+func sessionCookie(value string, maxAge int, secure bool) *http.Cookie {
+	return &http.Cookie{Name: SessionCookie, Value: value, Path: "/", MaxAge: maxAge,
+		HttpOnly: true, Secure: secure, SameSite: http.SameSiteStrictMode}
 }
 
 // Worker returns the worker a request's bearer token names ("" when auth is off).

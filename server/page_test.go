@@ -1,10 +1,16 @@
 package server_test
 
 import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/PuerkitoBio/goquery"
@@ -12,7 +18,9 @@ import (
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
+	"github.com/taskhub/taskhub/rpc"
 	"github.com/taskhub/taskhub/server"
+	"github.com/taskhub/taskhub/views"
 )
 
 // page is the task page as a browser without JavaScript gets it.
@@ -118,7 +126,7 @@ func TestPage_Index(t *testing.T) {
 	for id, w := range want {
 		card := p.card(t, id)
 		require.Equal(t, w.state, card.AttrOr("data-state", ""))
-		require.Equal(t, w.prompt, strings.TrimSpace(card.Find("h2").Text()))
+		require.Equal(t, w.prompt, strings.TrimSpace(card.Find(`[data-testid="task-prompt"]`).Text()))
 		bar := card.Find(`[role="progressbar"]`)
 		require.Equal(t, 1, bar.Length())
 		require.Equal(t, w.progress, bar.AttrOr("aria-valuenow", ""))
@@ -259,4 +267,202 @@ func TestPage_DemoResults(t *testing.T) {
 	require.Equal(t, "TASK_STATE_FAILED", card.AttrOr("data-state", ""))
 	require.Zero(t, card.Find(`[data-testid="task-result"]`).Length())
 	require.Contains(t, card.Find(`[data-testid="task-error"]`).Text(), "fail")
+}
+
+func TestPage_CompressedWithHashedAssets(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	createTask(t, b.tasks, "a lighthouse", "render")
+
+	// An explicit Accept-Encoding turns off the transport's transparent decompression, so the
+	// response is seen as sent.
+	fetch := func(path string) (*http.Response, []byte) {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, b.srv.URL()+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Accept-Encoding", "gzip")
+		res, err := b.http.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		zr, err := gzip.NewReader(res.Body)
+		require.NoError(t, err, "%s is gzipped", path)
+		body, err := io.ReadAll(zr)
+		require.NoError(t, err)
+		require.Equal(t, "gzip", res.Header.Get("Content-Encoding"))
+		return res, body
+	}
+	res, html := fetch("/")
+	require.Equal(t, "no-store", res.Header.Get("Cache-Control"))
+	require.Contains(t, res.Header.Get("Content-Security-Policy"), "default-src 'self'")
+	doc, err := goquery.NewDocumentFromReader(bytes.NewReader(html))
+	require.NoError(t, err)
+	script := doc.Find(`script[type="module"]`).AttrOr("src", "")
+	style := doc.Find(`link[rel="stylesheet"]`).AttrOr("href", "")
+	require.Regexp(t, `^/assets/app\.[0-9a-f]{12}\.js$`, script)
+	require.Regexp(t, `^/assets/style\.[0-9a-f]{12}\.css$`, style)
+	for _, path := range []string{script, style} {
+		res, body := fetch(path)
+		require.Equal(t, "public, max-age=31536000, immutable", res.Header.Get("Cache-Control"))
+		require.NotEmpty(t, body)
+	}
+
+	// The page carries what its script needs to resume, and the templates it clones are
+	// inert: no parser takes them for cards.
+	list := doc.Find(`[data-testid="task-list"]`)
+	require.NotEmpty(t, list.AttrOr("data-epoch", ""))
+	require.NotEqual(t, "0", list.AttrOr("data-seq", "0"))
+	require.Equal(t, "15000", list.AttrOr("data-heartbeat-ms", ""))
+	require.Equal(t, 1, doc.Find(`[data-testid="task-card"]`).Length())
+	require.Equal(t, 4, doc.Find(`script[type="text/html"]`).Length())
+	require.Equal(t, 1, doc.Find(`[data-testid="connection"]`).Length())
+}
+
+func TestPage_Paging(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	var ids []string
+	for i := range views.PageSize + 3 {
+		ids = append(ids, createTask(t, b.tasks, fmt.Sprint("task ", i), "render").Id)
+	}
+	slices.Reverse(ids) // newest first
+
+	p := getPage(t, b)
+	require.Equal(t, ids[:views.PageSize], cardIDs(p.cards()))
+	more := p.doc.Find(`[data-testid="load-more"]`)
+	require.Equal(t, 1, more.Length(), "a link to older tasks")
+	require.Equal(t, "true", p.doc.Find(`[data-testid="task-list"]`).AttrOr("data-first-page", ""))
+
+	res, err := b.http.Get(b.srv.URL() + more.AttrOr("href", ""))
+	require.NoError(t, err)
+	p = readPage(t, res)
+	require.Equal(t, ids[views.PageSize:], cardIDs(p.cards()), "the next page, without JavaScript")
+	require.Zero(t, p.doc.Find(`[data-testid="load-more"]`).Length(), "the last page")
+	require.Equal(t, "false", p.doc.Find(`[data-testid="task-list"]`).AttrOr("data-first-page", ""))
+
+	res, err = b.http.Get(b.srv.URL() + "/?page=garbage")
+	require.NoError(t, err)
+	res.Body.Close()
+	require.Equal(t, http.StatusBadRequest, res.StatusCode)
+}
+
+func TestPage_FormParamsAndModes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	createTask(t, b.tasks, "an import", "import")
+
+	requireRedirectHome(t, postForm(t, b, "/tasks", url.Values{"prompt": {"with params"}, "mode": {"demo"}, "params": {"steps=3, step_ms = 0"}}, "", nil))
+	tasks := listTasks(t, b.tasks, "")
+	require.Equal(t, map[string]string{"steps": "3", "step_ms": "0"}, tasks[0].Params)
+
+	p := readPage(t, postForm(t, b, "/tasks", url.Values{"prompt": {"keep me"}, "mode": {"import"}, "params": {"steps"}}, "", nil))
+	require.Equal(t, http.StatusUnprocessableEntity, p.status)
+	form := p.doc.Find(`form[data-testid="create-form"]`)
+	require.Contains(t, form.Find(`[role="alert"]`).Text(), "key=value")
+	require.Equal(t, "steps", form.Find(`[name="params"]`).AttrOr("value", ""), "the params are kept")
+	require.Equal(t, "import", form.Find(`[name="mode"] option[selected]`).AttrOr("value", ""), "the mode is kept")
+	modes := form.Find(`[name="mode"] option`).Map(func(_ int, o *goquery.Selection) string { return o.AttrOr("value", "") })
+	require.Equal(t, []string{"demo", "import"}, modes, "the default mode first, then the modes in use")
+	require.Len(t, listTasks(t, b.tasks, ""), 2, "nothing created")
+}
+
+// A browser signs in with a user token and gets a session cookie, which the pages and
+// TaskService accept from the server's own pages only; bearer tokens keep working.
+func TestPage_SignInSession(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{AuthFile: writeAuthFile(t)})
+	browser := func(method, path string, body url.Values, cookie *http.Cookie, header http.Header) *http.Response {
+		var r io.Reader
+		if body != nil {
+			r = strings.NewReader(body.Encode())
+		}
+		req, err := http.NewRequestWithContext(t.Context(), method, b.srv.URL()+path, r)
+		require.NoError(t, err)
+		req.Header.Set("Accept", "text/html")
+		if body != nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		if cookie != nil {
+			req.AddCookie(cookie)
+		}
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		noFollow := &http.Client{Transport: b.http.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		res, err := noFollow.Do(req)
+		require.NoError(t, err)
+		t.Cleanup(func() { res.Body.Close() })
+		return res
+	}
+
+	res := browser(http.MethodGet, "/", nil, nil, nil)
+	require.Equal(t, http.StatusSeeOther, res.StatusCode, "a browser without a session is sent to sign in")
+	require.Equal(t, "/signin", res.Header.Get("Location"))
+	p := readPage(t, browser(http.MethodGet, "/signin", nil, nil, nil))
+	require.Equal(t, 1, p.doc.Find(`form[data-testid="signin-form"] input[name="token"][type="password"]`).Length())
+
+	for token, msg := range map[string]string{"wrong-token-0123456789": "unknown token", workerToken: "worker"} {
+		p = readPage(t, browser(http.MethodPost, "/signin", url.Values{"token": {token}}, nil, nil))
+		require.Equal(t, http.StatusUnauthorized, p.status)
+		require.Contains(t, p.doc.Find(`[role="alert"]`).Text(), msg)
+	}
+
+	res = browser(http.MethodPost, "/signin", url.Values{"token": {" " + aliceToken + "\n"}}, nil, nil)
+	require.Equal(t, http.StatusSeeOther, res.StatusCode)
+	require.Equal(t, "/", res.Header.Get("Location"))
+	cookies := res.Cookies()
+	require.Len(t, cookies, 1)
+	session := cookies[0]
+	require.Equal(t, rpc.SessionCookie, session.Name)
+	require.True(t, session.HttpOnly)
+	require.Equal(t, http.SameSiteStrictMode, session.SameSite)
+	require.False(t, session.Secure, "plain HTTP: a Secure cookie would never come back")
+	require.Equal(t, int(rpc.SessionMaxAge/time.Second), session.MaxAge)
+	require.NotContains(t, session.Value, aliceToken, "the cookie is not the token")
+
+	p = readPage(t, browser(http.MethodGet, "/", nil, &http.Cookie{Name: session.Name, Value: session.Value}, nil))
+	require.Equal(t, http.StatusOK, p.status)
+	require.Equal(t, "alice", strings.TrimSpace(p.doc.Find(".user").Text()))
+
+	// TaskService takes the cookie like the page's script sends it.
+	withCookie := func(header http.Header) (*taskhubv1.Task, error) {
+		req := connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "by cookie", Mode: "render"})
+		req.Header().Set("Cookie", session.Name+"="+session.Value)
+		for k, v := range header {
+			req.Header()[k] = v
+		}
+		res, err := b.tasks.CreateTask(t.Context(), req)
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.Task, nil
+	}
+	task, err := withCookie(http.Header{"Sec-Fetch-Site": {"same-origin"}})
+	require.NoError(t, err)
+	require.Equal(t, "alice", task.Owner)
+	for _, site := range []string{"cross-site", "same-site"} {
+		_, err = withCookie(http.Header{"Sec-Fetch-Site": {site}})
+		requireCode(t, err, connect.CodeUnauthenticated, "own pages")
+	}
+	_, err = b.work.ClaimTask(t.Context(), func() *connect.Request[taskhubv1.ClaimTaskRequest] {
+		req := connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"render"}})
+		req.Header().Set("Cookie", session.Name+"="+session.Value)
+		return req
+	}())
+	requireCode(t, err, connect.CodeUnauthenticated)
+	require.Len(t, listTasks(t, b.tasks, aliceToken), 1, "bearer tokens still work")
+
+	res = browser(http.MethodGet, "/", nil, &http.Cookie{Name: session.Name, Value: "forged"}, nil)
+	require.Equal(t, http.StatusSeeOther, res.StatusCode)
+
+	res = browser(http.MethodPost, "/signout", url.Values{}, &http.Cookie{Name: session.Name, Value: session.Value}, nil)
+	require.Equal(t, http.StatusSeeOther, res.StatusCode)
+	require.Equal(t, "/signin", res.Header.Get("Location"))
+	require.Len(t, res.Cookies(), 1)
+	require.Equal(t, -1, res.Cookies()[0].MaxAge, "signing out removes the cookie")
+}
+
+func TestPage_SignInWithoutAuth(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	res := postForm(t, b, "/signin", url.Values{"token": {"x"}}, "", nil)
+	requireRedirectHome(t, res)
 }

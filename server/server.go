@@ -1,11 +1,12 @@
 // Package server wires taskhub together: the event log, the hub, the built-in demo executor, and
 // the HTTP server that serves the Connect API, the pages and the assets on one port (HTTP/1.1
-// and unencrypted HTTP/2).
+// and unencrypted HTTP/2; HTTP/1.1 and HTTP/2 over TLS when given a certificate).
 package server
 
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/klauspost/compress/gzhttp"
 
 	"github.com/taskhub/taskhub/actors"
 	"github.com/taskhub/taskhub/assets"
@@ -55,6 +58,9 @@ type Config struct {
 	Heartbeat time.Duration
 	// Logger receives the server's logs [slog.Default()].
 	Logger *slog.Logger
+	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
+	// speaks HTTPS (HTTP/1.1 and HTTP/2), and browser sessions get Secure cookies.
+	TLSCert, TLSKey string
 }
 
 // Server is a running taskhub.
@@ -65,6 +71,7 @@ type Server struct {
 	log  *eventlog.Log
 	hub  *actors.Hub
 	demo *demo.Executor
+	tls  bool
 	done chan error // Serve's result
 }
 
@@ -88,6 +95,14 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if auth, err = rpc.LoadAuth(cfg.AuthFile); err != nil {
 			return nil, err
 		}
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, err
@@ -133,14 +148,13 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.demo = demo.Start(s.hub, cfg.DemoWorkers, cfg.Logger)
 	}
 
-	pageModes := cfg.Modes
-	if len(pageModes) == 0 {
-		pageModes = []string{demo.Mode}
-	}
 	mux := http.NewServeMux()
 	rpc.Mount(mux, s.hub, auth, cfg.Logger)
-	mux.Handle("/", http.NewCrossOriginProtection().Handler(views.NewHandler(s.hub, auth, pageModes, cfg.Logger)))
-	mux.Handle(assets.Prefix, assets.Handler())
+	// Pages and assets are compressed here; Connect negotiates its own compression, and its
+	// streams must not wait in a compressor's buffer.
+	pages := views.NewHandler(views.Config{Hub: s.hub, Users: auth, Modes: cfg.Modes, Heartbeat: cfg.Heartbeat, Logger: cfg.Logger})
+	mux.Handle("/", gzhttp.GzipHandler(http.NewCrossOriginProtection().Handler(pages)))
+	mux.Handle(assets.Prefix, gzhttp.GzipHandler(assets.Handler()))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.log.Healthy() {
 			http.Error(w, "event log unavailable", http.StatusServiceUnavailable)
@@ -155,20 +169,37 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
+	if tlsConfig != nil {
+		protocols.SetHTTP2(true)
+		s.tls = true
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
 	s.srv = &http.Server{
 		Handler:           handler,
 		Protocols:         protocols,
+		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
-	go func() { s.done <- s.srv.Serve(s.ln) }()
+	go func() {
+		if s.tls {
+			s.done <- s.srv.ServeTLS(s.ln, "", "") // the certificate is in TLSConfig
+		} else {
+			s.done <- s.srv.Serve(s.ln)
+		}
+	}()
 	return s, nil
 }
 
-// URL is the server's base URL, such as http://127.0.0.1:8080.
-func (s *Server) URL() string { return "http://" + s.ln.Addr().String() }
+// URL is the server's base URL, such as http://127.0.0.1:8080 (https:// with TLS).
+func (s *Server) URL() string {
+	if s.tls {
+		return "https://" + s.ln.Addr().String()
+	}
+	return "http://" + s.ln.Addr().String()
+}
 
 // Close stops the server gracefully: it stops accepting requests, ends open watch streams with
 // Unavailable (clients resume with after_seq), waits up to 10s for requests under way, and

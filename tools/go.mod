@@ -8,6 +8,8 @@ tool (
 	google.golang.org/protobuf/cmd/protoc-gen-go
 )
 
+require github.com/evanw/esbuild v0.28.2
+
 require (
 	connectrpc.com/connect v1.21.1 // indirect
 	github.com/a-h/parse v0.0.0-20250122154542-74294addb73e // indirect

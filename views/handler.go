@@ -1,12 +1,21 @@
 // Package views renders taskhub's pages with templ and serves them. Pages are complete without
-// JavaScript: forms post and redirect back.
+// JavaScript: forms post and redirect back. With JavaScript, the page's script (assets/src)
+// keeps them live.
+//
+// A Handler is safe for concurrent use.
 package views
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/a-h/templ"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
@@ -21,41 +30,77 @@ type Hub interface {
 	Position() (epoch string, seq uint64)
 }
 
-// Users finds the user a request acts for.
+// Users finds the user a request acts for, and turns a user token into a browser session.
+// *rpc.Auth implements it; a nil *rpc.Auth is auth off.
 type Users interface {
+	// User returns the user of a request (by its bearer token or its session cookie).
 	User(h http.Header) (string, error)
+	// Enabled reports whether requests must authenticate.
+	Enabled() bool
+	// SignIn returns the session cookie for a user's token.
+	SignIn(token string, secure bool) (*http.Cookie, error)
+	// SignOut returns a cookie that ends the session.
+	SignOut(secure bool) *http.Cookie
+}
+
+// Config configures a Handler.
+type Config struct {
+	Hub   Hub
+	Users Users
+	// Modes, when set, are the only modes tasks may use: the form offers exactly these. Otherwise
+	// it offers DefaultMode and the modes of the user's recent tasks.
+	Modes []string
+	// Heartbeat is the heartbeat interval of watch streams [15s].
+	Heartbeat time.Duration
+	Logger    *slog.Logger // [slog.Default()]
 }
 
 // Handler serves the pages.
 type Handler struct {
-	hub    Hub
-	users  Users
-	modes  []string
-	logger *slog.Logger
-	mux    *http.ServeMux
+	cfg Config
+	mux *http.ServeMux
 }
 
-// PageSize is how many tasks the page shows.
+// PageSize is how many tasks a page shows.
 const PageSize = 50
 
-// NewHandler returns the page handler. modes fill the form's mode select, first one selected.
-func NewHandler(hub Hub, users Users, modes []string, logger *slog.Logger) *Handler {
-	h := &Handler{hub: hub, users: users, modes: modes, logger: logger, mux: http.NewServeMux()}
+// NewHandler returns the page handler.
+func NewHandler(cfg Config) *Handler {
+	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, 15*time.Second)
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /{$}", h.index)
 	h.mux.HandleFunc("POST /tasks", h.create)
 	h.mux.HandleFunc("POST /tasks/{id}/cancel", h.cancel)
+	h.mux.HandleFunc("GET /signin", h.signInPage)
+	h.mux.HandleFunc("POST /signin", h.signIn)
+	h.mux.HandleFunc("POST /signout", h.signOut)
 	return h
 }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// The pages show user content (prompts, results): nothing but our own script may run, and
+	// no other site may frame them.
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data: https: http:; "+
+		"style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+	w.Header().Set("Referrer-Policy", "same-origin")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	h.mux.ServeHTTP(w, r)
+}
 
+// user returns the user of the request, or answers it: a browser without a session is sent to
+// sign in; a script gets 401.
 func (h *Handler) user(w http.ResponseWriter, r *http.Request) (string, bool) {
-	user, err := h.users.User(r.Header)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusUnauthorized)
+	user, err := h.cfg.Users.User(r.Header)
+	if err == nil {
+		return user, true
+	}
+	if r.Method == http.MethodGet && r.Header.Get("Authorization") == "" && strings.Contains(r.Header.Get("Accept"), "text/html") {
+		http.Redirect(w, r, "/signin", http.StatusSeeOther)
 		return "", false
 	}
-	return user, true
+	http.Error(w, err.Error()+"; or sign in at /signin", http.StatusUnauthorized)
+	return "", false
 }
 
 func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
@@ -63,24 +108,52 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.render(w, r, http.StatusOK, IndexData{User: user})
+	h.render(w, r, http.StatusOK, IndexData{User: user, Page: r.URL.Query().Get("page")})
 }
 
 func (h *Handler) render(w http.ResponseWriter, r *http.Request, status int, d IndexData) {
 	// The position is read before the tasks, so a script resuming from it misses nothing.
-	d.Epoch, d.Seq = h.hub.Position()
-	tasks, _, err := h.hub.ListTasks(r.Context(), d.User, nil, PageSize, "")
+	d.Epoch, d.Seq = h.cfg.Hub.Position()
+	d.Now = time.Now()
+	tasks, next, err := h.cfg.Hub.ListTasks(r.Context(), d.User, nil, PageSize, d.Page)
 	if err != nil {
 		h.fail(w, err)
 		return
 	}
-	d.Tasks, d.Modes = tasks, h.modes
+	d.Tasks, d.NextPage = tasks, next
+	d.Modes = h.modes(tasks)
+	d.SignOut = h.cfg.Users.Enabled()
+	d.Heartbeat = h.cfg.Heartbeat
+	h.write(w, r, status, Index(d))
+}
+
+func (h *Handler) write(w http.ResponseWriter, r *http.Request, status int, c templ.Component) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	if err := Index(d).Render(r.Context(), w); err != nil {
-		h.logger.Warn("render the task page", "err", err)
+	if err := c.Render(r.Context(), w); err != nil {
+		h.cfg.Logger.Warn("render a page", "err", err)
 	}
+}
+
+// modes are the modes the form offers: the configured ones, or the default mode and those of
+// the tasks shown; the default mode first.
+func (h *Handler) modes(tasks []*taskhubv1.Task) []string {
+	var modes []string
+	if len(h.cfg.Modes) > 0 {
+		modes = slices.Clone(h.cfg.Modes)
+	} else {
+		modes = []string{taskhub.DefaultMode}
+		for _, t := range tasks {
+			modes = append(modes, t.Mode)
+		}
+		slices.Sort(modes)
+		modes = slices.Compact(modes)
+	}
+	if i := slices.Index(modes, taskhub.DefaultMode); i > 0 {
+		modes = slices.Insert(slices.Delete(modes, i, i+1), 0, taskhub.DefaultMode)
+	}
+	return modes
 }
 
 func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
@@ -89,9 +162,17 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	spec := taskhub.TaskSpec{Prompt: r.PostFormValue("prompt"), Mode: r.PostFormValue("mode")}
-	if _, err := h.hub.CreateTask(r.Context(), user, spec); err != nil {
+	rawParams := r.PostFormValue("params")
+	params, err := ParseParams(rawParams)
+	if err == nil {
+		spec.Params = params
+		_, err = h.cfg.Hub.CreateTask(r.Context(), user, spec)
+	}
+	if err != nil {
 		if taskhub.ErrorCode(err) == taskhub.Invalid {
-			h.render(w, r, http.StatusUnprocessableEntity, IndexData{User: user, Error: err.Error(), Prompt: spec.Prompt})
+			h.render(w, r, http.StatusUnprocessableEntity, IndexData{
+				User: user, Error: err.Error(), Prompt: spec.Prompt, Mode: spec.Mode, Params: rawParams,
+			})
 			return
 		}
 		h.fail(w, err)
@@ -105,12 +186,39 @@ func (h *Handler) cancel(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if _, err := h.hub.CancelTask(r.Context(), user, r.PathValue("id")); err != nil &&
+	if _, err := h.cfg.Hub.CancelTask(r.Context(), user, r.PathValue("id")); err != nil &&
 		taskhub.ErrorCode(err) != taskhub.FailedPrecondition { // finished meanwhile: show it
 		h.fail(w, err)
 		return
 	}
 	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (h *Handler) signInPage(w http.ResponseWriter, r *http.Request) {
+	if !h.cfg.Users.Enabled() {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	h.write(w, r, http.StatusOK, SignIn(SignInData{}))
+}
+
+func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
+	if !h.cfg.Users.Enabled() {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	cookie, err := h.cfg.Users.SignIn(strings.TrimSpace(r.PostFormValue("token")), r.TLS != nil)
+	if err != nil {
+		h.write(w, r, http.StatusUnauthorized, SignIn(SignInData{Error: message(err)}))
+		return
+	}
+	http.SetCookie(w, cookie)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, h.cfg.Users.SignOut(r.TLS != nil))
+	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 }
 
 func (h *Handler) fail(w http.ResponseWriter, err error) {
@@ -123,10 +231,14 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	case taskhub.Unavailable:
 		status = http.StatusServiceUnavailable
 	}
+	http.Error(w, message(err), status)
+}
+
+// message is what a person may read of err: the message of a domain error, nothing internal.
+func message(err error) string {
 	var e *taskhub.Error
-	msg := "internal error"
 	if errors.As(err, &e) {
-		msg = e.Message
+		return e.Message
 	}
-	http.Error(w, msg, status)
+	return "internal error"
 }

@@ -73,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&modes, "modes", "", "comma-separated `list` of the only modes tasks may use (default: any well-formed mode)")
 	fs.IntVar(&cfg.DemoWorkers, "demo-workers", 4, "how many demo tasks run at once; 0 disables the built-in demo executor")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 15*time.Second, "heartbeat interval of idle watch streams")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM `file` of the TLS certificate: serve HTTPS (HTTP/1.1 and HTTP/2); needs --tls-key")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM `file` of the TLS certificate's private key")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
