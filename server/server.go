@@ -56,6 +56,11 @@ type Config struct {
 	DemoWorkers int
 	// Heartbeat is how often idle watch streams get a heartbeat [15s].
 	Heartbeat time.Duration
+	// WatchBuffer is how many events a watch queues for a client that reads slowly before it
+	// stops queueing and refills from the event log once the client catches up [1024].
+	WatchBuffer int
+	// MaxWatches and MaxWatchesPerUser bound the open watch streams [100000, 10000].
+	MaxWatches, MaxWatchesPerUser int
 	// Logger receives the server's logs [slog.Default()].
 	Logger *slog.Logger
 	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
@@ -125,15 +130,18 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	demoOn := cfg.DemoWorkers > 0 && (len(cfg.Modes) == 0 || slices.Contains(cfg.Modes, demo.Mode))
 	s.hub, err = actors.Open(ctx, actors.Config{
-		Log:          s.log,
-		Logger:       cfg.Logger,
-		LeaseTimeout: cfg.LeaseTimeout,
-		MaxAttempts:  cfg.MaxAttempts,
-		ModeAttempts: cfg.ModeAttempts,
-		StallTimeout: cfg.StallTimeout,
-		Retention:    cfg.Retention,
-		Modes:        cfg.Modes,
-		Heartbeat:    cfg.Heartbeat,
+		Log:               s.log,
+		Logger:            cfg.Logger,
+		LeaseTimeout:      cfg.LeaseTimeout,
+		MaxAttempts:       cfg.MaxAttempts,
+		ModeAttempts:      cfg.ModeAttempts,
+		StallTimeout:      cfg.StallTimeout,
+		Retention:         cfg.Retention,
+		Modes:             cfg.Modes,
+		Heartbeat:         cfg.Heartbeat,
+		OutboxLimit:       cfg.WatchBuffer,
+		MaxWatches:        cfg.MaxWatches,
+		MaxWatchesPerUser: cfg.MaxWatchesPerUser,
 		ParamCheck: func(mode string, params map[string]string) error {
 			if mode == demo.Mode && demoOn {
 				return demo.CheckParams(params)

@@ -121,7 +121,7 @@ func (w *h2Watch) resume() error {
 // in order, ending in the same final states.
 func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 	t.Parallel()
-	b := setup(t, server.Config{})
+	b := setup(t, server.Config{WatchBuffer: 32})
 	ctx := t.Context()
 
 	slow := openH2Watch(t, b.srv.URL())
@@ -132,9 +132,9 @@ func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 	steady := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{}, "")
 	steady.wait(0)
 
-	// The slow client grants no more window from here on, while 8 workers push 300 reports
-	// each: more than its window and its queue on the server (1024 events) hold.
-	const tasks, reports = 8, 300
+	// The slow client grants no more window from here on, while 8 workers push 60 reports
+	// each: more than its window (16 KiB) and its queue on the server (32 events) hold.
+	const tasks, reports = 8, 60
 	var wg sync.WaitGroup
 	ids := make([]string, tasks)
 	for i := range tasks {
