@@ -1,0 +1,444 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+)
+
+// load is one run of the tool.
+type load struct {
+	cfg    config
+	notes  io.Writer
+	prefix string // of this run's task prompts
+	srv    *proc  // nil when the server's process is unknown
+}
+
+// connectParallel bounds the watchers connecting at once, so the connect time is that of a
+// watcher, not of a queue.
+const connectParallel = 100
+
+func newLoad(cfg config, notes io.Writer) *load {
+	return &load{cfg: cfg, notes: notes, prefix: fmt.Sprintf("taskhub-load %08x task ", rand.Uint32())}
+}
+
+func (l *load) run(ctx context.Context) (*report, error) {
+	cfg := l.cfg
+	rep := &report{
+		Command: cfg.cmd, URL: cfg.url, Watchers: cfg.watchers, Tasks: cfg.tasks, Rate: cfg.rate,
+		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip,
+	}
+	pid := cfg.serverPID
+	if pid == 0 {
+		var err error
+		if pid, err = findListener(cfg.port); err != nil {
+			l.notef("server CPU and memory unknown: %v", err)
+		}
+	}
+	if pid != 0 {
+		l.srv = &proc{pid}
+		if _, err := l.srv.cpu(); err != nil {
+			l.notef("server CPU and memory unknown: %v", err)
+			l.srv = nil
+		}
+	}
+	var pr problems
+	var err error
+	if cfg.cmd == "poll" {
+		err = l.poll(ctx, rep, &pr)
+	} else {
+		err = l.push(ctx, rep, &pr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	rep.ViolationCount, rep.Violations = pr.n, pr.list
+	rep.OK = pr.n == 0
+	return rep, nil
+}
+
+func (l *load) notef(format string, args ...any) {
+	fmt.Fprintf(l.notes, format+"\n", args...)
+}
+
+// measure watches the server and this process from start to end.
+type measure struct {
+	l     *load
+	start time.Time
+	cpu   time.Duration
+	self  time.Duration
+	peak  *rssPeak
+}
+
+func (l *load) startMeasure() *measure {
+	m := &measure{l: l, start: time.Now(), self: selfCPU()}
+	if l.srv != nil {
+		m.cpu, _ = l.srv.cpu()
+		m.peak = sampleRSS(*l.srv)
+	}
+	return m
+}
+
+// stop stops sampling, if end did not.
+func (m *measure) stop() {
+	if m.peak != nil {
+		m.peak.end()
+	}
+}
+
+func (m *measure) end(rep *report) {
+	window := time.Since(m.start)
+	rep.Client.CPUSec, rep.Client.WindowSec = (selfCPU() - m.self).Seconds(), window.Seconds()
+	if m.peak == nil {
+		return
+	}
+	s := rep.Server
+	if s == nil {
+		s = &serverStats{PID: m.l.srv.pid}
+		rep.Server = s
+	}
+	cpu, _ := m.l.srv.cpu()
+	s.CPUSec = (cpu - m.cpu).Seconds()
+	s.WindowSec = window.Seconds()
+	s.CPUShare = s.CPUSec / s.WindowSec
+	s.PeakRSS = m.peak.end()
+	_, s.HWM, _ = m.l.srv.mem()
+}
+
+// rss is the server's RSS now, or 0.
+func (l *load) rss() int64 {
+	if l.srv == nil {
+		return 0
+	}
+	rss, _, _ := l.srv.mem()
+	return rss
+}
+
+// push runs the watchers against the task load.
+func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
+	cfg := l.cfg
+	nFast := cfg.watchers - cfg.slow // watchers 0..nFast-1 keep reading
+	fast := newPool(nFast, cfg.perConn, nil)
+	defer fast.close()
+	// A watcher that stops reading stops granting HTTP/2 flow control. With Go's default 4 MiB
+	// stream window the client would buffer minutes of events and the server would never
+	// notice; with 64 KiB it must hold or drop this watcher's events within seconds.
+	slow := newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: 64 << 10})
+	defer slow.close()
+	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, started: make(chan struct{}), slowFor: cfg.slowFor}
+	opts := clientOptions(cfg.token, cfg.gzip)
+	ws := make([]*watcher, cfg.watchers)
+	opens := make([]bool, cfg.watchers) // the watcher opens its HTTP/2 connection
+	for i := range ws {
+		p, k := fast, i
+		if i >= nFast {
+			p, k = slow, i-nFast
+		}
+		ws[i] = newWatcher(i, taskhubv1connect.NewTaskServiceClient(p.client(k), cfg.url, opts...), spec, i >= nFast)
+		opens[i] = k%cfg.perConn == 0
+	}
+
+	rssBefore := l.rss()
+	wctx, stopWatchers := context.WithCancel(ctx)
+	started := 0
+	defer func() {
+		stopWatchers()
+		for _, w := range ws[:started] {
+			<-w.exited
+		}
+	}()
+	l.notef("connecting %d watchers", cfg.watchers)
+	c, n, err := connectAll(ctx, wctx, ws, opens, pr)
+	started = n
+	if err != nil {
+		return err
+	}
+	c.Connections = fast.conns.Load() + slow.conns.Load()
+	rep.Connect = c
+	if l.srv != nil {
+		time.Sleep(time.Second) // let the server's allocations settle
+		rss := l.rss()
+		rep.Server = &serverStats{PID: l.srv.pid, RSSBefore: rssBefore, RSSIdle: rss,
+			PerWatcher: float64(rss-rssBefore) / float64(c.Connected)}
+	}
+
+	m := l.startMeasure()
+	defer m.stop()
+	if cfg.tasks == 0 {
+		l.notef("holding %d idle watchers for %v", c.Connected, cfg.duration)
+		select {
+		case <-time.After(cfg.duration):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		m.end(rep)
+		stopWatchers()
+		var beats int64
+		for _, w := range ws {
+			<-w.exited
+			beats += w.heartbeats
+			pr.merge(&w.problems)
+		}
+		rep.Deliveries = &deliveryStats{BytesIn: fast.in.Load() + slow.in.Load(), Heartbeats: beats}
+		return nil
+	}
+
+	d := newDriver(cfg, l.prefix, l.notes)
+	defer d.close()
+	close(spec.started)
+	l.notef("driving %d tasks at %g progress events/s for %v", cfg.tasks, cfg.rate, cfg.duration)
+	driveTime, err := l.drive(ctx, d)
+	if err != nil {
+		d.abandon()
+		return err
+	}
+	drainFrom := time.Now()
+	if cfg.slow > 0 {
+		drainFrom = later(drainFrom, m.start.Add(cfg.slowFor))
+	}
+	if !waitAll(ctx, ws, func(w *watcher) chan struct{} { return w.done }, drainFrom.Add(cfg.drain)) && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	window := time.Since(m.start)
+	m.end(rep)
+	stopWatchers()
+	for _, w := range ws {
+		<-w.exited
+	}
+	rep.Deliveries = &deliveryStats{BytesIn: fast.in.Load() + slow.in.Load()}
+
+	rep.Events = d.stats(driveTime, pr)
+	tallyPush(rep, ws, d, window, pr)
+	return nil
+}
+
+// connectAll starts the watchers on wctx, at most connectParallel connecting at once, and
+// waits until each has its snapshot or failed. It returns how many it started, even on error.
+func connectAll(ctx, wctx context.Context, ws []*watcher, opens []bool, pr *problems) (_ *connectStats, started int, _ error) {
+	start := time.Now()
+	for i, w := range ws {
+		if i >= connectParallel {
+			select {
+			case <-ws[i-connectParallel].ready:
+			case <-ctx.Done():
+				return nil, started, ctx.Err()
+			}
+		}
+		go w.run(wctx)
+		started++
+		if opens[i] {
+			// Streams that start together on a transport without a connection each dial
+			// their own; the others wait for this one's.
+			select {
+			case <-w.ready:
+			case <-ctx.Done():
+				return nil, started, ctx.Err()
+			}
+		}
+	}
+	if !waitAll(ctx, ws, func(w *watcher) chan struct{} { return w.ready }, start.Add(2*time.Minute)) {
+		return nil, started, errors.Join(ctx.Err(), errors.New("the watchers did not connect within 2 minutes"))
+	}
+	c := &connectStats{Seconds: time.Since(start).Seconds()}
+	var times []time.Duration
+	for _, w := range ws {
+		if w.snapshot {
+			c.Connected++
+			times = append(times, w.connectTime)
+		} else {
+			c.Failed++
+			pr.addf("watcher %d did not connect: %v", w.id, w.err)
+		}
+	}
+	if c.Connected == 0 {
+		return nil, started, fmt.Errorf("no watcher connected; the first error: %v", ws[0].err)
+	}
+	d := newDist(times)
+	c.P50Ms, c.MaxMs = d.P50, d.Max
+	return c, started, nil
+}
+
+// tallyPush checks what every watcher received against what the driver published, and fills
+// in the deliveries (rep.Deliveries has the bytes already), latencies and slow watchers.
+func tallyPush(rep *report, ws []*watcher, d *driver, window time.Duration, pr *problems) {
+	del := rep.Deliveries
+	var s *slowStats
+	if n := rep.Watchers - keepReading(ws); n > 0 {
+		s = &slowStats{Watchers: n, SameFinal: true}
+	}
+	var lat, slowLat []time.Duration
+	for _, w := range ws {
+		pr.merge(&w.problems)
+		del.Heartbeats += w.heartbeats
+		if !w.snapshot {
+			continue // reported as not connected
+		}
+		if w.err != nil {
+			pr.addf("watcher %d: the stream failed: %v", w.id, w.err)
+		}
+		got := w.progress + w.lifecycle
+		del.Expected += rep.Events.Published
+		del.Received += got
+		if w.slow {
+			s.Received += got
+			s.Coalesced += rep.Events.Published - got
+			s.StoppedSec = max(s.StoppedSec, w.stoppedFor.Seconds())
+			slowLat = append(slowLat, w.latency...)
+		} else {
+			lat = append(lat, w.latency...)
+		}
+		w.latency = nil
+		for j, t := range w.tasks {
+			if t.created != 1 || t.started != 1 || t.completed != 1 {
+				pr.addf("watcher %d: task %d: %d CREATED, %d STARTED, %d COMPLETED events, want one each (lost or repeated)", w.id, j, t.created, t.started, t.completed)
+			}
+			if int64(t.progress) > d.progress[j] {
+				pr.addf("watcher %d: task %d: %d PROGRESS events, more than the %d accepted", w.id, j, t.progress, d.progress[j])
+			}
+			same := t.final != nil && proto.Equal(t.final, d.final[j])
+			if t.final != nil && !same {
+				pr.addf("watcher %d: task %d: its final state is not the task CompleteTask returned", w.id, j)
+			}
+			if w.slow && !same {
+				s.SameFinal = false
+			}
+		}
+	}
+	del.Coalesced = del.Expected - del.Received
+	del.PerSec = float64(del.Received) / window.Seconds()
+	rep.Latency = newDist(lat)
+	if s != nil {
+		s.Latency = newDist(slowLat)
+		rep.Slow = s
+	}
+}
+
+// drive runs the driver: create, claim, report progress for the duration, complete. It
+// returns how long the progress reports took.
+func (l *load) drive(ctx context.Context, d *driver) (time.Duration, error) {
+	if err := d.create(ctx); err != nil {
+		return 0, err
+	}
+	if err := d.claim(ctx); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	d.drive(ctx, l.cfg.rate, l.cfg.duration)
+	took := time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return took, d.complete(ctx)
+}
+
+// poll runs the polling clients against the task load.
+func (l *load) poll(ctx context.Context, rep *report, pr *problems) error {
+	cfg := l.cfg
+	pool := newPool(cfg.watchers, cfg.perConn, nil)
+	defer pool.close()
+	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks}
+	opts := clientOptions(cfg.token, cfg.gzip)
+	ps := make([]*poller, cfg.watchers)
+	for i := range ps {
+		phase := cfg.pollInterval * time.Duration(i) / time.Duration(len(ps))
+		ps[i] = newPoller(i, taskhubv1connect.NewTaskServiceClient(pool.client(i), cfg.url, opts...), spec, cfg.pollInterval, phase)
+	}
+	pctx, stopPollers := context.WithCancel(ctx)
+	defer func() {
+		stopPollers()
+		for _, p := range ps {
+			<-p.exited
+		}
+	}()
+	l.notef("starting %d clients polling every %v", cfg.watchers, cfg.pollInterval)
+	m := l.startMeasure()
+	defer m.stop()
+	for _, p := range ps {
+		go p.run(pctx)
+	}
+
+	d := newDriver(cfg, l.prefix, l.notes)
+	defer d.close()
+	l.notef("driving %d tasks at %g progress events/s for %v", cfg.tasks, cfg.rate, cfg.duration)
+	driveTime, err := l.drive(ctx, d)
+	if err != nil {
+		d.abandon()
+		return err
+	}
+	deadline := time.Now().Add(cfg.pollInterval + cfg.drain)
+	if !waitAll(ctx, ps, func(p *poller) chan struct{} { return p.done }, deadline) && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	window := time.Since(m.start)
+	m.end(rep)
+	stopPollers()
+	for _, p := range ps {
+		<-p.exited
+	}
+
+	rep.Events = d.stats(driveTime, pr)
+	st := &pollStats{
+		IntervalSec: cfg.pollInterval.Seconds(), WindowSec: window.Seconds(),
+		BytesIn: pool.in.Load(), BytesOut: pool.out.Load(),
+	}
+	var stale []time.Duration
+	for _, p := range ps {
+		st.Requests += p.polls
+		st.Failed += p.failures
+		if p.failures > 0 && st.FirstError == "" {
+			st.FirstError = p.firstErr.Error()
+		}
+		stale = p.staleness(d, stale, pr)
+	}
+	if st.Failed > 0 {
+		pr.addf("%d polls failed; the first: %s", st.Failed, st.FirstError)
+	}
+	st.ReqPerSec = float64(st.Requests) / st.WindowSec
+	st.BytesPerSec = float64(st.BytesIn+st.BytesOut) / st.WindowSec
+	st.Staleness = newDist(stale)
+	rep.Poll = st
+	return nil
+}
+
+// waitAll waits until ch(x) is closed for every x, ctx ends or deadline passes; it reports
+// whether they all closed.
+func waitAll[T any](ctx context.Context, xs []T, ch func(T) chan struct{}, deadline time.Time) bool {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for _, x := range xs {
+		select {
+		case <-ch(x):
+		case <-timer.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// keepReading counts the watchers that are not slow.
+func keepReading(ws []*watcher) int {
+	n := 0
+	for _, w := range ws {
+		if !w.slow {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,193 @@
+// Command taskhub-load puts a running taskhub under a bounded load and measures what its
+// watchers get: every event, in order, and how soon.
+//
+//	taskhub-load [push|poll] [flags]
+//
+// push (the default) opens --watchers WatchTasks streams (the generated Connect client, binary
+// codec, HTTP/2 cleartext), creates --tasks tasks in --mode, claims them and reports progress
+// on them through WorkerService at --rate events/s in total for --duration, completes them, and
+// checks that every watcher got every task's events with strictly increasing seqs and ended
+// with every task COMPLETED. It reports delivery latency, coalescing, and the server's CPU and
+// memory. poll drives the same task load while as many clients poll ListTasks every
+// --poll-interval, and measures how stale their view is, so the saving of push is a number.
+//
+// It only targets a server on this machine, and exits non-zero when anything was lost.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "taskhub-load:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// run parses args, runs the load and writes the report to stdout and progress notes to stderr.
+// It fails when the load could not run or when a watcher or client lost anything.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, stderr)
+	if err != nil {
+		return err
+	}
+	rep, err := newLoad(cfg, stderr).run(ctx)
+	if err != nil {
+		return err
+	}
+	if cfg.json {
+		err = rep.writeJSON(stdout)
+	} else {
+		err = rep.writeText(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if !rep.OK {
+		return fmt.Errorf("%d violations (see the report)", rep.ViolationCount)
+	}
+	return nil
+}
+
+// config is the parsed command line.
+type config struct {
+	cmd          string // push or poll
+	url          string // base URL, without a trailing slash
+	port         int
+	watchers     int
+	tasks        int
+	rate         float64
+	duration     time.Duration
+	mode         string
+	token        string
+	workerToken  string
+	slow         int
+	slowFor      time.Duration
+	pollInterval time.Duration
+	serverPID    int
+	perConn      int
+	drain        time.Duration
+	gzip         bool
+	json         bool
+}
+
+// Bounds on what one run may ask for.
+const (
+	maxWatchers    = 50_000
+	maxTasks       = 1_000
+	maxPollTasks   = 500 // one ListTasks page
+	maxRate        = 50_000
+	maxDuration    = 10 * time.Minute
+	maxReportEvery = 10 * time.Second // a task reports at least this often, to keep its lease
+)
+
+func parseConfig(args []string, stderr io.Writer) (config, error) {
+	cfg := config{cmd: "push"}
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "push", "poll":
+			cfg.cmd, args = args[0], args[1:]
+		default:
+			return cfg, fmt.Errorf("unknown command %q: the commands are push and poll", args[0])
+		}
+	}
+	fs := flag.NewFlagSet("taskhub-load "+cfg.cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.url, "url", "http://127.0.0.1:8080", "base `URL` of the taskhub server (loopback only)")
+	fs.IntVar(&cfg.watchers, "watchers", 100, "how many watch streams (push) or polling clients (poll)")
+	fs.IntVar(&cfg.tasks, "tasks", 10, "how many tasks to drive; 0 (push) only holds the watchers idle for --duration")
+	fs.Float64Var(&cfg.rate, "rate", 100, "progress events per second, over all tasks")
+	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to report progress")
+	fs.StringVar(&cfg.mode, "mode", "load", "task `mode`; no other worker may claim it")
+	fs.StringVar(&cfg.token, "token", "", "bearer `token` of a user, for TaskService (a server with --auth-file)")
+	fs.StringVar(&cfg.workerToken, "worker-token", "", "bearer `token` of a worker, for WorkerService")
+	fs.IntVar(&cfg.slow, "slow", 0, "how many watchers stop reading when the load starts (push)")
+	fs.DurationVar(&cfg.slowFor, "slow-for", 30*time.Second, "how long the --slow watchers stop reading")
+	fs.DurationVar(&cfg.pollInterval, "poll-interval", 10*time.Second, "how often each client polls ListTasks (poll)")
+	fs.IntVar(&cfg.serverPID, "server-pid", 0, "`pid` of the server, for its CPU and memory (default: the process listening on the URL's port)")
+	fs.IntVar(&cfg.perConn, "streams-per-conn", 100, "watchers or clients sharing one HTTP/2 connection (Go's server allows 250)")
+	fs.DurationVar(&cfg.drain, "drain", 30*time.Second, "how long to wait after the last event (or the slow watchers' resume) for every watcher to have it")
+	fs.BoolVar(&cfg.gzip, "gzip", false, "accept gzip responses as a stock Go Connect client does (the server then compresses each message for each watcher)")
+	fs.BoolVar(&cfg.json, "json", false, "print the report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	base, port, err := loopbackURL(cfg.url)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.url, cfg.port = base, port
+
+	switch {
+	case cfg.watchers < 1 || cfg.watchers > maxWatchers:
+		return cfg, fmt.Errorf("--watchers must be 1..%d: got %d", maxWatchers, cfg.watchers)
+	case cfg.tasks < 0 || cfg.tasks > maxTasks:
+		return cfg, fmt.Errorf("--tasks must be 0..%d: got %d", maxTasks, cfg.tasks)
+	case cfg.cmd == "poll" && (cfg.tasks < 1 || cfg.tasks > maxPollTasks):
+		return cfg, fmt.Errorf("poll: --tasks must be 1..%d (one ListTasks page): got %d", maxPollTasks, cfg.tasks)
+	case cfg.rate <= 0 || cfg.rate > maxRate:
+		return cfg, fmt.Errorf("--rate must be above 0 and at most %d: got %v", maxRate, cfg.rate)
+	case cfg.duration <= 0 || cfg.duration > maxDuration:
+		return cfg, fmt.Errorf("--duration must be above 0 and at most %v: got %v", maxDuration, cfg.duration)
+	case cfg.tasks > 0 && time.Duration(float64(cfg.tasks)/cfg.rate*float64(time.Second)) > maxReportEvery:
+		return cfg, fmt.Errorf("--rate %v over %d tasks reports on each task less often than every %v, so leases could expire: raise --rate or lower --tasks", cfg.rate, cfg.tasks, maxReportEvery)
+	case cfg.slow < 0 || (cfg.slow > 0 && cfg.slow >= cfg.watchers):
+		return cfg, fmt.Errorf("--slow must be 0..%d (fewer than --watchers): got %d", cfg.watchers-1, cfg.slow)
+	case cfg.slow > 0 && (cfg.cmd != "push" || cfg.tasks == 0):
+		return cfg, errors.New("--slow needs push with --tasks above 0")
+	case cfg.slowFor <= 0 || cfg.slowFor > maxDuration:
+		return cfg, fmt.Errorf("--slow-for must be above 0 and at most %v: got %v", maxDuration, cfg.slowFor)
+	case cfg.pollInterval < 10*time.Millisecond || cfg.pollInterval > time.Minute:
+		return cfg, fmt.Errorf("--poll-interval must be 10ms..1m: got %v", cfg.pollInterval)
+	case cfg.perConn < 1 || cfg.perConn > 250:
+		return cfg, fmt.Errorf("--streams-per-conn must be 1..250: got %d", cfg.perConn)
+	case cfg.drain <= 0 || cfg.drain > maxDuration:
+		return cfg, fmt.Errorf("--drain must be above 0 and at most %v: got %v", maxDuration, cfg.drain)
+	}
+	return cfg, nil
+}
+
+// loopbackURL checks that raw is an http URL of this machine and returns it without a trailing
+// slash, and its port. The tool makes heavy load; it must not be pointed at anyone else.
+func loopbackURL(raw string) (base string, port int, err error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", 0, fmt.Errorf("--url: %w", err)
+	}
+	if u.Scheme != "http" {
+		return "", 0, fmt.Errorf("--url %s: only http:// is supported (HTTP/2 cleartext to a local server)", raw)
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return "", 0, fmt.Errorf("--url %s: refusing a host that is not loopback (localhost, 127.0.0.0/8, ::1): this tool is a load generator", raw)
+	}
+	port = 80
+	if p := u.Port(); p != "" {
+		if _, err := fmt.Sscan(p, &port); err != nil || port < 1 || port > 65535 {
+			return "", 0, fmt.Errorf("--url %s: bad port %q", raw, p)
+		}
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return "", 0, fmt.Errorf("--url %s: want a base URL such as http://127.0.0.1:8080", raw)
+	}
+	return strings.TrimSuffix(u.String(), "/"), port, nil
+}

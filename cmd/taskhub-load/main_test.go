@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub/server"
+)
+
+func TestMain(m *testing.M) {
+	// protoactor's dead-letter log throttle is a one-second timer goroutine that ends on its own.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"))
+}
+
+// setup starts a real server on 127.0.0.1 with its data in a temp dir and no demo workers.
+func setup(t *testing.T) *server.Server {
+	t.Helper()
+	srv, err := server.Open(t.Context(), server.Config{
+		Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	return srv
+}
+
+// runLoad runs the tool with args and --json, and returns its report.
+func runLoad(t *testing.T, args ...string) *report {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	err := run(t.Context(), append(args, "--json"), &stdout, &stderr)
+	require.NoError(t, err, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	var rep report
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &rep))
+	require.True(t, rep.OK)
+	require.Zero(t, rep.ViolationCount)
+	return &rep
+}
+
+// requireEvents checks the driver's counts: each task's created, started and completed event,
+// and progress reports, at most rate x duration (fewer when the server answers slowly, as it
+// may with -race on a busy machine).
+func requireEvents(t *testing.T, rep *report, tasks int, rate float64, d time.Duration) {
+	t.Helper()
+	e := rep.Events
+	require.NotNil(t, e)
+	require.Zero(t, e.DriverErrors)
+	require.EqualValues(t, 3*tasks, e.Lifecycle)
+	require.Equal(t, e.Progress+e.Lifecycle, e.Published)
+	require.Positive(t, e.Progress)
+	require.LessOrEqual(t, float64(e.Progress), rate*d.Seconds()+float64(tasks))
+}
+
+func TestRun_Push(t *testing.T) {
+	t.Parallel()
+	srv := setup(t)
+	rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "20", "--tasks", "3", "--rate", "200", "--duration", "2s")
+
+	require.Equal(t, 20, rep.Connect.Connected)
+	require.Zero(t, rep.Connect.Failed)
+	require.EqualValues(t, 1, rep.Connect.Connections, "20 streams share one HTTP/2 connection")
+	requireEvents(t, rep, 3, 200, 2*time.Second)
+	d := rep.Deliveries
+	require.Equal(t, 20*rep.Events.Published, d.Expected)
+	require.Equal(t, d.Expected, d.Received+d.Coalesced)
+	require.GreaterOrEqual(t, d.Received, 20*rep.Events.Lifecycle, "no lifecycle event is coalesced")
+	require.Equal(t, d.Received, int64(rep.Latency.Count), "one latency per delivery")
+	require.Positive(t, rep.Latency.P50)
+	require.LessOrEqual(t, rep.Latency.P50, rep.Latency.P99)
+	require.Nil(t, rep.Slow)
+
+	// The server runs in this process, which the tool finds listening on the port.
+	require.NotNil(t, rep.Server)
+	require.Equal(t, os.Getpid(), rep.Server.PID)
+	require.Positive(t, rep.Server.CPUSec)
+	require.Positive(t, rep.Server.PeakRSS)
+	require.Positive(t, rep.Server.RSSIdle)
+}
+
+func TestRun_PushSlowWatchers(t *testing.T) {
+	t.Parallel()
+	srv := setup(t)
+	// At 400 events/s the slow watchers' 64 KiB HTTP/2 windows fill while they do not read.
+	rep := runLoad(t, "--url", srv.URL(), "--watchers", "20", "--tasks", "3", "--rate", "400", "--duration", "2s",
+		"--slow", "2", "--slow-for", "1s")
+
+	requireEvents(t, rep, 3, 400, 2*time.Second)
+	s := rep.Slow
+	require.NotNil(t, s)
+	require.Equal(t, 2, s.Watchers)
+	require.InDelta(t, 1, s.StoppedSec, 0.5)
+	require.True(t, s.SameFinal)
+	require.Equal(t, 2*rep.Events.Published, s.Received+s.Coalesced)
+	require.GreaterOrEqual(t, s.Latency.Max, 500.0, "the slow watchers got some events late")
+	require.Equal(t, 18*rep.Events.Published, int64(rep.Latency.Count)+rep.Deliveries.Coalesced-s.Coalesced,
+		"the others' latencies are reported apart")
+}
+
+func TestRun_PushIdle(t *testing.T) {
+	t.Parallel()
+	srv := setup(t)
+	rep := runLoad(t, "--url", srv.URL(), "--watchers", "30", "--tasks", "0", "--duration", "100ms", "--streams-per-conn", "10")
+
+	require.Equal(t, 30, rep.Connect.Connected)
+	require.EqualValues(t, 3, rep.Connect.Connections)
+	require.Nil(t, rep.Events)
+	require.NotNil(t, rep.Server)
+	require.Positive(t, rep.Server.RSSIdle)
+}
+
+func TestRun_Poll(t *testing.T) {
+	t.Parallel()
+	srv := setup(t)
+	rep := runLoad(t, "poll", "--url", srv.URL(), "--watchers", "20", "--tasks", "3", "--rate", "200", "--duration", "2s",
+		"--poll-interval", "200ms")
+
+	requireEvents(t, rep, 3, 200, 2*time.Second)
+	p := rep.Poll
+	require.NotNil(t, p)
+	require.Zero(t, p.Failed)
+	// Every client polls every 200 ms from the start until its poll shows every task completed.
+	require.InDelta(t, 20/0.2*p.WindowSec, float64(p.Requests), 20*2)
+	require.Positive(t, p.BytesIn)
+	require.Positive(t, p.BytesOut)
+	// Every client saw every change or a later one, no sooner than it happened and no later
+	// than one interval (plus the time a poll takes).
+	require.Equal(t, 20*int(rep.Events.Published), p.Staleness.Count)
+	require.Less(t, p.Staleness.Max, 200.0+500)
+	require.Positive(t, p.Staleness.Mean)
+}
+
+func TestRun_RefusesOtherHosts(t *testing.T) {
+	t.Parallel()
+	for _, url := range []string{
+		"http://example.com:8080",
+		"http://10.0.0.1:8080",
+		"http://0.0.0.0:8080",
+		"http://[2001:db8::1]:8080",
+		"http://localhost.example.com",
+		"https://127.0.0.1:8080",
+	} {
+		t.Run(url, func(t *testing.T) {
+			err := run(t.Context(), []string{"--url", url}, io.Discard, io.Discard)
+			require.Error(t, err)
+		})
+	}
+	err := run(t.Context(), []string{"--url", "http://example.com:8080"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "not loopback")
+}
+
+func TestLoopbackURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"http://127.0.0.1:8080/": "http://127.0.0.1:8080",
+		"http://localhost":       "http://localhost",
+		"http://[::1]:9000":      "http://[::1]:9000",
+		"http://127.1.2.3:1":     "http://127.1.2.3:1",
+	} {
+		got, _, err := loopbackURL(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got)
+	}
+}
+
+func TestPoller_Staleness(t *testing.T) {
+	t.Parallel()
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	running := taskhubv1.TaskState_TASK_STATE_RUNNING
+	d := &driver{
+		ids:  []string{"a"},
+		done: []bool{true},
+		changes: [][]change{{
+			{at: at(0), state: taskhubv1.TaskState_TASK_STATE_QUEUED},
+			{at: at(10), state: running},
+			{at: at(20), state: running, progress: 10},
+			{at: at(30), state: running, progress: 20},
+			{at: at(40), state: taskhubv1.TaskState_TASK_STATE_COMPLETED, progress: 20},
+		}},
+	}
+	p := &poller{seen: []sighting{
+		{at: at(5), task: 0, state: taskhubv1.TaskState_TASK_STATE_QUEUED},
+		{at: at(25), task: 0, state: running, progress: 10}, // shows changes 1 and 2
+		{at: at(35), task: 0, state: running, progress: 20},
+		{at: at(45), task: 0, state: taskhubv1.TaskState_TASK_STATE_COMPLETED, progress: 20},
+	}}
+	var pr problems
+	got := p.staleness(d, nil, &pr)
+	require.Zero(t, pr.n, pr.list)
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	require.Equal(t, []time.Duration{ms(5), ms(15), ms(5), ms(5), ms(5)}, got)
+
+	// A poll that goes back, or shows progress nobody reported, is a violation.
+	p.seen = append(p.seen, sighting{at: at(50), task: 0, state: running, progress: 10},
+		sighting{at: at(55), task: 0, state: running, progress: 15})
+	p.staleness(d, nil, &pr)
+	require.Equal(t, 2, pr.n)
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+)
+
+// pool spreads streams over HTTP/2 cleartext connections: one transport, so one connection,
+// per perConn streams (Go's server allows 250 concurrent streams on a connection). It counts
+// the bytes its connections carry, HTTP/2 framing and headers included.
+type pool struct {
+	perConn int
+	clients []*http.Client
+	in, out atomic.Int64 // bytes read and written
+	conns   atomic.Int64 // connections dialed
+}
+
+// newPool makes a pool for streams streams. h2, when set, tunes the HTTP/2 client.
+func newPool(streams, perConn int, h2 *http.HTTP2Config) *pool {
+	p := &pool{perConn: perConn}
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		p.conns.Add(1)
+		return &countingConn{Conn: c, p: p}, nil
+	}
+	for range (streams + perConn - 1) / perConn {
+		protocols := new(http.Protocols)
+		protocols.SetUnencryptedHTTP2(true)
+		p.clients = append(p.clients, &http.Client{Transport: &http.Transport{
+			Protocols:   protocols,
+			HTTP2:       h2,
+			DialContext: dial,
+		}})
+	}
+	return p
+}
+
+// client returns the HTTP client of stream i.
+func (p *pool) client(i int) *http.Client { return p.clients[i/p.perConn] }
+
+// close closes the pool's idle connections: all of them once its streams have ended.
+func (p *pool) close() {
+	for _, c := range p.clients {
+		c.CloseIdleConnections()
+	}
+}
+
+type countingConn struct {
+	net.Conn
+	p *pool
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.p.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.p.out.Add(int64(n))
+	return n, err
+}
+
+// clientOptions are the Connect options of every client: the binary codec (the default),
+// gzip only when asked, and a bearer token when given.
+func clientOptions(token string, gzip bool) []connect.ClientOption {
+	var opts []connect.ClientOption
+	if !gzip {
+		// Connect's Go client accepts gzip by default, and Connect's handler then compresses
+		// every message; browsers' Connect clients do not ask for it.
+		opts = append(opts, connect.WithAcceptCompression("gzip", nil, nil))
+	}
+	if token != "" {
+		opts = append(opts, connect.WithInterceptors(bearer(token)))
+	}
+	return opts
+}
+
+// bearer is an interceptor that sends a bearer token on every call.
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+string(b))
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
+		return conn
+	}
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
