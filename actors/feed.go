@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -46,7 +47,7 @@ type feed struct {
 	mu     sync.Mutex
 	pos    uint64                                // the last sequence applied
 	active map[string]map[string]*taskhubv1.Task // owner -> task id -> task (queued or running)
-	subs   map[string]map[*actor.PID]struct{}    // owner -> subscriber actors
+	subs   map[string]map[*outbox]*actor.PID     // owner -> the outboxes of its watches and their actors
 	ends   map[string][]chan struct{}            // task id -> closed when the task ends
 	ready  chan struct{}                         // closed once every task has been read
 	once   sync.Once
@@ -59,7 +60,7 @@ func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *sl
 		logger:    logger,
 		compactor: c,
 		active:    map[string]map[string]*taskhubv1.Task{},
-		subs:      map[string]map[*actor.PID]struct{}{},
+		subs:      map[string]map[*outbox]*actor.PID{},
 		ends:      map[string][]chan struct{}{},
 		ready:     make(chan struct{}),
 	}
@@ -114,8 +115,8 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 				}
 				tasks[t.Id] = t
 			}
-			for pid := range f.subs[t.Owner] {
-				f.root.Send(pid, it)
+			for out := range f.subs[t.Owner] {
+				out.offer(it)
 			}
 		}
 		f.pos = e.Seq
@@ -126,17 +127,18 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	}
 }
 
-// subscribe registers pid for the events of owner after the returned position, and returns the
-// owner's active tasks as of that position, newest first.
-func (f *feed) subscribe(owner string, pid *actor.PID) (pos uint64, active []*taskhubv1.Task) {
+// subscribe registers out, the outbox of the subscriber pid, for the events of owner after the
+// returned position, and returns the owner's active tasks as of that position, newest first.
+func (f *feed) subscribe(owner string, out *outbox, pid *actor.PID) (pos uint64, active []*taskhubv1.Task) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	subs := f.subs[owner]
 	if subs == nil {
-		subs = map[*actor.PID]struct{}{}
+		subs = map[*outbox]*actor.PID{}
 		f.subs[owner] = subs
 	}
-	subs[pid] = struct{}{}
+	subs[out] = pid
+	out.attach(f.pos)
 	for _, t := range f.active[owner] {
 		active = append(active, t)
 	}
@@ -144,10 +146,10 @@ func (f *feed) subscribe(owner string, pid *actor.PID) (pos uint64, active []*ta
 	return f.pos, active
 }
 
-func (f *feed) unsubscribe(owner string, pid *actor.PID) {
+func (f *feed) unsubscribe(owner string, out *outbox) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.subs[owner], pid)
+	delete(f.subs[owner], out)
 	if len(f.subs[owner]) == 0 {
 		delete(f.subs, owner)
 	}
@@ -171,6 +173,18 @@ func (f *feed) ended(id string) (<-chan struct{}, func()) {
 			}
 		}
 	}
+}
+
+// await waits until the feed has applied seq, for at most timeout.
+func (f *feed) await(ctx context.Context, seq uint64, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for f.position() < seq {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return true
 }
 
 // position is the last sequence applied.
@@ -199,7 +213,7 @@ func (f *feed) subscribers() []*actor.PID {
 	defer f.mu.Unlock()
 	var out []*actor.PID
 	for _, subs := range f.subs {
-		for pid := range subs {
+		for _, pid := range subs {
 			out = append(out, pid)
 		}
 	}

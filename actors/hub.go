@@ -203,10 +203,19 @@ func (h *Hub) maxAttempts(mode string) int {
 // Epoch is the event log's identity, as snapshots carry it.
 func (h *Hub) Epoch() string { return h.log.Epoch() }
 
-// Position returns the epoch and the last seq the hub has applied. Everything up to seq is
-// readable in the log, so a page rendered after calling it can resume watching from seq
-// without missing an event.
-func (h *Hub) Position() (epoch string, seq uint64) { return h.log.Epoch(), h.feed.position() }
+// Position returns the epoch and the log's last seq, once the hub has applied everything up to
+// it (so it reflects the caller's own writes). A page rendered after calling it can resume
+// watching from seq without missing an event.
+func (h *Hub) Position(ctx context.Context) (epoch string, seq uint64, err error) {
+	_, last, err := h.log.Bounds(ctx)
+	if err != nil {
+		return "", 0, taskhub.Errorf(taskhub.Unavailable, "read the event log: %v", err)
+	}
+	if !h.feed.await(ctx, last, h.cfg.CallTimeout) {
+		return "", 0, taskhub.Errorf(taskhub.Unavailable, "the hub is behind the event log")
+	}
+	return h.log.Epoch(), last, nil
+}
 
 // ask sends cmd to the actor of task id and waits for its reply.
 func (h *Hub) ask(id string, cmd any) *taskReply {

@@ -7,10 +7,19 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 )
 
-// outbox is the bounded queue between a subscriber actor and the goroutine that sends its
-// stream. A progress event replaces the queued progress event of the same task, if any, and
-// takes its place at the tail, so the seq order of what is queued never goes backwards. Only
-// progress is coalesced; every other event is kept until it is taken.
+// outbox is the bounded queue of one watch: the feed offers it its owner's events, the stream's
+// send loop takes them, and the subscriber actor fills it from the log when live events could
+// not all be kept. A progress event replaces the queued progress event of the same task, if
+// any, and takes its place at the tail, so the seq order of what is queued never goes
+// backwards. Only progress is coalesced; every other event is kept until it is taken.
+//
+// Its delivery state is the promise it keeps: every event of the owner with seq <= cursor is
+// queued, was taken, or was replaced by a newer progress event of the same task.
+//   - live: an offered event is queued, or, when the outbox is full, the outbox is behind.
+//   - behind: offered events are dropped; once the client has taken everything, the subscriber
+//     replays the log from cursor+1 to the last seq offered, then the outbox is live again.
+//   - replaying: offered events after replayTo are held aside (up to the limit; past it they are
+//     dropped and another replay follows) and queued when the replay is done.
 type outbox struct {
 	mu        sync.Mutex
 	items     []*item        // in seq order; nil where a progress event was coalesced away
@@ -24,6 +33,102 @@ type outbox struct {
 	signal chan struct{} // cap 1: items to take
 	room   chan struct{} // cap 1: items were taken
 	done   chan struct{} // closed by close
+
+	mode     deliveryMode
+	cursor   uint64  // see the type's doc
+	seen     uint64  // the last seq offered
+	replayTo uint64  // while replaying: the replay ends at this seq
+	held     []*item // while replaying: offered events after replayTo
+	heldLost bool    // held overflowed: replay again
+	behind   func()  // tells the subscriber to replay, once the client has taken everything
+}
+
+type deliveryMode int
+
+const (
+	live deliveryMode = iota
+	behind
+	replaying
+)
+
+// attach starts the delivery: the subscriber decides what comes first (a snapshot, or a
+// replay), so events offered after pos are held until it calls finishReplay. The feed calls it
+// under its lock, so no event after pos can be missed.
+func (o *outbox) attach(pos uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.mode, o.seen, o.replayTo, o.cursor = replaying, pos, pos, pos
+}
+
+// offer queues a live event. The feed calls it in seq order.
+func (o *outbox) offer(it *item) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.seen = max(o.seen, it.seq)
+	if it.seq <= o.cursor || o.err != nil {
+		return
+	}
+	switch o.mode {
+	case live:
+		o.queueLocked(it)
+	case replaying:
+		if it.seq > o.replayTo && !o.heldLost {
+			if len(o.held) >= o.limit {
+				clear(o.held)
+				o.held, o.heldLost = o.held[:0], true
+			} else {
+				o.held = append(o.held, it)
+			}
+		}
+	}
+}
+
+// queueLocked queues a live event, or falls behind when the outbox is full.
+func (o *outbox) queueLocked(it *item) bool {
+	if o.pushLocked(it) {
+		o.cursor = it.seq
+		return true
+	}
+	o.mode = behind
+	o.onDrain = o.behind
+	return false
+}
+
+// startReplay begins a replay of the events after cursor up to the last seq offered, if the
+// outbox is behind (or start is set: the first replay of a resumed watch, from after).
+func (o *outbox) startReplay(start bool, after uint64) (from, to uint64, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case start:
+		o.cursor = after
+	case o.mode != behind:
+		return 0, 0, false
+	}
+	o.mode, o.replayTo = replaying, o.seen
+	return o.cursor + 1, o.replayTo, true
+}
+
+// finishReplay ends a replay that read the log up to replayTo: the held events are queued and
+// the outbox is live again, or behind if they did not fit. again reports that held events were
+// lost: the caller replays once more.
+func (o *outbox) finishReplay() (again bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.cursor = max(o.cursor, o.replayTo)
+	held, lost := o.held, o.heldLost
+	o.held, o.heldLost = nil, false
+	o.mode = live
+	if lost {
+		o.mode = behind
+		return true
+	}
+	for _, it := range held {
+		if it.seq > o.cursor && !o.queueLocked(it) {
+			break
+		}
+	}
+	return false
 }
 
 func newOutbox(limit int) *outbox {

@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -26,14 +27,11 @@ var (
 	errShuttingDown = taskhub.Errorf(taskhub.Unavailable, "the server is shutting down; resume with the last seq you saw")
 )
 
-// subscriber feeds one WatchTasks stream. It takes its owner's events from the feed and queues
-// them in its outbox, which the stream's send loop empties.
-//
-// cursor is the promise it keeps: every event of the owner with seq <= cursor is queued, was
-// taken, or was replaced by a newer progress event of the same task. When the outbox is full it
-// stops queueing live events (catching up), waits until the client has taken everything, then
-// replays the log from cursor + 1 to the feed's position while holding later live events aside,
-// and rejoins live. A resume with after_seq is the same replay, started at once.
+// subscriber feeds one WatchTasks stream. It decides how the stream starts (a fresh snapshot,
+// or a recovered one and a replay), and it fills its outbox from the log whenever the outbox
+// could not keep every live event. Live events do not pass through it: the feed offers them to
+// the outbox directly (see outbox), so a busy server never queues them ahead of the outbox,
+// where they could be neither coalesced nor bounded.
 type subscriber struct {
 	h      *Hub
 	owner  string
@@ -41,32 +39,23 @@ type subscriber struct {
 	after  uint64
 	out    *outbox
 	self   *actor.PID
-	cursor uint64
-
-	catchingUp bool    // live events are ignored until the outbox drains and a replay runs
-	replaying  bool    // a replay goroutine is filling the outbox
-	replayFrom uint64  // the replay started after this seq
-	replayTo   uint64  // the replay ends at this seq
-	held       []*item // live events after replayTo, queued when the replay is done
-	heldLost   bool    // held overflowed and was dropped: replay again
-	cancel     context.CancelFunc
+	cancel context.CancelFunc // of the replay under way
+	from   uint64             // the replay under way started after this seq
 }
 
 func (s *subscriber) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		s.self = ctx.Self()
+		self, root := s.self, s.h.root
+		s.out.behind = func() { root.Send(self, &drained{}) }
 		s.start()
-	case *item:
-		s.live(m)
 	case *drained:
-		if s.catchingUp && !s.replaying {
-			s.replay(s.h.feed.position())
-		}
+		s.replay(false, 0)
 	case *replayDone:
 		s.replayed(m.err)
 	case *actor.Stopping:
-		s.h.feed.unsubscribe(s.owner, s.self)
+		s.h.feed.unsubscribe(s.owner, s.out)
 		if s.cancel != nil {
 			s.cancel()
 		}
@@ -78,8 +67,17 @@ func (s *subscriber) Receive(ctx actor.Context) {
 }
 
 func (s *subscriber) start() {
-	pos, active := s.h.feed.subscribe(s.owner, s.self)
 	epoch := s.h.log.Epoch()
+	if s.epoch == epoch && s.after > s.h.feed.position() {
+		// A client may have seen (on a page rendered from the log) events this hub has not
+		// applied yet: wait for them, briefly, rather than start it afresh.
+		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
+		if _, last, err := s.h.log.Bounds(ctx); err == nil && s.after <= last {
+			s.h.feed.await(ctx, s.after, time.Second)
+		}
+		cancel()
+	}
+	pos, active := s.h.feed.subscribe(s.owner, s.out, s.self)
 	resume := s.epoch == epoch && s.after > 0 && s.after <= pos && s.after >= s.h.compactor.watermark.Load()
 	if resume && s.after < pos {
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
@@ -95,59 +93,30 @@ func (s *subscriber) start() {
 		s.out.push(&item{seq: pos, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
 			Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: pos, Tasks: active},
 		}}})
-		s.cursor = pos
+		s.out.finishReplay() // nothing to replay: go live
 		return
 	}
 	s.out.push(&item{seq: s.after, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
 		Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: s.after, Recovered: true},
 	}}})
-	s.cursor = s.after
-	if s.after < pos {
-		s.replay(pos)
-	}
+	s.replay(true, s.after)
 }
 
-func (s *subscriber) live(it *item) {
-	switch {
-	case it.seq <= s.cursor:
-		// Queued already (by a replay).
-	case s.replaying:
-		if it.seq > s.replayTo && !s.heldLost {
-			if len(s.held) >= s.h.cfg.OutboxLimit {
-				s.held, s.heldLost = nil, true
-			} else {
-				s.held = append(s.held, it)
-			}
-		}
-	case s.catchingUp:
-		// The replay after the drain reads it from the log.
-	default:
-		s.queue(it)
-	}
-}
-
-// queue puts a live event in the outbox, or starts catching up when it is full.
-func (s *subscriber) queue(it *item) {
-	if s.out.push(it) {
-		s.cursor = it.seq
+// replay reads the owner's events the outbox needs from the log into it, on a goroutine that
+// waits for room as the client reads.
+func (s *subscriber) replay(start bool, after uint64) {
+	from, to, ok := s.out.startReplay(start, after)
+	if !ok {
 		return
 	}
-	s.catchingUp = true
-	self, root := s.self, s.h.root
-	s.out.whenDrained(func() { root.Send(self, &drained{}) })
-}
-
-// replay reads the owner's events after cursor up to seq to from the log into the outbox, on a
-// goroutine that waits for room as the client reads.
-func (s *subscriber) replay(to uint64) {
-	if s.cursor < s.h.compactor.watermark.Load() {
+	if from-1 < s.h.compactor.watermark.Load() {
 		s.out.close(errTooFarBehind) // events it needs may be gone
 		return
 	}
-	s.catchingUp, s.replaying, s.replayFrom, s.replayTo = false, true, s.cursor, to
+	s.from = from - 1
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	from, filter, log, out := s.cursor+1, eventlog.OwnerFilter(s.owner), s.h.log, s.out
+	filter, log, out := eventlog.OwnerFilter(s.owner), s.h.log, s.out
 	self, root, timeout := s.self, s.h.root, s.h.cfg.CallTimeout
 	go func() {
 		err := func() error {
@@ -177,26 +146,15 @@ func (s *subscriber) replay(to uint64) {
 }
 
 func (s *subscriber) replayed(err error) {
-	s.replaying = false
 	if err != nil {
 		s.out.close(taskhub.Errorf(taskhub.Unavailable, "replay from the event log: %v", err))
 		return
 	}
-	if s.h.compactor.watermark.Load() > s.replayFrom {
+	if s.h.compactor.watermark.Load() > s.from {
 		s.out.close(errTooFarBehind) // a compaction may have removed events during the replay
 		return
 	}
-	s.cursor = s.replayTo
-	held, lost := s.held, s.heldLost
-	s.held, s.heldLost = nil, false
-	if lost {
-		s.replay(s.h.feed.position())
-		return
-	}
-	for i, it := range held {
-		if s.live(it); s.catchingUp {
-			clear(held[i+1:])
-			return
-		}
+	if s.out.finishReplay() {
+		s.replay(false, 0)
 	}
 }

@@ -10,6 +10,9 @@
 // subject is the task's current state. Appends are fenced with ExpectLastSequencePerSubject, so a
 // task has a single writer even across processes, and creates are de-duplicated with Nats-Msg-Id.
 //
+// A third stream (TASKHUB) keeps taskhub's own state, one message per subject: the compaction
+// watermark, below which finished tasks' events may have been removed.
+//
 // # The task queue
 //
 // A work-queue stream (TASKQ) holds at most one message per queued task, on subject

@@ -23,6 +23,7 @@ import (
 const (
 	EventStream = "TASKS"
 	QueueStream = "TASKQ"
+	MetaStream  = "TASKHUB"
 )
 
 // Errors a Log returns that callers act on.
@@ -64,6 +65,7 @@ type Log struct {
 	js     jetstream.JetStream
 	events jetstream.Stream
 	queue  jetstream.Stream
+	meta   jetstream.Stream
 	epoch  string
 
 	consumersMu sync.Mutex
@@ -144,9 +146,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 	var err error
 	l.events, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        EventStream,
-		Description: "taskhub task events: subject tasks.<owner>.<task id>, one storage.v1.Record each; taskhub.compacted: the compaction watermark",
-		Subjects:    []string{"tasks.>", compactedSubject},
-		AllowRollup: true,
+		Description: "taskhub task events: subject tasks.<owner>.<task id>, one storage.v1.Record each",
+		Subjects:    []string{"tasks.>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Duplicates:  l.cfg.Duplicates,
@@ -157,6 +158,18 @@ func (l *Log) createStreams(ctx context.Context) error {
 	}
 	info := l.events.CachedInfo()
 	l.epoch = fmt.Sprintf("%s.%d", info.Config.Name, info.Created.UnixNano())
+
+	l.meta, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              MetaStream,
+		Description:       "taskhub's own state: taskhub.compacted, the compaction watermark of " + EventStream,
+		Subjects:          []string{"taskhub.>"},
+		Storage:           jetstream.FileStorage,
+		MaxMsgsPerSubject: 1,
+		AllowDirect:       true,
+	})
+	if err != nil {
+		return fmt.Errorf("eventlog: create stream %s: %w", MetaStream, err)
+	}
 
 	l.queue, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:                 QueueStream,
@@ -200,7 +213,8 @@ func Subject(owner, id string) string { return "tasks." + owner + "." + id }
 // OwnerFilter is the subject filter matching every task of owner.
 func OwnerFilter(owner string) string { return "tasks." + owner + ".>" }
 
-// compactedSubject holds the compaction watermark: a decimal seq, the last message rolled up.
+// compactedSubject holds the compaction watermark, a decimal seq, in the meta stream (which keeps
+// one message per subject): the event stream holds nothing but task events.
 const compactedSubject = "taskhub.compacted"
 
 // Compact removes every event of a task but its last (its final state).
@@ -215,7 +229,7 @@ func (l *Log) Compact(ctx context.Context, owner, id string) error {
 // Compacted returns the compaction watermark: events with a seq at or below it may have been
 // removed by Compact. 0 when nothing was ever compacted.
 func (l *Log) Compacted(ctx context.Context) (uint64, error) {
-	m, err := l.events.GetLastMsgForSubject(ctx, compactedSubject)
+	m, err := l.meta.GetLastMsgForSubject(ctx, compactedSubject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil
 	}
@@ -231,10 +245,7 @@ func (l *Log) Compacted(ctx context.Context) (uint64, error) {
 
 // SetCompacted records the compaction watermark (the message replaces the previous one).
 func (l *Log) SetCompacted(ctx context.Context, w uint64) error {
-	m := nats.NewMsg(compactedSubject)
-	m.Data = strconv.AppendUint(nil, w, 10)
-	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-	if _, err := l.js.PublishMsg(ctx, m); err != nil {
+	if _, err := l.js.Publish(ctx, compactedSubject, strconv.AppendUint(nil, w, 10)); err != nil {
 		return l.unavailable("set compacted", err)
 	}
 	return nil

@@ -14,6 +14,9 @@ import (
 // MaxRequestBytes bounds a request message; a larger one gets resource_exhausted.
 const MaxRequestBytes = 1 << 20
 
+// MinCompressBytes is the smallest message compressed for a client that accepts compression.
+const MinCompressBytes = 4 << 10
+
 // Hub is the whole hub API the handlers need.
 type Hub interface {
 	Tasks
@@ -31,7 +34,11 @@ func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
 		}),
 		connect.WithInterceptors(auth.Interceptor()),
 		connect.WithReadMaxBytes(MaxRequestBytes),
+		// Events are a few hundred bytes: compressing each for every watcher that asks for
+		// gzip (as stock Go clients do) costs far more than the bytes it saves.
+		connect.WithCompressMinBytes(MinCompressBytes),
 	)...)
-	mux.Handle(taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts))
+	path, tasks := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
+	mux.Handle(path, batching(tasks))
 	mux.Handle(taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts))
 }

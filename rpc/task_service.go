@@ -73,10 +73,8 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 		if err != nil {
 			return connectError(err)
 		}
-		for _, m := range msgs {
-			if err := stream.Send(m); err != nil {
-				return err
-			}
+		if err := sendBatch(ctx, msgs, stream.Send); err != nil {
+			return err
 		}
 	}
 }

@@ -27,7 +27,7 @@ type Hub interface {
 	CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpec) (*taskhubv1.Task, error)
 	ListTasks(ctx context.Context, owner string, states []taskhubv1.TaskState, pageSize int, pageToken string) ([]*taskhubv1.Task, string, error)
 	CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error)
-	Position() (epoch string, seq uint64)
+	Position(ctx context.Context) (epoch string, seq uint64, err error)
 }
 
 // Users finds the user a request acts for, and turns a user token into a browser session.
@@ -113,7 +113,11 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) render(w http.ResponseWriter, r *http.Request, status int, d IndexData) {
 	// The position is read before the tasks, so a script resuming from it misses nothing.
-	d.Epoch, d.Seq = h.cfg.Hub.Position()
+	var err error
+	if d.Epoch, d.Seq, err = h.cfg.Hub.Position(r.Context()); err != nil {
+		h.fail(w, err)
+		return
+	}
 	d.Now = time.Now()
 	tasks, next, err := h.cfg.Hub.ListTasks(r.Context(), d.User, nil, PageSize, d.Page)
 	if err != nil {
