@@ -207,6 +207,18 @@ func (f *feed) activeTasks() []*taskhubv1.Task {
 	return out
 }
 
+// outboxes appends the outbox of every watch to dst.
+func (f *feed) outboxes(dst []*outbox) []*outbox {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, subs := range f.subs {
+		for out := range subs {
+			dst = append(dst, out)
+		}
+	}
+	return dst
+}
+
 // subscribers returns every registered subscriber.
 func (f *feed) subscribers() []*actor.PID {
 	f.mu.Lock()

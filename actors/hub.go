@@ -97,7 +97,7 @@ type Hub struct {
 	compactor  *compactor
 	watches    watchCount
 	cancel     context.CancelFunc
-	wg         sync.WaitGroup // the compactor
+	wg         sync.WaitGroup // the compactor and the heartbeats
 	closed     atomic.Bool
 	closeOnce  sync.Once
 	now        func() time.Time
@@ -158,10 +158,14 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		system.Shutdown()
 		return nil, err
 	}
-	h.wg.Add(1)
+	h.wg.Add(2)
 	go func() {
 		defer h.wg.Done()
 		h.compactor.run(life)
+	}()
+	go func() {
+		defer h.wg.Done()
+		h.heartbeats(life)
 	}()
 	h.claims = newClaims(life, h.log, h.logger)
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
@@ -190,6 +194,27 @@ func (h *Hub) Close() error {
 		h.system.Shutdown()
 	})
 	return nil
+}
+
+// heartbeats gives every idle watch a heartbeat each interval, looking a few times an interval
+// (at most every second), until ctx ends. One goroutine for all watches: a timer per watch,
+// reset with every message, would cost each delivery.
+func (h *Hub) heartbeats(ctx context.Context) {
+	tick := time.NewTicker(min(h.cfg.Heartbeat/4, time.Second))
+	defer tick.Stop()
+	var outs []*outbox
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			outs = h.feed.outboxes(outs[:0])
+			for _, o := range outs {
+				o.heartbeat(now, h.cfg.Heartbeat)
+			}
+			clear(outs)
+		}
+	}
 }
 
 // maxAttempts is how many times a task of mode may be claimed.
@@ -384,8 +409,7 @@ func (h *Hub) Watch(ctx context.Context, owner, epoch string, afterSeq uint64) (
 	pid := h.root.Spawn(actor.PropsFromProducer(func() actor.Actor {
 		return &subscriber{h: h, owner: owner, epoch: epoch, after: afterSeq, out: out}
 	}))
-	return &Watch{root: h.root, pid: pid, out: out, heartbeat: h.cfg.Heartbeat, timer: time.NewTimer(h.cfg.Heartbeat),
-		release: func() { h.watches.close(owner) }}, nil
+	return &Watch{root: h.root, pid: pid, out: out, release: func() { h.watches.close(owner) }}, nil
 }
 
 // watchCount counts the open watches, in all and per user.

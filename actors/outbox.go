@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"sync"
+	"time"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 )
@@ -27,6 +28,7 @@ type outbox struct {
 	progress  map[string]int // task id -> index in items of its queued progress event
 	limit     int
 	delivered uint64 // the seq of the last item taken
+	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano
 	onDrain   func() // called once, after a take empties the outbox
 	err       error  // why the outbox was closed
 
@@ -133,11 +135,12 @@ func (o *outbox) finishReplay() (again bool) {
 
 func newOutbox(limit int) *outbox {
 	return &outbox{
-		progress: map[string]int{},
-		limit:    limit,
-		signal:   make(chan struct{}, 1),
-		room:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
+		lastTaken: time.Now().UnixNano(),
+		progress:  map[string]int{},
+		limit:     limit,
+		signal:    make(chan struct{}, 1),
+		room:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
 	}
 }
 
@@ -232,9 +235,12 @@ func (o *outbox) take(dst []*item) ([]*item, error) {
 	}
 	clear(o.items)
 	o.items = o.items[:0]
-	clear(o.progress)
+	if len(o.progress) > 0 {
+		clear(o.progress)
+	}
 	o.n = 0
 	o.delivered = dst[len(dst)-1].seq
+	o.lastTaken = time.Now().UnixNano()
 	drained := o.onDrain
 	o.onDrain = nil
 	o.mu.Unlock()
@@ -261,6 +267,20 @@ func (o *outbox) whenDrained(f func()) {
 	f()
 }
 
+// heartbeat queues a heartbeat if the watch is live and nothing was taken for interval. Its seq
+// is that of the last item taken: everything up to it was sent.
+func (o *outbox) heartbeat(now time.Time, interval time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil || o.mode != live || o.n > 0 || now.UnixNano()-o.lastTaken < interval.Nanoseconds() {
+		return
+	}
+	o.lastTaken = now.UnixNano()
+	o.pushLocked(&item{seq: o.delivered, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{
+		Heartbeat: &taskhubv1.Heartbeat{Seq: o.delivered},
+	}}})
+}
+
 // lastDelivered is the seq of the last item taken.
 func (o *outbox) lastDelivered() uint64 {
 	o.mu.Lock()
@@ -277,4 +297,8 @@ func (o *outbox) close(err error) {
 	}
 	o.err = err
 	close(o.done)
+	select { // wake the send loop, so it sees the end
+	case o.signal <- struct{}{}:
+	default:
+	}
 }

@@ -3,7 +3,6 @@ package actors
 import (
 	"context"
 	"sync"
-	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -15,12 +14,10 @@ type Watch struct {
 	root      *actor.RootContext
 	pid       *actor.PID
 	out       *outbox
-	heartbeat time.Duration
-	timer     *time.Timer // the next heartbeat
-	release   func()      // frees the watch's place under the limits
-	closeOnce sync.Once
 	items     []*item
 	msgs      []*taskhubv1.WatchTasksResponse
+	release   func() // frees the watch's place under the limits
+	closeOnce sync.Once
 }
 
 // Next waits for the next messages to send: queued events, or a heartbeat when the watch has
@@ -36,7 +33,6 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 			for _, it := range w.items {
 				w.msgs = append(w.msgs, it.resp)
 			}
-			w.timer.Reset(w.heartbeat)
 			return w.msgs, nil
 		}
 		if err != nil {
@@ -44,13 +40,6 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 		}
 		select {
 		case <-w.out.signal:
-		case <-w.out.done:
-		case <-w.timer.C:
-			w.timer.Reset(w.heartbeat)
-			w.msgs = append(w.msgs[:0], &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{
-				Heartbeat: &taskhubv1.Heartbeat{Seq: w.out.lastDelivered()},
-			}})
-			return w.msgs, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -60,7 +49,6 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 // Close ends the watch and frees its subscriber.
 func (w *Watch) Close() {
 	w.closeOnce.Do(func() {
-		w.timer.Stop()
 		w.root.Stop(w.pid)
 		w.release()
 	})
