@@ -33,8 +33,7 @@ type outbox struct {
 	err       error  // why the outbox was closed
 
 	signal chan struct{} // cap 1: items to take
-	room   chan struct{} // cap 1: items were taken
-	done   chan struct{} // closed by close
+	room   chan struct{} // cap 1: items were taken, or the outbox was closed
 
 	mode     deliveryMode
 	cursor   uint64  // see the type's doc
@@ -140,7 +139,6 @@ func newOutbox(limit int) *outbox {
 		limit:     limit,
 		signal:    make(chan struct{}, 1),
 		room:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
 	}
 }
 
@@ -211,7 +209,6 @@ func (o *outbox) pushWait(ctx context.Context, it *item) error {
 		}
 		select {
 		case <-o.room:
-		case <-o.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -296,9 +293,10 @@ func (o *outbox) close(err error) {
 		return
 	}
 	o.err = err
-	close(o.done)
-	select { // wake the send loop, so it sees the end
-	case o.signal <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{o.signal, o.room} { // wake whoever waits, to see the end
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }

@@ -290,9 +290,9 @@ func TestOutbox_Close(t *testing.T) {
 	o.close(closeErr)
 	o.close(errors.New("a second close"))
 	select {
-	case <-o.done:
+	case <-o.signal:
 	default:
-		t.Fatal("close must close done")
+		t.Fatal("close must wake the send loop")
 	}
 	require.True(t, o.push(ev(3, "a", completed)), "a push after close is dropped, not refused")
 

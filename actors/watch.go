@@ -25,14 +25,16 @@ type Watch struct {
 // slice is valid until the next call. It fails when ctx ends or the watch is closed (the error
 // is Unavailable when the hub is shutting down).
 func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, error) {
+	clear(w.msgs) // sent: do not keep them (a snapshot can be large) while the watch idles
+	w.msgs = w.msgs[:0]
 	for {
 		var err error
 		w.items, err = w.out.take(w.items)
 		if len(w.items) > 0 {
-			w.msgs = w.msgs[:0]
 			for _, it := range w.items {
 				w.msgs = append(w.msgs, it.resp)
 			}
+			clear(w.items)
 			return w.msgs, nil
 		}
 		if err != nil {
