@@ -34,7 +34,7 @@ func (l *load) run(ctx context.Context) (*report, error) {
 	cfg := l.cfg
 	rep := &report{
 		Command: cfg.cmd, URL: cfg.url, Watchers: cfg.watchers, Tasks: cfg.tasks, Rate: cfg.rate,
-		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip,
+		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip, HTTP1: cfg.http1,
 	}
 	pid := cfg.serverPID
 	if pid == 0 {
@@ -126,12 +126,12 @@ func (l *load) rss() int64 {
 func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	cfg := l.cfg
 	nFast := cfg.watchers - cfg.slow // watchers 0..nFast-1 keep reading
-	fast := newPool(nFast, cfg.perConn, nil)
+	fast := newPool(nFast, cfg.perConn, nil, cfg.http1)
 	defer fast.close()
 	// A watcher that stops reading stops granting HTTP/2 flow control. With Go's default 4 MiB
 	// stream window the client would buffer minutes of events and the server would never
 	// notice; with 64 KiB it must hold or drop this watcher's events within seconds.
-	slow := newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: 64 << 10})
+	slow := newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: 64 << 10}, cfg.http1)
 	defer slow.close()
 	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, started: make(chan struct{}), slowFor: cfg.slowFor}
 	opts := clientOptions(cfg.token, cfg.gzip)
@@ -342,7 +342,7 @@ func (l *load) drive(ctx context.Context, d *driver) (time.Duration, error) {
 // poll runs the polling clients against the task load.
 func (l *load) poll(ctx context.Context, rep *report, pr *problems) error {
 	cfg := l.cfg
-	pool := newPool(cfg.watchers, cfg.perConn, nil)
+	pool := newPool(cfg.watchers, cfg.perConn, nil, cfg.http1)
 	defer pool.close()
 	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks}
 	opts := clientOptions(cfg.token, cfg.gzip)

@@ -84,6 +84,7 @@ type config struct {
 	perConn      int
 	drain        time.Duration
 	gzip         bool
+	http1        bool
 	json         bool
 }
 
@@ -123,6 +124,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.serverPID, "server-pid", 0, "`pid` of the server, for its CPU and memory (default: the process listening on the URL's port)")
 	fs.IntVar(&cfg.perConn, "streams-per-conn", 100, "watchers or clients sharing one HTTP/2 connection (Go's server allows 250)")
 	fs.DurationVar(&cfg.drain, "drain", 30*time.Second, "how long to wait after the last event (or the slow watchers' resume) for every watcher to have it")
+	fs.BoolVar(&cfg.http1, "http1", false, "one HTTP/1.1 connection per stream, as the page uses without TLS, instead of HTTP/2 (sets --streams-per-conn 1; a --slow watcher then stops reading its socket, and kernel buffers absorb megabytes first)")
 	fs.BoolVar(&cfg.gzip, "gzip", false, "accept gzip responses as a stock Go Connect client does (the server then compresses each message for each watcher)")
 	fs.BoolVar(&cfg.json, "json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +138,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, err
 	}
 	cfg.url, cfg.port = base, port
+	if cfg.http1 {
+		cfg.perConn = 1
+	}
 
 	switch {
 	case cfg.watchers < 1 || cfg.watchers > maxWatchers:

@@ -87,6 +87,19 @@ func TestRun_Push(t *testing.T) {
 	require.Positive(t, rep.Server.RSSIdle)
 }
 
+func TestRun_PushHTTP1(t *testing.T) {
+	t.Parallel()
+	srv := setup(t)
+	rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1")
+
+	require.True(t, rep.HTTP1)
+	require.Equal(t, 10, rep.Connect.Connected)
+	require.EqualValues(t, 10, rep.Connect.Connections, "one HTTP/1.1 connection per stream")
+	d := rep.Deliveries
+	require.Equal(t, 10*rep.Events.Published, d.Expected)
+	require.Equal(t, d.Expected, d.Received+d.Coalesced)
+}
+
 func TestRun_PushSlowWatchers(t *testing.T) {
 	t.Parallel()
 	srv := setup(t)

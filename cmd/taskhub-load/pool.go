@@ -11,8 +11,9 @@ import (
 )
 
 // pool spreads streams over HTTP/2 cleartext connections: one transport, so one connection,
-// per perConn streams (Go's server allows 250 concurrent streams on a connection). It counts
-// the bytes its connections carry, HTTP/2 framing and headers included.
+// per perConn streams (Go's server allows 250 concurrent streams on a connection); or over
+// HTTP/1.1 connections, one per stream. It counts the bytes its connections carry, framing and
+// headers included.
 type pool struct {
 	perConn int
 	clients []*http.Client
@@ -20,8 +21,10 @@ type pool struct {
 	conns   atomic.Int64 // connections dialed
 }
 
-// newPool makes a pool for streams streams. h2, when set, tunes the HTTP/2 client.
-func newPool(streams, perConn int, h2 *http.HTTP2Config) *pool {
+// newPool makes a pool for streams streams. h2, when set, tunes the HTTP/2 client; http1 makes
+// every stream an HTTP/1.1 request on a connection of its own, as a browser's page does
+// without TLS (perConn must then be 1).
+func newPool(streams, perConn int, h2 *http.HTTP2Config, http1 bool) *pool {
 	p := &pool{perConn: perConn}
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -34,7 +37,11 @@ func newPool(streams, perConn int, h2 *http.HTTP2Config) *pool {
 	}
 	for range (streams + perConn - 1) / perConn {
 		protocols := new(http.Protocols)
-		protocols.SetUnencryptedHTTP2(true)
+		if http1 {
+			protocols.SetHTTP1(true)
+		} else {
+			protocols.SetUnencryptedHTTP2(true)
+		}
 		p.clients = append(p.clients, &http.Client{Transport: &http.Transport{
 			Protocols:   protocols,
 			HTTP2:       h2,

@@ -18,6 +18,7 @@ type report struct {
 	Rate        float64 `json:"rate"`
 	DurationSec float64 `json:"duration_s"`
 	Gzip        bool    `json:"gzip"`
+	HTTP1       bool    `json:"http1"`
 
 	Connect    *connectStats  `json:"connect,omitempty"`
 	Events     *eventStats    `json:"events,omitempty"`
