@@ -207,27 +207,20 @@ func (f *feed) activeTasks() []*taskhubv1.Task {
 	return out
 }
 
-// outboxes appends the outbox of every watch to dst.
-func (f *feed) outboxes(dst []*outbox) []*outbox {
+// registration is a registered watch: its outbox and its subscriber actor.
+type registration struct {
+	out *outbox
+	pid *actor.PID
+}
+
+// watches appends every registered watch to dst.
+func (f *feed) watches(dst []registration) []registration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, subs := range f.subs {
-		for out := range subs {
-			dst = append(dst, out)
+		for out, pid := range subs {
+			dst = append(dst, registration{out, pid})
 		}
 	}
 	return dst
-}
-
-// subscribers returns every registered subscriber.
-func (f *feed) subscribers() []*actor.PID {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []*actor.PID
-	for _, subs := range f.subs {
-		for _, pid := range subs {
-			out = append(out, pid)
-		}
-	}
-	return out
 }

@@ -185,8 +185,8 @@ func (h *Hub) Close() error {
 		if h.feed.stop != nil {
 			h.feed.stop()
 		}
-		for _, pid := range h.feed.subscribers() {
-			_ = h.root.StopFuture(pid).Wait()
+		for _, w := range h.feed.watches(nil) {
+			_ = h.root.StopFuture(w.pid).Wait()
 		}
 		_ = h.root.StopFuture(h.supervisor).Wait()
 		h.claims.wait()
@@ -202,17 +202,17 @@ func (h *Hub) Close() error {
 func (h *Hub) heartbeats(ctx context.Context) {
 	tick := time.NewTicker(min(h.cfg.Heartbeat/4, time.Second))
 	defer tick.Stop()
-	var outs []*outbox
+	var ws []registration
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			outs = h.feed.outboxes(outs[:0])
-			for _, o := range outs {
-				o.heartbeat(now, h.cfg.Heartbeat)
+			ws = h.feed.watches(ws[:0])
+			for _, w := range ws {
+				w.out.heartbeat(now, h.cfg.Heartbeat)
 			}
-			clear(outs)
+			clear(ws)
 		}
 	}
 }

@@ -252,18 +252,6 @@ func (o *outbox) take(dst []*item) ([]*item, error) {
 	return dst, nil
 }
 
-// whenDrained calls f once the outbox is empty: now, or after the take that empties it.
-func (o *outbox) whenDrained(f func()) {
-	o.mu.Lock()
-	if o.n > 0 && o.err == nil {
-		o.onDrain = f
-		o.mu.Unlock()
-		return
-	}
-	o.mu.Unlock()
-	f()
-}
-
 // heartbeat queues a heartbeat if the watch is live and nothing was taken for interval. Its seq
 // is that of the last item taken: everything up to it was sent.
 func (o *outbox) heartbeat(now time.Time, interval time.Duration) {
@@ -276,13 +264,6 @@ func (o *outbox) heartbeat(now time.Time, interval time.Duration) {
 	o.pushLocked(&item{seq: o.delivered, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{
 		Heartbeat: &taskhubv1.Heartbeat{Seq: o.delivered},
 	}}})
-}
-
-// lastDelivered is the seq of the last item taken.
-func (o *outbox) lastDelivered() uint64 {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.delivered
 }
 
 // close ends the outbox with err: what is queued can still be taken, then take returns err.

@@ -106,7 +106,7 @@ func TestOutbox_PushTake(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, tc.want, seqs(got))
 			requireIncreasing(t, got)
-			require.Equal(t, tc.want[len(tc.want)-1], o.lastDelivered())
+			require.Equal(t, tc.want[len(tc.want)-1], o.delivered)
 
 			// Taking empties it.
 			got, err = o.take(got)
@@ -248,37 +248,32 @@ func TestOutbox_PushWait(t *testing.T) {
 	})
 }
 
-func TestOutbox_WhenDrained(t *testing.T) {
+func TestOutbox_FallsBehindThenAsksForAReplayOnce(t *testing.T) {
 	t.Parallel()
+	o := newOutbox(2)
+	calls := 0
+	o.behind = func() { calls++ }
+	o.offer(ev(1, "a", created))
+	o.offer(ev(2, "a", started))
+	o.offer(ev(3, "a", completed)) // full: the outbox falls behind, and drops what follows
+	o.offer(ev(4, "b", created))
+	require.Zero(t, calls, "not before the client has taken what is queued")
 
-	t.Run("now when empty", func(t *testing.T) {
-		t.Parallel()
-		o := newOutbox(4)
-		calls := 0
-		o.whenDrained(func() { calls++ })
-		require.Equal(t, 1, calls)
-	})
+	got, err := o.take(nil)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{1, 2}, seqs(got))
+	require.Equal(t, 1, calls, "the take that empties it asks for the replay")
 
-	t.Run("after the take that empties it, once", func(t *testing.T) {
-		t.Parallel()
-		o := newOutbox(4)
-		require.True(t, o.push(ev(1, "a", created)))
-		calls := 0
-		o.whenDrained(func() { calls++ })
-		require.Zero(t, calls)
-		require.True(t, o.push(ev(2, "a", started)))
-		require.Zero(t, calls)
-
-		got, err := o.take(nil)
-		require.NoError(t, err)
-		require.Len(t, got, 2)
-		require.Equal(t, 1, calls)
-
-		require.True(t, o.push(ev(3, "a", completed)))
-		_, err = o.take(got)
-		require.NoError(t, err)
-		require.Equal(t, 1, calls, "f is called once")
-	})
+	from, to, ok := o.startReplay(false, 0)
+	require.True(t, ok)
+	require.Equal(t, uint64(3), from, "from just after what was queued")
+	require.Equal(t, uint64(4), to, "to the last event offered")
+	o.offer(ev(5, "b", started)) // held while replaying
+	require.False(t, o.finishReplay())
+	got, err = o.take(got)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{5}, seqs(got), "the held event follows the replay")
+	require.Equal(t, 1, calls, "asked once")
 }
 
 func TestOutbox_Close(t *testing.T) {
