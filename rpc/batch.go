@@ -32,22 +32,22 @@ func batching(next http.Handler) http.Handler {
 	})
 }
 
-// sendBatch sends msgs with send, flushing once at the end when the stream allows it.
-func sendBatch[M any](ctx context.Context, msgs []M, send func(M) error) error {
+// batchFrom returns the batchFlusher batching put in ctx, or nil.
+func batchFrom(ctx context.Context) *batchFlusher {
 	b, _ := ctx.Value(batchKey{}).(*batchFlusher)
-	if b == nil || len(msgs) < 2 {
-		for _, m := range msgs {
-			if err := send(m); err != nil {
-				return err
-			}
-		}
-		return nil
+	return b
+}
+
+// sendBatch sends msgs with send, then flushes once; with no batchFlusher (b nil) Connect
+// flushes after each message itself.
+func sendBatch[M any](b *batchFlusher, msgs []M, send func(M) error) error {
+	if b != nil {
+		b.hold = true
+		defer func() {
+			b.hold = false
+			b.Flush()
+		}()
 	}
-	b.hold = true
-	defer func() {
-		b.hold = false
-		b.Flush()
-	}()
 	for _, m := range msgs {
 		if err := send(m); err != nil {
 			return err

@@ -31,10 +31,10 @@ func TestSendBatch_FlushesOncePerBatch(t *testing.T) {
 		flusher.Flush()
 		return err
 	}
-	require.NoError(t, sendBatch(ctx, []string{"a", "b", "c"}, send))
+	require.NoError(t, sendBatch(batchFrom(ctx), []string{"a", "b", "c"}, send))
 	require.Equal(t, 1, w.flushes, "three messages, one flush")
 	require.Equal(t, "abc", w.Body.String())
 
-	require.NoError(t, sendBatch(ctx, []string{"d"}, send))
+	require.NoError(t, sendBatch(batchFrom(ctx), []string{"d"}, send))
 	require.Equal(t, 2, w.flushes, "a lone message is flushed as Connect does it")
 }

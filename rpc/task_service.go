@@ -68,12 +68,13 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 		return connectError(err)
 	}
 	defer w.Close()
+	batch := batchFrom(ctx)
 	for {
 		msgs, err := w.Next(ctx)
 		if err != nil {
 			return connectError(err)
 		}
-		if err := sendBatch(ctx, msgs, stream.Send); err != nil {
+		if err := sendBatch(batch, msgs, stream.Send); err != nil {
 			return err
 		}
 	}
