@@ -3,11 +3,14 @@ package taskhub
 import (
 	"crypto/rand"
 	"math"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 )
 
 // Limits on what callers may send. A field over its limit is rejected with Invalid.
@@ -171,6 +174,11 @@ var (
 	idMu      sync.Mutex
 	idEntropy = ulid.Monotonic(rand.Reader, 0)
 )
+
+// StateName names a state in lowercase, for sentences and labels: "completed", "running".
+func StateName(s taskhubv1.TaskState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "TASK_STATE_"))
+}
 
 // NewTaskID returns a new task id: a ULID, so ids sort by creation time.
 func NewTaskID(now time.Time) string {

@@ -7,7 +7,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -249,7 +248,7 @@ func (a *taskActor) cancel(c *cancelCmd) *taskReply {
 		return &taskReply{err: notFound(a.id)}
 	}
 	if terminal(a.task.State) {
-		return &taskReply{err: taskhub.Errorf(taskhub.FailedPrecondition, "task %s is already %s", a.id, stateWord(a.task.State))}
+		return &taskReply{err: taskhub.Errorf(taskhub.FailedPrecondition, "task %s is already %s", a.id, taskhub.StateName(a.task.State))}
 	}
 	was := a.task.State
 	t := a.next()
@@ -362,7 +361,7 @@ func (a *taskActor) checkLease(worker, token string) error {
 	case taskhubv1.TaskState_TASK_STATE_CANCELLED:
 		return errCancelled
 	}
-	return taskhub.Errorf(taskhub.FailedPrecondition, "task %s is already %s", a.id, stateWord(a.task.State))
+	return taskhub.Errorf(taskhub.FailedPrecondition, "task %s is already %s", a.id, taskhub.StateName(a.task.State))
 }
 
 func (a *taskActor) report(c *reportCmd) *taskReply {
@@ -575,16 +574,11 @@ func terminal(s taskhubv1.TaskState) bool {
 		s == taskhubv1.TaskState_TASK_STATE_CANCELLED
 }
 
-// stateWord names a state in a sentence: "completed", "running".
-func stateWord(s taskhubv1.TaskState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "TASK_STATE_"))
-}
-
 func requeuedOrFailed(s taskhubv1.TaskState) string {
 	if s == taskhubv1.TaskState_TASK_STATE_QUEUED {
 		return "requeued"
 	}
-	return stateWord(s)
+	return taskhub.StateName(s)
 }
 
 func notFound(id string) error { return taskhub.Errorf(taskhub.NotFound, "task %s not found", id) }

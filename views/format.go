@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
 )
 
 // The page's script (assets/src/format.ts) formats the same way; keep the two in step.
@@ -19,20 +21,16 @@ import (
 // percent is progress as the page shows it: a whole number, halves rounded up.
 func percent(p float64) string { return strconv.FormatFloat(math.Round(p), 'f', 0, 64) }
 
-func stateLabel(s taskhubv1.TaskState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "TASK_STATE_"))
-}
-
 // badge is the word on a task's badge: its state, or "stalled" for a running task that has
 // made no progress for the stall timeout.
 func badge(t *taskhubv1.Task) string {
 	if t.Stalled && t.State == taskhubv1.TaskState_TASK_STATE_RUNNING {
 		return "stalled"
 	}
-	return stateLabel(t.State)
+	return taskhub.StateName(t.State)
 }
 
-func stateClass(s taskhubv1.TaskState) string { return "state-" + stateLabel(s) }
+func stateClass(s taskhubv1.TaskState) string { return "state-" + taskhub.StateName(s) }
 
 func active(s taskhubv1.TaskState) bool {
 	return s == taskhubv1.TaskState_TASK_STATE_QUEUED || s == taskhubv1.TaskState_TASK_STATE_RUNNING
