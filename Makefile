@@ -54,7 +54,7 @@ lint: $(BUF) ## gofmt, go vet, buf lint and tsc
 
 .PHONY: bench
 bench: ## run the benchmarks (fan-out by subscriber count, create->complete throughput)
-	go test -run '^$$' -bench . -benchmem -count 5 ./actors/ ./rpc/
+	go test -run '^$$' -bench . -benchmem -count 5 ./actors/ ./rpc/ ./eventlog/
 
 FUZZTIME ?= 5s
 FUZZ     := FuzzTaskSpec:. FuzzIDs:. FuzzPageToken:./actors FuzzStrictJSON:./rpc FuzzAuthorization:./rpc

@@ -1,0 +1,36 @@
+package eventlog_test
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// BenchmarkLog_Append appends the CREATED event of a new task, one writer, with the default
+// sync policy and with an fsync on every write (--fsync).
+func BenchmarkLog_Append(b *testing.B) {
+	for _, fsync := range []bool{false, true} {
+		b.Run(fmt.Sprintf("fsync=%v", fsync), func(b *testing.B) {
+			l, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(), SyncAlways: fsync,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			b.ReportAllocs()
+			for i := range b.N {
+				id := fmt.Sprintf("T%d", i)
+				rec := record(id, taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED)
+				if _, _, err := l.Append(b.Context(), "bench", id, rec, 0, ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
+		})
+	}
+}
