@@ -172,11 +172,16 @@ func (o *outbox) pushLocked(it *item) bool {
 	if progress {
 		o.progress[it.taskID] = len(o.items) - 1
 	}
+	o.wake()
+	return true
+}
+
+// wake tells whoever waits in take's caller to look again.
+func (o *outbox) wake() {
 	select {
 	case o.signal <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 // compact drops the holes that coalescing left.

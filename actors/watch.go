@@ -18,6 +18,9 @@ type Watch struct {
 	msgs      []*taskhubv1.WatchTasksResponse
 	release   func() // frees the watch's place under the limits
 	closeOnce sync.Once
+
+	ctx       context.Context // the context Next last waited on (Next's goroutine only)
+	stopAfter func() bool     // stops ctx's end from waking Next
 }
 
 // Next waits for the next messages to send: queued events, or a heartbeat when the watch has
@@ -40,12 +43,24 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case <-w.out.signal:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err := w.watchCtx(ctx); err != nil {
+			return nil, err
 		}
+		<-w.out.signal
 	}
+}
+
+// watchCtx makes the end of ctx wake Next, so that Next waits on one channel rather than
+// selecting over two: the wait is on the path of every delivery. A stream passes the same ctx
+// each time, so this registers once per watch.
+func (w *Watch) watchCtx(ctx context.Context) error {
+	if ctx != w.ctx {
+		if w.stopAfter != nil {
+			w.stopAfter()
+		}
+		w.ctx, w.stopAfter = ctx, context.AfterFunc(ctx, w.out.wake)
+	}
+	return ctx.Err()
 }
 
 // Close ends the watch and frees its subscriber.
