@@ -112,6 +112,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, err
 	}
+	s.ln = coalescingListener{s.ln}
 	if tcp, ok := s.ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && !auth.Enabled() {
 		return nil, fmt.Errorf("refusing to listen on %s without --auth-file: anyone who can reach it could read and forge tasks", s.ln.Addr())
 	}

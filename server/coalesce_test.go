@@ -1,0 +1,195 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// tcpPair returns both ends of a loopback TCP connection; the server end coalesces.
+func tcpPair(t *testing.T) (srv *coalescingConn, peer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := coalescingListener{ln}.Accept()
+		accepted <- c
+	}()
+	peer, err = net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { peer.Close() })
+	c := <-accepted
+	require.NotNil(t, c)
+	t.Cleanup(func() { c.Close() })
+	return c.(*coalescingConn), peer
+}
+
+func TestCoalescingConn_ConcurrentWritersArriveWholeAndInOrder(t *testing.T) {
+	srv, peer := tcpPair(t)
+	const writers, records = 8, 2000
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			rec := make([]byte, 12)
+			for i := range records {
+				binary.BigEndian.PutUint32(rec[0:], uint32(w))
+				binary.BigEndian.PutUint32(rec[4:], uint32(i))
+				binary.BigEndian.PutUint32(rec[8:], 0xC0FFEE)
+				if _, err := srv.Write(rec); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	go func() { wg.Wait(); srv.Close() }()
+
+	all, err := io.ReadAll(peer)
+	require.NoError(t, err)
+	require.Len(t, all, writers*records*12, "every byte written arrives before the close")
+	next := make([]uint32, writers)
+	for rec := range chunks(all, 12) {
+		w, i := binary.BigEndian.Uint32(rec[0:]), binary.BigEndian.Uint32(rec[4:])
+		require.Equal(t, uint32(0xC0FFEE), binary.BigEndian.Uint32(rec[8:]), "a record was split or interleaved")
+		require.Less(t, w, uint32(writers))
+		require.Equal(t, next[w], i, "writer %d's records out of order", w)
+		next[w]++
+	}
+}
+
+func chunks(b []byte, n int) func(func([]byte) bool) {
+	return func(yield func([]byte) bool) {
+		for len(b) >= n && yield(b[:n]) {
+			b = b[n:]
+		}
+	}
+}
+
+// gatedConn holds its first Write until the gate opens, and counts the writes that reach it.
+type gatedConn struct {
+	net.Conn
+	gate   chan struct{}
+	writes atomic.Int32
+}
+
+func (g *gatedConn) Write(p []byte) (int, error) {
+	if g.writes.Add(1) == 1 {
+		<-g.gate
+	}
+	return g.Conn.Write(p)
+}
+
+func TestCoalescingConn_WritesQueuedDuringAFlushLeaveInOneSystemCall(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	g := &gatedConn{Conn: a, gate: make(chan struct{})}
+	c := newCoalescingConn(g)
+
+	_, err := c.Write([]byte("first;"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return g.writes.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the flusher took the first write to the socket")
+	var want bytes.Buffer
+	want.WriteString("first;")
+	for i := range 50 { // all queued while the first write is in the socket
+		s := fmt.Sprintf("frame %d;", i)
+		want.WriteString(s)
+		_, err := c.Write([]byte(s))
+		require.NoError(t, err)
+	}
+	close(g.gate)
+
+	got := make([]byte, want.Len())
+	_, err = io.ReadFull(b, got)
+	require.NoError(t, err)
+	require.Equal(t, want.String(), string(got))
+	require.Equal(t, int32(2), g.writes.Load(), "51 writes reached the socket as 2 system calls")
+}
+
+func TestCoalescingConn_APeerThatDoesNotReadHoldsWritersBack(t *testing.T) {
+	a, b := net.Pipe() // synchronous: nothing is buffered in the "kernel"
+	defer b.Close()
+	c := newCoalescingConn(a)
+
+	chunk := make([]byte, 64<<10)
+	var written atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		for range 16 { // 1 MiB, four times what may queue
+			if _, err := c.Write(chunk); err != nil {
+				done <- err
+				return
+			}
+			written.Add(int64(len(chunk)))
+		}
+		done <- nil
+	}()
+	// The writer gets at most maxPending queued, plus the batch in the socket's hands, then waits.
+	require.Eventually(t, func() bool { return written.Load() >= maxPending }, 5*time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	require.LessOrEqual(t, written.Load(), int64(2*maxPending), "the queue is bounded")
+	select {
+	case err := <-done:
+		t.Fatalf("the writer finished with a peer that reads nothing: %v", err)
+	default:
+	}
+
+	n, err := io.CopyN(io.Discard, b, 16*int64(len(chunk)))
+	require.NoError(t, err)
+	require.Equal(t, 16*int64(len(chunk)), n)
+	require.NoError(t, <-done)
+}
+
+func TestCoalescingConn_CloseWritesWhatIsQueued(t *testing.T) {
+	srv, peer := tcpPair(t)
+	msg := bytes.Repeat([]byte("goaway!"), 1000)
+	_, err := srv.Write(msg)
+	require.NoError(t, err)
+	require.NoError(t, srv.Close())
+
+	got, err := io.ReadAll(peer)
+	require.NoError(t, err)
+	require.Equal(t, msg, got)
+	_, err = srv.Write([]byte("late"))
+	require.ErrorIs(t, err, net.ErrClosed)
+}
+
+func TestCoalescingConn_CloseDoesNotHangOnAPeerThatDoesNotRead(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newCoalescingConn(a)
+	_, err := c.Write(make([]byte, 1<<10)) // the flusher blocks: nobody reads b
+	require.NoError(t, err)
+
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * closeFlushTimeout):
+		t.Fatal("Close hung on a peer that does not read")
+	}
+}
+
+func TestCoalescingConn_AFailedWriteFailsTheNextOnes(t *testing.T) {
+	a, b := net.Pipe()
+	c := newCoalescingConn(a)
+	b.Close() // the peer is gone
+	_, err := c.Write([]byte("lost"))
+	require.NoError(t, err, "the failure of a queued write shows later, like a kernel-buffered write")
+	require.Eventually(t, func() bool {
+		_, err := c.Write([]byte("x"))
+		return errors.Is(err, io.ErrClosedPipe)
+	}, 5*time.Second, time.Millisecond)
+	require.NoError(t, c.Close())
+}
