@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -35,6 +38,9 @@ func (l *load) run(ctx context.Context) (*report, error) {
 	rep := &report{
 		Command: cfg.cmd, URL: cfg.url, Watchers: cfg.watchers, Tasks: cfg.tasks, Rate: cfg.rate,
 		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip, HTTP1: cfg.http1,
+	}
+	if cfg.cmd == "push" {
+		rep.WatchClient = cfg.client
 	}
 	pid := cfg.serverPID
 	if pid == 0 {
@@ -126,12 +132,18 @@ func (l *load) rss() int64 {
 func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	cfg := l.cfg
 	nFast := cfg.watchers - cfg.slow // watchers 0..nFast-1 keep reading
-	fast := newPool(nFast, cfg.perConn, nil, cfg.http1)
-	defer fast.close()
 	// A watcher that stops reading stops granting HTTP/2 flow control. With Go's default 4 MiB
 	// stream window the client would buffer minutes of events and the server would never
 	// notice; with 64 KiB it must hold or drop this watcher's events within seconds.
-	slow := newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: 64 << 10}, cfg.http1)
+	var fast, slow *pool
+	if cfg.client == clientRaw {
+		fast = newRawPool(nFast, cfg.perConn, l.rawConfig(defaultStreamWindow))
+		slow = newRawPool(cfg.slow, cfg.perConn, l.rawConfig(slowStreamWindow))
+	} else {
+		fast = newPool(nFast, cfg.perConn, nil, cfg.http1)
+		slow = newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: slowStreamWindow}, cfg.http1)
+	}
+	defer fast.close()
 	defer slow.close()
 	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, started: make(chan struct{}), slowFor: cfg.slowFor}
 	opts := clientOptions(cfg.token, cfg.gzip)
@@ -142,7 +154,11 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 		if i >= nFast {
 			p, k = slow, i-nFast
 		}
-		ws[i] = newWatcher(i, taskhubv1connect.NewTaskServiceClient(p.client(k), cfg.url, opts...), spec, i >= nFast)
+		if cfg.client == clientRaw {
+			ws[i] = newRawWatcher(i, p.rawConn(k), spec, i >= nFast)
+		} else {
+			ws[i] = newWatcher(i, taskhubv1connect.NewTaskServiceClient(p.client(k), cfg.url, opts...), spec, i >= nFast)
+		}
 		opens[i] = k%cfg.perConn == 0
 	}
 
@@ -218,6 +234,21 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	rep.Events = d.stats(driveTime, pr)
 	tallyPush(rep, ws, d, window, pr)
 	return nil
+}
+
+// Stream receive windows: Go's transport's default, and that of the watchers that stop reading.
+const (
+	defaultStreamWindow = 4 << 20
+	slowStreamWindow    = 64 << 10
+)
+
+// rawConfig is the configuration of the rawConns of a pool whose streams get window bytes.
+func (l *load) rawConfig(window uint32) rawConfig {
+	u, _ := url.Parse(l.cfg.url) // parseConfig checked it
+	return rawConfig{
+		addr: net.JoinHostPort(u.Hostname(), strconv.Itoa(l.cfg.port)), authority: u.Host,
+		token: l.cfg.token, gzip: l.cfg.gzip, window: window,
+	}
 }
 
 // connectAll starts the watchers on wctx, at most connectParallel connecting at once, and

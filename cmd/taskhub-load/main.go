@@ -3,8 +3,9 @@
 //
 //	taskhub-load [push|poll] [flags]
 //
-// push (the default) opens --watchers WatchTasks streams (the generated Connect client, binary
-// codec, HTTP/2 cleartext), creates --tasks tasks in --mode, claims them and reports progress
+// push (the default) opens --watchers WatchTasks streams (Connect, binary codec, HTTP/2
+// cleartext; read by the tool's own lean HTTP/2 client, or with --client connect by the
+// generated connect-go client), creates --tasks tasks in --mode, claims them and reports progress
 // on them through WorkerService at --rate events/s in total for --duration, completes them, and
 // checks that every watcher got every task's events with strictly increasing seqs and ended
 // with every task COMPLETED. It reports delivery latency, coalescing, and the server's CPU and
@@ -85,8 +86,15 @@ type config struct {
 	drain        time.Duration
 	gzip         bool
 	http1        bool
+	client       string // how push's watchers read: clientRaw or clientConnect
 	json         bool
 }
+
+// The clients a push's watchers read their streams with.
+const (
+	clientRaw     = "raw"
+	clientConnect = "connect"
+)
 
 // Bounds on what one run may ask for.
 const (
@@ -125,6 +133,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.perConn, "streams-per-conn", 100, "watchers or clients sharing one HTTP/2 connection (Go's server allows 250)")
 	fs.DurationVar(&cfg.drain, "drain", 30*time.Second, "how long to wait after the last event (or the slow watchers' resume) for every watcher to have it")
 	fs.BoolVar(&cfg.http1, "http1", false, "one HTTP/1.1 connection per stream, as the page uses without TLS, instead of HTTP/2 (sets --streams-per-conn 1; a --slow watcher then stops reading its socket, and kernel buffers absorb megabytes first)")
+	fs.StringVar(&cfg.client, "client", clientRaw, "how the watchers read their streams (push): `raw`, one goroutine per HTTP/2 connection reads its frames with x/net/http2's Framer and decodes the Connect messages itself, lean enough that the tool's own queueing stays out of the latency it measures; or connect, the generated connect-go client over net/http's HTTP/2 transport, a goroutine per stream, as a Go program would watch. --http1 always uses connect")
 	fs.BoolVar(&cfg.gzip, "gzip", false, "accept gzip responses as a stock Go Connect client does (the server then compresses each message for each watcher)")
 	fs.BoolVar(&cfg.json, "json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -138,8 +147,19 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, err
 	}
 	cfg.url, cfg.port = base, port
+	clientSet := false
+	fs.Visit(func(f *flag.Flag) { clientSet = clientSet || f.Name == "client" })
+	switch {
+	case cfg.client != clientRaw && cfg.client != clientConnect:
+		return cfg, fmt.Errorf("--client must be %s or %s: got %q", clientRaw, clientConnect, cfg.client)
+	case clientSet && cfg.cmd != "push":
+		return cfg, errors.New("--client is for push; poll always uses the connect-go client")
+	case clientSet && cfg.http1 && cfg.client == clientRaw:
+		return cfg, errors.New("--client raw speaks HTTP/2 only; --http1 uses --client connect")
+	}
 	if cfg.http1 {
 		cfg.perConn = 1
+		cfg.client = clientConnect
 	}
 
 	switch {

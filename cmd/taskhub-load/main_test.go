@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,30 +62,62 @@ func requireEvents(t *testing.T, rep *report, tasks int, rate float64, d time.Du
 	require.LessOrEqual(t, float64(e.Progress), rate*d.Seconds()+float64(tasks))
 }
 
+// clients are the values of --client; the push tests run with each.
+var clients = []string{clientRaw, clientConnect}
+
 func TestRun_Push(t *testing.T) {
 	t.Parallel()
-	srv := setup(t)
-	rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "20", "--tasks", "3", "--rate", "200", "--duration", "2s")
+	for _, client := range clients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			srv := setup(t)
+			rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "20", "--tasks", "3", "--rate", "200", "--duration", "2s",
+				"--client", client)
 
-	require.Equal(t, 20, rep.Connect.Connected)
-	require.Zero(t, rep.Connect.Failed)
-	require.EqualValues(t, 1, rep.Connect.Connections, "20 streams share one HTTP/2 connection")
-	requireEvents(t, rep, 3, 200, 2*time.Second)
-	d := rep.Deliveries
-	require.Equal(t, 20*rep.Events.Published, d.Expected)
-	require.Equal(t, d.Expected, d.Received+d.Coalesced)
-	require.GreaterOrEqual(t, d.Received, 20*rep.Events.Lifecycle, "no lifecycle event is coalesced")
-	require.Equal(t, d.Received, int64(rep.Latency.Count), "one latency per delivery")
-	require.Positive(t, rep.Latency.P50)
-	require.LessOrEqual(t, rep.Latency.P50, rep.Latency.P99)
-	require.Nil(t, rep.Slow)
+			require.Equal(t, client, rep.WatchClient)
+			require.Equal(t, 20, rep.Connect.Connected)
+			require.Zero(t, rep.Connect.Failed)
+			require.EqualValues(t, 1, rep.Connect.Connections, "20 streams share one HTTP/2 connection")
+			requireEvents(t, rep, 3, 200, 2*time.Second)
+			d := rep.Deliveries
+			require.Equal(t, 20*rep.Events.Published, d.Expected)
+			require.Equal(t, d.Expected, d.Received+d.Coalesced)
+			require.GreaterOrEqual(t, d.Received, 20*rep.Events.Lifecycle, "no lifecycle event is coalesced")
+			require.Equal(t, d.Received, int64(rep.Latency.Count), "one latency per delivery")
+			require.Positive(t, d.BytesIn)
+			require.Positive(t, rep.Latency.P50)
+			require.LessOrEqual(t, rep.Latency.P50, rep.Latency.P99)
+			require.Nil(t, rep.Slow)
 
-	// The server runs in this process, which the tool finds listening on the port.
-	require.NotNil(t, rep.Server)
-	require.Equal(t, os.Getpid(), rep.Server.PID)
-	require.Positive(t, rep.Server.CPUSec)
-	require.Positive(t, rep.Server.PeakRSS)
-	require.Positive(t, rep.Server.RSSIdle)
+			// The server runs in this process, which the tool finds listening on the port.
+			require.NotNil(t, rep.Server)
+			require.Equal(t, os.Getpid(), rep.Server.PID)
+			require.Positive(t, rep.Server.CPUSec)
+			require.Positive(t, rep.Server.PeakRSS)
+			require.Positive(t, rep.Server.RSSIdle)
+		})
+	}
+}
+
+// TestRun_PushGzip: both clients can ask for gzip. (The server compresses only messages of 4 KiB
+// and more, so hardly any here; TestRawConn_StreamFailures decompresses one.)
+func TestRun_PushGzip(t *testing.T) {
+	t.Parallel()
+	for _, client := range clients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			srv := setup(t)
+			rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "5", "--tasks", "2", "--rate", "100", "--duration", "1s",
+				"--client", client, "--gzip")
+
+			require.True(t, rep.Gzip)
+			require.Equal(t, 5, rep.Connect.Connected)
+			requireEvents(t, rep, 2, 100, time.Second)
+			d := rep.Deliveries
+			require.Equal(t, d.Expected, d.Received+d.Coalesced)
+			require.GreaterOrEqual(t, d.Received, 5*rep.Events.Lifecycle)
+		})
+	}
 }
 
 func TestRun_PushHTTP1(t *testing.T) {
@@ -93,6 +126,7 @@ func TestRun_PushHTTP1(t *testing.T) {
 	rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1")
 
 	require.True(t, rep.HTTP1)
+	require.Equal(t, clientConnect, rep.WatchClient, "--http1 reads with connect-go")
 	require.Equal(t, 10, rep.Connect.Connected)
 	require.EqualValues(t, 10, rep.Connect.Connections, "one HTTP/1.1 connection per stream")
 	d := rep.Deliveries
@@ -102,21 +136,26 @@ func TestRun_PushHTTP1(t *testing.T) {
 
 func TestRun_PushSlowWatchers(t *testing.T) {
 	t.Parallel()
-	srv := setup(t)
-	// At 400 events/s the slow watchers' 64 KiB HTTP/2 windows fill while they do not read.
-	rep := runLoad(t, "--url", srv.URL(), "--watchers", "20", "--tasks", "3", "--rate", "400", "--duration", "2s",
-		"--slow", "2", "--slow-for", "1s")
+	for _, client := range clients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			srv := setup(t)
+			// At 400 events/s the slow watchers' 64 KiB HTTP/2 windows fill while they do not read.
+			rep := runLoad(t, "--url", srv.URL(), "--watchers", "20", "--tasks", "3", "--rate", "400", "--duration", "2s",
+				"--slow", "2", "--slow-for", "1s", "--client", client)
 
-	requireEvents(t, rep, 3, 400, 2*time.Second)
-	s := rep.Slow
-	require.NotNil(t, s)
-	require.Equal(t, 2, s.Watchers)
-	require.InDelta(t, 1, s.StoppedSec, 0.5)
-	require.True(t, s.SameFinal)
-	require.Equal(t, 2*rep.Events.Published, s.Received+s.Coalesced)
-	require.GreaterOrEqual(t, s.Latency.Max, 500.0, "the slow watchers got some events late")
-	require.Equal(t, 18*rep.Events.Published, int64(rep.Latency.Count)+rep.Deliveries.Coalesced-s.Coalesced,
-		"the others' latencies are reported apart")
+			requireEvents(t, rep, 3, 400, 2*time.Second)
+			s := rep.Slow
+			require.NotNil(t, s)
+			require.Equal(t, 2, s.Watchers)
+			require.InDelta(t, 1, s.StoppedSec, 0.5)
+			require.True(t, s.SameFinal)
+			require.Equal(t, 2*rep.Events.Published, s.Received+s.Coalesced)
+			require.GreaterOrEqual(t, s.Latency.Max, 500.0, "the slow watchers got some events late")
+			require.Equal(t, 18*rep.Events.Published, int64(rep.Latency.Count)+rep.Deliveries.Coalesced-s.Coalesced,
+				"the others' latencies are reported apart")
+		})
+	}
 }
 
 func TestRun_PushIdle(t *testing.T) {
@@ -169,6 +208,20 @@ func TestRun_RefusesOtherHosts(t *testing.T) {
 	}
 	err := run(t.Context(), []string{"--url", "http://example.com:8080"}, io.Discard, io.Discard)
 	require.ErrorContains(t, err, "not loopback")
+}
+
+func TestRun_RefusesBadClients(t *testing.T) {
+	t.Parallel()
+	for args, want := range map[string]string{
+		"--client grpc":         "--client must be raw or connect",
+		"--client raw --http1":  "--client raw speaks HTTP/2 only",
+		"poll --client connect": "--client is for push",
+	} {
+		t.Run(args, func(t *testing.T) {
+			err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)
+			require.ErrorContains(t, err, want)
+		})
+	}
 }
 
 func TestLoopbackURL(t *testing.T) {

@@ -12,29 +12,22 @@ import (
 
 // pool spreads streams over HTTP/2 cleartext connections: one transport, so one connection,
 // per perConn streams (Go's server allows 250 concurrent streams on a connection); or over
-// HTTP/1.1 connections, one per stream. It counts the bytes its connections carry, framing and
-// headers included.
+// HTTP/1.1 connections, one per stream; or over rawConns, perConn streams each. It counts the
+// bytes its connections carry, framing and headers included.
 type pool struct {
 	perConn int
 	clients []*http.Client
+	raw     []*rawConn
+	dialer  net.Dialer
 	in, out atomic.Int64 // bytes read and written
 	conns   atomic.Int64 // connections dialed
 }
 
-// newPool makes a pool for streams streams. h2, when set, tunes the HTTP/2 client; http1 makes
-// every stream an HTTP/1.1 request on a connection of its own, as a browser's page does
-// without TLS (perConn must then be 1).
+// newPool makes a pool of HTTP clients for streams streams. h2, when set, tunes the HTTP/2
+// client; http1 makes every stream an HTTP/1.1 request on a connection of its own, as a
+// browser's page does without TLS (perConn must then be 1).
 func newPool(streams, perConn int, h2 *http.HTTP2Config, http1 bool) *pool {
-	p := &pool{perConn: perConn}
-	dialer := &net.Dialer{Timeout: 10 * time.Second}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dialer.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		p.conns.Add(1)
-		return &countingConn{Conn: c, p: p}, nil
-	}
+	p := &pool{perConn: perConn, dialer: net.Dialer{Timeout: 10 * time.Second}}
 	for range (streams + perConn - 1) / perConn {
 		protocols := new(http.Protocols)
 		if http1 {
@@ -45,19 +38,45 @@ func newPool(streams, perConn int, h2 *http.HTTP2Config, http1 bool) *pool {
 		p.clients = append(p.clients, &http.Client{Transport: &http.Transport{
 			Protocols:   protocols,
 			HTTP2:       h2,
-			DialContext: dial,
+			DialContext: p.dial,
 		}})
 	}
 	return p
 }
 
+// newRawPool makes a pool of rawConns for streams streams; cfg.dial is the pool's.
+func newRawPool(streams, perConn int, cfg rawConfig) *pool {
+	p := &pool{perConn: perConn, dialer: net.Dialer{Timeout: 10 * time.Second}}
+	cfg.dial = p.dial
+	for range (streams + perConn - 1) / perConn {
+		p.raw = append(p.raw, newRawConn(&cfg))
+	}
+	return p
+}
+
+func (p *pool) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := p.dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	p.conns.Add(1)
+	return &countingConn{Conn: c, p: p}, nil
+}
+
 // client returns the HTTP client of stream i.
 func (p *pool) client(i int) *http.Client { return p.clients[i/p.perConn] }
 
-// close closes the pool's idle connections: all of them once its streams have ended.
+// rawConn returns the rawConn of stream i.
+func (p *pool) rawConn(i int) *rawConn { return p.raw[i/p.perConn] }
+
+// close closes the pool's idle connections, and its rawConns: all of its connections once its
+// streams have ended.
 func (p *pool) close() {
 	for _, c := range p.clients {
 		c.CloseIdleConnections()
+	}
+	for _, c := range p.raw {
+		c.close()
 	}
 }
 

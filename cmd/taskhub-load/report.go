@@ -19,6 +19,7 @@ type report struct {
 	DurationSec float64 `json:"duration_s"`
 	Gzip        bool    `json:"gzip"`
 	HTTP1       bool    `json:"http1"`
+	WatchClient string  `json:"watch_client,omitempty"` // push: raw or connect
 
 	Connect    *connectStats  `json:"connect,omitempty"`
 	Events     *eventStats    `json:"events,omitempty"`
@@ -158,12 +159,18 @@ func (r *report) writeText(w io.Writer) error {
 	if r.Command == "poll" {
 		who = "polling clients"
 	}
-	gz := ""
+	how := ""
 	if r.Gzip {
-		gz = ", gzip"
+		how = ", gzip"
+	}
+	if r.HTTP1 {
+		how += ", HTTP/1.1"
+	}
+	if r.WatchClient != "" {
+		how += ", " + r.WatchClient + " client"
 	}
 	fmt.Fprintf(tw, "taskhub-load %s: %d %s, %d tasks, %g progress events/s for %gs, against %s%s\n",
-		r.Command, r.Watchers, who, r.Tasks, r.Rate, r.DurationSec, r.URL, gz)
+		r.Command, r.Watchers, who, r.Tasks, r.Rate, r.DurationSec, r.URL, how)
 	if c := r.Connect; c != nil {
 		row("watchers", "%d connected, %d failed, in %.2fs over %d connections; connect p50 %s, max %s",
 			c.Connected, c.Failed, c.Seconds, c.Connections, fmtMs(c.P50Ms), fmtMs(c.MaxMs))

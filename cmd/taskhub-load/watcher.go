@@ -12,11 +12,14 @@ import (
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 )
 
-// watcher is one WatchTasks stream and what it received. Its fields belong to its goroutine
-// until exited is closed.
+// watcher is one WatchTasks stream and what it received. It reads its stream through the
+// connect-go client, in a goroutine of its own, or through a rawConn, whose reader goroutine
+// does the reading for every stream of its connection. Its fields belong to the goroutine that
+// reads it until exited is closed.
 type watcher struct {
 	id     int
-	client taskhubv1connect.TaskServiceClient
+	client taskhubv1connect.TaskServiceClient // nil when conn reads the stream
+	conn   *rawConn
 	spec   *watchSpec
 	slow   bool // stops reading for spec.slowFor when spec.started closes
 
@@ -24,6 +27,9 @@ type watcher struct {
 	done   chan struct{} // closed when every load task was seen COMPLETED or the stream ended
 	exited chan struct{}
 
+	readyClosed, doneClosed bool
+
+	start       time.Time // of the call
 	connectTime time.Duration
 	err         error // the stream failed or ended before it was cancelled
 	snapshot    bool
@@ -55,38 +61,36 @@ type watchedTask struct {
 	final                                 *taskhubv1.Task // of the COMPLETED event
 }
 
+// newWatcher makes a watcher that reads its stream through client.
 func newWatcher(id int, client taskhubv1connect.TaskServiceClient, spec *watchSpec, slow bool) *watcher {
-	return &watcher{
+	w := &watcher{
 		id: id, client: client, spec: spec, slow: slow,
 		ready: make(chan struct{}), done: make(chan struct{}), exited: make(chan struct{}),
 		ids:   map[string]int{},
 		tasks: make([]watchedTask, spec.tasks),
 	}
+	if spec.tasks == 0 {
+		w.markDone()
+	}
+	return w
 }
 
-// run reads the stream until ctx ends.
-func (w *watcher) run(ctx context.Context) {
-	defer close(w.exited)
-	readyOpen, doneOpen := true, true
-	markReady := func() {
-		if readyOpen {
-			readyOpen = false
-			close(w.ready)
-		}
-	}
-	markDone := func() {
-		if doneOpen {
-			doneOpen = false
-			close(w.done)
-		}
-	}
-	defer markDone()
-	defer markReady()
-	if w.spec.tasks == 0 {
-		markDone()
-	}
+// newRawWatcher makes a watcher that reads its stream through conn.
+func newRawWatcher(id int, conn *rawConn, spec *watchSpec, slow bool) *watcher {
+	w := newWatcher(id, nil, spec, slow)
+	w.conn = conn
+	return w
+}
 
-	start := time.Now()
+// run opens the stream and reads it until ctx ends. With a rawConn it returns once the stream
+// is open, and the connection's reader closes exited when the stream ends.
+func (w *watcher) run(ctx context.Context) {
+	if w.conn != nil {
+		w.conn.watch(ctx, w)
+		return
+	}
+	defer w.finish()
+	w.start = time.Now()
 	stream, err := w.client.WatchTasks(ctx, connect.NewRequest(&taskhubv1.WatchTasksRequest{}))
 	if err != nil {
 		w.err = err
@@ -95,36 +99,17 @@ func (w *watcher) run(ctx context.Context) {
 	defer stream.Close()
 	for stream.Receive() {
 		now := time.Now()
-		switch m := stream.Msg().Message.(type) {
-		case *taskhubv1.WatchTasksResponse_Snapshot:
-			if w.snapshot {
-				w.problems.addf("watcher %d: a second snapshot (seq %d) after seq %d", w.id, m.Snapshot.Seq, w.lastSeq)
-				continue
-			}
-			w.snapshot, w.lastSeq = true, m.Snapshot.Seq
-			w.connectTime = now.Sub(start)
-			markReady()
-		case *taskhubv1.WatchTasksResponse_Event:
-			if w.event(m.Event, now) {
-				markDone()
-			}
-		case *taskhubv1.WatchTasksResponse_Heartbeat:
-			w.heartbeats++
-		}
-		if w.slow && w.stoppedFor == 0 {
+		w.receive(stream.Msg(), now)
+		if w.stopsReading() {
+			// Stop reading: the stream's HTTP/2 window fills and the server must hold or
+			// drop what it has for this watcher.
+			t := time.NewTimer(w.spec.slowFor)
 			select {
-			case <-w.spec.started:
-				// Stop reading: the stream's HTTP/2 window fills and the server must hold or
-				// drop what it has for this watcher.
-				t := time.NewTimer(w.spec.slowFor)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-				}
-				w.stoppedFor = time.Since(now)
-			default:
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
 			}
+			w.stoppedFor = time.Since(now)
 		}
 	}
 	if ctx.Err() == nil {
@@ -133,6 +118,61 @@ func (w *watcher) run(ctx context.Context) {
 			w.err = errors.New("the server ended the stream")
 		}
 	}
+}
+
+// receive checks and counts one message, received at now.
+func (w *watcher) receive(m *taskhubv1.WatchTasksResponse, now time.Time) {
+	switch m := m.Message.(type) {
+	case *taskhubv1.WatchTasksResponse_Snapshot:
+		if w.snapshot {
+			w.problems.addf("watcher %d: a second snapshot (seq %d) after seq %d", w.id, m.Snapshot.Seq, w.lastSeq)
+			return
+		}
+		w.snapshot, w.lastSeq = true, m.Snapshot.Seq
+		w.connectTime = now.Sub(w.start)
+		w.markReady()
+	case *taskhubv1.WatchTasksResponse_Event:
+		if w.event(m.Event, now) {
+			w.markDone()
+		}
+	case *taskhubv1.WatchTasksResponse_Heartbeat:
+		w.heartbeats++
+	}
+}
+
+// stopsReading reports whether w should stop reading now: it is slow, the load has started,
+// and it has not stopped before.
+func (w *watcher) stopsReading() bool {
+	if !w.slow || w.stoppedFor != 0 {
+		return false
+	}
+	select {
+	case <-w.spec.started:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *watcher) markReady() {
+	if !w.readyClosed {
+		w.readyClosed = true
+		close(w.ready)
+	}
+}
+
+func (w *watcher) markDone() {
+	if !w.doneClosed {
+		w.doneClosed = true
+		close(w.done)
+	}
+}
+
+// finish ends the watcher: its stream has ended, and nothing touches its fields after this.
+func (w *watcher) finish() {
+	w.markReady()
+	w.markDone()
+	close(w.exited)
 }
 
 // event checks and counts one event; it reports true when the last load task completed.
