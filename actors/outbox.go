@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -22,29 +23,29 @@ import (
 //   - replaying: offered events after replayTo are held aside (up to the limit; past it they are
 //     dropped and another replay follows) and queued when the replay is done.
 type outbox struct {
-	mu        sync.Mutex
-	items     []*item        // in seq order; nil where a progress event was coalesced away
-	n         int            // non-nil items
-	progress  map[string]int // task id -> index in items of its queued progress event
-	limit     int
-	delivered uint64 // the seq of the last item taken
-	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano
-	onDrain   func() // called once, after a take empties the outbox
-	err       error  // why the outbox was closed
+	mu       sync.Mutex
+	items    []*item        // in seq order; nil where a progress event was coalesced away
+	progress map[string]int // task id -> index in items of its queued progress event; made on first use
+	err      error          // why the outbox was closed
 
 	signal chan struct{} // cap 1: items to take
-	room   chan struct{} // cap 1: items were taken, or the outbox was closed
+	room   chan struct{} // cap 1: items were taken, or the outbox was closed; made by the first pushWait
 
-	mode     deliveryMode
-	cursor   uint64  // see the type's doc
-	seen     uint64  // the last seq offered
-	replayTo uint64  // while replaying: the replay ends at this seq
-	held     []*item // while replaying: offered events after replayTo
-	heldLost bool    // held overflowed: replay again
-	behind   func()  // tells the subscriber to replay, once the client has taken everything
+	delivered uint64 // the seq of the last item taken
+	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano
+	cursor    uint64 // see the type's doc
+	seen      uint64 // the last seq offered
+	replayTo  uint64 // while replaying: the replay ends at this seq
+	n         int32  // non-nil items
+	limit     int32
+	mode      deliveryMode
+	heldLost  bool    // held overflowed: replay again
+	askReplay bool    // the next take that empties the outbox calls behind
+	held      []*item // while replaying: offered events after replayTo
+	behind    func()  // tells the subscriber to replay, once the client has taken everything
 }
 
-type deliveryMode int
+type deliveryMode uint8
 
 const (
 	live deliveryMode = iota
@@ -74,7 +75,7 @@ func (o *outbox) offer(it *item) {
 		o.queueLocked(it)
 	case replaying:
 		if it.seq > o.replayTo && !o.heldLost {
-			if len(o.held) >= o.limit {
+			if len(o.held) >= int(o.limit) {
 				clear(o.held)
 				o.held, o.heldLost = o.held[:0], true
 			} else {
@@ -91,7 +92,7 @@ func (o *outbox) queueLocked(it *item) bool {
 		return true
 	}
 	o.mode = behind
-	o.onDrain = o.behind
+	o.askReplay = true
 	return false
 }
 
@@ -132,13 +133,13 @@ func (o *outbox) finishReplay() (again bool) {
 	return false
 }
 
+// newOutbox returns an outbox for up to limit events. It allocates nothing else until it is
+// needed: an idle watch costs only the outbox and its signal channel.
 func newOutbox(limit int) *outbox {
 	return &outbox{
 		lastTaken: time.Now().UnixNano(),
-		progress:  map[string]int{},
-		limit:     limit,
+		limit:     int32(min(limit, math.MaxInt32)),
 		signal:    make(chan struct{}, 1),
-		room:      make(chan struct{}, 1),
 	}
 }
 
@@ -164,12 +165,15 @@ func (o *outbox) pushLocked(it *item) bool {
 	if o.n >= o.limit {
 		return false
 	}
-	if len(o.items) >= 2*o.limit {
+	if len(o.items) >= 2*int(o.limit) {
 		o.compact()
 	}
 	o.items = append(o.items, it)
 	o.n++
 	if progress {
+		if o.progress == nil {
+			o.progress = map[string]int{}
+		}
 		o.progress[it.taskID] = len(o.items) - 1
 	}
 	o.wake()
@@ -208,12 +212,16 @@ func (o *outbox) pushWait(ctx context.Context, it *item) error {
 			return o.err
 		}
 		ok := o.pushLocked(it)
+		if !ok && o.room == nil {
+			o.room = make(chan struct{}, 1)
+		}
+		room := o.room
 		o.mu.Unlock()
 		if ok {
 			return nil
 		}
 		select {
-		case <-o.room:
+		case <-room:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -243,16 +251,21 @@ func (o *outbox) take(dst []*item) ([]*item, error) {
 	o.n = 0
 	o.delivered = dst[len(dst)-1].seq
 	o.lastTaken = time.Now().UnixNano()
-	drained := o.onDrain
-	o.onDrain = nil
+	room := o.room
+	var behind func()
+	if o.askReplay {
+		behind, o.askReplay = o.behind, false
+	}
 	o.mu.Unlock()
 
-	select {
-	case o.room <- struct{}{}:
-	default:
+	if room != nil {
+		select {
+		case room <- struct{}{}:
+		default:
+		}
 	}
-	if drained != nil {
-		drained()
+	if behind != nil {
+		behind()
 	}
 	return dst, nil
 }
@@ -280,6 +293,9 @@ func (o *outbox) close(err error) {
 	}
 	o.err = err
 	for _, c := range []chan struct{}{o.signal, o.room} { // wake whoever waits, to see the end
+		if c == nil {
+			continue
+		}
 		select {
 		case c <- struct{}{}:
 		default:

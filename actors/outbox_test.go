@@ -178,7 +178,7 @@ func TestOutbox_CompactsHoles(t *testing.T) {
 		require.True(t, o.push(ev(seq, "b", progress)))
 		lastB = seq
 		o.mu.Lock()
-		n, size := o.n, len(o.items)
+		n, size := int(o.n), len(o.items)
 		o.mu.Unlock()
 		require.Equal(t, 3, n)
 		require.LessOrEqual(t, size, 2*limit, "holes left by coalescing must be compacted")
