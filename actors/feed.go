@@ -47,7 +47,7 @@ type feed struct {
 	mu     sync.Mutex
 	pos    uint64                                // the last sequence applied
 	active map[string]map[string]*taskhubv1.Task // owner -> task id -> task (queued or running)
-	subs   map[string]map[*outbox]*actor.PID     // owner -> the outboxes of its watches and their actors
+	subs   map[string]map[*Watch]struct{}        // owner -> its watches
 	ends   map[string][]chan struct{}            // task id -> closed when the task ends
 	ready  chan struct{}                         // closed once every task has been read
 	once   sync.Once
@@ -60,7 +60,7 @@ func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *sl
 		logger:    logger,
 		compactor: c,
 		active:    map[string]map[string]*taskhubv1.Task{},
-		subs:      map[string]map[*outbox]*actor.PID{},
+		subs:      map[string]map[*Watch]struct{}{},
 		ends:      map[string][]chan struct{}{},
 		ready:     make(chan struct{}),
 	}
@@ -115,8 +115,8 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 				}
 				tasks[t.Id] = t
 			}
-			for out := range f.subs[t.Owner] {
-				out.offer(it)
+			for w := range f.subs[t.Owner] {
+				w.out.offer(it)
 			}
 		}
 		f.pos = e.Seq
@@ -127,18 +127,18 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	}
 }
 
-// subscribe registers out, the outbox of the subscriber pid, for the events of owner after the
-// returned position, and returns the owner's active tasks as of that position, newest first.
-func (f *feed) subscribe(owner string, out *outbox, pid *actor.PID) (pos uint64, active []*taskhubv1.Task) {
+// subscribe registers w, a watch of owner, for the events of owner after the returned position,
+// and returns the owner's active tasks as of that position, newest first.
+func (f *feed) subscribe(owner string, w *Watch) (pos uint64, active []*taskhubv1.Task) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	subs := f.subs[owner]
 	if subs == nil {
-		subs = map[*outbox]*actor.PID{}
+		subs = map[*Watch]struct{}{}
 		f.subs[owner] = subs
 	}
-	subs[out] = pid
-	out.attach(f.pos)
+	subs[w] = struct{}{}
+	w.out.attach(f.pos)
 	for _, t := range f.active[owner] {
 		active = append(active, t)
 	}
@@ -146,10 +146,10 @@ func (f *feed) subscribe(owner string, out *outbox, pid *actor.PID) (pos uint64,
 	return f.pos, active
 }
 
-func (f *feed) unsubscribe(owner string, out *outbox) {
+func (f *feed) unsubscribe(owner string, w *Watch) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.subs[owner], out)
+	delete(f.subs[owner], w)
 	if len(f.subs[owner]) == 0 {
 		delete(f.subs, owner)
 	}
@@ -207,19 +207,13 @@ func (f *feed) activeTasks() []*taskhubv1.Task {
 	return out
 }
 
-// registration is a registered watch: its outbox and its subscriber actor.
-type registration struct {
-	out *outbox
-	pid *actor.PID
-}
-
 // watches appends every registered watch to dst.
-func (f *feed) watches(dst []registration) []registration {
+func (f *feed) watches(dst []*Watch) []*Watch {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, subs := range f.subs {
-		for out, pid := range subs {
-			dst = append(dst, registration{out, pid})
+		for w := range subs {
+			dst = append(dst, w)
 		}
 	}
 	return dst

@@ -93,6 +93,7 @@ type Hub struct {
 	root       *actor.RootContext
 	supervisor *actor.PID
 	feed       *feed
+	subscriber *actor.Props // shared by every subscriber: a watch's own data comes in a message
 	claims     *claims
 	compactor  *compactor
 	watches    watchCount
@@ -168,6 +169,10 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		h.heartbeats(life)
 	}()
 	h.claims = newClaims(life, h.log, h.logger)
+	// A subscriber gets a handful of messages in its life, so a lock-free mailbox (a node per
+	// message) costs less than the default ring buffer it would keep for each idle watch.
+	h.subscriber = actor.PropsFromProducer(func() actor.Actor { return &subscriber{h: h} },
+		actor.WithMailbox(actor.UnboundedLockfree()))
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
 		actor.WithSupervisor(supervisorStrategy())))
 	for _, t := range h.feed.activeTasks() {
@@ -202,7 +207,7 @@ func (h *Hub) Close() error {
 func (h *Hub) heartbeats(ctx context.Context) {
 	tick := time.NewTicker(min(h.cfg.Heartbeat/4, time.Second))
 	defer tick.Stop()
-	var ws []registration
+	var ws []*Watch
 	for {
 		select {
 		case <-ctx.Done():
@@ -405,11 +410,11 @@ func (h *Hub) Watch(ctx context.Context, owner, epoch string, afterSeq uint64) (
 	if err := h.watches.open(owner, h.cfg.MaxWatches, h.cfg.MaxWatchesPerUser); err != nil {
 		return nil, err
 	}
-	out := newOutbox(h.cfg.OutboxLimit)
-	pid := h.root.Spawn(actor.PropsFromProducer(func() actor.Actor {
-		return &subscriber{h: h, owner: owner, epoch: epoch, after: afterSeq, out: out}
-	}))
-	return &Watch{root: h.root, pid: pid, out: out, release: func() { h.watches.close(owner) }}, nil
+	w := &Watch{h: h, owner: owner}
+	w.out.init(h.cfg.OutboxLimit)
+	w.pid = h.root.Spawn(h.subscriber)
+	h.root.Send(w.pid, &startWatch{w: w, epoch: epoch, after: afterSeq})
+	return w, nil
 }
 
 // watchCount counts the open watches, in all and per user.

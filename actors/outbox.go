@@ -133,14 +133,12 @@ func (o *outbox) finishReplay() (again bool) {
 	return false
 }
 
-// newOutbox returns an outbox for up to limit events. It allocates nothing else until it is
-// needed: an idle watch costs only the outbox and its signal channel.
-func newOutbox(limit int) *outbox {
-	return &outbox{
-		lastTaken: time.Now().UnixNano(),
-		limit:     int32(min(limit, math.MaxInt32)),
-		signal:    make(chan struct{}, 1),
-	}
+// init readies a zero outbox to hold up to limit events. Nothing else is allocated until it is
+// needed: an idle watch costs only the outbox itself and its signal channel.
+func (o *outbox) init(limit int) {
+	o.limit = int32(min(limit, math.MaxInt32))
+	o.lastTaken = time.Now().UnixNano()
+	o.signal = make(chan struct{}, 1)
 }
 
 // push queues it and reports true, or reports false when the outbox is full.

@@ -21,6 +21,12 @@ const (
 	requeued  = taskhubv1.EventKind_EVENT_KIND_REQUEUED
 )
 
+func newOutbox(limit int) *outbox {
+	o := &outbox{}
+	o.init(limit)
+	return o
+}
+
 // The outbox never looks at resp, so these items have none.
 func ev(seq uint64, task string, kind taskhubv1.EventKind) *item {
 	return &item{seq: seq, taskID: task, kind: kind}

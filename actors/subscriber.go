@@ -13,6 +13,14 @@ import (
 	"github.com/taskhub/taskhub/eventlog"
 )
 
+// startWatch is a subscriber's first message: the watch it feeds and where its client is. The
+// subscribers share one Props, so this is how a subscriber learns which watch is its own.
+type startWatch struct {
+	w     *Watch
+	epoch string // the client's, with after: what it has seen
+	after uint64
+}
+
 // Messages a subscriber sends itself.
 type (
 	// drained: the client took everything queued while the subscriber was catching up.
@@ -23,101 +31,118 @@ type (
 
 var (
 	errWatchClosed  = taskhub.Errorf(taskhub.Unavailable, "the watch was closed")
+	errWatchFailed  = taskhub.Errorf(taskhub.Unavailable, "the watch failed; resume with the last seq you saw")
 	errTooFarBehind = taskhub.Errorf(taskhub.Unavailable, "this watch fell behind the history the server keeps; watch again for a fresh snapshot")
 	errShuttingDown = taskhub.Errorf(taskhub.Unavailable, "the server is shutting down; resume with the last seq you saw")
 )
 
 // subscriber feeds one WatchTasks stream. It decides how the stream starts (a fresh snapshot,
-// or a recovered one and a replay), and it fills its outbox from the log whenever the outbox
-// could not keep every live event. Live events do not pass through it: the feed offers them to
-// the outbox directly (see outbox), so a busy server never queues them ahead of the outbox,
-// where they could be neither coalesced nor bounded.
+// or a recovered one and a replay), and it fills its watch's outbox from the log whenever the
+// outbox could not keep every live event. Live events do not pass through it: the feed offers
+// them to the outbox directly (see outbox), so a busy server never queues them ahead of the
+// outbox, where they could be neither coalesced nor bounded.
+//
+// It holds little, as there is one per open stream. Its watch arrives in its first message; a
+// subscriber that fails ends its watch (the client resumes by seq), so the fresh instance a
+// restart makes, which has no watch, does nothing.
 type subscriber struct {
 	h      *Hub
-	owner  string
-	epoch  string
-	after  uint64
-	out    *outbox
-	self   *actor.PID
+	w      *Watch             // nil until startWatch
 	cancel context.CancelFunc // of the replay under way
 	from   uint64             // the replay under way started after this seq
 }
 
 func (s *subscriber) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *actor.Started:
-		s.self = ctx.Self()
-		self, root := s.self, s.h.root
-		s.out.behind = func() { root.Send(self, &drained{}) }
-		s.start()
+	case *startWatch:
+		s.w = m.w
+		self, root := ctx.Self(), s.h.root
+		s.w.out.behind = func() { root.Send(self, &drained{}) }
+		s.start(self, m.epoch, m.after)
 	case *drained:
-		s.replay(false, 0)
+		if s.w != nil {
+			s.replay(ctx.Self(), false, 0)
+		}
 	case *replayDone:
-		s.replayed(m.err)
+		if s.w != nil {
+			s.replayed(ctx.Self(), m.err)
+		}
+	case *actor.Restarting:
+		s.stop(errWatchFailed)
 	case *actor.Stopping:
-		s.h.feed.unsubscribe(s.owner, s.out)
-		if s.cancel != nil {
-			s.cancel()
-		}
-		if s.h.closed.Load() {
-			s.out.close(errShuttingDown)
-		}
-		s.out.close(errWatchClosed)
+		s.stop(errWatchClosed)
 	}
 }
 
-func (s *subscriber) start() {
+// stop ends the watch with err (errShuttingDown if the hub is closing).
+func (s *subscriber) stop(err error) {
+	if s.w == nil {
+		return
+	}
+	s.h.feed.unsubscribe(s.w.owner, s.w)
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if s.h.closed.Load() {
+		err = errShuttingDown
+	}
+	s.w.out.close(err)
+}
+
+func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
+	out := &s.w.out
 	epoch := s.h.log.Epoch()
-	if s.epoch == epoch && s.after > s.h.feed.position() {
+	if clientEpoch == epoch && after > s.h.feed.position() {
 		// A client may have seen (on a page rendered from the log) events this hub has not
 		// applied yet: wait for them, briefly, rather than start it afresh.
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
-		if _, last, err := s.h.log.Bounds(ctx); err == nil && s.after <= last {
-			s.h.feed.await(ctx, s.after, time.Second)
+		if _, last, err := s.h.log.Bounds(ctx); err == nil && after <= last {
+			s.h.feed.await(ctx, after, time.Second)
 		}
 		cancel()
 	}
-	pos, active := s.h.feed.subscribe(s.owner, s.out, s.self)
-	resume := s.epoch == epoch && s.after > 0 && s.after <= pos && s.after >= s.h.compactor.watermark.Load()
-	if resume && s.after < pos {
+	pos, active := s.h.feed.subscribe(s.w.owner, s.w)
+	resume := clientEpoch == epoch && after > 0 && after <= pos && after >= s.h.compactor.watermark.Load()
+	if resume && after < pos {
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
 		first, _, err := s.h.log.Bounds(ctx)
 		cancel()
 		if err != nil {
-			s.out.close(taskhub.Errorf(taskhub.Unavailable, "read the event log: %v", err))
+			out.close(taskhub.Errorf(taskhub.Unavailable, "read the event log: %v", err))
 			return
 		}
-		resume = first != 0 && first <= s.after+1
+		resume = first != 0 && first <= after+1
 	}
 	if !resume {
-		s.out.push(&item{seq: pos, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+		out.push(&item{seq: pos, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
 			Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: pos, Tasks: active},
 		}}})
-		s.out.finishReplay() // nothing to replay: go live
+		out.finishReplay() // nothing to replay: go live
 		return
 	}
-	s.out.push(&item{seq: s.after, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
-		Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: s.after, Recovered: true},
+	out.push(&item{seq: after, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+		Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: after, Recovered: true},
 	}}})
-	s.replay(true, s.after)
+	s.replay(self, true, after)
 }
 
 // replay reads the owner's events the outbox needs from the log into it, on a goroutine that
 // waits for room as the client reads.
-func (s *subscriber) replay(start bool, after uint64) {
-	from, to, ok := s.out.startReplay(start, after)
+func (s *subscriber) replay(self *actor.PID, start bool, after uint64) {
+	out := &s.w.out
+	from, to, ok := out.startReplay(start, after)
 	if !ok {
 		return
 	}
 	if from-1 < s.h.compactor.watermark.Load() {
-		s.out.close(errTooFarBehind) // events it needs may be gone
+		out.close(errTooFarBehind) // events it needs may be gone
 		return
 	}
 	s.from = from - 1
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	filter, log, out := eventlog.OwnerFilter(s.owner), s.h.log, s.out
-	self, root, timeout := s.self, s.h.root, s.h.cfg.CallTimeout
+	filter, log := eventlog.OwnerFilter(s.w.owner), s.h.log
+	root, timeout := s.h.root, s.h.cfg.CallTimeout
 	go func() {
 		err := func() error {
 			for seq := from; seq <= to; {
@@ -145,16 +170,17 @@ func (s *subscriber) replay(start bool, after uint64) {
 	}()
 }
 
-func (s *subscriber) replayed(err error) {
+func (s *subscriber) replayed(self *actor.PID, err error) {
+	out := &s.w.out
 	if err != nil {
-		s.out.close(taskhub.Errorf(taskhub.Unavailable, "replay from the event log: %v", err))
+		out.close(taskhub.Errorf(taskhub.Unavailable, "replay from the event log: %v", err))
 		return
 	}
 	if s.h.compactor.watermark.Load() > s.from {
-		s.out.close(errTooFarBehind) // a compaction may have removed events during the replay
+		out.close(errTooFarBehind) // a compaction may have removed events during the replay
 		return
 	}
-	if s.out.finishReplay() {
-		s.replay(false, 0)
+	if out.finishReplay() {
+		s.replay(self, false, 0)
 	}
 }

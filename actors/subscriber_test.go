@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -578,6 +579,47 @@ func TestWatch_CloseWhileNextWaits(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Next did not return after Close")
 	}
+}
+
+// boundsPanics panics in Bounds while armed, which a subscriber calls when it resumes a watch.
+type boundsPanics struct {
+	actors.Log
+	armed atomic.Bool
+}
+
+func (p *boundsPanics) Bounds(ctx context.Context) (uint64, uint64, error) {
+	if p.armed.Load() {
+		panic("injected: Bounds panics")
+	}
+	return p.Log.Bounds(ctx)
+}
+
+// TestWatch_SubscriberFailureEndsTheWatch: a subscriber that panics ends its watch with
+// Unavailable, so the client resumes by seq, and the hub goes on serving other watches.
+func TestWatch_SubscriberFailureEndsTheWatch(t *testing.T) {
+	t.Parallel()
+	p := &boundsPanics{}
+	b := setup(t, options{lease: 10 * time.Second, wrap: func(l actors.Log) actors.Log { p.Log = l; return p }})
+	h := b.hub
+	first := watch(t, h, "alice", "", 0)
+	create(t, h, "alice", "one", "paint")
+	create(t, h, "alice", "two", "paint")
+	_, seen := first.wait(2)
+
+	p.armed.Store(true)
+	w, err := h.Watch(t.Context(), "alice", h.Epoch(), seen[0].Seq) // a resume reads the log's bounds
+	require.NoError(t, err)
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	_, err = w.Next(ctx)
+	require.Equal(t, taskhub.Unavailable, codeOf(err), err)
+	require.ErrorContains(t, err, "resume with the last seq")
+	p.armed.Store(false)
+
+	create(t, h, "alice", "three", "paint")
+	_, seen = first.wait(3)
+	require.Len(t, seen, 3, "the other watch goes on")
 }
 
 func taskIDs(tasks []*taskhubv1.Task) []string {

@@ -10,13 +10,16 @@ import (
 )
 
 // Watch is one client's view of its tasks: what Hub.Watch started. Next is for one goroutine.
+//
+// A server holds one per open stream, most of them idle, so a watch is one allocation that holds
+// its outbox in place; its subscriber actor holds a pointer to it.
 type Watch struct {
-	root      *actor.RootContext
-	pid       *actor.PID
-	out       *outbox
+	out       outbox
+	h         *Hub
+	pid       *actor.PID // of its subscriber
+	owner     string
 	items     []*item
 	msgs      []*taskhubv1.WatchTasksResponse
-	release   func() // frees the watch's place under the limits
 	closeOnce sync.Once
 
 	ctx       context.Context // the context Next last waited on (Next's goroutine only)
@@ -63,10 +66,11 @@ func (w *Watch) watchCtx(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// Close ends the watch and frees its subscriber.
+// Close ends the watch and frees its subscriber and its place under the limits.
 func (w *Watch) Close() {
 	w.closeOnce.Do(func() {
-		w.root.Stop(w.pid)
-		w.release()
+		w.out.close(errWatchClosed) // the subscriber may stop before it has seen the watch
+		w.h.root.Stop(w.pid)
+		w.h.watches.close(w.owner)
 	})
 }
