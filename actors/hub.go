@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	cmap "github.com/orcaman/concurrent-map"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
@@ -44,6 +45,15 @@ type Log interface {
 	Renew(ackSubject string) error
 	Release(ackSubject string, delay time.Duration) error
 	Ack(ctx context.Context, ackSubject string) error
+}
+
+func init() {
+	// protoactor's process registry spreads actors over 1024 concurrent maps of SHARD_COUNT Go
+	// maps each: with the default 32, 32768 maps, so nearly every actor (one per open watch)
+	// gets a map of its own, about 250 bytes. One map per bucket still spreads the registry's
+	// locks over 1024 maps. Only protoactor uses concurrent-map here, and it reads SHARD_COUNT
+	// only once an actor system exists.
+	cmap.SHARD_COUNT = 1
 }
 
 // Config configures a Hub. Zero values take the defaults in brackets.
