@@ -602,6 +602,7 @@ func TestWatch_SubscriberFailureEndsTheWatch(t *testing.T) {
 	b := setup(t, options{lease: 10 * time.Second, wrap: func(l actors.Log) actors.Log { p.Log = l; return p }})
 	h := b.hub
 	first := watch(t, h, "alice", "", 0)
+	first.wait(0) // subscribed: what follows comes as events
 	create(t, h, "alice", "one", "paint")
 	create(t, h, "alice", "two", "paint")
 	_, seen := first.wait(2)
