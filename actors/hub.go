@@ -212,8 +212,9 @@ func (h *Hub) Close() error {
 }
 
 // heartbeats gives every idle watch a heartbeat each interval, looking a few times an interval
-// (at most every second), until ctx ends. One goroutine for all watches: a timer per watch,
-// reset with every message, would cost each delivery.
+// (at most every second), until ctx ends; on the same ticks it wakes each watch whose stream has
+// ended (see Watch.watchCtx). One goroutine for all watches: a timer per watch, reset with every
+// message, would cost each delivery.
 func (h *Hub) heartbeats(ctx context.Context) {
 	tick := time.NewTicker(min(h.cfg.Heartbeat/4, time.Second))
 	defer tick.Stop()
@@ -225,7 +226,7 @@ func (h *Hub) heartbeats(ctx context.Context) {
 		case now := <-tick.C:
 			ws = h.feed.watches(ws[:0])
 			for _, w := range ws {
-				w.out.heartbeat(now, h.cfg.Heartbeat)
+				w.out.tick(now, h.cfg.Heartbeat)
 			}
 			clear(ws)
 		}

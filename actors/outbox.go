@@ -24,9 +24,10 @@ import (
 //     dropped and another replay follows) and queued when the replay is done.
 type outbox struct {
 	mu       sync.Mutex
-	items    []*item        // in seq order; nil where a progress event was coalesced away
-	progress map[string]int // task id -> index in items of its queued progress event; made on first use
-	err      error          // why the outbox was closed
+	items    []*item         // in seq order; nil where a progress event was coalesced away
+	progress map[string]int  // task id -> index in items of its queued progress event; made on first use
+	err      error           // why the outbox was closed
+	waiter   context.Context // the context of the Next that takes from it (see Watch.watchCtx)
 
 	signal chan struct{} // cap 1: items to take
 	room   chan struct{} // cap 1: items were taken, or the outbox was closed; made by the first pushWait
@@ -268,11 +269,16 @@ func (o *outbox) take(dst []*item) ([]*item, error) {
 	return dst, nil
 }
 
-// heartbeat queues a heartbeat if the watch is live and nothing was taken for interval. Its seq
-// is that of the last item taken: everything up to it was sent.
-func (o *outbox) heartbeat(now time.Time, interval time.Duration) {
+// tick is called on every tick of the hub's heartbeat loop. It wakes the taker if the context it
+// waits with has ended, and queues a heartbeat if the watch is live and nothing was taken for
+// interval. A heartbeat's seq is that of the last item taken: everything up to it was sent.
+func (o *outbox) tick(now time.Time, interval time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.waiter != nil && o.waiter.Err() != nil {
+		o.wake()
+		return
+	}
 	if o.err != nil || o.mode != live || o.n > 0 || now.UnixNano()-o.lastTaken < interval.Nanoseconds() {
 		return
 	}

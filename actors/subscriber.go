@@ -102,6 +102,12 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		cancel()
 	}
 	pos, active := s.h.feed.subscribe(s.w.owner, s.w)
+	if s.h.closed.Load() {
+		// Close stops the watches it finds registered; this one may have come after it looked,
+		// and with the hub's heartbeat loop gone nothing else would wake its stream.
+		out.close(errShuttingDown)
+		return
+	}
 	resume := clientEpoch == epoch && after > 0 && after <= pos && after >= s.h.compactor.watermark.Load()
 	if resume && after < pos {
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)

@@ -623,6 +623,37 @@ func TestWatch_SubscriberFailureEndsTheWatch(t *testing.T) {
 	require.Len(t, seen, 3, "the other watch goes on")
 }
 
+// TestWatch_NextEndsWithItsContext: a Next that waits returns once its context ends, woken by
+// the hub's heartbeat loop within a tick.
+func TestWatch_NextEndsWithItsContext(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, heartbeat: 200 * time.Millisecond}) // a tick every 50ms
+	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	require.NoError(t, err)
+	defer w.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	msgs, err := w.Next(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, msgs[0].GetSnapshot())
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := w.Next(ctx); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(2 * time.Second):
+		t.Fatal("Next did not return after its context ended")
+	}
+}
+
 func taskIDs(tasks []*taskhubv1.Task) []string {
 	out := []string{}
 	for _, task := range tasks {

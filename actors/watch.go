@@ -21,15 +21,13 @@ type Watch struct {
 	items     []*item
 	msgs      []*taskhubv1.WatchTasksResponse
 	closeOnce sync.Once
-
-	ctx       context.Context // the context Next last waited on (Next's goroutine only)
-	stopAfter func() bool     // stops ctx's end from waking Next
 }
 
 // Next waits for the next messages to send: queued events, or a heartbeat when the watch has
 // been idle for the heartbeat interval. The messages are shared and must not be modified; the
-// slice is valid until the next call. It fails when ctx ends or the watch is closed (the error
-// is Unavailable when the hub is shutting down).
+// slice is valid until the next call. It fails when ctx ends (a Next that is waiting sees that
+// within a second) or the watch is closed (the error is Unavailable when the hub is shutting
+// down).
 func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, error) {
 	clear(w.msgs) // sent: do not keep them (a snapshot can be large) while the watch idles
 	w.msgs = w.msgs[:0]
@@ -54,14 +52,17 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 }
 
 // watchCtx makes the end of ctx wake Next, so that Next waits on one channel rather than
-// selecting over two: the wait is on the path of every delivery. A stream passes the same ctx
-// each time, so this registers once per watch.
+// selecting over two: the wait is on the path of every delivery. The hub's heartbeat loop looks
+// at ctx on each tick (at most a second apart) and wakes Next once ctx has ended: a stream whose
+// client went away ends within a tick, and an idle watch keeps nothing on its context (an
+// AfterFunc registration cost each watch about 500 bytes). A stream passes the same ctx each
+// time, so this locks once per watch; only Next's goroutine writes waiter, so it reads it
+// without the lock.
 func (w *Watch) watchCtx(ctx context.Context) error {
-	if ctx != w.ctx {
-		if w.stopAfter != nil {
-			w.stopAfter()
-		}
-		w.ctx, w.stopAfter = ctx, context.AfterFunc(ctx, w.out.wake)
+	if ctx != w.out.waiter {
+		w.out.mu.Lock()
+		w.out.waiter = ctx
+		w.out.mu.Unlock()
 	}
 	return ctx.Err()
 }
