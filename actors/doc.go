@@ -11,17 +11,19 @@
 //
 // # How events reach watchers
 //
-// Events are published through the log: one follower per process reads the event stream in
-// sequence order and hands each event, built once and shared read-only, to the subscriber actors
-// of its owner. So every watcher sees events in strictly increasing seq order, sees only what is
-// durable, and events from other processes (an external NATS cluster) arrive the same way.
+// Events are published through the log: one follower per process (the feed) reads the event
+// stream in sequence order and offers each event, built once and shared read-only, straight to
+// the outbox of every watch of its owner. So every watcher sees events in strictly increasing seq
+// order, sees only what is durable, and events from other processes (an external NATS cluster)
+// arrive the same way.
 //
-// A subscriber registers with the follower and reads the log in one step that cannot interleave
-// with an event, so its snapshot or replay ends exactly where live events begin: no gap, no
-// duplicate. Its outbox is bounded: the progress of one task is coalesced to the latest, and when
-// even that overflows the subscriber stops taking live events, lets the client drain, and refills
-// from the log from the last seq it queued. Nothing is lost, memory stays bounded, and a slow
-// client never blocks the follower or the task actors.
+// A watch's subscriber actor decides how its stream starts: it registers the watch with the
+// feed and reads the log in one step that cannot interleave with an event, so its snapshot or
+// replay ends exactly where live events begin: no gap, no duplicate. The outbox is bounded: the
+// progress of one task is coalesced to the latest, and when even that overflows the outbox stops
+// taking live events, lets the client drain, and the subscriber refills it from the log from the
+// last seq it queued. Nothing is lost, memory stays bounded, and a slow client never blocks the
+// feed or the task actors.
 //
 // # Concurrency
 //
