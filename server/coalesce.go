@@ -101,37 +101,32 @@ func (c *coalescingConn) flush() {
 	c.room.Broadcast()
 }
 
-// drain waits, at most closeFlushTimeout, until what is queued is written. It holds c.mu.
-func (c *coalescingConn) drain() {
-	if !c.flushing {
-		return
-	}
-	c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
-	for c.flushing {
-		c.room.Wait()
-	}
-}
-
-// Close writes what is queued, waiting at most closeFlushTimeout, then closes the connection.
-func (c *coalescingConn) Close() error {
+// finish writes what is queued, waiting at most closeFlushTimeout for a peer that may not be
+// reading, and makes every later Write fail.
+func (c *coalescingConn) finish() {
 	c.mu.Lock()
-	c.drain()
+	defer c.mu.Unlock()
+	if c.flushing {
+		c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+		for c.flushing {
+			c.room.Wait()
+		}
+	}
 	if c.err == nil {
 		c.err = net.ErrClosed
 	}
-	c.mu.Unlock()
+}
+
+// Close writes what is queued (a GOAWAY, the last frames), then closes the connection.
+func (c *coalescingConn) Close() error {
+	c.finish()
 	return c.Conn.Close()
 }
 
 // CloseWrite writes what is queued, then shuts down the writing side, as net/http does before
 // closing an HTTP/1.1 connection.
 func (c *coalescingConn) CloseWrite() error {
-	c.mu.Lock()
-	c.drain()
-	if c.err == nil {
-		c.err = net.ErrClosed
-	}
-	c.mu.Unlock()
+	c.finish()
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
