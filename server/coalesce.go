@@ -45,6 +45,7 @@ type coalescingConn struct {
 	room     sync.Cond // pending shrank, the flusher stopped, or the connection failed
 	pending  *[]byte   // nil when nothing is queued: an idle connection holds no buffer
 	flushing bool
+	closing  bool  // Close came while flushing: the flusher closes the connection when done
 	err      error // the first write error, or net.ErrClosed; every later Write returns it
 }
 
@@ -82,51 +83,70 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 func (c *coalescingConn) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.pending != nil && c.err == nil {
+	for c.pending != nil {
 		b := c.pending
 		c.pending = nil
 		c.mu.Unlock()
 		_, err := c.Conn.Write(*b)
 		c.mu.Lock()
+		recycle(b)
 		if err != nil {
-			c.err = err
-		}
-		if cap(*b) <= maxPending { // an outsized buffer goes to the collector, not the pool
-			*b = (*b)[:0]
-			bufPool.Put(b)
+			if c.err == nil {
+				c.err = err
+			}
+			if c.pending != nil { // queued behind a failed write: it cannot be written either
+				recycle(c.pending)
+				c.pending = nil
+			}
 		}
 		c.room.Broadcast()
 	}
 	c.flushing = false
 	c.room.Broadcast()
+	if c.closing {
+		c.Conn.Close()
+	}
 }
 
-// finish writes what is queued, waiting at most closeFlushTimeout for a peer that may not be
-// reading, and makes every later Write fail.
-func (c *coalescingConn) finish() {
+func recycle(b *[]byte) {
+	if cap(*b) <= maxPending { // an outsized buffer goes to the collector, not the pool
+		*b = (*b)[:0]
+		bufPool.Put(b)
+	}
+}
+
+// Close closes the connection once what is queued (a GOAWAY, the last frames) is written, or
+// after closeFlushTimeout if the peer does not read. It does not wait for that: net/http closes
+// connections one after another when it shuts down.
+func (c *coalescingConn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = net.ErrClosed
+	}
+	if c.flushing {
+		c.closing = true
+		c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+		return nil
+	}
+	return c.Conn.Close()
+}
+
+// CloseWrite writes what is queued, waiting at most closeFlushTimeout, then shuts down the
+// writing side, as net/http does before closing an HTTP/1.1 connection (on that connection's
+// own goroutine).
+func (c *coalescingConn) CloseWrite() error {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = net.ErrClosed
+	}
 	if c.flushing {
 		c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
 		for c.flushing {
 			c.room.Wait()
 		}
 	}
-	if c.err == nil {
-		c.err = net.ErrClosed
-	}
-}
-
-// Close writes what is queued (a GOAWAY, the last frames), then closes the connection.
-func (c *coalescingConn) Close() error {
-	c.finish()
-	return c.Conn.Close()
-}
-
-// CloseWrite writes what is queued, then shuts down the writing side, as net/http does before
-// closing an HTTP/1.1 connection.
-func (c *coalescingConn) CloseWrite() error {
-	c.finish()
+	c.mu.Unlock()
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
