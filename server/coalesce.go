@@ -2,14 +2,15 @@ package server
 
 import (
 	"net"
+	"os"
 	"sync"
 	"time"
 )
 
 const (
 	// maxPending bounds what one connection queues ahead of its socket, besides the batch being
-	// written. A writer beyond it waits, as it would have waited on a full socket buffer, so a peer that stops reading
-	// still holds its writers back.
+	// written. A writer beyond it waits, as it would have waited on a full socket buffer, so a
+	// peer that stops reading still holds its writers back.
 	maxPending = 256 << 10
 	// closeFlushTimeout bounds how long Close spends handing what is queued (a GOAWAY, the last
 	// frames) to a peer that may not be reading.
@@ -28,25 +29,32 @@ func (l coalescingListener) Accept() (net.Conn, error) {
 }
 
 // coalescingConn turns a connection's writes into fewer system calls. net/http's HTTP/2 server
-// flushes once per frame: when an event fans out to many watch streams that share a connection,
-// each stream's frame is its own write(2), and that system call is the largest single cost of a
-// delivery. Here Write only queues the bytes and starts a flusher goroutine if none is running;
-// the flusher writes everything queued by the time it runs, so the frames that the connection's
-// streams produced meanwhile leave in one system call. No timer is involved: on an idle server
-// the flusher runs at once, under load it runs after the goroutines already waiting for the CPU,
-// which are the ones producing the frames to batch. The same technique as Netty's flush
-// consolidation and gRPC's one writer per connection.
+// writes each frame into its buffer and flushes it to the socket as soon as it has nothing else
+// queued; when an event fans out to many watch streams that share a connection, their frames
+// reach it one after another, so nearly every frame is its own write(2), and that system call is
+// the largest single cost of a delivery. Here Write only queues the bytes and starts a flusher
+// goroutine if none is running; the flusher writes everything queued by the time it runs, so the
+// frames that the connection's streams produced meanwhile leave in one system call. No timer is
+// involved: on an idle server the flusher runs at once, under load it runs after the goroutines
+// already waiting for the CPU, which are the ones producing the frames to batch. The same
+// technique as Netty's flush consolidation and gRPC's one writer per connection.
+//
+// Write deadlines apply to Write, not to the bytes it already accepted, which are written as a
+// kernel would write what is in its socket buffer: crypto/tls sets a deadline of now right after
+// queuing its close alert. Close bounds how long a peer that does not read can hold them.
 //
 // A connection with a single stream gains nothing and pays a goroutine start per flush (about
-// 1 µs); the README's Benchmarks section has both figures.
+// 1 µs per delivery).
 type coalescingConn struct {
 	net.Conn
 	mu       sync.Mutex
 	room     sync.Cond // pending shrank, the flusher stopped, or the connection failed
 	pending  *[]byte   // nil when nothing is queued: an idle connection holds no buffer
 	flushing bool
-	closing  bool  // Close came while flushing: the flusher closes the connection when done
-	err      error // the first write error, or net.ErrClosed; every later Write returns it
+	closing  bool        // Close came while flushing: the flusher closes the connection when done
+	deadline time.Time   // Write fails from then on (SetWriteDeadline)
+	timer    *time.Timer // wakes writers waiting for room at the deadline
+	err      error       // the first write error, or net.ErrClosed; every later Write returns it
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
@@ -57,16 +65,23 @@ func newCoalescingConn(c net.Conn) *coalescingConn {
 	return cc
 }
 
-// Write queues p. It returns an error only when an earlier write failed or the connection is
-// closed: a failure of this write is reported by a later one, as a kernel's buffered write would.
+// Write queues p. It fails when an earlier write failed, the connection is closed or the write
+// deadline has passed: a failure of this write is reported by a later one, as a kernel's
+// buffered write would.
 func (c *coalescingConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.err == nil && c.pending != nil && len(*c.pending)+len(p) > maxPending {
+	for {
+		if c.err != nil {
+			return 0, c.err
+		}
+		if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+			return 0, os.ErrDeadlineExceeded
+		}
+		if c.pending == nil || len(*c.pending)+len(p) <= maxPending {
+			break
+		}
 		c.room.Wait()
-	}
-	if c.err != nil {
-		return 0, c.err
 	}
 	if c.pending == nil {
 		c.pending = bufPool.Get().(*[]byte)
@@ -79,6 +94,35 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// SetWriteDeadline makes Write fail from t on (never, if t is zero), and a Write waiting for
+// room give up at t. What Write accepted before is still written.
+func (c *coalescingConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadline = t
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	if !t.IsZero() {
+		c.timer = time.AfterFunc(time.Until(t), func() {
+			c.mu.Lock()
+			c.room.Broadcast()
+			c.mu.Unlock()
+		})
+	}
+	c.room.Broadcast()
+	return nil
+}
+
+// SetDeadline sets the read deadline of the connection and the write deadline of Write.
+func (c *coalescingConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
 // flush writes what is queued until nothing is. The lock is not held across the system call.
 func (c *coalescingConn) flush() {
 	c.mu.Lock()
@@ -86,6 +130,7 @@ func (c *coalescingConn) flush() {
 	for c.pending != nil {
 		b := c.pending
 		c.pending = nil
+		c.room.Broadcast() // room to queue behind this write
 		c.mu.Unlock()
 		_, err := c.Conn.Write(*b)
 		c.mu.Lock()
@@ -121,12 +166,9 @@ func recycle(b *[]byte) {
 func (c *coalescingConn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil {
-		c.err = net.ErrClosed
-	}
+	c.stopWrites()
 	if c.flushing {
 		c.closing = true
-		c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
 		return nil
 	}
 	return c.Conn.Close()
@@ -137,18 +179,30 @@ func (c *coalescingConn) Close() error {
 // own goroutine).
 func (c *coalescingConn) CloseWrite() error {
 	c.mu.Lock()
-	if c.err == nil {
-		c.err = net.ErrClosed
-	}
-	if c.flushing {
-		c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
-		for c.flushing {
-			c.room.Wait()
-		}
+	c.stopWrites()
+	for c.flushing {
+		c.room.Wait()
 	}
 	c.mu.Unlock()
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// stopWrites makes every later Write fail, wakes the writers waiting for room, and gives the
+// flusher closeFlushTimeout to write what is queued. No caller can move that deadline: the
+// connection's write deadline is this type's own.
+func (c *coalescingConn) stopWrites() {
+	if c.err == nil {
+		c.err = net.ErrClosed
+	}
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	c.room.Broadcast()
+	if c.flushing {
+		c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+	}
 }

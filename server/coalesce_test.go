@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -96,8 +99,15 @@ func TestCoalescingConn_WritesQueuedDuringAFlushLeaveInOneSystemCall(t *testing.
 	g := &gatedConn{Conn: a, gate: make(chan struct{})}
 	c := newCoalescingConn(g)
 
-	_, err := c.Write([]byte("first;"))
-	require.NoError(t, err)
+	queued := make(chan error, 1)
+	go func() { _, err := c.Write([]byte("first;")); queued <- err }()
+	select {
+	case err := <-queued:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		close(g.gate)
+		t.Fatal("Write waited for the socket instead of queuing")
+	}
 	require.Eventually(t, func() bool { return g.writes.Load() == 1 }, 5*time.Second, time.Millisecond,
 		"the flusher took the first write to the socket")
 	var want bytes.Buffer
@@ -111,7 +121,7 @@ func TestCoalescingConn_WritesQueuedDuringAFlushLeaveInOneSystemCall(t *testing.
 	close(g.gate)
 
 	got := make([]byte, want.Len())
-	_, err = io.ReadFull(b, got)
+	_, err := io.ReadFull(b, got)
 	require.NoError(t, err)
 	require.Equal(t, want.String(), string(got))
 	require.Equal(t, int32(2), g.writes.Load(), "51 writes reached the socket as 2 system calls")
@@ -201,4 +211,81 @@ func TestCoalescingConn_AFailedWriteFailsTheNextOnes(t *testing.T) {
 		return errors.Is(err, io.ErrClosedPipe)
 	}, 5*time.Second, time.Millisecond)
 	require.NoError(t, c.Close())
+}
+
+// TestCoalescingConn_TLSResponseBeforeCloseArrives: crypto/tls queues its close alert, then sets
+// a write deadline of now; what was queued must still reach the client. net/http does that when
+// a handler answers without reading a large body: it shuts the writing side and closes.
+func TestCoalescingConn_TLSResponseBeforeCloseArrives(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge) // the body is not read
+	}))
+	srv.Listener = coalescingListener{srv.Listener}
+	srv.StartTLS()
+	defer srv.Close()
+	client := srv.Client()
+	defer client.CloseIdleConnections()
+
+	body := bytes.Repeat([]byte("x"), 2<<20)
+	for range 5 {
+		res, err := client.Post(srv.URL, "application/octet-stream", bytes.NewReader(body))
+		require.NoError(t, err)
+		got, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, http.StatusRequestEntityTooLarge, res.StatusCode)
+		require.Equal(t, "too large\n", string(got))
+	}
+}
+
+func TestCoalescingConn_AWriteDeadlineFailsLaterWritesOnly(t *testing.T) {
+	srv, peer := tcpPair(t)
+	_, err := srv.Write([]byte("accepted before the deadline;"))
+	require.NoError(t, err)
+	require.NoError(t, srv.SetWriteDeadline(time.Now()))
+	_, err = srv.Write([]byte("after"))
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+
+	got := make([]byte, len("accepted before the deadline;"))
+	_, err = io.ReadFull(peer, got)
+	require.NoError(t, err)
+	require.Equal(t, "accepted before the deadline;", string(got))
+
+	require.NoError(t, srv.SetWriteDeadline(time.Time{}))
+	_, err = srv.Write([]byte("again"))
+	require.NoError(t, err, "a cleared deadline lets writes through again")
+}
+
+func TestCoalescingConn_CloseWakesAWriterWaitingForRoom(t *testing.T) {
+	a, b := net.Pipe() // nobody reads b
+	defer b.Close()
+	c := newCoalescingConn(a)
+	done := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.pending != nil && len(*c.pending) == maxPending
+	}, 5*time.Second, time.Millisecond, "the writer fills the queue and waits")
+
+	require.NoError(t, c.Close())
+	c.SetWriteDeadline(time.Time{}) // as net/http does; it must not lift Close's bound
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, net.ErrClosed)
+	case <-time.After(closeFlushTimeout / 2):
+		t.Fatal("Close did not wake the writer waiting for room")
+	}
+	require.Eventually(t, func() bool {
+		_, err := a.Read(make([]byte, 1))
+		return errors.Is(err, io.ErrClosedPipe)
+	}, 10*closeFlushTimeout, 10*time.Millisecond, "the connection is closed within Close's bound")
 }
