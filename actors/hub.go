@@ -51,8 +51,10 @@ func init() {
 	// protoactor's process registry spreads actors over 1024 concurrent maps of SHARD_COUNT Go
 	// maps each: with the default 32, 32768 maps, so nearly every actor (one per open watch)
 	// gets a map of its own, about 250 bytes. One map per bucket still spreads the registry's
-	// locks over 1024 maps. Only protoactor uses concurrent-map here, and it reads SHARD_COUNT
-	// only once an actor system exists.
+	// locks over 1024 maps. concurrent-map reads SHARD_COUNT on every call, so it must be set
+	// before any map exists and never changed: hence init, before any actor system. It is
+	// process-wide, which is fine while only protoactor's actor package uses concurrent-map in
+	// this binary (go mod why github.com/orcaman/concurrent-map).
 	cmap.SHARD_COUNT = 1
 }
 

@@ -627,7 +627,9 @@ func TestWatch_SubscriberFailureEndsTheWatch(t *testing.T) {
 // the hub's heartbeat loop within a tick.
 func TestWatch_NextEndsWithItsContext(t *testing.T) {
 	t.Parallel()
-	b := setup(t, options{lease: 10 * time.Second, heartbeat: 200 * time.Millisecond}) // a tick every 50ms
+	// Heartbeats every 8s, ticks every second: only the tick's look at the context can end a
+	// Next that waits, not a heartbeat message.
+	b := setup(t, options{lease: 10 * time.Second, heartbeat: 8 * time.Second})
 	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
 	require.NoError(t, err)
 	defer w.Close()
@@ -636,12 +638,15 @@ func TestWatch_NextEndsWithItsContext(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, msgs[0].GetSnapshot())
 	done := make(chan error, 1)
+	var got atomic.Int32
 	go func() {
 		for {
-			if _, err := w.Next(ctx); err != nil {
+			msgs, err := w.Next(ctx)
+			if err != nil {
 				done <- err
 				return
 			}
+			got.Add(int32(len(msgs)))
 		}
 	}()
 	time.Sleep(20 * time.Millisecond)
@@ -649,9 +654,10 @@ func TestWatch_NextEndsWithItsContext(t *testing.T) {
 	select {
 	case err := <-done:
 		require.ErrorIs(t, err, context.Canceled)
-	case <-time.After(2 * time.Second):
-		t.Fatal("Next did not return after its context ended")
+	case <-time.After(4 * time.Second):
+		t.Fatal("Next did not return within a few ticks after its context ended")
 	}
+	require.Zero(t, got.Load(), "nothing but the context's end woke it")
 }
 
 func taskIDs(tasks []*taskhubv1.Task) []string {
