@@ -257,11 +257,9 @@ func (o *outbox) take(dst []*item) ([]*item, error) {
 	}
 	o.mu.Unlock()
 
-	if room != nil {
-		select {
-		case room <- struct{}{}:
-		default:
-		}
+	select { // a nil room (no pusher ever waited) is never ready: the default is taken
+	case room <- struct{}{}:
+	default:
 	}
 	if behind != nil {
 		behind()
@@ -296,10 +294,8 @@ func (o *outbox) close(err error) {
 		return
 	}
 	o.err = err
-	for _, c := range []chan struct{}{o.signal, o.room} { // wake whoever waits, to see the end
-		if c == nil {
-			continue
-		}
+	// Wake whoever waits, to see the end; a nil room (no pusher ever waited) takes the default.
+	for _, c := range []chan struct{}{o.signal, o.room} {
 		select {
 		case c <- struct{}{}:
 		default:
