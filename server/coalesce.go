@@ -143,8 +143,8 @@ func (c *coalescingConn) flush() {
 				recycle(c.pending)
 				c.pending = nil
 			}
+			c.room.Broadcast() // waiting writers fail now
 		}
-		c.room.Broadcast()
 	}
 	c.flushing = false
 	c.room.Broadcast()
