@@ -681,3 +681,28 @@ func complete(t *testing.T, h *actors.Hub, c *actors.Claim) {
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, done.State)
 }
+
+// valueCtx is a Context of a type that == can't compare: comparing two of them panics.
+type valueCtx struct {
+	context.Context
+	tags map[string]string
+}
+
+// TestWatch_NextTakesAnyContext: Next tells contexts apart without comparing them, so a Context
+// of a non-comparable type works like any other.
+func TestWatch_NextTakesAnyContext(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	require.NoError(t, err)
+	defer w.Close()
+	msgs, err := w.Next(valueCtx{t.Context(), nil})
+	require.NoError(t, err)
+	require.NotNil(t, msgs[0].GetSnapshot())
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for range 2 {
+		_, err = w.Next(valueCtx{ctx, map[string]string{}})
+		require.ErrorIs(t, err, context.Canceled)
+	}
+}

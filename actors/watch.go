@@ -20,6 +20,7 @@ type Watch struct {
 	owner     string
 	items     []*item
 	msgs      []*taskhubv1.WatchTasksResponse
+	waitDone  <-chan struct{} // ctx.Done() of the context in out.waiter
 	closeOnce sync.Once
 }
 
@@ -56,13 +57,14 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 // at ctx on each tick (at most a second apart) and wakes Next once ctx has ended: a stream whose
 // client went away ends within a tick, and an idle watch keeps nothing on its context (an
 // AfterFunc registration cost each watch about 500 bytes). A stream passes the same ctx each
-// time, so this locks once per watch; only Next's goroutine writes waiter, so it reads it
-// without the lock.
+// time, so this locks once per watch. Contexts are told apart by their Done channels: those
+// always compare, where a Context of a non-comparable type would make == panic.
 func (w *Watch) watchCtx(ctx context.Context) error {
-	if ctx != w.out.waiter {
+	if d := ctx.Done(); d != w.waitDone {
 		w.out.mu.Lock()
 		w.out.waiter = ctx
 		w.out.mu.Unlock()
+		w.waitDone = d
 	}
 	return ctx.Err()
 }
