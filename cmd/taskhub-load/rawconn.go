@@ -63,6 +63,8 @@ type rawConn struct {
 	grants      []*rawStream // streams whose window update is due
 	connUnacked uint32       // bytes the connection consumed and has not given back
 	control     bool         // a control frame (ack, reset) waits in bw
+	maxStreams  uint32       // the server's SETTINGS_MAX_CONCURRENT_STREAMS, if saidMax
+	saidMax     bool
 	msg         *taskhubv1.WatchTasksResponse
 	gz          *gzip.Reader
 	gzbuf       bytes.Buffer
@@ -286,10 +288,18 @@ func (c *rawConn) frame(f http2.Frame) error {
 		c.headers(f)
 	case *http2.RSTStreamFrame:
 		if s := c.stream(f.StreamID); s != nil {
-			c.end(s, fmt.Errorf("the server reset the stream: %v", f.ErrCode))
+			err := fmt.Errorf("the server reset the stream: %v", f.ErrCode)
+			if f.ErrCode == http2.ErrCodeRefusedStream && c.saidMax {
+				// This client doesn't queue streams beyond the server's limit: it says so.
+				err = fmt.Errorf("%w: the server allows %d streams per connection, so --streams-per-conn must be at most that", err, c.maxStreams)
+			}
+			c.end(s, err)
 		}
 	case *http2.SettingsFrame:
 		if !f.IsAck() {
+			if v, ok := f.Value(http2.SettingMaxConcurrentStreams); ok {
+				c.maxStreams, c.saidMax = v, true
+			}
 			return c.writeControl(func() error { return c.fr.WriteSettingsAck() })
 		}
 	case *http2.PingFrame:

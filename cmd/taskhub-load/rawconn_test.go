@@ -400,6 +400,15 @@ func TestRawConn_StreamFailures(t *testing.T) {
 		},
 		err: "the server reset the stream: REFUSED_STREAM",
 	}, {
+		name: "a stream over the server's limit",
+		server: func(t *testing.T, f *fakeH2) {
+			f.write(func() error {
+				return f.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+			})
+			f.write(func() error { return f.fr.WriteRSTStream(1, http2.ErrCodeRefusedStream) })
+		},
+		err: "the server reset the stream: REFUSED_STREAM: the server allows 0 streams per connection, so --streams-per-conn must be at most that",
+	}, {
 		name: "a GOAWAY",
 		server: func(t *testing.T, f *fakeH2) {
 			f.write(func() error { return f.fr.WriteGoAway(0, http2.ErrCodeNo, []byte("bye")) })
