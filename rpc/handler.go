@@ -38,7 +38,6 @@ func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
 		// gzip (as stock Go clients do) costs far more than the bytes it saves.
 		connect.WithCompressMinBytes(MinCompressBytes),
 	)...)
-	path, tasks := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
-	mux.Handle(path, batching(tasks))
+	mux.Handle(taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts))
 	mux.Handle(taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts))
 }

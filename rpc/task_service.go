@@ -68,14 +68,17 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 		return connectError(err)
 	}
 	defer w.Close()
-	batch := batchFrom(ctx)
 	for {
 		msgs, err := w.Next(ctx)
 		if err != nil {
 			return connectError(err)
 		}
-		if err := sendBatch(batch, msgs, stream.Send); err != nil {
-			return err
+		// Connect flushes after each message; the connection coalesces what reaches the socket
+		// together (server.coalescingConn).
+		for _, m := range msgs {
+			if err := stream.Send(m); err != nil {
+				return err
+			}
 		}
 	}
 }
