@@ -179,6 +179,19 @@ func (o *outbox) pushLocked(it *item) bool {
 	return true
 }
 
+// pushStart queues the first messages of a stream, the parts of its snapshot, however many
+// there are: they hold the owner's active tasks, which the hub keeps in memory anyway.
+func (o *outbox) pushStart(items []*item) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return
+	}
+	o.items = append(o.items, items...)
+	o.n += int32(len(items))
+	o.wake()
+}
+
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {
 	select {

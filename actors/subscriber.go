@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
@@ -120,9 +121,7 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		resume = first != 0 && first <= after+1
 	}
 	if !resume {
-		out.push(&item{seq: pos, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
-			Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: pos, Tasks: active},
-		}}})
+		out.pushStart(snapshotParts(epoch, pos, active))
 		out.finishReplay() // nothing to replay: go live
 		return
 	}
@@ -189,4 +188,32 @@ func (s *subscriber) replayed(self *actor.PID, err error) {
 	if out.finishReplay() {
 		s.replay(self, false, 0)
 	}
+}
+
+// maxSnapshotPart bounds the tasks of one Snapshot message, in encoded bytes. An active task is
+// at most about 50 KiB (the limits on prompt, params and progress message), so a part holds at
+// least 20, and every message stays well under the 4 MiB that gRPC clients accept by default.
+const maxSnapshotPart = 1 << 20
+
+// snapshotParts is the snapshot of the active tasks as of pos: one Snapshot message, or several
+// at the same seq of at most maxSnapshotPart bytes of tasks each, all but the last with more set.
+func snapshotParts(epoch string, pos uint64, active []*taskhubv1.Task) []*item {
+	var parts []*item
+	add := func(tasks []*taskhubv1.Task) {
+		parts = append(parts, &item{seq: pos, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+			Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: pos, Tasks: tasks, More: true},
+		}}})
+	}
+	first, size := 0, 0
+	for i, t := range active {
+		n := proto.Size(t)
+		if i > first && size+n > maxSnapshotPart {
+			add(active[first:i:i])
+			first, size = i, 0
+		}
+		size += n
+	}
+	add(active[first:])
+	parts[len(parts)-1].resp.GetSnapshot().More = false
+	return parts
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -705,4 +706,57 @@ func TestWatch_NextTakesAnyContext(t *testing.T) {
 		_, err = w.Next(valueCtx{ctx, map[string]string{}})
 		require.ErrorIs(t, err, context.Canceled)
 	}
+}
+
+// TestHub_WatchSnapshotInParts: a snapshot too large for one message comes in parts at one
+// seq, each of at most 1 MiB of tasks, all but the last marked more, together every active task
+// newest first. Events follow the last part, even when the parts outnumber the watch's buffer.
+func TestHub_WatchSnapshotInParts(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, outbox: 1})
+	prompt := strings.Repeat("p", taskhub.MaxPromptBytes)
+	var want []string
+	for range 150 { // 2.4 MiB of prompts
+		want = append(want, create(t, b.hub, "alice", prompt, "paint").Id)
+	}
+	slices.Reverse(want)
+	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	require.NoError(t, err)
+	defer w.Close()
+
+	var got []string
+	var seq uint64
+	parts, whole := 0, false
+	for !whole {
+		msgs, err := w.Next(t.Context())
+		require.NoError(t, err)
+		for _, m := range msgs {
+			require.False(t, whole, "a message after the last part before any event: %v", m)
+			s := m.GetSnapshot()
+			require.NotNil(t, s, "a snapshot part, not %v", m)
+			require.False(t, s.Recovered)
+			if parts > 0 {
+				require.Equal(t, seq, s.Seq, "every part at the snapshot's seq")
+			}
+			seq = s.Seq
+			parts++
+			size := 0
+			for _, task := range s.Tasks {
+				size += proto.Size(task)
+				got = append(got, task.Id)
+			}
+			require.LessOrEqual(t, size, 1<<20)
+			require.NotEmpty(t, s.Tasks)
+			whole = !s.More
+		}
+	}
+	require.Equal(t, 3, parts, "2.4 MiB of tasks in parts of at most 1 MiB")
+	require.Equal(t, want, got)
+
+	task := create(t, b.hub, "alice", "after", "paint")
+	msgs, err := w.Next(t.Context())
+	require.NoError(t, err)
+	require.Len(t, msgs, 1)
+	require.Equal(t, task.Id, msgs[0].GetEvent().GetTask().GetId())
+	require.Greater(t, msgs[0].GetEvent().Seq, seq)
 }

@@ -194,6 +194,7 @@ export class Feed {
               this.covered = { epoch: s.epoch, seq: s.seq };
             }
             this.publish(m);
+            if (s.more) continue; // live once the snapshot is whole
             const note = everLive ? (s.recovered ? "recovered" : "reloaded") : failures > 0 ? "connected" : undefined;
             everLive = true;
             failures = 0;

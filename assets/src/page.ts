@@ -41,9 +41,14 @@ export class Page implements Tab {
         }
         // A fresh snapshot: the stream could not resume from where we were (a new event log,
         // or history compacted away). It holds only active tasks, so reload the list too:
-        // tasks that finished meanwhile are not in it.
-        this.adopt({ epoch: s.epoch, seq: s.seq }, true);
+        // tasks that finished meanwhile are not in it. A large one comes in parts (more): the
+        // tab has it all, and takes its position, with the last.
+        if (s.epoch !== this.epoch) {
+          this.adopt({ epoch: s.epoch, seq: s.seq }, true); // a new event log: the page reloads
+          return;
+        }
         for (const t of s.tasks) this.board.apply(t);
+        if (!s.more) this.adopt({ epoch: s.epoch, seq: s.seq }, true);
         return;
       }
       case "event":

@@ -32,7 +32,8 @@ type watcher struct {
 	start       time.Time // of the call
 	connectTime time.Duration
 	err         error // the stream failed or ended before it was cancelled
-	snapshot    bool
+	snapshot    bool  // the whole snapshot came
+	inSnapshot  bool  // a part of it came, and more follow
 	lastSeq     uint64
 	heartbeats  int64
 	ids         map[string]int // task id -> load task index; -1 for others' tasks
@@ -124,11 +125,20 @@ func (w *watcher) run(ctx context.Context) {
 func (w *watcher) receive(m *taskhubv1.WatchTasksResponse, now time.Time) {
 	switch m := m.Message.(type) {
 	case *taskhubv1.WatchTasksResponse_Snapshot:
-		if w.snapshot {
-			w.problems.addf("watcher %d: a second snapshot (seq %d) after seq %d", w.id, m.Snapshot.Seq, w.lastSeq)
+		s := m.Snapshot
+		switch {
+		case w.snapshot:
+			w.problems.addf("watcher %d: a second snapshot (seq %d) after seq %d", w.id, s.Seq, w.lastSeq)
+			return
+		case w.inSnapshot && s.Seq != w.lastSeq:
+			w.problems.addf("watcher %d: a part of the snapshot at seq %d, another at seq %d", w.id, w.lastSeq, s.Seq)
 			return
 		}
-		w.snapshot, w.lastSeq = true, m.Snapshot.Seq
+		w.lastSeq, w.inSnapshot = s.Seq, s.More
+		if s.More {
+			return
+		}
+		w.snapshot = true
 		w.connectTime = now.Sub(w.start)
 		w.markReady()
 	case *taskhubv1.WatchTasksResponse_Event:

@@ -360,3 +360,29 @@ func TestBrowser_NothingLostBetweenRenderAndConnect(t *testing.T) {
 		})
 	}
 }
+
+// When the page has lost history and its user has more active tasks than fit in one stream
+// message, the fresh snapshot comes in parts: the page takes them all, reloads its list once,
+// and goes live.
+func TestBrowser_LostHistoryWithALargeSnapshot(t *testing.T) {
+	e := setup(t, server.Config{Heartbeat: time.Second, Retention: 300 * time.Millisecond})
+	px := startProxy(t, e.cfg.Addr)
+	p := e.tab()
+	p.open(px.url("/"))
+
+	px.blackhole()
+	prompt := strings.Repeat("a long prompt ", 1100) // 15 KiB: 150 tasks make three parts
+	var newest struct {
+		Task struct{ ID string } `json:"task"`
+	}
+	for range 150 {
+		e.postJSON("/taskhub.v1.TaskService/CreateTask", map[string]any{"prompt": prompt, "mode": "render"}, &newest)
+	}
+	time.Sleep(time.Second) // past the retention
+
+	p.waitFor(`document.querySelector('[data-testid="connection"]').dataset.status !== "live"`, "the page to notice the silence")
+	p.waitCard(newest.Task.ID, queued)
+	p.waitLive()
+	p.waitFor(`[...document.querySelectorAll('[data-testid="toast"]')].some(t => t.textContent.includes("history was gone"))`, "the reload toast")
+	require.Equal(t, 150, eval[int](p, `document.querySelectorAll("[data-task-id]").length`), "a card for every task created while away")
+}

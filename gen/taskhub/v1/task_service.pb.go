@@ -590,8 +590,12 @@ type Snapshot struct {
 	Seq uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	// True when the stream resumes after the request's after_seq: tasks is empty and every
 	// missed event follows. False when tasks holds the caller's active tasks as of seq.
-	Recovered     bool    `protobuf:"varint,3,opt,name=recovered,proto3" json:"recovered,omitempty"`
-	Tasks         []*Task `protobuf:"bytes,4,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Recovered bool    `protobuf:"varint,3,opt,name=recovered,proto3" json:"recovered,omitempty"`
+	Tasks     []*Task `protobuf:"bytes,4,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// True when more Snapshot messages follow, at the same seq, with the rest of the active tasks:
+	// a snapshot's tasks come in parts of at most 1 MiB each, so that no message is larger than
+	// clients accept. The snapshot is whole with the message whose more is false; events follow it.
+	More          bool `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -652,6 +656,13 @@ func (x *Snapshot) GetTasks() []*Task {
 		return x.Tasks
 	}
 	return nil
+}
+
+func (x *Snapshot) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
 }
 
 // Heartbeat is sent on an idle stream.
@@ -739,12 +750,13 @@ const file_taskhub_v1_task_service_proto_rawDesc = "" +
 	"\bsnapshot\x18\x01 \x01(\v2\x14.taskhub.v1.SnapshotH\x00R\bsnapshot\x12-\n" +
 	"\x05event\x18\x02 \x01(\v2\x15.taskhub.v1.TaskEventH\x00R\x05event\x125\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x15.taskhub.v1.HeartbeatH\x00R\theartbeatB\t\n" +
-	"\amessage\"x\n" +
+	"\amessage\"\x8c\x01\n" +
 	"\bSnapshot\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\tR\x05epoch\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\trecovered\x18\x03 \x01(\bR\trecovered\x12&\n" +
-	"\x05tasks\x18\x04 \x03(\v2\x10.taskhub.v1.TaskR\x05tasks\"\x1d\n" +
+	"\x05tasks\x18\x04 \x03(\v2\x10.taskhub.v1.TaskR\x05tasks\x12\x12\n" +
+	"\x04more\x18\x05 \x01(\bR\x04more\"\x1d\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq2\x8e\x03\n" +
 	"\vTaskService\x12K\n" +
