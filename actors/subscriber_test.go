@@ -720,6 +720,8 @@ func TestHub_WatchSnapshotInParts(t *testing.T) {
 		want = append(want, create(t, b.hub, "alice", prompt, "paint").Id)
 	}
 	slices.Reverse(want)
+	_, _, err := b.hub.Position(t.Context()) // the hub has applied every create
+	require.NoError(t, err)
 	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
 	require.NoError(t, err)
 	defer w.Close()
