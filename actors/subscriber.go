@@ -122,7 +122,7 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 	}
 	if !resume {
 		out.pushStart(snapshotParts(epoch, pos, active))
-		out.finishReplay() // nothing to replay: go live
+		s.goLive(self) // nothing to replay
 		return
 	}
 	out.push(&item{seq: after, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
@@ -185,7 +185,14 @@ func (s *subscriber) replayed(self *actor.PID, err error) {
 		out.close(errTooFarBehind) // a compaction may have removed events during the replay
 		return
 	}
-	if out.finishReplay() {
+	s.goLive(self)
+}
+
+// goLive ends the start or a replay: the outbox queues the events it held meanwhile and goes
+// live, or, when more came than it could hold, they are replayed from the log, as the client
+// makes room.
+func (s *subscriber) goLive(self *actor.PID) {
+	if s.w.out.finishReplay() {
 		s.replay(self, false, 0)
 	}
 }

@@ -762,3 +762,60 @@ func TestHub_WatchSnapshotInParts(t *testing.T) {
 	require.Equal(t, task.Id, msgs[0].GetEvent().GetTask().GetId())
 	require.Greater(t, msgs[0].GetEvent().Seq, seq)
 }
+
+// boundsHook runs hook, once, when Bounds is called while armed.
+type boundsHook struct {
+	actors.Log
+	armed atomic.Bool
+	hook  func() (first uint64)
+}
+
+func (p *boundsHook) Bounds(ctx context.Context) (uint64, uint64, error) {
+	first, last, err := p.Log.Bounds(ctx)
+	if p.armed.CompareAndSwap(true, false) {
+		first = p.hook()
+	}
+	return first, last, err
+}
+
+// TestHub_WatchStartOverflowReplays: events that come while a watch starts are held until its
+// first messages are queued; when more come than its buffer holds, the watch replays them from
+// the log once its client has taken the snapshot, rather than falling silent.
+func TestHub_WatchStartOverflowReplays(t *testing.T) {
+	t.Parallel()
+	p := &boundsHook{}
+	b := setup(t, options{lease: 10 * time.Second, outbox: 1, wrap: func(l actors.Log) actors.Log { p.Log = l; return p }})
+	h := b.hub
+	var before []string
+	for range 3 {
+		before = append(before, create(t, h, "alice", "before", "paint").Id)
+	}
+	_, pos, err := h.Position(t.Context())
+	require.NoError(t, err)
+
+	// The watch resumes from an early seq, so its start reads the log's bounds after it has
+	// subscribed. There, three tasks are created and reach the watch while it starts, and the
+	// bounds say that history is gone, so it starts afresh with a snapshot.
+	var during []string
+	p.hook = func() uint64 {
+		for range 3 {
+			during = append(during, create(t, h, "alice", "during", "paint").Id)
+		}
+		_, _, err := h.Position(t.Context()) // applied: offered to the watch
+		require.NoError(t, err)
+		return pos + 100
+	}
+	p.armed.Store(true)
+	r := watch(t, h, "alice", h.Epoch(), 1)
+	defer r.w.Close()
+	snap, events := r.wait(3)
+	require.False(t, snap.Recovered)
+	require.ElementsMatch(t, before, taskIDs(snap.Tasks))
+	var created []string
+	for _, e := range events {
+		if e.Kind == taskhubv1.EventKind_EVENT_KIND_CREATED {
+			created = append(created, e.Task.Id)
+		}
+	}
+	require.Equal(t, during, created)
+}
