@@ -289,9 +289,10 @@ func (c *rawConn) frame(f http2.Frame) error {
 	case *http2.RSTStreamFrame:
 		if s := c.stream(f.StreamID); s != nil {
 			err := fmt.Errorf("the server reset the stream: %v", f.ErrCode)
-			if f.ErrCode == http2.ErrCodeRefusedStream && c.saidMax {
-				// This client doesn't queue streams beyond the server's limit: it says so.
-				err = fmt.Errorf("%w: the server allows %d streams per connection, so --streams-per-conn must be at most that", err, c.maxStreams)
+			if open := c.openStreams(); c.saidMax && open > int(c.maxStreams) {
+				// This client doesn't queue streams beyond the server's limit: it says so. (Go's
+				// server resets such a stream with PROTOCOL_ERROR, others with REFUSED_STREAM.)
+				err = fmt.Errorf("%w: open streams on the connection: %d, the server's limit: %d; lower --streams-per-conn", err, open, c.maxStreams)
 			}
 			c.end(s, err)
 		}
@@ -316,6 +317,17 @@ func (c *rawConn) frame(f http2.Frame) error {
 		return errors.New("a PUSH_PROMISE, though push was disabled")
 	}
 	return nil
+}
+
+// openStreams counts the connection's open streams (the reader's view).
+func (c *rawConn) openStreams() int {
+	n := 0
+	for _, s := range c.streams {
+		if s != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // stream returns the open stream id, or nil.

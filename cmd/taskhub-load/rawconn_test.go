@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -407,7 +408,7 @@ func TestRawConn_StreamFailures(t *testing.T) {
 			})
 			f.write(func() error { return f.fr.WriteRSTStream(1, http2.ErrCodeRefusedStream) })
 		},
-		err: "the server reset the stream: REFUSED_STREAM: the server allows 0 streams per connection, so --streams-per-conn must be at most that",
+		err: "the server reset the stream: REFUSED_STREAM: open streams on the connection: 1, the server's limit: 0; lower --streams-per-conn",
 	}, {
 		name: "a GOAWAY",
 		server: func(t *testing.T, f *fakeH2) {
@@ -534,4 +535,46 @@ func TestRawConn_SlowWatcherStops(t *testing.T) {
 	require.GreaterOrEqual(t, w.stoppedFor, 300*time.Millisecond)
 	require.Less(t, w.stoppedFor, 2*time.Second)
 	require.GreaterOrEqual(t, w.latency[len(w.latency)-1], 250*time.Millisecond, "what it held, it got late")
+}
+
+// TestRawConn_OverTheServersLimit: against Go's own HTTP/2 server, which resets a stream over
+// its MAX_CONCURRENT_STREAMS with PROTOCOL_ERROR, the watcher's error names the limit and the
+// flag that sets how many streams share a connection.
+func TestRawConn_OverTheServersLimit(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	block := make(chan struct{})
+	srv := &http.Server{Protocols: protocols, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 2},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("content-type", "application/connect+proto")
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			select {
+			case <-block:
+			case <-r.Context().Done():
+			}
+		})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	defer close(block)
+
+	var d net.Dialer
+	cfg := rawConfig{addr: ln.Addr().String(), authority: ln.Addr().String(), dial: d.DialContext, window: defaultStreamWindow}
+	c := newRawConn(&cfg)
+	defer c.close()
+	spec := &watchSpec{mode: "m", prefix: "p ", tasks: 1, started: make(chan struct{}), slowFor: time.Second}
+	ws := make([]*watcher, 3)
+	for i := range ws {
+		ws[i] = newRawWatcher(i, c, spec, false)
+		ws[i].run(t.Context())
+	}
+	waitClosed(t, ws[2].exited, "the third stream's end")
+	require.ErrorContains(t, ws[2].err, "the server reset the stream")
+	require.ErrorContains(t, ws[2].err, "open streams on the connection: 3, the server's limit: 2; lower --streams-per-conn")
+	for _, w := range ws[:2] {
+		require.False(t, isClosed(w.exited), "the streams under the limit go on")
+	}
 }

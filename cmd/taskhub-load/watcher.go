@@ -31,9 +31,10 @@ type watcher struct {
 
 	start       time.Time // of the call
 	connectTime time.Duration
-	err         error // the stream failed or ended before it was cancelled
-	snapshot    bool  // the whole snapshot came
-	inSnapshot  bool  // a part of it came, and more follow
+	err         error  // the stream failed or ended before it was cancelled
+	snapshot    bool   // the whole snapshot came
+	inSnapshot  bool   // a part of it came, and more follow
+	epoch       string // of the snapshot
 	lastSeq     uint64
 	heartbeats  int64
 	ids         map[string]int // task id -> load task index; -1 for others' tasks
@@ -130,11 +131,13 @@ func (w *watcher) receive(m *taskhubv1.WatchTasksResponse, now time.Time) {
 		case w.snapshot:
 			w.problems.addf("watcher %d: a second snapshot (seq %d) after seq %d", w.id, s.Seq, w.lastSeq)
 			return
-		case w.inSnapshot && s.Seq != w.lastSeq:
-			w.problems.addf("watcher %d: a part of the snapshot at seq %d, another at seq %d", w.id, w.lastSeq, s.Seq)
+		case w.inSnapshot && (s.Seq != w.lastSeq || s.Epoch != w.epoch):
+			w.problems.addf("watcher %d: a part of the snapshot at %s/%d, another at %s/%d", w.id, w.epoch, w.lastSeq, s.Epoch, s.Seq)
 			return
+		case s.Recovered && s.More:
+			w.problems.addf("watcher %d: a recovered snapshot (seq %d) in parts", w.id, s.Seq)
 		}
-		w.lastSeq, w.inSnapshot = s.Seq, s.More
+		w.lastSeq, w.epoch, w.inSnapshot = s.Seq, s.Epoch, s.More
 		if s.More {
 			return
 		}
@@ -146,6 +149,9 @@ func (w *watcher) receive(m *taskhubv1.WatchTasksResponse, now time.Time) {
 			w.markDone()
 		}
 	case *taskhubv1.WatchTasksResponse_Heartbeat:
+		if w.inSnapshot {
+			w.problems.addf("watcher %d: a heartbeat between the parts of the snapshot", w.id)
+		}
 		w.heartbeats++
 	}
 }

@@ -11,7 +11,7 @@ import (
 
 func snapshotPart(seq uint64, more bool) *taskhubv1.WatchTasksResponse {
 	return &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
-		Snapshot: &taskhubv1.Snapshot{Seq: seq, More: more},
+		Snapshot: &taskhubv1.Snapshot{Epoch: "e", Seq: seq, More: more},
 	}}
 }
 
@@ -25,7 +25,8 @@ func isClosed(c chan struct{}) bool {
 }
 
 // TestWatcher_SnapshotInParts: a watcher is connected once the last part of its snapshot came;
-// parts at different seqs, an event between parts, and a second snapshot are problems.
+// parts at different seqs, an event or a heartbeat between parts, and a second snapshot are
+// problems.
 func TestWatcher_SnapshotInParts(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
@@ -42,7 +43,10 @@ func TestWatcher_SnapshotInParts(t *testing.T) {
 		msgs []*taskhubv1.WatchTasksResponse
 		want string
 	}{
-		{"parts at two seqs", []*taskhubv1.WatchTasksResponse{snapshotPart(7, true), snapshotPart(8, false)}, "watcher 0: a part of the snapshot at seq 7, another at seq 8"},
+		{"parts at two seqs", []*taskhubv1.WatchTasksResponse{snapshotPart(7, true), snapshotPart(8, false)}, "watcher 0: a part of the snapshot at e/7, another at e/8"},
+		{"a heartbeat between parts", []*taskhubv1.WatchTasksResponse{snapshotPart(7, true), {Message: &taskhubv1.WatchTasksResponse_Heartbeat{
+			Heartbeat: &taskhubv1.Heartbeat{Seq: 7},
+		}}}, "watcher 0: a heartbeat between the parts of the snapshot"},
 		{"an event between parts", []*taskhubv1.WatchTasksResponse{snapshotPart(7, true), {Message: &taskhubv1.WatchTasksResponse_Event{
 			Event: &taskhubv1.TaskEvent{Seq: 8, Task: &taskhubv1.Task{Id: "x"}},
 		}}}, "watcher 0: event seq 8 before the snapshot"},
