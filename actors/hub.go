@@ -391,8 +391,9 @@ func decodePageToken(token string) (string, error) {
 	if token == "" {
 		return "", nil
 	}
+	// The decoder skips newlines: only the one spelling this server issues is taken.
 	b, err := base64.RawURLEncoding.Strict().DecodeString(token)
-	if err != nil || taskhub.ValidateTaskID(string(b)) != nil {
+	if err != nil || taskhub.ValidateTaskID(string(b)) != nil || encodePageToken(string(b)) != token {
 		return "", taskhub.Errorf(taskhub.Invalid, "page_token is not one this server issued")
 	}
 	return string(b), nil
