@@ -24,12 +24,17 @@ const (
 	Unauthenticated
 	// ResourceExhausted means a limit was reached.
 	ResourceExhausted
-	// Unavailable means the hub cannot serve the call now (shutting down, event log down); retry.
+	// Unavailable means the hub cannot serve the call now (shutting down, event log down) and
+	// changed nothing; retry.
 	Unavailable
+	// DeadlineExceeded means the call's deadline passed before the hub knew whether its change
+	// was stored: it may or may not have been. Look (GetTask), or retry with the same
+	// idempotency key.
+	DeadlineExceeded
 )
 
 var codeNames = [...]string{"internal", "invalid", "not found", "failed precondition",
-	"permission denied", "unauthenticated", "resource exhausted", "unavailable"}
+	"permission denied", "unauthenticated", "resource exhausted", "unavailable", "deadline exceeded"}
 
 func (c Code) String() string {
 	if c < 0 || int(c) >= len(codeNames) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -121,4 +123,42 @@ func BenchmarkHub_CreateClaimComplete(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+}
+
+// BenchmarkHub_QueuedTaskMemory creates tasks with the largest prompt and params a create
+// accepts and nobody claims them, then reports the heap the process holds per queued task
+// after a garbage collection (hub and embedded event log together, as one server holds them):
+// heap-B/task at once, which includes the embedded JetStream's cache of the blocks it wrote in
+// the last 10 s, and settled-heap-B/task once that cache has expired (11 s later). Run it with
+// a fixed count, such as -benchtime 3000x.
+func BenchmarkHub_QueuedTaskMemory(b *testing.B) {
+	h := benchHub(b)
+	ctx := b.Context()
+	params := map[string]string{}
+	for i := range taskhub.MaxParams {
+		params[fmt.Sprintf("%0*d", taskhub.MaxParamKeyLen, i)] = strings.Repeat("v", taskhub.MaxParamValueBytes)
+	}
+	prompt := strings.Repeat("p", taskhub.MaxPromptBytes)
+	before := heapInUse()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		_, err := h.CreateTask(ctx, fmt.Sprintf("user%d", i%100), taskhub.TaskSpec{Prompt: prompt, Mode: "bench", Params: params})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	time.Sleep(100 * time.Millisecond) // the passivated task actors stop
+	b.ReportMetric(float64(heapInUse()-before)/float64(b.N), "heap-B/task")
+	time.Sleep(11 * time.Second)
+	b.ReportMetric(float64(heapInUse()-before)/float64(b.N), "settled-heap-B/task")
+}
+
+func heapInUse() int64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse)
 }

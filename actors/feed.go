@@ -2,6 +2,7 @@ package actors
 
 import (
 	"cmp"
+	"container/heap"
 	"context"
 	"log/slog"
 	"slices"
@@ -35,31 +36,36 @@ func eventItem(e *eventlog.Entry) *item {
 	}
 }
 
-// feed follows the event log in sequence order. It keeps the active tasks of every owner and
-// hands each event to the subscribers of its owner. Subscribing takes the position and the
-// active tasks under the same lock that applying an event takes, so a subscriber gets exactly
-// the events after its snapshot.
+// feed follows the event log in sequence order. It keeps the active (queued or running) tasks of
+// every owner, without their prompts and params (see slim), and hands each event to the
+// subscribers of its owner. Subscribing takes the position and the active tasks under the same
+// lock that applying an event takes, so a subscriber gets exactly the events after its snapshot.
 type feed struct {
 	root      *actor.RootContext
 	logger    *slog.Logger
 	compactor *compactor
+	queued    func(mode string) // called, outside the lock, when a task of mode is queued
 
 	mu     sync.Mutex
 	pos    uint64                                // the last sequence applied
-	active map[string]map[string]*taskhubv1.Task // owner -> task id -> task (queued or running)
+	active map[string]map[string]*taskhubv1.Task // owner -> task id -> slim task
+	modes  map[string]int                        // mode -> its active tasks
 	subs   map[string]map[*Watch]struct{}        // owner -> its watches
 	ends   map[string][]chan struct{}            // task id -> closed when the task ends
+	after  afterHeap                             // what to do once pos reaches a seq
 	ready  chan struct{}                         // closed once every task has been read
 	once   sync.Once
 	stop   func()
 }
 
-func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *slog.Logger, c *compactor) (*feed, error) {
+func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *slog.Logger, c *compactor, queued func(string)) (*feed, error) {
 	f := &feed{
 		root:      root,
 		logger:    logger,
 		compactor: c,
+		queued:    queued,
 		active:    map[string]map[string]*taskhubv1.Task{},
+		modes:     map[string]int{},
 		subs:      map[string]map[*Watch]struct{}{},
 		ends:      map[string][]chan struct{}{},
 		ready:     make(chan struct{}),
@@ -93,42 +99,98 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	if e.Record != nil {
 		it = eventItem(e)
 	}
+	var due []func()
+	queuedMode := ""
 	f.mu.Lock()
 	if e.Seq > f.pos {
 		if it != nil {
 			t := it.resp.GetEvent().Task
-			tasks := f.active[t.Owner]
-			if terminal(t.State) {
-				delete(tasks, t.Id)
-				if len(tasks) == 0 {
-					delete(f.active, t.Owner)
-				}
-				for _, ch := range f.ends[t.Id] {
-					close(ch)
-				}
-				delete(f.ends, t.Id)
-				f.compactor.add(e.Seq, t.Owner, t.Id, it.resp.GetEvent().Time.AsTime())
-			} else {
-				if tasks == nil {
-					tasks = map[string]*taskhubv1.Task{}
-					f.active[t.Owner] = tasks
-				}
-				tasks[t.Id] = t
+			if f.track(t, e.Seq, it.resp.GetEvent().Time.AsTime()) {
+				queuedMode = t.Mode
 			}
 			for w := range f.subs[t.Owner] {
 				w.out.offer(it)
 			}
 		}
 		f.pos = e.Seq
+		due = f.after.due(f.pos)
 	}
 	f.mu.Unlock()
+	for _, fn := range due {
+		fn()
+	}
+	if queuedMode != "" && f.queued != nil {
+		f.queued(queuedMode)
+	}
 	if pending == 0 {
 		f.markReady()
 	}
 }
 
+// track updates the active tasks with t, the task as of event seq at time at, and reports
+// whether it is queued now. The caller holds f.mu.
+func (f *feed) track(t *taskhubv1.Task, seq uint64, at time.Time) (queued bool) {
+	tasks := f.active[t.Owner]
+	old := tasks[t.Id]
+	if terminal(t.State) {
+		if old != nil {
+			delete(tasks, t.Id)
+			if len(tasks) == 0 {
+				delete(f.active, t.Owner)
+			}
+			f.countMode(old.Mode, -1)
+		}
+		for _, ch := range f.ends[t.Id] {
+			close(ch)
+		}
+		delete(f.ends, t.Id)
+		f.compactor.add(seq, t.Owner, t.Id, at)
+		return false
+	}
+	if tasks == nil {
+		tasks = map[string]*taskhubv1.Task{}
+		f.active[t.Owner] = tasks
+	}
+	if old == nil {
+		f.countMode(t.Mode, +1)
+	}
+	tasks[t.Id] = slim(t)
+	return t.State == taskhubv1.TaskState_TASK_STATE_QUEUED
+}
+
+func (f *feed) countMode(mode string, d int) {
+	if f.modes[mode] += d; f.modes[mode] <= 0 {
+		delete(f.modes, mode)
+	}
+}
+
+// slim is t without its prompt and params: what the feed keeps of an active task. Those two are
+// the bulk of a task (up to 16 KiB and 32 KiB), never change after the create, and are read
+// from the event log when a snapshot needs them (see subscriber.fill).
+func slim(t *taskhubv1.Task) *taskhubv1.Task {
+	return &taskhubv1.Task{
+		Id:           t.Id,
+		Owner:        t.Owner,
+		Mode:         t.Mode,
+		State:        t.State,
+		Progress:     t.Progress,
+		Message:      t.Message,
+		Result:       t.Result,
+		Error:        t.Error,
+		Attempt:      t.Attempt,
+		CreatedAt:    t.CreatedAt,
+		UpdatedAt:    t.UpdatedAt,
+		StartedAt:    t.StartedAt,
+		FinishedAt:   t.FinishedAt,
+		WorkerId:     t.WorkerId,
+		Seq:          t.Seq,
+		Stalled:      t.Stalled,
+		ProgressedAt: t.ProgressedAt,
+	}
+}
+
 // subscribe registers w, a watch of owner, for the events of owner after the returned position,
-// and returns the owner's active tasks as of that position, newest first.
+// and returns the owner's active tasks as of that position (slim), newest first.
 func (f *feed) subscribe(owner string, w *Watch) (pos uint64, active []*taskhubv1.Task) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -175,16 +237,32 @@ func (f *feed) ended(id string) (<-chan struct{}, func()) {
 	}
 }
 
+// when calls fn, on the follower's goroutine, once the feed has applied seq; at once, on the
+// caller's, if it has.
+func (f *feed) when(seq uint64, fn func()) {
+	f.mu.Lock()
+	if f.pos >= seq {
+		f.mu.Unlock()
+		fn()
+		return
+	}
+	heap.Push(&f.after, afterEntry{seq, fn})
+	f.mu.Unlock()
+}
+
 // await waits until the feed has applied seq, for at most timeout.
 func (f *feed) await(ctx context.Context, seq uint64, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for f.position() < seq {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return false
-		}
-		time.Sleep(200 * time.Microsecond)
+	done := make(chan struct{})
+	f.when(seq, func() { close(done) })
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
 	}
-	return true
+	return false
 }
 
 // position is the last sequence applied.
@@ -194,7 +272,21 @@ func (f *feed) position() uint64 {
 	return f.pos
 }
 
-// activeTasks returns every queued or running task.
+// activeCount is how many tasks owner has queued or running.
+func (f *feed) activeCount(owner string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.active[owner])
+}
+
+// modeActive reports whether mode has queued or running tasks, and how many modes have.
+func (f *feed) modeActive(mode string) (active bool, modes int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.modes[mode] > 0, len(f.modes)
+}
+
+// activeTasks returns every queued or running task (slim).
 func (f *feed) activeTasks() []*taskhubv1.Task {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -217,4 +309,33 @@ func (f *feed) watches(dst []*Watch) []*Watch {
 		}
 	}
 	return dst
+}
+
+// afterHeap holds what feed.when was asked to do, by seq.
+type afterHeap []afterEntry
+
+type afterEntry struct {
+	seq uint64
+	fn  func()
+}
+
+func (h afterHeap) Len() int           { return len(h) }
+func (h afterHeap) Less(i, j int) bool { return h[i].seq < h[j].seq }
+func (h afterHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *afterHeap) Push(x any)        { *h = append(*h, x.(afterEntry)) }
+func (h *afterHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = afterEntry{}
+	*h = old[:len(old)-1]
+	return e
+}
+
+// due removes and returns what is due once pos is applied.
+func (h *afterHeap) due(pos uint64) []func() {
+	var fns []func()
+	for h.Len() > 0 && (*h)[0].seq <= pos {
+		fns = append(fns, heap.Pop(h).(afterEntry).fn)
+	}
+	return fns
 }

@@ -39,8 +39,16 @@ type Log interface {
 	Compacted(ctx context.Context) (uint64, error)
 	SetCompacted(ctx context.Context, w uint64) error
 
+	Duplicate(ctx context.Context, owner, msgID string) (seq uint64, ok bool, err error)
+	Ready() error
+	Recovered() <-chan struct{}
+
 	Enqueue(ctx context.Context, mode, id string) error
 	Dequeue(ctx context.Context, mode, id string) error
+	Queued(ctx context.Context) (map[string]bool, error)
+	EnsureQueue(ctx context.Context, mode string) error
+	QueueModes(ctx context.Context) ([]string, error)
+	DropQueue(ctx context.Context, mode string) error
 	Fetch(ctx context.Context, mode string, max int, wait time.Duration) ([]eventlog.Delivery, error)
 	Renew(ackSubject string) error
 	Release(ackSubject string, delay time.Duration) error
@@ -88,6 +96,14 @@ type Config struct {
 	// MaxWatches bounds the open watches in all [100000]; MaxWatchesPerUser those of one user
 	// [10000]. Past a limit, Watch fails with ResourceExhausted.
 	MaxWatches, MaxWatchesPerUser int
+	// MaxActiveTasksPerUser bounds a user's queued and running tasks [1000]. Past it,
+	// CreateTask fails with ResourceExhausted (a retry of a create that succeeded still
+	// returns its task).
+	MaxActiveTasksPerUser int
+	// MaxModes bounds the modes that have queued or running tasks at once [100]: each has a
+	// queue consumer. A task in another mode fails with ResourceExhausted. With Modes set, only
+	// those modes are allowed, and this does not apply.
+	MaxModes int
 	// IdleTimeout is how long a task actor with nothing to do stays in memory [1m].
 	IdleTimeout time.Duration
 	// CallTimeout bounds each call into the actors and the log [10s].
@@ -109,6 +125,7 @@ type Hub struct {
 	claims     *claims
 	compactor  *compactor
 	watches    watchCount
+	creating   creating
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup // the compactor and the heartbeats
 	closed     atomic.Bool
@@ -129,6 +146,8 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	cfg.OutboxLimit = cmp.Or(cfg.OutboxLimit, 1024)
 	cfg.MaxWatches = cmp.Or(cfg.MaxWatches, 100000)
 	cfg.MaxWatchesPerUser = cmp.Or(cfg.MaxWatchesPerUser, 10000)
+	cfg.MaxActiveTasksPerUser = cmp.Or(cfg.MaxActiveTasksPerUser, 1000)
+	cfg.MaxModes = cmp.Or(cfg.MaxModes, 100)
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, time.Minute)
 	cfg.CallTimeout = cmp.Or(cfg.CallTimeout, 10*time.Second)
 	for _, m := range cfg.Modes {
@@ -165,13 +184,14 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		return nil, taskhub.Errorf(taskhub.Unavailable, "read the compaction watermark: %v", err)
 	}
 	h.compactor.watermark.Store(w)
-	h.feed, err = startFeed(ctx, h.log, h.root, h.logger, h.compactor)
+	h.claims = newClaims(life, h.log, h.logger, h.hasWork)
+	h.feed, err = startFeed(ctx, h.log, h.root, h.logger, h.compactor, h.claims.wake)
 	if err != nil {
 		cancel()
 		system.Shutdown()
 		return nil, err
 	}
-	h.wg.Add(2)
+	h.wg.Add(3)
 	go func() {
 		defer h.wg.Done()
 		h.compactor.run(life)
@@ -180,7 +200,6 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		defer h.wg.Done()
 		h.heartbeats(life)
 	}()
-	h.claims = newClaims(life, h.log, h.logger)
 	// A subscriber gets a handful of messages in its life, so a lock-free mailbox (a node per
 	// message) costs less than the default ring buffer it would keep for each idle watch.
 	h.subscriber = actor.PropsFromProducer(func() actor.Actor { return &subscriber{h: h} },
@@ -188,9 +207,99 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
 		actor.WithSupervisor(supervisorStrategy())))
 	for _, t := range h.feed.activeTasks() {
-		h.root.Send(h.supervisor, &toTask{id: t.Id, cmd: &wakeCmd{enqueue: true}})
+		if t.State == taskhubv1.TaskState_TASK_STATE_RUNNING {
+			h.root.Send(h.supervisor, &toTask{id: t.Id, cmd: &wakeCmd{}})
+		}
 	}
+	go func() {
+		defer h.wg.Done()
+		h.reconcile(life)
+		for {
+			select {
+			case <-life.Done():
+				return
+			case <-h.log.Recovered():
+				h.reconcile(life)
+			}
+		}
+	}()
 	return h, nil
+}
+
+// Ready returns nil while the hub can take writes: it is open and its event log takes writes.
+func (h *Hub) Ready() error {
+	if h.closed.Load() {
+		return errShuttingDown
+	}
+	if err := h.log.Ready(); err != nil {
+		return taskhub.Errorf(taskhub.Unavailable, "%v", err)
+	}
+	return nil
+}
+
+// reconcile makes the queue agree with the event log, after a start or after the log recovered
+// from a failure: a task stored as queued whose queue write was lost (the process died, or the
+// store failed, between the two) is queued again, and the queue consumers of modes that have no
+// active task and are not configured are removed. It runs beside serving: a start does not wait
+// for it, and it queues directly, in one pass, rather than waking an actor per task. It retries
+// every second until it has gone through without an error.
+func (h *Hub) reconcile(ctx context.Context) {
+	for {
+		err := h.reconcileOnce(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		h.logger.Warn("cannot reconcile the queue with the event log; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (h *Hub) reconcileOnce(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	inQueue, err := h.log.Queued(ctx)
+	if err != nil {
+		return err
+	}
+	queued := 0
+	for _, t := range h.feed.activeTasks() {
+		if t.State != taskhubv1.TaskState_TASK_STATE_QUEUED || inQueue[t.Id] {
+			continue
+		}
+		// The task may have been claimed since the feed said it was queued: a ticket for a
+		// running or finished task is acked by the claim that gets it.
+		if err := h.log.Enqueue(ctx, t.Mode, t.Id); err != nil {
+			return err
+		}
+		queued++
+	}
+	if queued > 0 {
+		h.logger.Info("queued tasks whose queue write had been lost", "tasks", queued)
+	}
+	modes, err := h.log.QueueModes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range modes {
+		if active, _ := h.feed.modeActive(m); active || slices.Contains(h.cfg.Modes, m) {
+			continue
+		}
+		if err := h.log.DropQueue(ctx, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hasWork reports whether mode may have tasks to claim: it has active tasks, or it is one of
+// the configured modes.
+func (h *Hub) hasWork(mode string) bool {
+	active, _ := h.feed.modeActive(mode)
+	return active || slices.Contains(h.cfg.Modes, mode)
 }
 
 // Close ends every watch (their streams get Unavailable) and stops the actors. Calls under
@@ -260,14 +369,29 @@ func (h *Hub) Position(ctx context.Context) (epoch string, seq uint64, err error
 	return h.log.Epoch(), last, nil
 }
 
-// ask sends cmd to the actor of task id and waits for its reply.
-func (h *Hub) ask(id string, cmd any) *taskReply {
+// answerMargin is how long after a call's deadline the hub waits for the task actor's answer.
+// The actor's write gives up waiting for the log at the deadline, and then has this long to
+// find out whether it was stored; so the caller hears what happened, not a timeout of its own.
+const answerMargin = 3 * time.Second
+
+// ask sends cmd to the actor of task id and waits for its reply. The call's deadline is the
+// caller's, or the call timeout if that comes first: an actor that gets to the command after it
+// (or after the caller went away) does not start it, and one that started it answers what
+// became of it. Only an actor that does not answer by the deadline and the margin leaves the
+// outcome unknown: DeadlineExceeded.
+func (h *Hub) ask(ctx context.Context, id string, cmd any) *taskReply {
 	if h.closed.Load() {
 		return &taskReply{err: errShuttingDown}
 	}
-	res, err := h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd}, h.cfg.CallTimeout).Result()
+	deadline := time.Now().Add(h.cfg.CallTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	f := h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline}, time.Until(deadline)+answerMargin)
+	res, err := f.Result()
 	if err != nil {
-		return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "task %s did not answer: %v", id, err)}
+		return &taskReply{err: taskhub.Errorf(taskhub.DeadlineExceeded,
+			"task %s: the hub did not answer before the call's deadline; the change may or may not have been made: get the task to see", id)}
 	}
 	return res.(*taskReply)
 }
@@ -295,6 +419,19 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 	if spec.IdempotencyKey != "" {
 		msgID = "create:" + owner + ":" + spec.IdempotencyKey
 	}
+	if err := h.admit(owner, spec.Mode); err != nil {
+		// A retry of a create that succeeded is answered with its task, limit or not.
+		if spec.IdempotencyKey != "" {
+			seq, ok, derr := h.log.Duplicate(ctx, owner, msgID)
+			if derr != nil {
+				return nil, taskhub.Errorf(taskhub.Unavailable, "create: %v", derr)
+			}
+			if ok {
+				return h.firstCreated(ctx, seq)
+			}
+		}
+		return nil, err
+	}
 	ts := timestamppb.New(now)
 	t := &taskhubv1.Task{
 		Id:        id,
@@ -307,8 +444,78 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 		CreatedAt: ts,
 		UpdatedAt: ts,
 	}
-	r := h.ask(id, &createCmd{task: t, msgID: msgID})
-	return r.task, r.err
+	r := h.ask(ctx, id, &createCmd{task: t, msgID: msgID})
+	switch {
+	case r.err != nil:
+		h.creating.done(owner)
+		return nil, r.err
+	case r.dupOf != 0:
+		h.creating.done(owner)
+		return h.firstCreated(ctx, r.dupOf)
+	}
+	// The task counts against its owner's limit from here on: as one being created until the
+	// feed has it, then as active.
+	h.feed.when(r.task.Seq, func() { h.creating.done(owner) })
+	return r.task, nil
+}
+
+// admit checks the limits a new task of owner in mode must be within, and counts it as being
+// created (see creating) until the caller calls creating.done.
+func (h *Hub) admit(owner, mode string) error {
+	if len(h.cfg.Modes) == 0 {
+		if active, modes := h.feed.modeActive(mode); !active && modes >= h.cfg.MaxModes {
+			return taskhub.Errorf(taskhub.ResourceExhausted,
+				"%d modes have unfinished tasks, the most this server allows (--max-modes): use one of them, or wait for their tasks to finish", modes)
+		}
+	}
+	return h.creating.start(owner, h.feed.activeCount, h.cfg.MaxActiveTasksPerUser)
+}
+
+// firstCreated answers a create whose idempotency key was used before with the task created
+// then, as it is now. The first create queued its task (or the hub's reconciliation does).
+func (h *Hub) firstCreated(ctx context.Context, seq uint64) (*taskhubv1.Task, error) {
+	first, err := h.log.Get(ctx, seq)
+	if errors.Is(err, eventlog.ErrNotFound) {
+		return nil, taskhub.Errorf(taskhub.FailedPrecondition, "the idempotency key was used for a task that no longer exists")
+	}
+	if err != nil {
+		return nil, taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)
+	}
+	t := first.Record.Event.Task
+	cur, err := h.log.Last(ctx, t.Owner, t.Id)
+	if err != nil {
+		return nil, taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)
+	}
+	return cur.Record.Event.Task, nil
+}
+
+// creating counts the creates under way per owner: admitted, but not yet among the feed's
+// active tasks. Admission counts both, so concurrent creates cannot pass a limit together.
+type creating struct {
+	mu      sync.Mutex
+	byOwner map[string]int
+}
+
+func (c *creating) start(owner string, active func(string) int, max int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := active(owner) + c.byOwner[owner]; n >= max {
+		return taskhub.Errorf(taskhub.ResourceExhausted,
+			"you have %d queued or running tasks, the most one user may have (--max-active-tasks-per-user): wait for some to finish, or cancel some", n)
+	}
+	if c.byOwner == nil {
+		c.byOwner = map[string]int{}
+	}
+	c.byOwner[owner]++
+	return nil
+}
+
+func (c *creating) done(owner string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byOwner[owner]--; c.byOwner[owner] <= 0 {
+		delete(c.byOwner, owner)
+	}
 }
 
 // GetTask returns owner's task id as it is now.
@@ -407,7 +614,7 @@ func (h *Hub) CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task
 	if err := taskhub.ValidateTaskID(id); err != nil {
 		return nil, err
 	}
-	r := h.ask(id, &cancelCmd{owner: owner})
+	r := h.ask(ctx, id, &cancelCmd{owner: owner})
 	return r.task, r.err
 }
 
@@ -499,7 +706,7 @@ func (h *Hub) ClaimTask(ctx context.Context, worker, workerID string, modes []st
 		if d == nil {
 			return nil, nil
 		}
-		r := h.ask(d.TaskID, &claimCmd{worker: worker, workerID: workerID, delivery: *d})
+		r := h.ask(ctx, d.TaskID, &claimCmd{worker: worker, workerID: workerID, delivery: *d})
 		if r.err != nil {
 			// Give the task back at once rather than after the ack wait.
 			_ = h.log.Release(d.AckSubject, 0)
@@ -523,7 +730,7 @@ func (h *Hub) ReportProgress(ctx context.Context, worker, id, token string, prog
 	if err := taskhub.ValidateProgress(progress, message); err != nil {
 		return false, time.Time{}, err
 	}
-	r := h.ask(id, &reportCmd{worker: worker, token: token, progress: progress, message: message})
+	r := h.ask(ctx, id, &reportCmd{worker: worker, token: token, progress: progress, message: message})
 	return r.cancelRequested, r.leaseExpires, r.err
 }
 
@@ -539,7 +746,7 @@ func (h *Hub) RenewLease(ctx context.Context, worker, id, token string) (cancelR
 	if err := checkWork(id, token); err != nil {
 		return false, time.Time{}, err
 	}
-	r := h.ask(id, &renewCmd{worker: worker, token: token})
+	r := h.ask(ctx, id, &renewCmd{worker: worker, token: token})
 	return r.cancelRequested, r.leaseExpires, r.err
 }
 
@@ -551,7 +758,7 @@ func (h *Hub) CompleteTask(ctx context.Context, worker, id, token, result string
 	if err := taskhub.ValidateResult(result); err != nil {
 		return nil, err
 	}
-	r := h.ask(id, &completeCmd{worker: worker, token: token, result: result})
+	r := h.ask(ctx, id, &completeCmd{worker: worker, token: token, result: result})
 	return r.task, r.err
 }
 
@@ -564,7 +771,7 @@ func (h *Hub) FailTask(ctx context.Context, worker, id, token, text string, retr
 	if err := taskhub.ValidateFailure(text); err != nil {
 		return nil, err
 	}
-	r := h.ask(id, &failCmd{worker: worker, token: token, text: text, retryable: retryable})
+	r := h.ask(ctx, id, &failCmd{worker: worker, token: token, text: text, retryable: retryable})
 	return r.task, r.err
 }
 

@@ -40,8 +40,12 @@ type options struct {
 	retention time.Duration
 	modeTries map[string]int
 	watches   [2]int // max in all, max per user
+	active    int    // max active tasks per user
+	maxModes  int
+	modes     []string
 
-	wrap func(actors.Log) actors.Log
+	logConfig func(*eventlog.Config) // changes to the event log's config
+	wrap      func(actors.Log) actors.Log
 }
 
 // setup opens a real embedded JetStream log in a temp dir and a hub on it.
@@ -56,24 +60,31 @@ func setup(t *testing.T, o options) *bundle {
 func (b *bundle) open(t *testing.T, o options) {
 	t.Helper()
 	var err error
-	b.log, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: b.dir, AckWait: o.lease + time.Second, Logger: quiet()})
+	lc := eventlog.Config{DataDir: b.dir, AckWait: o.lease + time.Second, Logger: quiet()}
+	if o.logConfig != nil {
+		o.logConfig(&lc)
+	}
+	b.log, err = eventlog.Open(t.Context(), lc)
 	require.NoError(t, err)
 	var log actors.Log = b.log
 	if o.wrap != nil {
 		log = o.wrap(log)
 	}
 	b.hub, err = actors.Open(t.Context(), actors.Config{
-		Log:               log,
-		Logger:            quiet(),
-		LeaseTimeout:      o.lease,
-		MaxAttempts:       o.attempts,
-		OutboxLimit:       o.outbox,
-		Heartbeat:         o.heartbeat,
-		StallTimeout:      o.stall,
-		Retention:         o.retention,
-		MaxWatches:        o.watches[0],
-		MaxWatchesPerUser: o.watches[1],
-		ModeAttempts:      o.modeTries,
+		Log:                   log,
+		Logger:                quiet(),
+		LeaseTimeout:          o.lease,
+		MaxAttempts:           o.attempts,
+		OutboxLimit:           o.outbox,
+		Heartbeat:             o.heartbeat,
+		StallTimeout:          o.stall,
+		Retention:             o.retention,
+		MaxWatches:            o.watches[0],
+		MaxWatchesPerUser:     o.watches[1],
+		ModeAttempts:          o.modeTries,
+		MaxActiveTasksPerUser: o.active,
+		MaxModes:              o.maxModes,
+		Modes:                 o.modes,
 	})
 	require.NoError(t, err)
 }

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"context"
 	"time"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
@@ -9,9 +10,13 @@ import (
 )
 
 // toTask asks the supervisor to deliver cmd to the actor of task id, spawning it if needed.
+// A caller's command carries its context and deadline: an actor that gets to it after either
+// ended does not start it, and its writes give up at the deadline (see Hub.ask).
 type toTask struct {
-	id  string
-	cmd any
+	id       string
+	cmd      any
+	ctx      context.Context // nil for the hub's own commands
+	deadline time.Time       // zero for the hub's own commands
 }
 
 // passivate tells the supervisor that a task actor is idle and may be stopped.
@@ -43,10 +48,10 @@ type (
 	// abortCmd fails the task with reason, whatever its lease: the supervisor sends it when
 	// the task's actor kept failing.
 	abortCmd struct{ reason string }
-	// wakeCmd loads the task, which arms the lease timer of a running task. Every new actor
-	// sends it to itself, so a restarted one resumes its timer at once; after a process restart
-	// the hub also asks it to queue a queued task again (enqueue), in case the process died
-	// between writing the task and queueing it.
+	// wakeCmd reloads the task, which arms the lease timer of a running task. Every new actor
+	// sends it to itself, so a restarted one resumes its timer at once; after a process
+	// restart the hub sends it to every running task; an actor let go while it had a lease to
+	// time or a queueing to retry (enqueue) sends it to its successor.
 	wakeCmd struct{ enqueue bool }
 )
 
@@ -60,6 +65,7 @@ type (
 // taskReply answers a task command.
 type taskReply struct {
 	task            *taskhubv1.Task
+	dupOf           uint64 // a create whose idempotency key was used before: the first create's seq
 	claimed         bool
 	leaseToken      string
 	leaseExpires    time.Time

@@ -121,7 +121,12 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		resume = first != 0 && first <= after+1
 	}
 	if !resume {
-		out.pushStart(snapshotParts(epoch, pos, active))
+		full, err := s.fill(active)
+		if err != nil {
+			out.close(taskhub.Errorf(taskhub.Unavailable, "read the event log: %v", err))
+			return
+		}
+		out.pushStart(snapshotParts(epoch, pos, full))
 		s.goLive(self) // nothing to replay
 		return
 	}
@@ -129,6 +134,25 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: after, Recovered: true},
 	}}})
 	s.replay(self, true, after)
+}
+
+// fill returns the active tasks the feed gave (without prompts and params, see slim) with their
+// prompts and params, read from the event log. Those never change after a task is created, so
+// any event of the task has them, and the task is otherwise as of the snapshot's position.
+func (s *subscriber) fill(active []*taskhubv1.Task) ([]*taskhubv1.Task, error) {
+	full := make([]*taskhubv1.Task, len(active))
+	for i, t := range active {
+		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
+		e, err := s.h.log.Last(ctx, t.Owner, t.Id)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		f := proto.CloneOf(t)
+		f.Prompt, f.Params = e.Record.Event.Task.Prompt, e.Record.Event.Task.Params
+		full[i] = f
+	}
+	return full, nil
 }
 
 // replay reads the owner's events the outbox needs from the log into it, on a goroutine that

@@ -43,6 +43,10 @@ type taskActor struct {
 	retryTimer *time.Timer // fires retryEnqueue
 
 	enqueuePending bool // the task is queued in the log but not yet in the queue
+	passivating    bool // it asked the supervisor to stop it
+
+	deadline  time.Time // of the caller's command being handled; zero for the actor's own
+	followups []func()  // work of the command that runs after its caller has been answered
 }
 
 // errCancelled marks a lease check on a task its owner cancelled.
@@ -54,32 +58,77 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		a.self, a.root = ctx.Self(), ctx.ActorSystem().Root
 		ctx.SetReceiveTimeout(a.h.cfg.IdleTimeout)
 		ctx.Send(a.self, &toTask{id: a.id, cmd: &wakeCmd{}})
-	case *actor.Stopping, *actor.Restarting:
-		stop(&a.leaseTimer)
-		stop(&a.stallTimer)
-		stop(&a.retryTimer)
-	case *actor.ReceiveTimeout:
-		if a.task == nil || a.task.State != taskhubv1.TaskState_TASK_STATE_RUNNING && !a.enqueuePending {
-			ctx.Request(ctx.Parent(), &passivate{id: a.id})
+	case *actor.Stopping:
+		a.stopTimers()
+		if a.passivating && (a.running() || a.enqueuePending) {
+			// A command that came before the supervisor let it go left it with a lease to time
+			// or a queueing to retry: hand them to a fresh actor, which reads the task again.
+			ctx.Send(ctx.Parent(), &toTask{id: a.id, cmd: &wakeCmd{enqueue: a.enqueuePending}})
 		}
+	case *actor.Restarting:
+		a.stopTimers()
+	case *actor.ReceiveTimeout:
+		a.passivate(ctx)
 	case *toTask:
+		if _, ok := m.cmd.(*wakeCmd); ok {
+			a.loaded = false // another actor of this task may have changed it since this one read it
+		}
+		if m.ctx != nil && (m.ctx.Err() != nil || !time.Now().Before(m.deadline)) {
+			// Its caller gave up before this actor got to it: do not start it.
+			if ctx.Sender() != nil {
+				ctx.Respond(&taskReply{err: taskhub.Errorf(taskhub.Unavailable,
+					"task %s: the hub was too busy to start the call before its deadline; nothing was changed: retry", a.id)})
+			}
+			return
+		}
+		a.deadline = m.deadline
 		r := a.handle(m.cmd)
+		a.deadline = time.Time{}
 		if ctx.Sender() != nil {
 			ctx.Respond(r)
 		}
+		a.runFollowups()
+		a.passivate(ctx)
 	case *leaseExpired:
 		if r := a.handle(m); r.err != nil { // the log is down: try again soon
 			a.after(&a.leaseTimer, time.Second, m)
 		}
+		a.runFollowups()
 	case *stallCheck:
 		if r := a.handle(m); r.err != nil {
 			a.after(&a.stallTimer, time.Second, m)
 		}
+		a.runFollowups()
 	case *retryEnqueue:
 		a.enqueuePending = false
 		if a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
 			a.enqueue()
 		}
+		a.passivate(ctx)
+	}
+}
+
+// passivate asks the supervisor to stop this actor when it has nothing to keep in memory: no
+// lease to time and no queueing to retry. A queued or finished task lives in the log alone, so
+// the server's memory does not grow with the number of queued tasks; the next command for it
+// loads it again.
+func (a *taskActor) passivate(ctx actor.Context) {
+	if a.passivating || a.running() || a.enqueuePending {
+		return
+	}
+	a.passivating = true
+	ctx.Request(ctx.Parent(), &passivate{id: a.id})
+}
+
+// then schedules work that follows a command once its caller has its answer: the answer says
+// what was stored, and must not wait for (or be lost to) what comes after, such as queueing.
+func (a *taskActor) then(fn func()) { a.followups = append(a.followups, fn) }
+
+func (a *taskActor) runFollowups() {
+	fns := a.followups
+	a.followups = nil
+	for _, fn := range fns {
+		fn()
 	}
 }
 
@@ -129,7 +178,12 @@ func (a *taskActor) apply(cmd any) *taskReply {
 	return &taskReply{err: taskhub.Errorf(taskhub.Internal, "unknown command %T", cmd)}
 }
 
+// ctx bounds a call to the log: by the deadline of the caller's command being handled, or else
+// by the call timeout. It is not the caller's context: a write the caller left behind finishes.
 func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
+	if !a.deadline.IsZero() {
+		return context.WithDeadline(context.Background(), a.deadline)
+	}
 	return context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
 }
 
@@ -174,10 +228,14 @@ func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *s
 	ctx, cancel := a.ctx()
 	defer cancel()
 	seq, dup, err = a.h.log.Append(ctx, t.Owner, t.Id, rec, a.lastSeq, msgID)
-	if err != nil {
-		if errors.Is(err, eventlog.ErrConflict) {
-			return 0, false, err
-		}
+	switch {
+	case errors.Is(err, eventlog.ErrConflict):
+		return 0, false, err
+	case errors.Is(err, eventlog.ErrUncertain):
+		a.loaded = false // what the log holds now is unknown: read it before the next change
+		return 0, false, taskhub.Errorf(taskhub.DeadlineExceeded,
+			"task %s: the event log did not confirm the change in time; it may or may not have been made: get the task to see", t.Id)
+	case err != nil:
 		return 0, false, taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
 	}
 	if !dup {
@@ -193,46 +251,33 @@ func (a *taskActor) create(c *createCmd) *taskReply {
 	}
 	seq, dup, err := a.append(taskhubv1.EventKind_EVENT_KIND_CREATED, c.task, nil, c.msgID)
 	if err != nil {
+		if taskhub.ErrorCode(err) == taskhub.DeadlineExceeded {
+			err = taskhub.Errorf(taskhub.DeadlineExceeded,
+				"the event log did not confirm in time whether task %s was created: get it to see, or retry with the same idempotency_key", c.task.Id)
+		}
 		return &taskReply{err: err}
 	}
 	if dup {
-		return a.firstCreated(seq)
+		return &taskReply{dupOf: seq}
 	}
-	a.enqueue()
+	// Queue it before answering, so that tasks one caller creates are claimed in that order;
+	// but the answer is "created" either way, and a queue that is slow or failing is retried
+	// after the answer rather than making the caller wait.
+	a.enqueueWithin(enqueueBudget)
 	return &taskReply{task: a.task}
 }
 
-// firstCreated answers a create whose idempotency key was used before, with the task created
-// then, as it is now. The first create may have been cut off before it queued the task, so
-// queue it (a no-op when it is queued already).
-func (a *taskActor) firstCreated(seq uint64) *taskReply {
-	ctx, cancel := a.ctx()
-	defer cancel()
-	first, err := a.h.log.Get(ctx, seq)
-	if err != nil {
-		if errors.Is(err, eventlog.ErrNotFound) {
-			return &taskReply{err: taskhub.Errorf(taskhub.FailedPrecondition, "the idempotency key was used for a task that no longer exists")}
-		}
-		return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)}
-	}
-	t := first.Record.Event.Task
-	cur, err := a.h.log.Last(ctx, t.Owner, t.Id)
-	if err != nil {
-		return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)}
-	}
-	if cur.Record.Event.Task.State == taskhubv1.TaskState_TASK_STATE_QUEUED {
-		if err := a.h.log.Enqueue(ctx, t.Mode, t.Id); err != nil {
-			a.h.logger.Warn("cannot queue task", "task", t.Id, "err", err)
-		}
-	}
-	return &taskReply{task: cur.Record.Event.Task}
-}
+// enqueueBudget is how long a create waits for its task to be queued before it answers anyway.
+const enqueueBudget = time.Second
 
 // enqueue puts the task in its mode's queue, retrying every second while the queue is
 // unavailable. The create was acknowledged once its event was durable: the task is queued
-// eventually, by this actor or, if the process dies first, by the wake-up after a restart.
-func (a *taskActor) enqueue() {
-	ctx, cancel := a.ctx()
+// eventually, by this actor or, if the process dies first, by the hub's reconciliation after a
+// restart (or after the log recovers from a failure).
+func (a *taskActor) enqueue() { a.enqueueWithin(a.h.cfg.CallTimeout) }
+
+func (a *taskActor) enqueueWithin(budget time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	if err := a.h.log.Enqueue(ctx, a.task.Mode, a.id); err != nil {
 		a.h.logger.Warn("cannot queue task; retrying", "task", a.id, "err", err)
@@ -262,20 +307,27 @@ func (a *taskActor) cancel(c *cancelCmd) *taskReply {
 	return &taskReply{task: a.task}
 }
 
-// leaveQueue removes a finished task from the queue. Errors are only logged: a queue message
-// left behind is acked by the next claim that finds the task finished.
+// leaveQueue removes a finished task from the queue, once its caller has the answer. Errors are
+// only logged: a queue message left behind is acked by the next claim that finds the task
+// finished.
 func (a *taskActor) leaveQueue(was taskhubv1.TaskState) {
-	ctx, cancel := a.ctx()
-	defer cancel()
-	var err error
+	mode, ack := a.task.Mode, ""
 	if was == taskhubv1.TaskState_TASK_STATE_RUNNING && a.lease != nil {
-		err = a.h.log.Ack(ctx, a.lease.AckSubject)
-	} else {
-		err = a.h.log.Dequeue(ctx, a.task.Mode, a.id)
+		ack = a.lease.AckSubject
 	}
-	if err != nil {
-		a.h.logger.Warn("cannot remove a finished task from the queue", "task", a.id, "err", err)
-	}
+	a.then(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
+		defer cancel()
+		var err error
+		if ack != "" {
+			err = a.h.log.Ack(ctx, ack)
+		} else {
+			err = a.h.log.Dequeue(ctx, mode, a.id)
+		}
+		if err != nil {
+			a.h.logger.Warn("cannot remove a finished task from the queue", "task", a.id, "err", err)
+		}
+	})
 }
 
 func (a *taskActor) claim(c *claimCmd) *taskReply {
@@ -518,8 +570,8 @@ func (a *taskActor) requeue(reason string) *taskReply {
 	return &taskReply{task: a.task}
 }
 
-// wake resumes what a task actor does on its own: handle already loaded the task, which armed
-// a running task's lease timer; after a process restart it also queues a queued task again.
+// wake resumes what a task actor does on its own: handle (re)loaded the task, which armed a
+// running task's lease timer; it queues a queued task again when asked.
 func (a *taskActor) wake(c *wakeCmd) *taskReply {
 	if c.enqueue && a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
 		a.enqueue()
@@ -540,6 +592,12 @@ func (a *taskActor) armRunning() {
 	} else {
 		stop(&a.stallTimer)
 	}
+}
+
+func (a *taskActor) stopTimers() {
+	stop(&a.leaseTimer)
+	stop(&a.stallTimer)
+	stop(&a.retryTimer)
 }
 
 func (a *taskActor) stopRunning() {

@@ -1,17 +1,17 @@
 package eventlog
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -33,11 +33,13 @@ var (
 	// ErrConflict means the subject's last sequence was not the expected one: another writer
 	// appended first. Reload the task and try again.
 	ErrConflict = errors.New("eventlog: another append came first")
-	// ErrUnavailable means NATS did not answer; nothing was written that the caller can rely on.
+	// ErrUnavailable means the write was not made (or a read could not be answered).
 	ErrUnavailable = errors.New("eventlog: the event log is unavailable")
+	// ErrUncertain means a write was sent but not confirmed: it may or may not be stored.
+	ErrUncertain = errors.New("eventlog: the event log did not confirm the write")
 )
 
-// Config says where the log lives and how it behaves.
+// Config says where the log lives and how it behaves. Zero values take the defaults in brackets.
 type Config struct {
 	// DataDir holds the embedded server's files (under DataDir/jetstream). Ignored with URL.
 	DataDir string
@@ -45,49 +47,67 @@ type Config struct {
 	URL string
 	// SyncAlways fsyncs every write (embedded server only): slower, but survives power loss.
 	SyncAlways bool
+	// SyncInterval is how often the embedded server fsyncs its files without SyncAlways [2m,
+	// JetStream's default].
+	SyncInterval time.Duration
 	// AckWait is how long a queue delivery stays leased without a renewal before JetStream
-	// redelivers it. The hub sets it a little above its own lease timeout.
+	// redelivers it. The hub sets it a little above its own lease timeout [35s].
 	AckWait time.Duration
-	// Duplicates is how long idempotency keys (Nats-Msg-Id) are remembered; 24h when 0.
+	// Duplicates is how long idempotency keys (Nats-Msg-Id) are remembered [24h].
 	Duplicates time.Duration
-	// Timeout bounds each request to NATS; 10s when 0.
+	// Timeout bounds each request to NATS [10s].
 	Timeout time.Duration
-	// Logger receives the embedded server's warnings and errors; slog.Default() when nil.
+	// ProbeInterval is how often a write to each stream checks that the log takes writes [1s].
+	ProbeInterval time.Duration
+	// RestartAfter is how long writes may fail before the embedded server is restarted to
+	// reopen its stores [3s]. Restarts then back off, up to a minute apart.
+	RestartAfter time.Duration
+	// QueueIdle is how long a mode's queue consumer lives without claims or leases before
+	// JetStream removes it; the next task of the mode creates it again [1h].
+	QueueIdle time.Duration
+	// SessionTTL is how long a browser session lives [30 days].
+	SessionTTL time.Duration
+	// Logger receives the embedded server's warnings and errors [slog.Default()].
 	Logger *slog.Logger
 }
 
 // Log is the event log and the task queue.
 type Log struct {
-	cfg    Config
-	log    *slog.Logger
-	ns     *server.Server // nil with an external server
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	events jetstream.Stream
-	queue  jetstream.Stream
-	meta   jetstream.Stream
-	epoch  string
+	cfg      Config
+	log      *slog.Logger
+	emb      *embedded // nil with an external server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	events   jetstream.Stream
+	queue    jetstream.Stream
+	meta     jetstream.Stream
+	sessions jetstream.KeyValue
+	epoch    string
 
 	consumersMu sync.Mutex
-	consumers   map[string]jetstream.Consumer // durable pull consumer of each mode
+	consumers   map[string]jetstream.Consumer // the queue consumers this process knows exist, by mode
+
+	health    health
+	kick      chan struct{} // cap 1: probe now
+	recovered chan struct{} // cap 1
+	quit      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
-// Open starts the embedded NATS server (unless cfg.URL is set), connects, and creates or
-// updates the streams.
+// Open starts the embedded NATS server (unless cfg.URL is set), connects, creates or updates
+// the streams, and starts probing that they take writes (see Ready).
 func Open(ctx context.Context, cfg Config) (*Log, error) {
-	if cfg.Duplicates == 0 {
-		cfg.Duplicates = 24 * time.Hour
-	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 10 * time.Second
-	}
-	if cfg.AckWait == 0 {
-		cfg.AckWait = 35 * time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	l := &Log{cfg: cfg, log: cfg.Logger}
+	cfg.Duplicates = cmp.Or(cfg.Duplicates, 24*time.Hour)
+	cfg.Timeout = cmp.Or(cfg.Timeout, 10*time.Second)
+	cfg.AckWait = cmp.Or(cfg.AckWait, 35*time.Second)
+	cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, time.Second)
+	cfg.RestartAfter = cmp.Or(cfg.RestartAfter, 3*time.Second)
+	cfg.QueueIdle = cmp.Or(cfg.QueueIdle, time.Hour)
+	cfg.SessionTTL = cmp.Or(cfg.SessionTTL, 30*24*time.Hour)
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	l := &Log{cfg: cfg, log: cfg.Logger, consumers: map[string]jetstream.Consumer{},
+		kick: make(chan struct{}, 1), recovered: make(chan struct{}, 1), quit: make(chan struct{})}
 	if err := l.connect(); err != nil {
 		l.Close()
 		return nil, err
@@ -96,6 +116,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.Close()
 		return nil, err
 	}
+	l.wg.Add(1)
+	go l.watch()
 	return l, nil
 }
 
@@ -109,25 +131,12 @@ func (l *Log) connect() error {
 		if l.cfg.DataDir == "" {
 			return errors.New("eventlog: a data directory or a NATS URL is required")
 		}
-		ns, err := server.NewServer(&server.Options{
-			ServerName: "taskhub",
-			JetStream:  true,
-			StoreDir:   filepath.Join(l.cfg.DataDir, "jetstream"),
-			SyncAlways: l.cfg.SyncAlways,
-			DontListen: true,
-			NoSigs:     true,
-		})
-		if err != nil {
-			return fmt.Errorf("eventlog: embedded NATS server: %w", err)
+		emb := &embedded{dataDir: l.cfg.DataDir, sync: l.cfg.SyncAlways, syncInterval: l.cfg.SyncInterval, log: l.log}
+		if err := emb.start(); err != nil {
+			return err
 		}
-		ns.SetLoggerV2(natsLogger{l.log.With("component", "nats")}, false, false, false)
-		ns.Start()
-		if !ns.ReadyForConnections(30 * time.Second) {
-			ns.Shutdown()
-			return errors.New("eventlog: the embedded NATS server did not start within 30s")
-		}
-		l.ns = ns
-		opts = append(opts, nats.InProcessServer(ns))
+		l.emb = emb
+		opts = append(opts, nats.InProcessServer(emb))
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -146,8 +155,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 	var err error
 	l.events, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        EventStream,
-		Description: "taskhub task events: subject tasks.<owner>.<task id>, one storage.v1.Record each",
-		Subjects:    []string{"tasks.>"},
+		Description: "taskhub task events: subject tasks.<owner>.<task id>, one storage.v1.Record each; " + probeEvents + ": write probes",
+		Subjects:    []string{"tasks.>", probeEvents},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Duplicates:  l.cfg.Duplicates,
@@ -161,7 +170,7 @@ func (l *Log) createStreams(ctx context.Context) error {
 
 	l.meta, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              MetaStream,
-		Description:       "taskhub's own state: taskhub.compacted, the compaction watermark of " + EventStream,
+		Description:       "taskhub's own state: taskhub.compacted, the compaction watermark of " + EventStream + "; " + probeMeta + ": write probes",
 		Subjects:          []string{"taskhub.>"},
 		Storage:           jetstream.FileStorage,
 		MaxMsgsPerSubject: 1,
@@ -173,8 +182,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 
 	l.queue, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:                 QueueStream,
-		Description:          "taskhub task queue: subject taskq.<mode>.<task id>, one message per queued task",
-		Subjects:             []string{"taskq.>"},
+		Description:          "taskhub task queue: subject taskq.<mode>.<task id>, one message per queued task; " + probeQueue + ": write probes",
+		Subjects:             []string{"taskq.>", probeQueue},
 		Storage:              jetstream.FileStorage,
 		Retention:            jetstream.WorkQueuePolicy,
 		MaxMsgsPerSubject:    1,
@@ -185,27 +194,38 @@ func (l *Log) createStreams(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("eventlog: create stream %s: %w", QueueStream, err)
 	}
+
+	l.sessions, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      sessionBucket,
+		Description: "taskhub browser sessions: SHA-256 of the cookie -> storage.v1.Session",
+		TTL:         l.cfg.SessionTTL,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("eventlog: create bucket %s: %w", sessionBucket, err)
+	}
 	return nil
 }
 
-// Close disconnects and stops the embedded server. Fetches and follows under way end.
+// Close stops probing, disconnects and stops the embedded server. Fetches and follows under way
+// end.
 func (l *Log) Close() error {
-	if l.nc != nil {
-		l.nc.Close()
-	}
-	if l.ns != nil {
-		l.ns.Shutdown()
-		l.ns.WaitForShutdown()
-	}
+	l.closeOnce.Do(func() {
+		close(l.quit)
+		l.wg.Wait()
+		if l.nc != nil {
+			l.nc.Close()
+		}
+		if l.emb != nil {
+			l.emb.stop()
+		}
+	})
 	return nil
 }
 
 // Epoch is the event log's identity: the stream's name and creation time. A stream that is
 // deleted and created again gets a new epoch, so sequence numbers from the old one never match.
 func (l *Log) Epoch() string { return l.epoch }
-
-// Healthy reports whether the connection to NATS is up.
-func (l *Log) Healthy() bool { return l.nc.Status() == nats.CONNECTED }
 
 // Subject is the event log subject of a task. Owner may be "*" to match any owner.
 func Subject(owner, id string) string { return "tasks." + owner + "." + id }
@@ -219,9 +239,12 @@ const compactedSubject = "taskhub.compacted"
 
 // Compact removes every event of a task but its last (its final state).
 func (l *Log) Compact(ctx context.Context, owner, id string) error {
+	if err := l.writable("compact"); err != nil {
+		return err
+	}
 	err := l.events.Purge(ctx, jetstream.WithPurgeSubject(Subject(owner, id)), jetstream.WithPurgeKeep(1))
 	if err != nil {
-		return l.unavailable("compact", err)
+		return l.writeErr(ctx, "compact", err)
 	}
 	return nil
 }
@@ -245,8 +268,11 @@ func (l *Log) Compacted(ctx context.Context) (uint64, error) {
 
 // SetCompacted records the compaction watermark (the message replaces the previous one).
 func (l *Log) SetCompacted(ctx context.Context, w uint64) error {
+	if err := l.writable("set compacted"); err != nil {
+		return err
+	}
 	if _, err := l.js.Publish(ctx, compactedSubject, strconv.AppendUint(nil, w, 10)); err != nil {
-		return l.unavailable("set compacted", err)
+		return l.writeErr(ctx, "set compacted", err)
 	}
 	return nil
 }
@@ -276,7 +302,15 @@ func decode(subject string, seq uint64, data []byte) (*Entry, error) {
 // expectLast (0: the task has no events yet). It returns the new sequence. With a msgID seen
 // within the de-duplication window nothing is written: it returns the first message's sequence
 // and dup = true.
+//
+// It fails with ErrConflict when another append came first, with ErrUnavailable when nothing
+// was written (at once while Ready fails), and with ErrUncertain when the write was sent but not confirmed (the server did
+// not answer in time, or the connection dropped) and a read afterwards could not find it either:
+// it may still be stored.
 func (l *Log) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (seq uint64, dup bool, err error) {
+	if err := l.writable("append"); err != nil {
+		return 0, false, err
+	}
 	data, err := proto.Marshal(rec)
 	if err != nil {
 		return 0, false, fmt.Errorf("eventlog: encode: %w", err)
@@ -285,15 +319,69 @@ func (l *Log) Append(ctx context.Context, owner, id string, rec *storagev1.Recor
 	if msgID != "" {
 		opts = append(opts, jetstream.WithMsgID(msgID))
 	}
-	ack, err := l.js.Publish(ctx, Subject(owner, id), data, opts...)
-	if err != nil {
-		if hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence) {
-			return 0, false, ErrConflict
-		}
-		return 0, false, l.unavailable("append", err)
+	subject := Subject(owner, id)
+	ack, err := l.js.Publish(ctx, subject, data, opts...)
+	switch {
+	case err == nil:
+		return ack.Sequence, ack.Duplicate, nil
+	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
+		return 0, false, ErrConflict
 	}
-	return ack.Sequence, ack.Duplicate, nil
+	err = l.writeErr(ctx, "append", err)
+	if errors.Is(err, ErrUncertain) {
+		// See whether it landed after all: this task has one writer, so an event after
+		// expectLast with the same bytes is this one.
+		check, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(l.cfg.Timeout, 2*time.Second))
+		defer cancel()
+		if m, gerr := l.events.GetLastMsgForSubject(check, subject); gerr == nil && m.Sequence > expectLast && bytes.Equal(m.Data, data) {
+			return m.Sequence, false, nil
+		}
+	}
+	return 0, false, err
 }
+
+// writeErr classifies the error of a write that JetStream did not acknowledge. An answer from
+// JetStream (an API error), or no stream listening, means nothing was written: ErrUnavailable.
+// Anything else (a timeout, a dropped connection, the caller's context ending after the write
+// was sent) means it may have been: ErrUncertain. Unless the caller's context ended, readiness
+// turns red until a probe finds that writes work.
+func (l *Log) writeErr(ctx context.Context, op string, err error) error {
+	if ctx.Err() == nil || !errors.Is(err, ctx.Err()) {
+		l.writeFailed(fmt.Errorf("%s: %w", op, err))
+	}
+	if _, ok := errors.AsType[*jetstream.APIError](err); ok ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrReconnectBufExceeded) {
+		return l.unavailable(op, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrUncertain, op, err)
+}
+
+// Duplicate reports whether an append of owner with msgID is within the de-duplication window,
+// and if so the sequence it was stored at. It writes nothing: the probe carries an expectation
+// (Nats-Expected-Last-Msg-Id) that no message can meet, which JetStream checks only after its
+// de-duplication, so a new msgID is refused and a known one is answered as a duplicate.
+func (l *Log) Duplicate(ctx context.Context, owner, msgID string) (seq uint64, ok bool, err error) {
+	ack, err := l.js.Publish(ctx, Subject(owner, "dedupe-probe"), nil,
+		jetstream.WithMsgID(msgID), jetstream.WithExpectLastMsgID(neverMsgID))
+	switch {
+	case err == nil && ack.Duplicate:
+		return ack.Sequence, true, nil
+	case err == nil:
+		// Not possible unless JetStream changes the order of its checks: say so loudly rather
+		// than leave a stray message unexplained.
+		return 0, false, fmt.Errorf("eventlog: the de-duplication probe was stored (seq %d): JetStream no longer checks Nats-Msg-Id first", ack.Sequence)
+	case hasCode(err, jsWrongLastMsgID):
+		return 0, false, nil
+	}
+	return 0, false, l.unavailable("duplicate", err)
+}
+
+// jsWrongLastMsgID is the error code of a message refused by its Nats-Expected-Last-Msg-Id.
+const jsWrongLastMsgID jetstream.ErrorCode = 10070
+
+// neverMsgID is a Nats-Msg-Id that no message in the event log carries.
+const neverMsgID = "taskhub: no message has this id"
 
 // Last returns the last event of a task: its current state. Owner may be "*".
 func (l *Log) Last(ctx context.Context, owner, id string) (*Entry, error) {
@@ -349,11 +437,13 @@ func (l *Log) TaskIDs(ctx context.Context, owner string) ([]string, error) {
 
 // Follow calls fn with the last event of every task, in sequence order, then with every new
 // event as it is appended, on one goroutine, until the returned stop is called or the log is
-// closed. pending is how many messages the follower has yet to deliver at the time of this one:
+// closed. Write probes come through as entries without a Record, so that the follower's
+// position reaches the stream's last sequence. pending is how many messages the follower has yet to deliver at the time of this one:
 // when it reaches 0 the caller has seen every task.
 func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (stop func(), err error) {
 	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"tasks.>"},
+		// The probes too: the feed's position then reaches the stream's last sequence.
+		FilterSubjects: []string{"tasks.>", probeEvents},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {
@@ -365,8 +455,10 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 			l.log.Error("event log: message without metadata", "subject", m.Subject(), "err", err)
 			return
 		}
-		e, err := decode(m.Subject(), md.Sequence.Stream, m.Data())
-		if err != nil {
+		var e *Entry
+		if m.Subject() == probeEvents {
+			e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
+		} else if e, err = decode(m.Subject(), md.Sequence.Stream, m.Data()); err != nil {
 			l.log.Error("event log: skipping a message", "err", err)
 			e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
 		}
@@ -385,27 +477,19 @@ func (l *Log) getErr(op string, err error) error {
 	return l.unavailable(op, err)
 }
 
+// unavailable wraps the error of a request JetStream did not serve. A read that fails may mean
+// writes fail too: the probe runs now rather than at its next tick.
 func (l *Log) unavailable(op string, err error) error {
+	if !errors.Is(err, ErrNotReady) {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
 	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 }
 
 func hasCode(err error, code jetstream.ErrorCode) bool {
 	apiErr, ok := errors.AsType[*jetstream.APIError](err)
 	return ok && apiErr.ErrorCode == code
-}
-
-// natsLogger passes the embedded server's warnings and errors to slog; its chatter is dropped.
-type natsLogger struct{ log *slog.Logger }
-
-func (n natsLogger) Noticef(string, ...any) {}
-func (n natsLogger) Debugf(string, ...any)  {}
-func (n natsLogger) Tracef(string, ...any)  {}
-func (n natsLogger) Warnf(format string, v ...any) {
-	n.log.Warn(fmt.Sprintf(format, v...))
-}
-func (n natsLogger) Errorf(format string, v ...any) {
-	n.log.Error(fmt.Sprintf(format, v...))
-}
-func (n natsLogger) Fatalf(format string, v ...any) {
-	n.log.Error(fmt.Sprintf(format, v...), "fatal", true)
 }

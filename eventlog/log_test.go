@@ -19,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func open(t *testing.T, dir string) *eventlog.Log {
 	t.Helper()
-	l, err := eventlog.Open(t.Context(), eventlog.Config{DataDir: dir, AckWait: time.Second})
+	l, err := eventlog.Open(t.Context(), eventlog.Config{DataDir: dir, AckWait: time.Second, SyncInterval: 50 * time.Millisecond})
 	require.NoError(t, err)
 	return l
 }
@@ -208,9 +208,14 @@ func TestLog_Queue(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, none, "T4 is renewed, so it must not come back")
 
-	none, err = l.Fetch(ctx, "other", 1, 0)
+	// A mode no task was queued in has no consumer, and fetching does not make one.
+	_, err = l.Fetch(ctx, "other", 1, 0)
+	require.ErrorIs(t, err, eventlog.ErrNoQueue)
+	_, err = l.Fetch(ctx, "other", 1, 100*time.Millisecond)
+	require.ErrorIs(t, err, eventlog.ErrNoQueue)
+	modes, err := l.QueueModes(ctx)
 	require.NoError(t, err)
-	require.Empty(t, none)
+	require.Equal(t, []string{"demo"}, modes)
 }
 
 func TestLog_CompactKeepsTheFinalState(t *testing.T) {

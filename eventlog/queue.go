@@ -2,6 +2,7 @@ package eventlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -11,6 +12,11 @@ import (
 
 // jsStoreFailed is the error code JetStream returns when a per-subject limit refuses a message.
 const jsStoreFailed jetstream.ErrorCode = 10077
+
+// ErrNoQueue means a mode has no queue consumer: no task of the mode was queued since JetStream
+// last removed the mode's idle consumer (or ever). Fetch does not create one, so that naming a
+// mode costs nothing durable; Enqueue and EnsureQueue do.
+var ErrNoQueue = errors.New("eventlog: the mode has no queue")
 
 // Delivery is one queue message handed to this process: a claim ticket for a task.
 type Delivery struct {
@@ -27,57 +33,105 @@ type Delivery struct {
 // QueueSubject is the queue subject of a task.
 func QueueSubject(mode, id string) string { return "taskq." + mode + "." + id }
 
-// Enqueue puts the task in its mode's queue. A task already in the queue (delivered or not)
-// stays as it is: the stream keeps at most one message per task.
+const consumerPrefix = "mode-"
+
+// Enqueue puts the task in its mode's queue, creating the mode's consumer if this process does
+// not know it exists. A task already in the queue (delivered or not) stays as it is: the stream
+// keeps at most one message per task.
 func (l *Log) Enqueue(ctx context.Context, mode, id string) error {
+	if err := l.writable("enqueue"); err != nil {
+		return err
+	}
+	if err := l.EnsureQueue(ctx, mode); err != nil {
+		return err
+	}
 	_, err := l.js.Publish(ctx, QueueSubject(mode, id), nil)
 	if err != nil {
 		if hasCode(err, jsStoreFailed) && strings.Contains(err.Error(), "maximum messages per subject") {
 			return nil
 		}
-		return l.unavailable("enqueue", err)
+		return l.writeErr(ctx, "enqueue", err)
 	}
 	return nil
 }
 
 // Dequeue removes the task's queue message, delivered or not.
 func (l *Log) Dequeue(ctx context.Context, mode, id string) error {
+	if err := l.writable("dequeue"); err != nil {
+		return err
+	}
 	if err := l.queue.Purge(ctx, jetstream.WithPurgeSubject(QueueSubject(mode, id))); err != nil {
-		return l.unavailable("dequeue", err)
+		return l.writeErr(ctx, "dequeue", err)
 	}
 	return nil
 }
 
-// consumer returns the durable pull consumer of mode, creating or updating it on first use.
-func (l *Log) consumer(ctx context.Context, mode string) (jetstream.Consumer, error) {
+// EnsureQueue creates the durable pull consumer of mode unless this process knows it exists.
+// JetStream removes it after QueueIdle without claims or leases; its messages stay in the
+// queue for the next consumer.
+func (l *Log) EnsureQueue(ctx context.Context, mode string) error {
 	l.consumersMu.Lock()
-	defer l.consumersMu.Unlock()
-	if c, ok := l.consumers[mode]; ok {
-		return c, nil
+	_, ok := l.consumers[mode]
+	l.consumersMu.Unlock()
+	if ok {
+		return nil
+	}
+	if err := l.writable("consumer " + mode); err != nil {
+		return err
 	}
 	c, err := l.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       "mode-" + mode,
-		Description:   "claims of mode " + mode,
-		FilterSubject: QueueSubject(mode, "*"),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       l.cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: -1,
+		Durable:           consumerPrefix + mode,
+		Description:       "claims of mode " + mode,
+		FilterSubject:     QueueSubject(mode, "*"),
+		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckWait:           l.cfg.AckWait,
+		MaxDeliver:        -1,
+		MaxAckPending:     -1,
+		InactiveThreshold: l.cfg.QueueIdle,
 	})
+	if err != nil {
+		return l.writeErr(ctx, "consumer "+mode, err)
+	}
+	l.consumersMu.Lock()
+	l.consumers[mode] = c
+	l.consumersMu.Unlock()
+	return nil
+}
+
+// forget drops what this process knows of mode's consumer, after JetStream removed it.
+func (l *Log) forget(mode string) {
+	l.consumersMu.Lock()
+	delete(l.consumers, mode)
+	l.consumersMu.Unlock()
+}
+
+// known returns the consumer of mode: from what this process knows, or else from JetStream. It
+// never creates one (ErrNoQueue).
+func (l *Log) known(ctx context.Context, mode string) (jetstream.Consumer, error) {
+	l.consumersMu.Lock()
+	c, ok := l.consumers[mode]
+	l.consumersMu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := l.queue.Consumer(ctx, consumerPrefix+mode)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, ErrNoQueue
+	}
 	if err != nil {
 		return nil, l.unavailable("consumer "+mode, err)
 	}
-	if l.consumers == nil {
-		l.consumers = map[string]jetstream.Consumer{}
-	}
+	l.consumersMu.Lock()
 	l.consumers[mode] = c
+	l.consumersMu.Unlock()
 	return c, nil
 }
 
 // Fetch takes up to max queued tasks of mode, waiting up to wait for the first (not at all when
 // wait is 0) or until ctx ends. Each delivery is leased for the consumer's AckWait unless renewed.
+// A mode without a consumer fails with ErrNoQueue.
 func (l *Log) Fetch(ctx context.Context, mode string, max int, wait time.Duration) ([]Delivery, error) {
-	c, err := l.consumer(ctx, mode)
+	c, err := l.known(ctx, mode)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +145,7 @@ func (l *Log) Fetch(ctx context.Context, mode string, max int, wait time.Duratio
 		batch, err = c.Fetch(max, jetstream.FetchContext(ctx))
 	}
 	if err != nil {
-		return nil, l.unavailable("fetch", err)
+		return nil, l.fetchErr(mode, err)
 	}
 	var out []Delivery
 	for m := range batch.Messages() {
@@ -109,9 +163,58 @@ func (l *Log) Fetch(ctx context.Context, mode string, max int, wait time.Duratio
 		})
 	}
 	if err := batch.Error(); err != nil && len(out) == 0 && ctx.Err() == nil {
-		return nil, l.unavailable("fetch", err)
+		return nil, l.fetchErr(mode, err)
 	}
 	return out, nil
+}
+
+// fetchErr tells a consumer JetStream removed (ErrNoQueue) from other failures.
+func (l *Log) fetchErr(mode string, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeout)
+	defer cancel()
+	if _, cerr := l.queue.Consumer(ctx, consumerPrefix+mode); errors.Is(cerr, jetstream.ErrConsumerNotFound) {
+		l.forget(mode)
+		return ErrNoQueue
+	}
+	return l.unavailable("fetch", err)
+}
+
+// QueueModes returns the modes that have a queue consumer.
+func (l *Log) QueueModes(ctx context.Context) ([]string, error) {
+	var modes []string
+	names := l.queue.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if mode, ok := strings.CutPrefix(name, consumerPrefix); ok {
+			modes = append(modes, mode)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return nil, l.unavailable("list consumers", err)
+	}
+	return modes, nil
+}
+
+// DropQueue removes mode's queue consumer. Queued messages of the mode stay in the queue.
+func (l *Log) DropQueue(ctx context.Context, mode string) error {
+	l.forget(mode)
+	err := l.queue.DeleteConsumer(ctx, consumerPrefix+mode)
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return l.unavailable("delete consumer "+mode, err)
+	}
+	return nil
+}
+
+// Queued returns the id of every task in the queue, delivered or not.
+func (l *Log) Queued(ctx context.Context) (map[string]bool, error) {
+	info, err := l.queue.Info(ctx, jetstream.WithSubjectFilter("taskq.>"))
+	if err != nil {
+		return nil, l.unavailable("queued", err)
+	}
+	ids := make(map[string]bool, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		ids[subj[strings.LastIndexByte(subj, '.')+1:]] = true
+	}
+	return ids, nil
 }
 
 // Renew extends a delivery's lease by the consumer's AckWait.

@@ -18,6 +18,7 @@ var codes = map[taskhub.Code]connect.Code{
 	taskhub.Unauthenticated:    connect.CodeUnauthenticated,
 	taskhub.ResourceExhausted:  connect.CodeResourceExhausted,
 	taskhub.Unavailable:        connect.CodeUnavailable,
+	taskhub.DeadlineExceeded:   connect.CodeDeadlineExceeded,
 }
 
 // connectError maps an error from the hub to the Connect error a client sees.

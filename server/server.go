@@ -164,13 +164,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	pages := views.NewHandler(views.Config{Hub: s.hub, Users: auth, Modes: cfg.Modes, Heartbeat: cfg.Heartbeat, Logger: cfg.Logger})
 	mux.Handle("/", gzhttp.GzipHandler(http.NewCrossOriginProtection().Handler(pages)))
 	mux.Handle(assets.Prefix, gzhttp.GzipHandler(assets.Handler()))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !s.log.Healthy() {
-			http.Error(w, "event log unavailable", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
 	var handler http.Handler = mux
 	if !auth.Enabled() {
 		handler = loopbackHostsOnly(handler)
@@ -244,6 +239,30 @@ func (s *Server) shutdown(ctx context.Context) error {
 		s.log.Close()
 	}
 	return err
+}
+
+// LiveFailAfter is how long event log writes may fail before /healthz fails too: the log could
+// not recover by itself (see eventlog.Log.Ready), and restarting the process may help.
+const LiveFailAfter = time.Minute
+
+// healthz answers liveness: 200 while the process serves and its event log has not been
+// failing writes for LiveFailAfter.
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if d := s.log.FailingFor(); d > LiveFailAfter {
+		http.Error(w, fmt.Sprintf("event log writes have failed for %s: %v", d.Round(time.Second), s.log.Ready()), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// readyz answers readiness: 200 while the hub takes writes, 503 with the reason while it does
+// not (event log writes fail, or the server is shutting down).
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := s.hub.Ready(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
 }
 
 // loopbackHostsOnly refuses requests whose Host is not a loopback name. Without auth the server

@@ -162,6 +162,78 @@ func (x *Lease) GetQueueSeq() uint64 {
 	return 0
 }
 
+// Session is a browser session, kept in the sessions bucket under the SHA-256 of its cookie.
+type Session struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user it signs in.
+	User string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// SHA-256 of the user token it was made from: the session ends when that token leaves the
+	// auth file.
+	TokenSha256   []byte                 `protobuf:"bytes,2,opt,name=token_sha256,json=tokenSha256,proto3" json:"token_sha256,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Session) Reset() {
+	*x = Session{}
+	mi := &file_taskhub_storage_v1_record_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Session) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Session) ProtoMessage() {}
+
+func (x *Session) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_storage_v1_record_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Session.ProtoReflect.Descriptor instead.
+func (*Session) Descriptor() ([]byte, []int) {
+	return file_taskhub_storage_v1_record_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Session) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Session) GetTokenSha256() []byte {
+	if x != nil {
+		return x.TokenSha256
+	}
+	return nil
+}
+
+func (x *Session) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Session) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_taskhub_storage_v1_record_proto protoreflect.FileDescriptor
 
 const file_taskhub_storage_v1_record_proto_rawDesc = "" +
@@ -177,7 +249,14 @@ const file_taskhub_storage_v1_record_proto_rawDesc = "" +
 	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1f\n" +
 	"\vack_subject\x18\x04 \x01(\tR\n" +
 	"ackSubject\x12\x1b\n" +
-	"\tqueue_seq\x18\x05 \x01(\x04R\bqueueSeqB\xcc\x01\n" +
+	"\tqueue_seq\x18\x05 \x01(\x04R\bqueueSeq\"\xb6\x01\n" +
+	"\aSession\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12!\n" +
+	"\ftoken_sha256\x18\x02 \x01(\fR\vtokenSha256\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAtB\xcc\x01\n" +
 	"\x16com.taskhub.storage.v1B\vRecordProtoP\x01Z;github.com/taskhub/taskhub/gen/taskhub/storage/v1;storagev1\xa2\x02\x03TSX\xaa\x02\x12Taskhub.Storage.V1\xca\x02\x12Taskhub\\Storage\\V1\xe2\x02\x1eTaskhub\\Storage\\V1\\GPBMetadata\xea\x02\x14Taskhub::Storage::V1b\x06proto3"
 
 var (
@@ -192,22 +271,25 @@ func file_taskhub_storage_v1_record_proto_rawDescGZIP() []byte {
 	return file_taskhub_storage_v1_record_proto_rawDescData
 }
 
-var file_taskhub_storage_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_taskhub_storage_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_taskhub_storage_v1_record_proto_goTypes = []any{
 	(*Record)(nil),                // 0: taskhub.storage.v1.Record
 	(*Lease)(nil),                 // 1: taskhub.storage.v1.Lease
-	(*v1.TaskEvent)(nil),          // 2: taskhub.v1.TaskEvent
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*Session)(nil),               // 2: taskhub.storage.v1.Session
+	(*v1.TaskEvent)(nil),          // 3: taskhub.v1.TaskEvent
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_taskhub_storage_v1_record_proto_depIdxs = []int32{
-	2, // 0: taskhub.storage.v1.Record.event:type_name -> taskhub.v1.TaskEvent
+	3, // 0: taskhub.storage.v1.Record.event:type_name -> taskhub.v1.TaskEvent
 	1, // 1: taskhub.storage.v1.Record.lease:type_name -> taskhub.storage.v1.Lease
-	3, // 2: taskhub.storage.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 2: taskhub.storage.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	4, // 3: taskhub.storage.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	4, // 4: taskhub.storage.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_taskhub_storage_v1_record_proto_init() }
@@ -221,7 +303,7 @@ func file_taskhub_storage_v1_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskhub_storage_v1_record_proto_rawDesc), len(file_taskhub_storage_v1_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,102 @@
+package eventlog
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// embedded is the NATS server running inside the process. It is the connection's in-process
+// provider, so when it replaces a server whose store failed (see Log.watch), the connection
+// reconnects to the new one by itself.
+type embedded struct {
+	dataDir      string
+	sync         bool
+	syncInterval time.Duration
+	log          *slog.Logger
+
+	mu  sync.Mutex
+	cur *server.Server // nil until started; the old one while a restart fails
+}
+
+// start starts a server on the data directory.
+func (e *embedded) start() error {
+	ns, err := server.NewServer(&server.Options{
+		ServerName:   "taskhub",
+		JetStream:    true,
+		StoreDir:     filepath.Join(e.dataDir, "jetstream"),
+		SyncAlways:   e.sync,
+		SyncInterval: e.syncInterval,
+		DontListen:   true,
+		NoSigs:       true,
+	})
+	if err != nil {
+		return fmt.Errorf("eventlog: embedded NATS server: %w", err)
+	}
+	ns.SetLoggerV2(natsLogger{e.log.With("component", "nats")}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return errors.New("eventlog: the embedded NATS server did not start within 30s")
+	}
+	if !ns.JetStreamEnabled() {
+		ns.Shutdown()
+		return errors.New("eventlog: the embedded NATS server started without JetStream (see its log)")
+	}
+	e.mu.Lock()
+	e.cur = ns
+	e.mu.Unlock()
+	return nil
+}
+
+// restart stops the server and starts a fresh one on the same files: JetStream reopens its
+// stores, which clears a store's write error (a store that failed a write refuses every write
+// after it until it is reopened).
+func (e *embedded) restart() error {
+	e.stop()
+	return e.start()
+}
+
+// stop shuts the server down and waits until it has.
+func (e *embedded) stop() {
+	e.mu.Lock()
+	ns := e.cur
+	e.mu.Unlock()
+	if ns != nil {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+}
+
+// InProcessConn connects to the current server (nats.InProcessConnProvider).
+func (e *embedded) InProcessConn() (net.Conn, error) {
+	e.mu.Lock()
+	ns := e.cur
+	e.mu.Unlock()
+	if ns == nil {
+		return nil, errors.New("eventlog: the embedded NATS server is not running")
+	}
+	return ns.InProcessConn()
+}
+
+// natsLogger passes the embedded server's warnings and errors to slog; its chatter is dropped.
+type natsLogger struct{ log *slog.Logger }
+
+func (n natsLogger) Noticef(string, ...any) {}
+func (n natsLogger) Debugf(string, ...any)  {}
+func (n natsLogger) Tracef(string, ...any)  {}
+func (n natsLogger) Warnf(format string, v ...any) {
+	n.log.Warn(fmt.Sprintf(format, v...))
+}
+func (n natsLogger) Errorf(format string, v ...any) {
+	n.log.Error(fmt.Sprintf(format, v...))
+}
+func (n natsLogger) Fatalf(format string, v ...any) {
+	n.log.Error(fmt.Sprintf(format, v...), "fatal", true)
+}

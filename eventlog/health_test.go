@@ -1,0 +1,207 @@
+package eventlog_test
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub/eventlog"
+)
+
+// exhaustFDs opens /dev/null until the process has no file descriptor left, and returns a
+// function that closes them again. While they are held, every file JetStream opens fails with
+// "too many open files": its periodic sync of a stream's state does, and that sets the store's
+// write error, after which the store refuses every write until it is reopened.
+func exhaustFDs(t *testing.T) (release func()) {
+	t.Helper()
+	var rl syscall.Rlimit
+	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl))
+	// Keep this bounded: a soft limit in the millions would take a while to fill.
+	if rl.Cur > 1<<16 {
+		low := rl
+		low.Cur = 1 << 16
+		require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low))
+		t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl) })
+	}
+	var files []*os.File
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			require.ErrorIs(t, err, syscall.EMFILE)
+			break
+		}
+		files = append(files, f)
+	}
+	return func() {
+		for _, f := range files {
+			f.Close()
+		}
+		files = nil
+	}
+}
+
+// TestLog_StoreFailureAndRecovery runs the log out of file descriptors, as a flood of
+// connections did before taskhub capped them: a store fails a write and refuses every write
+// after it. Readiness must be red while writes fail and green again once they work; the embedded
+// server is restarted to reopen its stores; nothing acknowledged is lost, and nothing refused
+// is stored. Not parallel: it takes every descriptor of the test process.
+func TestLog_StoreFailureAndRecovery(t *testing.T) {
+	cfg := eventlog.Config{DataDir: t.TempDir(), AckWait: time.Second,
+		SyncInterval: 50 * time.Millisecond, RestartAfter: time.Second, Timeout: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	// Stopping the log writes each stream's state file, which the periodic sync opens: once it
+	// exists, a sync without descriptors fails and sets the store's write error.
+	l, err := eventlog.Open(t.Context(), cfg)
+	require.NoError(t, err)
+	l.Close()
+	l, err = eventlog.Open(t.Context(), cfg)
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := t.Context()
+	require.NoError(t, l.Ready())
+
+	acked, refused := map[string]uint64{}, map[string]bool{}
+	n := 0
+	appendOne := func() error {
+		n++
+		id := fmt.Sprintf("T%04d", n)
+		seq, _, err := l.Append(ctx, "alice", id, record(id, taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "")
+		switch {
+		case err == nil:
+			acked[id] = seq
+		case errors.Is(err, eventlog.ErrUnavailable):
+			refused[id] = true
+		default:
+			require.ErrorIs(t, err, eventlog.ErrUncertain)
+		}
+		return err
+	}
+	for range 5 {
+		require.NoError(t, appendOne())
+	}
+
+	release := exhaustFDs(t)
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
+	// Writes fail within a few sync intervals; from then on readiness is red.
+	deadline := time.Now().Add(20 * time.Second)
+	for l.Ready() == nil {
+		require.True(t, time.Now().Before(deadline), "writes never failed while the process had no file descriptors")
+		_ = appendOne()
+		time.Sleep(20 * time.Millisecond)
+	}
+	failedAt := time.Now()
+	// While red, writes are refused at once, and certainly not stored.
+	for range 20 {
+		if err := appendOne(); err == nil {
+			require.NoError(t, l.Ready(), "a write succeeded while readiness was red")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	release()
+	released = true
+
+	select {
+	case <-l.Recovered():
+	case <-time.After(60 * time.Second):
+		t.Fatalf("writes did not work again within a minute of the descriptors coming back: %v", l.Ready())
+	}
+	t.Logf("writes failed for %v (restart after 1s, then backing off)", time.Since(failedAt).Round(time.Millisecond))
+	require.Eventually(t, func() bool { return appendOne() == nil }, 10*time.Second, 50*time.Millisecond)
+	require.NoError(t, l.Ready())
+
+	for id, seq := range acked {
+		e, err := l.Last(ctx, "alice", id)
+		require.NoError(t, err, "acknowledged append of %s lost", id)
+		require.Equal(t, seq, e.Seq)
+	}
+	for id := range refused {
+		_, err := l.Last(ctx, "alice", id)
+		require.ErrorIs(t, err, eventlog.ErrNotFound, "%s was refused but is stored", id)
+	}
+	t.Logf("%d appends acknowledged, %d refused", len(acked), len(refused))
+}
+
+func TestLog_Duplicate(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+	_, ok, err := l.Duplicate(ctx, "alice", "create:alice:k1")
+	require.NoError(t, err)
+	require.False(t, ok)
+	_, last, err := l.Bounds(ctx)
+	require.NoError(t, err)
+
+	seq, _, err := l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "create:alice:k1")
+	require.NoError(t, err)
+	require.Greater(t, seq, last, "the probe wrote nothing")
+	got, ok, err := l.Duplicate(ctx, "alice", "create:alice:k1")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, seq, got)
+	_, last2, err := l.Bounds(ctx)
+	require.NoError(t, err)
+	require.Equal(t, seq, last2, "the probe of a known key wrote nothing")
+}
+
+func TestLog_IdleQueueConsumerGoesAwayAndComesBack(t *testing.T) {
+	t.Parallel()
+	l, err := eventlog.Open(t.Context(), eventlog.Config{DataDir: t.TempDir(), AckWait: time.Second, QueueIdle: 500 * time.Millisecond})
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := t.Context()
+	require.NoError(t, l.Enqueue(ctx, "render", "T1"))
+	// Nobody claims: JetStream removes the idle consumer; the message stays.
+	require.Eventually(t, func() bool {
+		modes, err := l.QueueModes(ctx)
+		require.NoError(t, err)
+		return len(modes) == 0
+	}, 10*time.Second, 50*time.Millisecond)
+	_, err = l.Fetch(ctx, "render", 1, 0)
+	require.ErrorIs(t, err, eventlog.ErrNoQueue)
+	queued, err := l.Queued(ctx)
+	require.NoError(t, err)
+	require.Equal(t, map[string]bool{"T1": true}, queued)
+
+	require.NoError(t, l.EnsureQueue(ctx, "render"))
+	ds, err := l.Fetch(ctx, "render", 1, time.Second)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	require.Equal(t, "T1", ds[0].TaskID)
+	require.NoError(t, l.DropQueue(ctx, "render"))
+	modes, err := l.QueueModes(ctx)
+	require.NoError(t, err)
+	require.Empty(t, modes)
+}
+
+func TestLog_Sessions(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+	_, err := l.Session(ctx, "cookie-1")
+	require.ErrorIs(t, err, eventlog.ErrNotFound)
+	require.NoError(t, l.PutSession(ctx, "cookie-1", &storagev1.Session{User: "alice", TokenSha256: []byte{1, 2}}))
+	s, err := l.Session(ctx, "cookie-1")
+	require.NoError(t, err)
+	require.Equal(t, "alice", s.User)
+	_, err = l.Session(ctx, "cookie-2")
+	require.ErrorIs(t, err, eventlog.ErrNotFound)
+	require.NoError(t, l.DeleteSession(ctx, "cookie-1"))
+	_, err = l.Session(ctx, "cookie-1")
+	require.ErrorIs(t, err, eventlog.ErrNotFound)
+	require.NoError(t, l.DeleteSession(ctx, "never"))
+}
