@@ -2,10 +2,10 @@ package rpc
 
 import (
 	"context"
-	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,35 +13,43 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
 	"github.com/taskhub/taskhub"
-	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+	"github.com/taskhub/taskhub/eventlog"
 )
 
 // LocalUser owns every task when auth is off.
 const LocalUser = "local"
+
+// Sessions keeps browser sessions, by cookie; *eventlog.Log implements it (in JetStream, so a
+// session outlives a restart and is known to every node). Session returns eventlog.ErrNotFound
+// for a cookie with no session.
+type Sessions interface {
+	PutSession(ctx context.Context, cookie string, s *storagev1.Session) error
+	Session(ctx context.Context, cookie string) (*storagev1.Session, error)
+	DeleteSession(ctx context.Context, cookie string) error
+}
 
 // Auth maps bearer tokens to users and workers, and browser sessions to users. The zero value
 // (nil *Auth) is auth off: every caller is LocalUser, and any caller may act as a worker.
 type Auth struct {
 	users    map[[32]byte]string
 	workers  map[[32]byte]string
-	sessions map[[32]byte]string // SHA-256 of a session cookie's value -> user
+	sessions Sessions
+	origin   *http.CrossOriginProtection
 }
 
-// SessionCookie is the name of a browser's session cookie. Its value is derived from the user's
-// token (an HMAC of it), so it stands for the user as long as the token is in the auth file, and
-// it is no bearer token itself. It is accepted only from same-origin requests.
+// SessionCookie is the name of a browser's session cookie. Its value is a random session id:
+// the session it names lives on the server, which ends it at sign-out, when it expires, or when
+// the token it was made from leaves the auth file. It is accepted only from same-origin requests.
 const SessionCookie = "taskhub_session"
 
-// SessionMaxAge is how long a browser keeps a session cookie.
+// SessionMaxAge is how long a session lives.
 const SessionMaxAge = 30 * 24 * time.Hour
-
-func sessionValue(token string) string {
-	mac := hmac.New(sha256.New, []byte(token))
-	mac.Write([]byte("taskhub browser session v1"))
-	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
-}
 
 // AuthFile is the JSON form of an auth file.
 type AuthFile struct {
@@ -55,30 +63,30 @@ type Principal struct {
 	Token string `json:"token"`
 }
 
-// LoadAuth reads an auth file:
+// ReadAuthFile reads and checks an auth file:
 //
 //	{"users":   [{"name": "alice", "token": "..."}],
 //	 "workers": [{"name": "gpu-1", "token": "..."}]}
-func LoadAuth(path string) (*Auth, error) {
+func ReadAuthFile(path string) (AuthFile, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("auth file: %w", err)
+		return AuthFile{}, fmt.Errorf("auth file: %w", err)
 	}
 	var f AuthFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("auth file %s: %w", path, err)
+		return AuthFile{}, fmt.Errorf("auth file %s: %w", path, err)
 	}
-	a, err := NewAuth(f)
-	if err != nil {
-		return nil, fmt.Errorf("auth file %s: %w", path, err)
+	if _, err := NewAuth(f, nil); err != nil {
+		return AuthFile{}, fmt.Errorf("auth file %s: %w", path, err)
 	}
-	return a, nil
+	return f, nil
 }
 
-// NewAuth builds an Auth. Names must be valid (they become part of log subjects) and tokens at
-// least 16 characters and unique.
-func NewAuth(f AuthFile) (*Auth, error) {
-	a := &Auth{users: map[[32]byte]string{}, workers: map[[32]byte]string{}, sessions: map[[32]byte]string{}}
+// NewAuth builds an Auth that keeps browser sessions in sessions. Names must be valid (they
+// become part of log subjects) and tokens at least 16 characters and unique.
+func NewAuth(f AuthFile, sessions Sessions) (*Auth, error) {
+	a := &Auth{users: map[[32]byte]string{}, workers: map[[32]byte]string{}, sessions: sessions,
+		origin: http.NewCrossOriginProtection()}
 	add := func(kind string, ps []Principal, into map[[32]byte]string) error {
 		for _, p := range ps {
 			if err := taskhub.ValidateName(p.Name); err != nil {
@@ -101,9 +109,6 @@ func NewAuth(f AuthFile) (*Auth, error) {
 	if err := add("user", f.Users, a.users); err != nil {
 		return nil, err
 	}
-	for _, p := range f.Users {
-		a.sessions[sha256.Sum256([]byte(sessionValue(p.Token)))] = p.Name
-	}
 	if err := add("worker", f.Workers, a.workers); err != nil {
 		return nil, err
 	}
@@ -116,50 +121,95 @@ func NewAuth(f AuthFile) (*Auth, error) {
 // Enabled reports whether callers must authenticate.
 func (a *Auth) Enabled() bool { return a != nil }
 
-// User returns the user a request's bearer token names, or else its session cookie.
-func (a *Auth) User(h http.Header) (string, error) {
+// User returns the user a request acts for: by its bearer token, or else by its session cookie,
+// which is taken only from this server's own pages (a browser's Sec-Fetch-Site, or else its
+// Origin, must say same-origin).
+func (a *Auth) User(r *http.Request) (string, error) {
 	if a == nil {
 		return LocalUser, nil
 	}
-	if h.Get("Authorization") == "" {
-		if c, err := (&http.Request{Header: h}).Cookie(SessionCookie); err == nil {
-			return a.session(h, c.Value)
+	if r.Header.Get("Authorization") == "" && hasSessionCookie(r.Header) {
+		if err := a.origin.Check(r); err != nil {
+			return "", taskhub.Errorf(taskhub.Unauthenticated, "the session cookie is only accepted from this server's own pages")
 		}
+	}
+	return a.user(r.Context(), r.Header)
+}
+
+// user finds the user of a bearer token or, without one, of a session cookie.
+func (a *Auth) user(ctx context.Context, h http.Header) (string, error) {
+	if h.Get("Authorization") == "" && hasSessionCookie(h) {
+		c, _ := (&http.Request{Header: h}).Cookie(SessionCookie)
+		return a.session(ctx, c.Value)
 	}
 	return a.lookup(h, a.users, "a user")
 }
 
-func (a *Auth) session(h http.Header, value string) (string, error) {
-	// The cookie is SameSite=Strict; refusing it on requests another site started (a browser
-	// says so in Sec-Fetch-Site) also covers sibling subdomains, which count as the same site.
-	switch h.Get("Sec-Fetch-Site") {
-	case "", "same-origin", "none":
-	default:
-		return "", taskhub.Errorf(taskhub.Unauthenticated, "the session cookie is only accepted from this server's own pages")
+func hasSessionCookie(h http.Header) bool {
+	for _, line := range h.Values("Cookie") {
+		if strings.Contains(line, SessionCookie+"=") {
+			return true
+		}
 	}
-	if name, ok := a.sessions[sha256.Sum256([]byte(value))]; ok {
-		return name, nil
-	}
-	return "", taskhub.Errorf(taskhub.Unauthenticated, "the session has ended: sign in again")
+	return false
 }
 
-// SignIn returns the session cookie for a user's token: HttpOnly, SameSite=Strict, and Secure
-// when the page is served over TLS.
-func (a *Auth) SignIn(token string, secure bool) (*http.Cookie, error) {
+// session returns the user of a session cookie: its session exists, has not expired, and the
+// token it was made from is still that user's.
+func (a *Auth) session(ctx context.Context, cookie string) (string, error) {
+	if cookie == "" || len(cookie) > 64 {
+		return "", errSessionEnded
+	}
+	s, err := a.sessions.Session(ctx, cookie)
+	switch {
+	case errors.Is(err, eventlog.ErrNotFound):
+		return "", errSessionEnded
+	case err != nil:
+		return "", taskhub.Errorf(taskhub.Unavailable, "cannot read the session: %v", err)
+	case !time.Now().Before(s.ExpiresAt.AsTime()):
+		return "", errSessionEnded
+	case len(s.TokenSha256) != sha256.Size || a.users[[32]byte(s.TokenSha256)] != s.User:
+		return "", errSessionEnded // the token it came from was removed or given to someone else
+	}
+	return s.User, nil
+}
+
+var errSessionEnded = taskhub.Errorf(taskhub.Unauthenticated, "the session has ended: sign in again")
+
+// SignIn starts a session for a user's token and returns its cookie: HttpOnly, SameSite=Strict,
+// and Secure when the page is served over TLS.
+func (a *Auth) SignIn(ctx context.Context, token string, secure bool) (*http.Cookie, error) {
 	if a == nil {
 		return nil, taskhub.Errorf(taskhub.FailedPrecondition, "auth is off: there is nothing to sign in to")
 	}
-	if _, ok := a.users[sha256.Sum256([]byte(token))]; !ok {
-		if _, worker := a.workers[sha256.Sum256([]byte(token))]; worker {
+	hash := sha256.Sum256([]byte(token))
+	user, ok := a.users[hash]
+	if !ok {
+		if _, worker := a.workers[hash]; worker {
 			return nil, taskhub.Errorf(taskhub.PermissionDenied, "this is a worker's token; sign in with a user's token")
 		}
 		return nil, taskhub.Errorf(taskhub.Unauthenticated, "unknown token")
 	}
-	return sessionCookie(sessionValue(token), int(SessionMaxAge/time.Second), secure), nil
+	cookie := rand.Text()
+	now := time.Now()
+	err := a.sessions.PutSession(ctx, cookie, &storagev1.Session{User: user, TokenSha256: hash[:],
+		CreatedAt: timestamppb.New(now), ExpiresAt: timestamppb.New(now.Add(SessionMaxAge))})
+	if err != nil {
+		return nil, taskhub.Errorf(taskhub.Unavailable, "cannot start a session: %v", err)
+	}
+	return sessionCookie(cookie, int(SessionMaxAge/time.Second), secure), nil
 }
 
-// SignOut returns the cookie that ends a browser's session.
-func (a *Auth) SignOut(secure bool) *http.Cookie { return sessionCookie("", -1, secure) }
+// SignOut ends the session of the request's cookie, if it has one, and returns the cookie that
+// removes it from the browser.
+func (a *Auth) SignOut(r *http.Request, secure bool) (*http.Cookie, error) {
+	if c, err := r.Cookie(SessionCookie); err == nil && a != nil && c.Value != "" && len(c.Value) <= 64 {
+		if err := a.sessions.DeleteSession(r.Context(), c.Value); err != nil {
+			return nil, taskhub.Errorf(taskhub.Unavailable, "cannot end the session: %v", err)
+		}
+	}
+	return sessionCookie("", -1, secure), nil
+}
 
 func sessionCookie(value string, maxAge int, secure bool) *http.Cookie {
 	return &http.Cookie{Name: SessionCookie, Value: value, Path: "/", MaxAge: maxAge,
@@ -179,13 +229,14 @@ func (a *Auth) lookup(h http.Header, names map[[32]byte]string, what string) (st
 	if !ok || token == "" {
 		return "", taskhub.Errorf(taskhub.Unauthenticated, "send the token of %s as Authorization: Bearer <token>", what)
 	}
-	if name, ok := names[sha256.Sum256([]byte(token))]; ok {
+	hash := sha256.Sum256([]byte(token))
+	if name, ok := names[hash]; ok {
 		return name, nil
 	}
-	if _, other := a.users[sha256.Sum256([]byte(token))]; other {
+	if _, other := a.users[hash]; other {
 		return "", taskhub.Errorf(taskhub.PermissionDenied, "this is a user's token; this service needs %s token", what)
 	}
-	if _, other := a.workers[sha256.Sum256([]byte(token))]; other {
+	if _, other := a.workers[hash]; other {
 		return "", taskhub.Errorf(taskhub.PermissionDenied, "this is a worker's token; this service needs %s token", what)
 	}
 	return "", taskhub.Errorf(taskhub.Unauthenticated, "unknown token")
@@ -201,7 +252,38 @@ func identityFrom(ctx context.Context) identity {
 	return id
 }
 
-// Interceptor authenticates every call before its handler runs.
+func isWorkerProcedure(procedure string) bool {
+	return strings.HasPrefix(procedure, "/"+taskhubv1connect.WorkerServiceName+"/")
+}
+
+// Gate refuses a request to the Connect API whose credentials do not hold, from its headers
+// alone: before any of its body is read, so a caller without a token cannot hold a request
+// open by sending its body slowly. A refused HTTP/1.1 connection is closed rather than drained.
+// Who the caller is reaches the handlers through the interceptor, which looks again: carrying it
+// from here would copy every request (about 300 bytes per open stream), where looking again is
+// a hash of the token.
+func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter) http.Handler {
+	if a == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var err error
+		if isWorkerProcedure(r.URL.Path) {
+			_, err = a.Worker(r.Header)
+		} else {
+			_, err = a.User(r)
+		}
+		if err != nil {
+			w.Header().Set("Connection", "close")
+			_ = errors.Write(w, r, connectError(err))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Interceptor puts who a call acts as in its context, for the handlers. Gate has already
+// refused calls whose credentials do not hold.
 func (a *Auth) Interceptor() connect.Interceptor { return authInterceptor{a} }
 
 type authInterceptor struct{ a *Auth }
@@ -209,10 +291,12 @@ type authInterceptor struct{ a *Auth }
 func (i authInterceptor) authenticate(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
 	var id identity
 	var err error
-	if strings.HasPrefix(procedure, "/"+taskhubv1connect.WorkerServiceName+"/") {
+	if isWorkerProcedure(procedure) {
 		id.worker, err = i.a.Worker(h)
+	} else if i.a == nil {
+		id.user = LocalUser
 	} else {
-		id.user, err = i.a.User(h)
+		id.user, err = i.a.user(ctx, h)
 	}
 	if err != nil {
 		return nil, connectError(err)

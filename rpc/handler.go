@@ -23,10 +23,11 @@ type Hub interface {
 	Workers
 }
 
-// Mount registers TaskService and WorkerService on mux, with auth (nil: off), panic recovery
-// and the request size limit.
+// Mount registers TaskService and WorkerService on mux, with auth (nil: off: see Auth.Gate),
+// panic recovery, the request size limit, bounded decompression and framing checks.
 func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
-	opts := connect.WithHandlerOptions(append(codecs(),
+	options := append(codecs(), gzipCompression())
+	opts := connect.WithHandlerOptions(append(options,
 		// The first interceptor is the outermost: recovery wraps everything.
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.Error("handler panic", "procedure", spec.Procedure, "panic", p)
@@ -38,6 +39,9 @@ func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
 		// gzip (as stock Go clients do) costs far more than the bytes it saves.
 		connect.WithCompressMinBytes(MinCompressBytes),
 	)...)
-	mux.Handle(taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts))
-	mux.Handle(taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts))
+	errs := connect.NewErrorWriter(options...)
+	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
+	mux.Handle(path, auth.Gate(checkEnvelopes(h), errs))
+	path, h = taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts)
+	mux.Handle(path, auth.Gate(checkEnvelopes(h), errs))
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -136,6 +137,14 @@ func TestPage_Index(t *testing.T) {
 		require.Zero(t, card.Find(`[data-testid="task-result"]`).Length())
 	}
 	require.Contains(t, p.card(t, t1.Id).Find(`[data-testid="task-message"]`).Text(), "denoising 4/10")
+
+	// User text is isolated from what is around it: a right-to-left override in a prompt
+	// (U+202E) cannot reorder the rest of the card.
+	rtl := createTask(t, b.tasks, "abc\u202edef", "render")
+	card := getPage(t, b).card(t, rtl.Id)
+	for _, sel := range []string{`[data-testid="task-prompt"]`, `[data-testid="task-message"]`, `.mode`} {
+		require.Equal(t, "auto", card.Find(sel).AttrOr("dir", ""), "%s is not isolated", sel)
+	}
 }
 
 func TestPage_CreateByForm(t *testing.T) {
@@ -399,10 +408,13 @@ func TestPage_SignInSession(t *testing.T) {
 	p := readPage(t, browser(http.MethodGet, "/signin", nil, nil, nil))
 	require.Equal(t, 1, p.doc.Find(`form[data-testid="signin-form"] input[name="token"][type="password"]`).Length())
 
-	for token, msg := range map[string]string{"wrong-token-0123456789": "unknown token", workerToken: "worker"} {
-		p = readPage(t, browser(http.MethodPost, "/signin", url.Values{"token": {token}}, nil, nil))
-		require.Equal(t, http.StatusUnauthorized, p.status)
-		require.Contains(t, p.doc.Find(`[role="alert"]`).Text(), msg)
+	for _, c := range []struct {
+		token, msg string
+		status     int
+	}{{"wrong-token-0123456789", "unknown token", http.StatusUnauthorized}, {workerToken, "worker", http.StatusForbidden}} {
+		p = readPage(t, browser(http.MethodPost, "/signin", url.Values{"token": {c.token}}, nil, nil))
+		require.Equal(t, c.status, p.status)
+		require.Contains(t, p.doc.Find(`[role="alert"]`).Text(), c.msg)
 	}
 
 	res = browser(http.MethodPost, "/signin", url.Values{"token": {" " + aliceToken + "\n"}}, nil, nil)
@@ -442,22 +454,87 @@ func TestPage_SignInSession(t *testing.T) {
 		_, err = withCookie(http.Header{"Sec-Fetch-Site": {site}})
 		requireCode(t, err, connect.CodeUnauthenticated, "own pages")
 	}
+	// An old browser sends no Sec-Fetch-Site: its Origin says where the call comes from.
+	_, err = withCookie(http.Header{"Origin": {"https://evil.example"}})
+	requireCode(t, err, connect.CodeUnauthenticated, "own pages")
+	_, err = withCookie(http.Header{"Origin": {b.srv.URL()}})
+	require.NoError(t, err)
 	_, err = b.work.ClaimTask(t.Context(), func() *connect.Request[taskhubv1.ClaimTaskRequest] {
 		req := connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"render"}})
 		req.Header().Set("Cookie", session.Name+"="+session.Value)
 		return req
 	}())
 	requireCode(t, err, connect.CodeUnauthenticated)
-	require.Len(t, listTasks(t, b.tasks, aliceToken), 1, "bearer tokens still work")
+	require.Len(t, listTasks(t, b.tasks, aliceToken), 2, "bearer tokens still work")
 
 	res = browser(http.MethodGet, "/", nil, &http.Cookie{Name: session.Name, Value: "forged"}, nil)
 	require.Equal(t, http.StatusSeeOther, res.StatusCode)
 
-	res = browser(http.MethodPost, "/signout", url.Values{}, &http.Cookie{Name: session.Name, Value: session.Value}, nil)
+	// The session is the server's: it outlives a restart.
+	b.restart()
+	browser = func(method, path string, body url.Values, cookie *http.Cookie, header http.Header) *http.Response {
+		var r io.Reader
+		if body != nil {
+			r = strings.NewReader(body.Encode())
+		}
+		req, err := http.NewRequestWithContext(t.Context(), method, b.srv.URL()+path, r)
+		require.NoError(t, err)
+		req.Header.Set("Accept", "text/html")
+		if body != nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		if cookie != nil {
+			req.AddCookie(cookie)
+		}
+		noFollow := &http.Client{Transport: b.http.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		res, err := noFollow.Do(req)
+		require.NoError(t, err)
+		t.Cleanup(func() { res.Body.Close() })
+		return res
+	}
+	kept := &http.Cookie{Name: session.Name, Value: session.Value}
+	require.Equal(t, http.StatusOK, browser(http.MethodGet, "/", nil, kept, nil).StatusCode)
+
+	res = browser(http.MethodPost, "/signout", url.Values{}, kept, nil)
 	require.Equal(t, http.StatusSeeOther, res.StatusCode)
 	require.Equal(t, "/signin", res.Header.Get("Location"))
 	require.Len(t, res.Cookies(), 1)
 	require.Equal(t, -1, res.Cookies()[0].MaxAge, "signing out removes the cookie")
+	// A browser (or a thief) that kept the cookie gets nothing for it any more.
+	res = browser(http.MethodGet, "/", nil, kept, nil)
+	require.Equal(t, http.StatusSeeOther, res.StatusCode, "a signed-out session still works")
+	_, err = b.tasks.ListTasks(t.Context(), func() *connect.Request[taskhubv1.ListTasksRequest] {
+		req := connect.NewRequest(&taskhubv1.ListTasksRequest{})
+		req.Header().Set("Cookie", kept.Name+"="+kept.Value)
+		return req
+	}())
+	requireCode(t, err, connect.CodeUnauthenticated, "ended")
+}
+
+// TestPage_SessionEndsWithItsToken: a session stands for the token it was made from; when that
+// token leaves the auth file, the session ends.
+func TestPage_SessionEndsWithItsToken(t *testing.T) {
+	t.Parallel()
+	authFile := writeAuthFile(t)
+	b := setup(t, server.Config{AuthFile: authFile})
+	res, err := (&http.Client{Transport: b.http.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).
+		PostForm(b.srv.URL()+"/signin", url.Values{"token": {aliceToken}})
+	require.NoError(t, err)
+	res.Body.Close()
+	require.Len(t, res.Cookies(), 1)
+	cookie := res.Cookies()[0]
+	list := func() error {
+		req := connect.NewRequest(&taskhubv1.ListTasksRequest{})
+		req.Header().Set("Cookie", cookie.Name+"="+cookie.Value)
+		_, err := b.tasks.ListTasks(t.Context(), req)
+		return err
+	}
+	require.NoError(t, list())
+
+	// alice gets a new token: the session made from the old one ends.
+	require.NoError(t, os.WriteFile(authFile, []byte(`{"users":[{"name":"alice","token":"alice-new-token-0123456789"}]}`), 0o600))
+	b.restart()
+	requireCode(t, list(), connect.CodeUnauthenticated, "ended")
 }
 
 func TestPage_SignInWithoutAuth(t *testing.T) {

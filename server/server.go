@@ -15,6 +15,7 @@ import (
 	"slices"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/klauspost/compress/gzhttp"
 
 	"github.com/taskhub/taskhub/actors"
@@ -61,6 +62,12 @@ type Config struct {
 	WatchBuffer int
 	// MaxWatches and MaxWatchesPerUser bound the open watch streams [100000, 10000].
 	MaxWatches, MaxWatchesPerUser int
+	// MaxActiveTasksPerUser bounds a user's queued and running tasks [1000].
+	MaxActiveTasksPerUser int
+	// MaxModes bounds the modes with unfinished tasks when Modes is not set [100].
+	MaxModes int
+	// Limits bound connections and requests (see Limits).
+	Limits Limits
 	// Logger receives the server's logs [slog.Default()].
 	Logger *slog.Logger
 	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
@@ -95,11 +102,13 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}()
 
-	var auth *rpc.Auth
+	var authFile *rpc.AuthFile
 	if cfg.AuthFile != "" {
-		if auth, err = rpc.LoadAuth(cfg.AuthFile); err != nil {
+		f, err := rpc.ReadAuthFile(cfg.AuthFile)
+		if err != nil {
 			return nil, err
 		}
+		authFile = &f
 	}
 	var tlsConfig *tls.Config
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
@@ -109,13 +118,14 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	limits := cfg.Limits.withDefaults(fdLimit())
 	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, err
 	}
-	s.ln = coalescingListener{s.ln}
-	if tcp, ok := s.ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && !auth.Enabled() {
+	if tcp, ok := s.ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && authFile == nil {
 		return nil, fmt.Errorf("refusing to listen on %s without --auth-file: anyone who can reach it could read and forge tasks", s.ln.Addr())
 	}
+	s.ln = coalescingListener{newLimitedListener(s.ln, limits, cfg.Logger)}
 
 	s.log, err = eventlog.Open(ctx, eventlog.Config{
 		DataDir:    cfg.DataDir,
@@ -131,18 +141,20 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	demoOn := cfg.DemoWorkers > 0 && (len(cfg.Modes) == 0 || slices.Contains(cfg.Modes, demo.Mode))
 	s.hub, err = actors.Open(ctx, actors.Config{
-		Log:               s.log,
-		Logger:            cfg.Logger,
-		LeaseTimeout:      cfg.LeaseTimeout,
-		MaxAttempts:       cfg.MaxAttempts,
-		ModeAttempts:      cfg.ModeAttempts,
-		StallTimeout:      cfg.StallTimeout,
-		Retention:         cfg.Retention,
-		Modes:             cfg.Modes,
-		Heartbeat:         cfg.Heartbeat,
-		OutboxLimit:       cfg.WatchBuffer,
-		MaxWatches:        cfg.MaxWatches,
-		MaxWatchesPerUser: cfg.MaxWatchesPerUser,
+		Log:                   s.log,
+		Logger:                cfg.Logger,
+		LeaseTimeout:          cfg.LeaseTimeout,
+		MaxAttempts:           cfg.MaxAttempts,
+		ModeAttempts:          cfg.ModeAttempts,
+		StallTimeout:          cfg.StallTimeout,
+		Retention:             cfg.Retention,
+		Modes:                 cfg.Modes,
+		MaxActiveTasksPerUser: cfg.MaxActiveTasksPerUser,
+		MaxModes:              cfg.MaxModes,
+		Heartbeat:             cfg.Heartbeat,
+		OutboxLimit:           cfg.WatchBuffer,
+		MaxWatches:            cfg.MaxWatches,
+		MaxWatchesPerUser:     cfg.MaxWatchesPerUser,
 		ParamCheck: func(mode string, params map[string]string) error {
 			if mode == demo.Mode && demoOn {
 				return demo.CheckParams(params)
@@ -157,6 +169,12 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.demo = demo.Start(s.hub, cfg.DemoWorkers, cfg.Logger)
 	}
 
+	var auth *rpc.Auth
+	if authFile != nil {
+		if auth, err = rpc.NewAuth(*authFile, s.log); err != nil {
+			return nil, err
+		}
+	}
 	mux := http.NewServeMux()
 	rpc.Mount(mux, s.hub, auth, cfg.Logger)
 	// Pages and assets are compressed here; Connect negotiates its own compression, and its
@@ -166,7 +184,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	mux.Handle(assets.Prefix, gzhttp.GzipHandler(assets.Handler()))
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
-	var handler http.Handler = mux
+	handler := limitRequests(mux, limits, connect.NewErrorWriter())
 	if !auth.Enabled() {
 		handler = loopbackHostsOnly(handler)
 	}
@@ -183,8 +201,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Handler:           handler,
 		Protocols:         protocols,
 		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: limits.HeaderTimeout,
+		IdleTimeout:       limits.IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	go func() {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,13 +35,13 @@ type Hub interface {
 // *rpc.Auth implements it; a nil *rpc.Auth is auth off.
 type Users interface {
 	// User returns the user of a request (by its bearer token or its session cookie).
-	User(h http.Header) (string, error)
+	User(r *http.Request) (string, error)
 	// Enabled reports whether requests must authenticate.
 	Enabled() bool
-	// SignIn returns the session cookie for a user's token.
-	SignIn(token string, secure bool) (*http.Cookie, error)
-	// SignOut returns a cookie that ends the session.
-	SignOut(secure bool) *http.Cookie
+	// SignIn starts a session for a user's token and returns its cookie.
+	SignIn(ctx context.Context, token string, secure bool) (*http.Cookie, error)
+	// SignOut ends the request's session and returns a cookie that removes it.
+	SignOut(r *http.Request, secure bool) (*http.Cookie, error)
 }
 
 // Config configures a Handler.
@@ -57,18 +58,32 @@ type Config struct {
 
 // Handler serves the pages.
 type Handler struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg     Config
+	mux     *http.ServeMux
+	signIns *addrLimiter
 }
 
 // PageSize is how many tasks a page shows.
 const PageSize = 50
 
+// Limits on what the forms take. A task form carries at most a prompt of 16 KiB and 32 params
+// of 1 KiB, percent-encoded (up to three bytes a byte); a sign-in form a token.
+const (
+	MaxTaskFormBytes   = 256 << 10
+	MaxSignInFormBytes = 4 << 10
+)
+
+// Sign-in attempts allowed per client address: SignInBurst at once, then one every SignInEvery.
+const (
+	SignInBurst = 10
+	SignInEvery = 6 * time.Second
+)
+
 // NewHandler returns the page handler.
 func NewHandler(cfg Config) *Handler {
 	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, 15*time.Second)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), signIns: newAddrLimiter(SignInEvery, SignInBurst)}
 	h.mux.HandleFunc("GET /{$}", h.index)
 	h.mux.HandleFunc("POST /tasks", h.create)
 	h.mux.HandleFunc("POST /tasks/{id}/cancel", h.cancel)
@@ -91,7 +106,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // user returns the user of the request, or answers it: a browser without a session is sent to
 // sign in; a script gets 401.
 func (h *Handler) user(w http.ResponseWriter, r *http.Request) (string, bool) {
-	user, err := h.cfg.Users.User(r.Header)
+	user, err := h.cfg.Users.User(r)
 	if err == nil {
 		return user, true
 	}
@@ -165,6 +180,9 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !parseForm(w, r, MaxTaskFormBytes) {
+		return
+	}
 	spec := taskhub.TaskSpec{Prompt: r.PostFormValue("prompt"), Mode: r.PostFormValue("mode")}
 	rawParams := r.PostFormValue("params")
 	params, err := ParseParams(rawParams)
@@ -173,8 +191,13 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 		_, err = h.cfg.Hub.CreateTask(r.Context(), user, spec)
 	}
 	if err != nil {
-		if taskhub.ErrorCode(err) == taskhub.Invalid {
-			h.render(w, r, http.StatusUnprocessableEntity, IndexData{
+		// What the person can fix is shown above the form, with what they typed.
+		if code := taskhub.ErrorCode(err); code == taskhub.Invalid || code == taskhub.ResourceExhausted {
+			status := http.StatusUnprocessableEntity
+			if code == taskhub.ResourceExhausted {
+				status = http.StatusTooManyRequests
+			}
+			h.render(w, r, status, IndexData{
 				User: user, Error: err.Error(), Prompt: spec.Prompt, Mode: spec.Mode, Params: rawParams,
 			})
 			return
@@ -211,9 +234,19 @@ func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return
 	}
-	cookie, err := h.cfg.Users.SignIn(strings.TrimSpace(r.PostFormValue("token")), r.TLS != nil)
+	if wait := h.signIns.wait(r.RemoteAddr); wait > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second)/time.Second)+1))
+		h.write(w, r, http.StatusTooManyRequests, SignIn(SignInData{
+			Error: "Too many sign-in attempts from your address: try again in " + wait.Round(time.Second).String() + ".",
+		}))
+		return
+	}
+	if !parseForm(w, r, MaxSignInFormBytes) {
+		return
+	}
+	cookie, err := h.cfg.Users.SignIn(r.Context(), strings.TrimSpace(r.PostFormValue("token")), r.TLS != nil)
 	if err != nil {
-		h.write(w, r, http.StatusUnauthorized, SignIn(SignInData{Error: message(err)}))
+		h.write(w, r, statusOf(err), SignIn(SignInData{Error: message(err)}))
 		return
 	}
 	http.SetCookie(w, cookie)
@@ -221,21 +254,59 @@ func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, h.cfg.Users.SignOut(r.TLS != nil))
+	cookie, err := h.cfg.Users.SignOut(r, r.TLS != nil)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	http.SetCookie(w, cookie)
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 }
 
+// parseForm reads a form post of at most limit bytes, or answers 413 (or 400 for a malformed
+// one) and reports false.
+func parseForm(w http.ResponseWriter, r *http.Request, limit int64) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	err := r.ParseForm()
+	if err == nil && strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
+		err = r.ParseMultipartForm(limit)
+	}
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			http.Error(w, "the form is larger than "+strconv.FormatInt(limit, 10)+" bytes", http.StatusRequestEntityTooLarge)
+			return false
+		}
+		http.Error(w, "the form cannot be read: "+err.Error(), http.StatusBadRequest)
+		return false
+	}
+	return true
+}
+
 func (h *Handler) fail(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
+	http.Error(w, message(err), statusOf(err))
+}
+
+// statusOf is the HTTP status of a domain error: one mapping for every code.
+func statusOf(err error) int {
 	switch taskhub.ErrorCode(err) {
 	case taskhub.Invalid:
-		status = http.StatusBadRequest
+		return http.StatusBadRequest
 	case taskhub.NotFound:
-		status = http.StatusNotFound
+		return http.StatusNotFound
+	case taskhub.FailedPrecondition:
+		return http.StatusConflict
+	case taskhub.PermissionDenied:
+		return http.StatusForbidden
+	case taskhub.Unauthenticated:
+		return http.StatusUnauthorized
+	case taskhub.ResourceExhausted:
+		return http.StatusTooManyRequests
 	case taskhub.Unavailable:
-		status = http.StatusServiceUnavailable
+		return http.StatusServiceUnavailable
+	case taskhub.DeadlineExceeded:
+		return http.StatusGatewayTimeout
 	}
-	http.Error(w, message(err), status)
+	return http.StatusInternalServerError
 }
 
 // message is what a person may read of err: the message of a domain error, nothing internal.

@@ -185,6 +185,7 @@ function showResult(el: HTMLElement, t: Task): void {
     if (!p) {
       p = document.createElement("p");
       p.className = "result-text";
+      p.dir = "auto"; // user text: its direction must not reorder what is around it
       el.replaceChildren(p);
     }
     text(p, ":scope", t.result);

@@ -16,6 +16,7 @@ export class Toaster {
     if (!el) {
       el = document.createElement("div");
       el.className = "toast";
+      el.dir = "auto"; // messages may quote user text
       el.dataset.key = key;
       el.dataset.testid = "toast";
       this.region.append(el);

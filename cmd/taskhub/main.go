@@ -76,6 +76,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.WatchBuffer, "watch-buffer", 1024, "events queued per watch for a slow client before it refills from the event log")
 	fs.IntVar(&cfg.MaxWatches, "max-watches", 100000, "open watch streams allowed in all")
 	fs.IntVar(&cfg.MaxWatchesPerUser, "max-watches-per-user", 10000, "open watch streams allowed per user")
+	fs.IntVar(&cfg.MaxActiveTasksPerUser, "max-active-tasks-per-user", 1000, "queued and running tasks allowed per user")
+	fs.IntVar(&cfg.MaxModes, "max-modes", 100, "modes that may have unfinished tasks at once (without --modes)")
+	fs.IntVar(&cfg.Limits.MaxConns, "max-conns", 0, "open connections allowed (default: the file descriptor limit less 256)")
+	fs.IntVar(&cfg.Limits.MaxConnsPerIP, "max-conns-per-ip", server.DefaultMaxConnsPerIP, "open connections allowed per client address (at most half of --max-conns); 0: no limit")
+	fs.IntVar(&cfg.Limits.MaxRequestsPerIP, "max-requests-per-ip", server.DefaultMaxRequestsPerIP, "requests under way allowed per client address, watch streams included; 0: no limit")
+	fs.DurationVar(&cfg.Limits.HeaderTimeout, "header-timeout", server.DefaultHeaderTimeout, "time allowed for a request's headers (and a new connection's first request)")
+	fs.DurationVar(&cfg.Limits.BodyTimeout, "body-timeout", server.DefaultBodyTimeout, "time allowed for a request's whole body")
+	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", server.DefaultIdleTimeout, "how long an idle connection is kept")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM `file` of the TLS certificate: serve HTTPS (HTTP/1.1 and HTTP/2); needs --tls-key")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM `file` of the TLS certificate's private key")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
@@ -90,6 +98,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.DemoWorkers == 0 {
 		cfg.DemoWorkers = -1
+	}
+	// 0 on the command line is no limit; in Config it is the default.
+	for _, n := range []*int{&cfg.Limits.MaxConnsPerIP, &cfg.Limits.MaxRequestsPerIP} {
+		if *n == 0 {
+			*n = -1
+		}
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 
