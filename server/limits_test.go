@@ -360,4 +360,3 @@ func TestLimits_WatchStreams(t *testing.T) {
 		return false
 	}, 5*time.Second, 50*time.Millisecond, "a closed stream did not give its place back")
 }
-
