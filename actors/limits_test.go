@@ -1,8 +1,11 @@
 package actors_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -363,4 +366,45 @@ func exhaustFDs(t *testing.T) (release func()) {
 			f.Close()
 		}
 	}
+}
+
+// TestHub_RestartWithManyQueuedTasksIsQuiet: a hub opened on a log with many queued tasks serves
+// at once, keeps the queue's order and logs nothing: the tasks are in the queue already, and the
+// reconciliation finds nothing to do.
+func TestHub_RestartWithManyQueuedTasksIsQuiet(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, active: 5000})
+	for i := range 1000 {
+		create(t, b.hub, "alice", fmt.Sprint(i), "paint")
+	}
+	b.close()
+
+	var logged bytes.Buffer
+	var mu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var err error
+	b.log, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: b.dir, AckWait: 11 * time.Second, Logger: logger})
+	require.NoError(t, err)
+	b.hub, err = actors.Open(t.Context(), actors.Config{Log: b.log, Logger: logger, LeaseTimeout: 10 * time.Second, MaxActiveTasksPerUser: 5000})
+	require.NoError(t, err)
+	task := create(t, b.hub, "bob", "right after the restart", "other")
+	c := claim(t, b.hub, "other")
+	require.Equal(t, task.Id, c.Task.Id)
+	c = claim(t, b.hub, "paint")
+	require.Equal(t, "0", c.Task.Prompt, "the queue kept its order")
+	time.Sleep(200 * time.Millisecond) // the reconciliation has run
+	mu.Lock()
+	defer mu.Unlock()
+	require.Empty(t, logged.String(), "a restart with queued tasks logged")
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -274,7 +274,10 @@ func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter) http.Handler
 			_, err = a.User(r)
 		}
 		if err != nil {
-			w.Header().Set("Connection", "close")
+			if r.ProtoMajor == 1 {
+				// Not for HTTP/2, where it would end the connection's other streams too.
+				w.Header().Set("Connection", "close")
+			}
 			_ = errors.Write(w, r, connectError(err))
 			return
 		}

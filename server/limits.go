@@ -179,7 +179,9 @@ func limitRequests(next http.Handler, l Limits, errs *connect.ErrorWriter) http.
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ip := ipOf(r.RemoteAddr)
 		if !reqs.take(ip) {
-			w.Header().Set("Connection", "close") // do not wait for its body
+			if r.ProtoMajor == 1 {
+				w.Header().Set("Connection", "close") // do not wait for its body
+			}
 			msg := "your address has " + strconv.Itoa(reqs.perIP) + " requests under way, the most one address may have: wait for some to finish"
 			if errs.IsSupported(r) {
 				_ = errs.Write(w, r, connect.NewError(connect.CodeResourceExhausted, errorString(msg)))

@@ -224,11 +224,15 @@ func (s *Server) URL() string {
 	return "http://" + s.ln.Addr().String()
 }
 
-// Close stops the server gracefully: it stops accepting requests, ends open watch streams with
-// Unavailable (clients resume with after_seq), waits up to 10s for requests under way, and
-// closes the event log.
+// ShutdownGrace is how long Close waits for requests under way before it cuts them. With the
+// rest of a shutdown (the actors, the event log), Close returns within 10 s.
+const ShutdownGrace = 5 * time.Second
+
+// Close stops the server: it stops accepting requests, ends open watch streams with Unavailable
+// (clients resume with after_seq) and long-polling claims with no task, waits up to
+// ShutdownGrace for other requests under way and then cuts them, and closes the event log.
 func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 	defer cancel()
 	return s.shutdown(ctx)
 }
@@ -249,7 +253,13 @@ func (s *Server) shutdown(ctx context.Context) error {
 	}
 	var err error
 	if shut != nil {
-		err = <-shut
+		if err := <-shut; errors.Is(err, context.DeadlineExceeded) {
+			// The time is up: cut what is left (a body still trickling in, say).
+			s.cfg.Logger.Warn("cutting requests still under way at shutdown", "grace", ShutdownGrace)
+			s.srv.Close()
+		} else if err != nil {
+			s.cfg.Logger.Warn("shutdown", "err", err)
+		}
 		if serveErr := <-s.done; !errors.Is(serveErr, http.ErrServerClosed) {
 			err = cmp.Or(err, serveErr)
 		}

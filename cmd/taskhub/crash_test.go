@@ -56,6 +56,10 @@ type child struct {
 	args string
 	url  string
 	cmd  *exec.Cmd
+	// bin, when set, is a taskhub binary to run instead of this test binary, with nofile file
+	// descriptors (the shell's ulimit -n).
+	bin    string
+	nofile int
 }
 
 func freePort(t *testing.T) string {
@@ -78,8 +82,13 @@ func startChild(t *testing.T, dir string, extra string) *child {
 
 func (c *child) start() {
 	c.t.Helper()
-	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
-	c.cmd.Env = append(os.Environ(), childArgsEnv+"="+c.args)
+	if c.bin != "" {
+		c.cmd = exec.Command("/bin/sh", append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, c.nofile), c.bin},
+			strings.Fields(c.args)...)...)
+	} else {
+		c.cmd = exec.Command(os.Args[0], "-test.run=^$")
+		c.cmd.Env = append(os.Environ(), childArgsEnv+"="+c.args)
+	}
 	c.cmd.Stderr = os.Stderr
 	require.NoError(c.t, c.cmd.Start())
 	deadline := time.Now().Add(20 * time.Second)
