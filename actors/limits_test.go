@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/actors"
 	"github.com/taskhub/taskhub/eventlog"
+	"github.com/taskhub/taskhub/internal/fdtest"
 )
 
 func TestHub_ActiveTaskLimit(t *testing.T) {
@@ -292,7 +291,7 @@ func TestHub_StoreFailureRecovers(t *testing.T) {
 	}
 	require.NoError(t, h.Ready())
 
-	release := exhaustFDs(t)
+	release := fdtest.Exhaust(t)
 	released := false
 	defer func() {
 		if !released {
@@ -338,34 +337,6 @@ func TestHub_StoreFailureRecovers(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ids, len(created), "refused creates left tasks behind")
 	t.Logf("%d created, %d refused while the store failed", len(created), refused)
-}
-
-// exhaustFDs opens /dev/null until the process has no file descriptor left, and returns a
-// function that closes them again.
-func exhaustFDs(t *testing.T) (release func()) {
-	t.Helper()
-	var rl syscall.Rlimit
-	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl))
-	if rl.Cur > 1<<16 {
-		low := rl
-		low.Cur = 1 << 16
-		require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low))
-		t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl) })
-	}
-	var files []*os.File
-	for {
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			require.ErrorIs(t, err, syscall.EMFILE)
-			break
-		}
-		files = append(files, f)
-	}
-	return func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
 }
 
 // TestHub_RestartWithManyQueuedTasksIsQuiet: a hub opened on a log with many queued tasks serves

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,39 +14,8 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub/eventlog"
+	"github.com/taskhub/taskhub/internal/fdtest"
 )
-
-// exhaustFDs opens /dev/null until the process has no file descriptor left, and returns a
-// function that closes them again. While they are held, every file JetStream opens fails with
-// "too many open files": its periodic sync of a stream's state does, and that sets the store's
-// write error, after which the store refuses every write until it is reopened.
-func exhaustFDs(t *testing.T) (release func()) {
-	t.Helper()
-	var rl syscall.Rlimit
-	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl))
-	// Keep this bounded: a soft limit in the millions would take a while to fill.
-	if rl.Cur > 1<<16 {
-		low := rl
-		low.Cur = 1 << 16
-		require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low))
-		t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl) })
-	}
-	var files []*os.File
-	for {
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			require.ErrorIs(t, err, syscall.EMFILE)
-			break
-		}
-		files = append(files, f)
-	}
-	return func() {
-		for _, f := range files {
-			f.Close()
-		}
-		files = nil
-	}
-}
 
 // TestLog_StoreFailureAndRecovery runs the log out of file descriptors, as a flood of
 // connections did before taskhub capped them: a store fails a write and refuses every write
@@ -90,7 +57,7 @@ func TestLog_StoreFailureAndRecovery(t *testing.T) {
 		require.NoError(t, appendOne())
 	}
 
-	release := exhaustFDs(t)
+	release := fdtest.Exhaust(t)
 	released := false
 	defer func() {
 		if !released {

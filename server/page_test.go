@@ -472,26 +472,6 @@ func TestPage_SignInSession(t *testing.T) {
 
 	// The session is the server's: it outlives a restart.
 	b.restart()
-	browser = func(method, path string, body url.Values, cookie *http.Cookie, header http.Header) *http.Response {
-		var r io.Reader
-		if body != nil {
-			r = strings.NewReader(body.Encode())
-		}
-		req, err := http.NewRequestWithContext(t.Context(), method, b.srv.URL()+path, r)
-		require.NoError(t, err)
-		req.Header.Set("Accept", "text/html")
-		if body != nil {
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		}
-		if cookie != nil {
-			req.AddCookie(cookie)
-		}
-		noFollow := &http.Client{Transport: b.http.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-		res, err := noFollow.Do(req)
-		require.NoError(t, err)
-		t.Cleanup(func() { res.Body.Close() })
-		return res
-	}
 	kept := &http.Cookie{Name: session.Name, Value: session.Value}
 	require.Equal(t, http.StatusOK, browser(http.MethodGet, "/", nil, kept, nil).StatusCode)
 

@@ -254,6 +254,12 @@ func holders(ctx context.Context, n int, fn func(ctx context.Context)) {
 	wg.Wait()
 }
 
+// raise makes m at least v.
+func raise(m *atomic.Int64, v int64) {
+	for old := m.Load(); v > old && !m.CompareAndSwap(old, v); old = m.Load() {
+	}
+}
+
 // call is the context of one call an attack makes: not tied to the attack's end, so that a call
 // under way when it ends finishes rather than failing in an unrelated way.
 func call() (context.Context, context.CancelFunc) {
@@ -301,8 +307,7 @@ func slowBodies(ip, token string) func(ctx context.Context, h *hostile) string {
 					}
 					ms := time.Since(start).Milliseconds()
 					held.Add(ms)
-					for old := longest.Load(); ms > old && !longest.CompareAndSwap(old, ms); old = longest.Load() {
-					}
+					raise(&longest, ms)
 					return
 				case <-ctx.Done():
 					return
@@ -423,8 +428,7 @@ func idleConns(ip string) func(ctx context.Context, h *hostile) string {
 			} else {
 				closedLater.Add(1)
 			}
-			for old := longest.Load(); held.Milliseconds() > old && !longest.CompareAndSwap(old, held.Milliseconds()); old = longest.Load() {
-			}
+			raise(&longest, held.Milliseconds())
 		})
 		require.Less(h.t, time.Duration(longest.Load())*time.Millisecond, hostileTimeout+2*time.Second, "an idle connection was kept past the header timeout")
 		return fmt.Sprintf("%d idle connections: %d closed as accepted (over the limits), %d closed by the header timeout (the longest after %d ms)",
