@@ -23,6 +23,17 @@ type item struct {
 	taskID string
 	kind   taskhubv1.EventKind // EVENT_KIND_UNSPECIFIED for a snapshot
 	resp   *taskhubv1.WatchTasksResponse
+	snap   *snapshot // instead of resp: a fresh snapshot, made into messages as it is sent
+}
+
+// snapshot is how a fresh watch starts: its owner's active tasks as of seq, as the feed keeps
+// them (without prompts and params). The stream's own goroutine reads those from the log as it
+// sends it (Watch.Next), so a watch that does not read holds no copy of them: a user with many
+// large tasks cannot fill the server's memory by opening watches and not reading.
+type snapshot struct {
+	epoch string
+	seq   uint64
+	tasks []*taskhubv1.Task // slim, shared with the feed: read-only
 }
 
 // eventItem builds the watcher message of a log entry. The lease stays behind.

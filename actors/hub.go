@@ -28,7 +28,7 @@ import (
 // method contracts are those of eventlog.Log.
 type Log interface {
 	Epoch() string
-	Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (seq uint64, dup bool, err error)
+	Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (seq uint64, err error)
 	Last(ctx context.Context, owner, id string) (*eventlog.Entry, error)
 	Get(ctx context.Context, seq uint64) (*eventlog.Entry, error)
 	Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error)
@@ -39,11 +39,11 @@ type Log interface {
 	Compacted(ctx context.Context) (uint64, error)
 	SetCompacted(ctx context.Context, w uint64) error
 
-	Duplicate(ctx context.Context, owner, msgID string) (seq uint64, ok bool, err error)
+	ClaimKey(ctx context.Context, owner, key, id string) (string, error)
 	Ready() error
 	Recovered() <-chan struct{}
 
-	Enqueue(ctx context.Context, mode, id string) error
+	Enqueue(ctx context.Context, mode, id string) (added bool, err error)
 	Dequeue(ctx context.Context, mode, id string) error
 	Queued(ctx context.Context) (map[string]bool, error)
 	EnsureQueue(ctx context.Context, mode string) error
@@ -261,21 +261,27 @@ func (h *Hub) reconcile(ctx context.Context) {
 func (h *Hub) reconcileOnce(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	// Tasks created after this position may be queued after the queue is read below: leave
+	// them to their actors.
+	pos := h.feed.position()
 	inQueue, err := h.log.Queued(ctx)
 	if err != nil {
 		return err
 	}
 	queued := 0
 	for _, t := range h.feed.activeTasks() {
-		if t.State != taskhubv1.TaskState_TASK_STATE_QUEUED || inQueue[t.Id] {
+		if t.State != taskhubv1.TaskState_TASK_STATE_QUEUED || t.Seq > pos || inQueue[t.Id] {
 			continue
 		}
 		// The task may have been claimed since the feed said it was queued: a ticket for a
 		// running or finished task is acked by the claim that gets it.
-		if err := h.log.Enqueue(ctx, t.Mode, t.Id); err != nil {
+		added, err := h.log.Enqueue(ctx, t.Mode, t.Id)
+		if err != nil {
 			return err
 		}
-		queued++
+		if added {
+			queued++
+		}
 	}
 	if queued > 0 {
 		h.logger.Info("queued tasks whose queue write had been lost", "tasks", queued)
@@ -415,21 +421,27 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 	}
 	now := h.now()
 	id := taskhub.NewTaskID(now)
-	msgID := "create:" + id
 	if spec.IdempotencyKey != "" {
-		msgID = "create:" + owner + ":" + spec.IdempotencyKey
+		first, err := h.log.ClaimKey(ctx, owner, spec.IdempotencyKey, id)
+		if err != nil {
+			return nil, logError("idempotency key", err)
+		}
+		if first != id {
+			// A retry: answer with the task the first create made, limits or not. If it was
+			// not made (the first create failed, or is still under way), make it now under
+			// its id, where the log's fence lets only one create through.
+			t, err := h.GetTask(ctx, owner, first)
+			if err == nil {
+				h.ensureQueued(ctx, t)
+				return t, nil
+			}
+			if taskhub.ErrorCode(err) != taskhub.NotFound {
+				return nil, err
+			}
+			id = first
+		}
 	}
 	if err := h.admit(owner, spec.Mode); err != nil {
-		// A retry of a create that succeeded is answered with its task, limit or not.
-		if spec.IdempotencyKey != "" {
-			seq, ok, derr := h.log.Duplicate(ctx, owner, msgID)
-			if derr != nil {
-				return nil, taskhub.Errorf(taskhub.Unavailable, "create: %v", derr)
-			}
-			if ok {
-				return h.firstCreated(ctx, seq)
-			}
-		}
 		return nil, err
 	}
 	ts := timestamppb.New(now)
@@ -444,77 +456,97 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 		CreatedAt: ts,
 		UpdatedAt: ts,
 	}
-	r := h.ask(ctx, id, &createCmd{task: t, msgID: msgID})
-	switch {
-	case r.err != nil:
-		h.creating.done(owner)
+	r := h.ask(ctx, id, &createCmd{task: t})
+	if r.err != nil {
+		h.creating.done(owner, spec.Mode)
 		return nil, r.err
-	case r.dupOf != 0:
-		h.creating.done(owner)
-		return h.firstCreated(ctx, r.dupOf)
 	}
 	// The task counts against its owner's limit from here on: as one being created until the
 	// feed has it, then as active.
-	h.feed.when(r.task.Seq, func() { h.creating.done(owner) })
+	h.feed.when(r.task.Seq, func() { h.creating.done(owner, spec.Mode) })
 	return r.task, nil
+}
+
+// ensureQueued queues t again if it is queued: a retried create answers with the task the first
+// made, which may have been cut off before it was queued. Queueing twice is harmless.
+func (h *Hub) ensureQueued(ctx context.Context, t *taskhubv1.Task) {
+	if t.State != taskhubv1.TaskState_TASK_STATE_QUEUED {
+		return
+	}
+	if _, err := h.log.Enqueue(ctx, t.Mode, t.Id); err != nil {
+		h.logger.Warn("cannot queue a task again; the hub will when the log recovers", "task", t.Id, "err", err)
+	}
+}
+
+// logError is what a caller is told when the event log fails a call of the hub's own.
+func logError(what string, err error) error {
+	if errors.Is(err, eventlog.ErrUncertain) {
+		return taskhub.Errorf(taskhub.DeadlineExceeded, "%s: the event log did not confirm in time: %v", what, err)
+	}
+	return taskhub.Errorf(taskhub.Unavailable, "%s: %v", what, err)
 }
 
 // admit checks the limits a new task of owner in mode must be within, and counts it as being
 // created (see creating) until the caller calls creating.done.
 func (h *Hub) admit(owner, mode string) error {
-	if len(h.cfg.Modes) == 0 {
-		if active, modes := h.feed.modeActive(mode); !active && modes >= h.cfg.MaxModes {
+	maxModes := h.cfg.MaxModes
+	if len(h.cfg.Modes) > 0 {
+		maxModes = 0 // only the configured modes are allowed: no more to bound
+	}
+	return h.creating.start(creatingParams{owner: owner, mode: mode, feed: h.feed,
+		maxActive: h.cfg.MaxActiveTasksPerUser, maxModes: maxModes})
+}
+
+// creating counts the creates under way, per owner and per mode: admitted, but not yet among the
+// feed's active tasks. Admission counts both, so concurrent creates cannot pass a limit
+// together.
+type creating struct {
+	mu      sync.Mutex
+	byOwner map[string]int
+	byMode  map[string]int
+}
+
+type creatingParams struct {
+	owner, mode         string
+	feed                *feed
+	maxActive, maxModes int // maxModes 0: no limit on modes
+}
+
+func (c *creating) start(p creatingParams) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := p.feed.activeCount(p.owner) + c.byOwner[p.owner]; n >= p.maxActive {
+		return taskhub.Errorf(taskhub.ResourceExhausted,
+			"you have %d queued or running tasks, the most one user may have (--max-active-tasks-per-user): wait for some to finish, or cancel some", n)
+	}
+	if p.maxModes > 0 && c.byMode[p.mode] == 0 {
+		active, modes := p.feed.modeActive(p.mode)
+		for m := range c.byMode {
+			if a, _ := p.feed.modeActive(m); !a {
+				modes++ // a mode only creates under way use yet
+			}
+		}
+		if !active && modes >= p.maxModes {
 			return taskhub.Errorf(taskhub.ResourceExhausted,
 				"%d modes have unfinished tasks, the most this server allows (--max-modes): use one of them, or wait for their tasks to finish", modes)
 		}
 	}
-	return h.creating.start(owner, h.feed.activeCount, h.cfg.MaxActiveTasksPerUser)
-}
-
-// firstCreated answers a create whose idempotency key was used before with the task created
-// then, as it is now. The first create queued its task (or the hub's reconciliation does).
-func (h *Hub) firstCreated(ctx context.Context, seq uint64) (*taskhubv1.Task, error) {
-	first, err := h.log.Get(ctx, seq)
-	if errors.Is(err, eventlog.ErrNotFound) {
-		return nil, taskhub.Errorf(taskhub.FailedPrecondition, "the idempotency key was used for a task that no longer exists")
-	}
-	if err != nil {
-		return nil, taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)
-	}
-	t := first.Record.Event.Task
-	cur, err := h.log.Last(ctx, t.Owner, t.Id)
-	if err != nil {
-		return nil, taskhub.Errorf(taskhub.Unavailable, "idempotent create: %v", err)
-	}
-	return cur.Record.Event.Task, nil
-}
-
-// creating counts the creates under way per owner: admitted, but not yet among the feed's
-// active tasks. Admission counts both, so concurrent creates cannot pass a limit together.
-type creating struct {
-	mu      sync.Mutex
-	byOwner map[string]int
-}
-
-func (c *creating) start(owner string, active func(string) int, max int) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if n := active(owner) + c.byOwner[owner]; n >= max {
-		return taskhub.Errorf(taskhub.ResourceExhausted,
-			"you have %d queued or running tasks, the most one user may have (--max-active-tasks-per-user): wait for some to finish, or cancel some", n)
-	}
 	if c.byOwner == nil {
-		c.byOwner = map[string]int{}
+		c.byOwner, c.byMode = map[string]int{}, map[string]int{}
 	}
-	c.byOwner[owner]++
+	c.byOwner[p.owner]++
+	c.byMode[p.mode]++
 	return nil
 }
 
-func (c *creating) done(owner string) {
+func (c *creating) done(owner, mode string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.byOwner[owner]--; c.byOwner[owner] <= 0 {
 		delete(c.byOwner, owner)
+	}
+	if c.byMode[mode]--; c.byMode[mode] <= 0 {
+		delete(c.byMode, mode)
 	}
 }
 

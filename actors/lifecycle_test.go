@@ -106,12 +106,12 @@ type alwaysPanics struct {
 	panics atomic.Int32
 }
 
-func (p *alwaysPanics) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (uint64, bool, error) {
+func (p *alwaysPanics) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
 	if rec.GetEvent().GetKind() == taskhubv1.EventKind_EVENT_KIND_PROGRESS && p.id.Load() == id {
 		p.panics.Add(1)
 		panic("injected: this task's progress always panics")
 	}
-	return p.Log.Append(ctx, owner, id, rec, expectLast, msgID)
+	return p.Log.Append(ctx, owner, id, rec, expectLast)
 }
 
 func TestHub_SupervisorFailsTaskThatKeepsPanicking(t *testing.T) {
@@ -281,11 +281,11 @@ type flakyLog struct {
 	failed atomic.Int32
 }
 
-func (f *flakyLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (uint64, bool, error) {
+func (f *flakyLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
 	if rec.GetEvent().GetKind() == f.kind && f.failed.CompareAndSwap(0, 1) {
-		return 0, false, eventlog.ErrUnavailable
+		return 0, eventlog.ErrUnavailable
 	}
-	return f.Log.Append(ctx, owner, id, rec, expectLast, msgID)
+	return f.Log.Append(ctx, owner, id, rec, expectLast)
 }
 
 func TestHub_LeaseExpiryOutlivesABriefLogOutage(t *testing.T) {

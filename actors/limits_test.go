@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -100,6 +101,30 @@ func TestHub_ModeLimit(t *testing.T) {
 		_, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "c", Mode: "three"})
 		return err == nil
 	}, 5*time.Second, 10*time.Millisecond)
+}
+
+// TestHub_ModeLimitHoldsUnderConcurrentCreates: creates under way count their modes, so
+// concurrent creates in new modes cannot pass the limit together.
+func TestHub_ModeLimitHoldsUnderConcurrentCreates(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second, maxModes: 3})
+	var ok atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Go(func() {
+			_, err := b.hub.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: "x", Mode: fmt.Sprintf("mode-%d", i)})
+			if err == nil {
+				ok.Add(1)
+			} else {
+				require.Equal(t, taskhub.ResourceExhausted, codeOf(err), err)
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, int32(3), ok.Load())
+	modes, err := b.log.QueueModes(t.Context())
+	require.NoError(t, err)
+	require.Len(t, modes, 3)
 }
 
 // TestHub_ClaimsOfUnknownModesCostNothing: claims naming modes that no task has create no queue
@@ -206,18 +231,18 @@ type slowLog struct {
 	enqueued    atomic.Int32
 }
 
-func (s *slowLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (uint64, bool, error) {
+func (s *slowLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
 	if rec.GetEvent().GetKind() == s.kind {
 		<-ctx.Done()
-		return 0, false, fmt.Errorf("%w: %w", eventlog.ErrUncertain, ctx.Err())
+		return 0, fmt.Errorf("%w: %w", eventlog.ErrUncertain, ctx.Err())
 	}
-	return s.Log.Append(ctx, owner, id, rec, expectLast, msgID)
+	return s.Log.Append(ctx, owner, id, rec, expectLast)
 }
 
-func (s *slowLog) Enqueue(ctx context.Context, mode, id string) error {
+func (s *slowLog) Enqueue(ctx context.Context, mode, id string) (bool, error) {
 	if s.enqueueHang.Load() {
 		<-ctx.Done()
-		return eventlog.ErrUnavailable
+		return false, eventlog.ErrUnavailable
 	}
 	s.enqueued.Add(1)
 	return s.Log.Enqueue(ctx, mode, id)
@@ -378,4 +403,110 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestHub_UnreadWatchesHoldNoPrompts: watches that never read their stream hold references to
+// their owner's active tasks, not copies of their prompts and params, however many they are.
+func TestHub_UnreadWatchesHoldNoPrompts(t *testing.T) {
+	b := setup(t, options{lease: 10 * time.Second})
+	prompt := strings.Repeat("p", taskhub.MaxPromptBytes-3)
+	for i := range 200 {
+		_, err := b.hub.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: fmt.Sprintf("%s%03d", prompt, i), Mode: "paint"})
+		require.NoError(t, err)
+	}
+	before := heap()
+	var ws []*actors.Watch
+	for range 20 {
+		w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+		require.NoError(t, err)
+		ws = append(ws, w)
+	}
+	time.Sleep(200 * time.Millisecond) // every subscriber has queued its snapshot
+	grew := heap() - before
+	// Copies would be 20 × 200 × 16 KiB = 64 MiB.
+	require.Less(t, grew, int64(8<<20), "20 unread watches of 200 large tasks grew the heap by %d bytes", grew)
+	for _, w := range ws {
+		w.Close()
+	}
+	// And a watch that reads gets the prompts, in parts of at most 1 MiB.
+	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	require.NoError(t, err)
+	defer w.Close()
+	var tasks []*taskhubv1.Task
+	for more := true; more; {
+		msgs, err := w.Next(t.Context())
+		require.NoError(t, err)
+		for _, m := range msgs {
+			tasks = append(tasks, m.GetSnapshot().GetTasks()...)
+			more = m.GetSnapshot().GetMore()
+		}
+	}
+	require.Len(t, tasks, 200)
+	require.Equal(t, prompt+"199", tasks[0].Prompt, "newest first")
+}
+
+func heap() int64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// storedUnconfirmed stores the first append of one event kind but answers, as a log whose answer
+// was lost would, that it is not known whether it was stored.
+type storedUnconfirmed struct {
+	actors.Log
+	kind taskhubv1.EventKind
+	done atomic.Bool
+}
+
+func (s *storedUnconfirmed) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
+	seq, err := s.Log.Append(ctx, owner, id, rec, expectLast)
+	if err == nil && rec.GetEvent().GetKind() == s.kind && s.done.CompareAndSwap(false, true) {
+		return 0, eventlog.ErrUncertain
+	}
+	return seq, err
+}
+
+// TestHub_UnconfirmedWritesAreFollowedUp: a create the log stored without confirming it is
+// answered DeadlineExceeded; the task is queued all the same (by the actor's recheck, and by a
+// retry with the same key, which returns it). A claim the log stored without confirming leaves
+// a running task whose lease the actor times after reading it again: it is requeued.
+func TestHub_UnconfirmedWritesAreFollowedUp(t *testing.T) {
+	t.Parallel()
+	t.Run("create", func(t *testing.T) {
+		t.Parallel()
+		s := &storedUnconfirmed{kind: taskhubv1.EventKind_EVENT_KIND_CREATED}
+		b := setup(t, options{lease: 10 * time.Second, wrap: func(l actors.Log) actors.Log { s.Log = l; return s }})
+		spec := taskhub.TaskSpec{Prompt: "x", Mode: "paint", IdempotencyKey: "k"}
+		_, err := b.hub.CreateTask(t.Context(), "alice", spec)
+		require.Equal(t, taskhub.DeadlineExceeded, codeOf(err), err)
+		again, err := b.hub.CreateTask(t.Context(), "alice", spec)
+		require.NoError(t, err, "the retry the answer advises")
+		c := claim(t, b.hub, "paint")
+		require.Equal(t, again.Id, c.Task.Id)
+	})
+	t.Run("create without a retry", func(t *testing.T) {
+		t.Parallel()
+		s := &storedUnconfirmed{kind: taskhubv1.EventKind_EVENT_KIND_CREATED}
+		b := setup(t, options{lease: 10 * time.Second, wrap: func(l actors.Log) actors.Log { s.Log = l; return s }})
+		_, err := b.hub.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: "x", Mode: "paint"})
+		require.Equal(t, taskhub.DeadlineExceeded, codeOf(err), err)
+		c := claim(t, b.hub, "paint") // queued by the actor's recheck
+		require.Equal(t, "x", c.Task.Prompt)
+	})
+	t.Run("claim", func(t *testing.T) {
+		t.Parallel()
+		s := &storedUnconfirmed{kind: taskhubv1.EventKind_EVENT_KIND_STARTED}
+		b := setup(t, options{lease: 300 * time.Millisecond, wrap: func(l actors.Log) actors.Log { s.Log = l; return s }})
+		w := watch(t, b.hub, "alice", "", 0)
+		task := create(t, b.hub, "alice", "x", "paint")
+		_, err := b.hub.ClaimTask(t.Context(), "", "w1", []string{"paint"}, 5*time.Second)
+		require.Equal(t, taskhub.DeadlineExceeded, codeOf(err), err)
+		_, events := w.wait(3)
+		require.Equal(t, []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.EventKind_EVENT_KIND_STARTED,
+			taskhubv1.EventKind_EVENT_KIND_REQUEUED}, kinds(events[:3]), "the lease of the unconfirmed claim expired")
+		c := claim(t, b.hub, "paint")
+		require.Equal(t, task.Id, c.Task.Id)
+	})
 }

@@ -24,10 +24,7 @@ type passivate struct{ id string }
 
 // Commands to a task actor. Each is answered with a *taskReply when sent as a request.
 type (
-	createCmd struct {
-		task  *taskhubv1.Task
-		msgID string
-	}
+	createCmd struct{ task *taskhubv1.Task }
 	cancelCmd struct{ owner string }
 	claimCmd  struct {
 		worker   string // the authenticated worker: the lease is theirs
@@ -59,13 +56,13 @@ type (
 type (
 	leaseExpired struct{}
 	stallCheck   struct{}
-	retryEnqueue struct{}
+	// recheck reads the task again after a write was not confirmed, or retries queueing it.
+	recheck struct{}
 )
 
 // taskReply answers a task command.
 type taskReply struct {
 	task            *taskhubv1.Task
-	dupOf           uint64 // a create whose idempotency key was used before: the first create's seq
 	claimed         bool
 	leaseToken      string
 	leaseExpires    time.Time

@@ -179,16 +179,16 @@ func (o *outbox) pushLocked(it *item) bool {
 	return true
 }
 
-// pushStart queues the first messages of a stream, the parts of its snapshot, however many
-// there are: they hold the owner's active tasks, which the hub keeps in memory anyway.
-func (o *outbox) pushStart(items []*item) {
+// pushStart queues the first message of a stream, its snapshot, whatever the limit: it refers to
+// the active tasks the feed keeps anyway (see snapshot).
+func (o *outbox) pushStart(it *item) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.err != nil {
 		return
 	}
-	o.items = append(o.items, items...)
-	o.n += int32(len(items))
+	o.items = append(o.items, it)
+	o.n++
 	o.wake()
 }
 

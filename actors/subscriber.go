@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"google.golang.org/protobuf/proto"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
@@ -121,12 +120,7 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		resume = first != 0 && first <= after+1
 	}
 	if !resume {
-		full, err := s.fill(active)
-		if err != nil {
-			out.close(taskhub.Errorf(taskhub.Unavailable, "read the event log: %v", err))
-			return
-		}
-		out.pushStart(snapshotParts(epoch, pos, full))
+		out.pushStart(&item{seq: pos, snap: &snapshot{epoch: epoch, seq: pos, tasks: active}})
 		s.goLive(self) // nothing to replay
 		return
 	}
@@ -134,25 +128,6 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: after, Recovered: true},
 	}}})
 	s.replay(self, true, after)
-}
-
-// fill returns the active tasks the feed gave (without prompts and params, see slim) with their
-// prompts and params, read from the event log. Those never change after a task is created, so
-// any event of the task has them, and the task is otherwise as of the snapshot's position.
-func (s *subscriber) fill(active []*taskhubv1.Task) ([]*taskhubv1.Task, error) {
-	full := make([]*taskhubv1.Task, len(active))
-	for i, t := range active {
-		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
-		e, err := s.h.log.Last(ctx, t.Owner, t.Id)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		f := proto.CloneOf(t)
-		f.Prompt, f.Params = e.Record.Event.Task.Prompt, e.Record.Event.Task.Params
-		full[i] = f
-	}
-	return full, nil
 }
 
 // replay reads the owner's events the outbox needs from the log into it, on a goroutine that
@@ -219,32 +194,4 @@ func (s *subscriber) goLive(self *actor.PID) {
 	if s.w.out.finishReplay() {
 		s.replay(self, false, 0)
 	}
-}
-
-// maxSnapshotPart bounds the tasks of one Snapshot message, in encoded bytes. An active task is
-// at most about 50 KiB (the limits on prompt, params and progress message), so a part holds at
-// least 20, and every message stays well under the 4 MiB that gRPC clients accept by default.
-const maxSnapshotPart = 1 << 20
-
-// snapshotParts is the snapshot of the active tasks as of pos: one Snapshot message, or several
-// at the same seq of at most maxSnapshotPart bytes of tasks each, all but the last with more set.
-func snapshotParts(epoch string, pos uint64, active []*taskhubv1.Task) []*item {
-	var parts []*item
-	add := func(tasks []*taskhubv1.Task) {
-		parts = append(parts, &item{seq: pos, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
-			Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: pos, Tasks: tasks, More: true},
-		}}})
-	}
-	first, size := 0, 0
-	for i, t := range active {
-		n := proto.Size(t)
-		if i > first && size+n > maxSnapshotPart {
-			add(active[first:i:i])
-			first, size = i, 0
-		}
-		size += n
-	}
-	add(active[first:])
-	parts[len(parts)-1].resp.GetSnapshot().More = false
-	return parts
 }

@@ -40,10 +40,13 @@ type taskActor struct {
 
 	leaseTimer *time.Timer // fires leaseExpired
 	stallTimer *time.Timer // fires stallCheck
-	retryTimer *time.Timer // fires retryEnqueue
+	retryTimer *time.Timer // fires recheck
 
 	enqueuePending bool // the task is queued in the log but not yet in the queue
-	passivating    bool // it asked the supervisor to stop it
+	// unsure: a write was sent but not confirmed, so what the log holds is unknown (the task
+	// may be queued or running there without this actor knowing): it is read again soon.
+	unsure      bool
+	passivating bool // it asked the supervisor to stop it
 
 	deadline  time.Time // of the caller's command being handled; zero for the actor's own
 	followups []func()  // work of the command that runs after its caller has been answered
@@ -60,10 +63,10 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		ctx.Send(a.self, &toTask{id: a.id, cmd: &wakeCmd{}})
 	case *actor.Stopping:
 		a.stopTimers()
-		if a.passivating && (a.running() || a.enqueuePending) {
+		if a.passivating && (a.running() || a.enqueuePending || a.unsure) {
 			// A command that came before the supervisor let it go left it with a lease to time
 			// or a queueing to retry: hand them to a fresh actor, which reads the task again.
-			ctx.Send(ctx.Parent(), &toTask{id: a.id, cmd: &wakeCmd{enqueue: a.enqueuePending}})
+			ctx.Send(ctx.Parent(), &toTask{id: a.id, cmd: &wakeCmd{enqueue: true}})
 		}
 	case *actor.Restarting:
 		a.stopTimers()
@@ -79,6 +82,7 @@ func (a *taskActor) Receive(ctx actor.Context) {
 				ctx.Respond(&taskReply{err: taskhub.Errorf(taskhub.Unavailable,
 					"task %s: the hub was too busy to start the call before its deadline; nothing was changed: retry", a.id)})
 			}
+			a.passivate(ctx)
 			return
 		}
 		a.deadline = m.deadline
@@ -99,11 +103,19 @@ func (a *taskActor) Receive(ctx actor.Context) {
 			a.after(&a.stallTimer, time.Second, m)
 		}
 		a.runFollowups()
-	case *retryEnqueue:
-		a.enqueuePending = false
-		if a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
-			a.enqueue()
+	case *recheck:
+		// Read the task again if a write was not confirmed, then do what its state needs: arm a
+		// running task's timers, queue a queued one (again: queueing twice is harmless).
+		stop(&a.retryTimer) // it fired
+		if a.unsure {
+			a.loaded = false
 		}
+		a.enqueuePending = false
+		if r := a.handle(&wakeCmd{enqueue: true}); r.err != nil {
+			a.after(&a.retryTimer, time.Second, m)
+			return
+		}
+		a.unsure = false
 		a.passivate(ctx)
 	}
 }
@@ -113,7 +125,10 @@ func (a *taskActor) Receive(ctx actor.Context) {
 // the server's memory does not grow with the number of queued tasks; the next command for it
 // loads it again.
 func (a *taskActor) passivate(ctx actor.Context) {
-	if a.passivating || a.running() || a.enqueuePending {
+	if a.unsure && a.retryTimer == nil {
+		a.after(&a.retryTimer, time.Second, &recheck{})
+	}
+	if a.passivating || a.running() || a.enqueuePending || a.unsure {
 		return
 	}
 	a.passivating = true
@@ -221,44 +236,43 @@ func (a *taskActor) running() bool {
 }
 
 // append writes the event that turns the task into t and makes t the current state.
-func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *storagev1.Lease, msgID string) (seq uint64, dup bool, err error) {
+func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *storagev1.Lease) error {
 	now := timestamppb.New(a.h.now())
 	t.UpdatedAt = now
 	rec := &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: kind, Task: t, Time: now}, Lease: lease}
 	ctx, cancel := a.ctx()
 	defer cancel()
-	seq, dup, err = a.h.log.Append(ctx, t.Owner, t.Id, rec, a.lastSeq, msgID)
+	seq, err := a.h.log.Append(ctx, t.Owner, t.Id, rec, a.lastSeq)
 	switch {
 	case errors.Is(err, eventlog.ErrConflict):
-		return 0, false, err
+		return err
 	case errors.Is(err, eventlog.ErrUncertain):
-		a.loaded = false // what the log holds now is unknown: read it before the next change
-		return 0, false, taskhub.Errorf(taskhub.DeadlineExceeded,
+		a.loaded, a.unsure = false, true // what the log holds is unknown: read it again (recheck)
+		return taskhub.Errorf(taskhub.DeadlineExceeded,
 			"task %s: the event log did not confirm the change in time; it may or may not have been made: get the task to see", t.Id)
 	case err != nil:
-		return 0, false, taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
+		return taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
 	}
-	if !dup {
-		t.Seq = seq // t is not shared yet: the record holding it was encoded above
-		a.task, a.lastSeq, a.lease = t, seq, lease
-	}
-	return seq, dup, nil
+	t.Seq = seq // t is not shared yet: the record holding it was encoded above
+	a.task, a.lastSeq, a.lease = t, seq, lease
+	return nil
 }
 
 func (a *taskActor) create(c *createCmd) *taskReply {
 	if a.task != nil {
+		// Created already: by the first attempt of a retried create, which may have been cut
+		// off before it queued the task.
+		if a.task.State == taskhubv1.TaskState_TASK_STATE_QUEUED {
+			a.enqueueWithin(enqueueBudget)
+		}
 		return &taskReply{task: a.task}
 	}
-	seq, dup, err := a.append(taskhubv1.EventKind_EVENT_KIND_CREATED, c.task, nil, c.msgID)
-	if err != nil {
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_CREATED, c.task, nil); err != nil {
 		if taskhub.ErrorCode(err) == taskhub.DeadlineExceeded {
 			err = taskhub.Errorf(taskhub.DeadlineExceeded,
 				"the event log did not confirm in time whether task %s was created: get it to see, or retry with the same idempotency_key", c.task.Id)
 		}
 		return &taskReply{err: err}
-	}
-	if dup {
-		return &taskReply{dupOf: seq}
 	}
 	// Queue it before answering, so that tasks one caller creates are claimed in that order;
 	// but the answer is "created" either way, and a queue that is slow or failing is retried
@@ -279,10 +293,10 @@ func (a *taskActor) enqueue() { a.enqueueWithin(a.h.cfg.CallTimeout) }
 func (a *taskActor) enqueueWithin(budget time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
-	if err := a.h.log.Enqueue(ctx, a.task.Mode, a.id); err != nil {
+	if _, err := a.h.log.Enqueue(ctx, a.task.Mode, a.id); err != nil {
 		a.h.logger.Warn("cannot queue task; retrying", "task", a.id, "err", err)
 		a.enqueuePending = true
-		a.after(&a.retryTimer, time.Second, &retryEnqueue{})
+		a.after(&a.retryTimer, time.Second, &recheck{})
 		return
 	}
 	a.enqueuePending = false
@@ -299,7 +313,7 @@ func (a *taskActor) cancel(c *cancelCmd) *taskReply {
 	t := a.next()
 	t.State = taskhubv1.TaskState_TASK_STATE_CANCELLED
 	t.FinishedAt = timestamppb.New(a.h.now())
-	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_CANCELLED, t, a.lease, ""); err != nil {
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_CANCELLED, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
 	a.stopRunning()
@@ -378,7 +392,7 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 	t.State = taskhubv1.TaskState_TASK_STATE_RUNNING
 	t.StartedAt, t.ProgressedAt = timestamppb.New(now), timestamppb.New(now)
 	t.Progress, t.Message, t.WorkerId, t.Stalled = 0, "", c.workerID, false
-	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_STARTED, t, lease, ""); err != nil {
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_STARTED, t, lease); err != nil {
 		return &taskReply{err: err}
 	}
 	a.armRunning()
@@ -429,7 +443,7 @@ func (a *taskActor) report(c *reportCmd) *taskReply {
 	lease.ExpiresAt = timestamppb.New(expires)
 	t := a.next()
 	t.Progress, t.Message, t.Stalled, t.ProgressedAt = c.progress, c.message, false, timestamppb.New(now)
-	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_PROGRESS, t, lease, ""); err != nil {
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_PROGRESS, t, lease); err != nil {
 		return &taskReply{err: err}
 	}
 	_ = a.h.log.Renew(lease.AckSubject)
@@ -466,7 +480,7 @@ func (a *taskActor) stall() *taskReply {
 	}
 	t := a.next()
 	t.Stalled = true
-	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_STALLED, t, a.lease, ""); err != nil {
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_STALLED, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
 	return &taskReply{task: a.task}
@@ -508,7 +522,7 @@ func (a *taskActor) fail(c *failCmd) *taskReply {
 
 // finish records a terminal event of a running task and takes it out of the queue.
 func (a *taskActor) finish(kind taskhubv1.EventKind, t *taskhubv1.Task) *taskReply {
-	if _, _, err := a.append(kind, t, a.lease, ""); err != nil {
+	if err := a.append(kind, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
 	a.stopRunning()
@@ -546,7 +560,7 @@ func (a *taskActor) abort(c *abortCmd) *taskReply {
 	t.State = taskhubv1.TaskState_TASK_STATE_FAILED
 	t.Error = c.reason
 	t.FinishedAt = timestamppb.New(a.h.now())
-	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_FAILED, t, a.lease, ""); err != nil {
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_FAILED, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
 	a.stopRunning()
@@ -560,7 +574,7 @@ func (a *taskActor) requeue(reason string) *taskReply {
 	t.State = taskhubv1.TaskState_TASK_STATE_QUEUED
 	t.Attempt++
 	t.Progress, t.Message, t.StartedAt, t.ProgressedAt, t.Stalled = 0, reason, nil, nil, false
-	if _, _, err := a.append(taskhubv1.EventKind_EVENT_KIND_REQUEUED, t, a.lease, ""); err != nil {
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_REQUEUED, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
 	a.stopRunning()

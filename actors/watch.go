@@ -5,8 +5,11 @@ import (
 	"sync"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
 )
 
 // Watch is one client's view of its tasks: what Hub.Watch started. Next is for one goroutine.
@@ -37,7 +40,14 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 		w.items, err = w.out.take(w.items)
 		if len(w.items) > 0 {
 			for _, it := range w.items {
-				w.msgs = append(w.msgs, it.resp)
+				if it.snap == nil {
+					w.msgs = append(w.msgs, it.resp)
+					continue
+				}
+				if w.msgs, err = w.appendSnapshot(ctx, w.msgs, it.snap); err != nil {
+					clear(w.items)
+					return nil, err
+				}
 			}
 			clear(w.items)
 			return w.msgs, nil
@@ -51,6 +61,44 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 		<-w.out.signal
 	}
 }
+
+// appendSnapshot appends the messages of a snapshot to msgs: its tasks with their prompts and
+// params, read from the event log (they never change after a create, so any event of the task
+// has them), in one Snapshot message, or in several at the same seq of at most
+// maxSnapshotPart bytes of tasks each, all but the last with more set.
+func (w *Watch) appendSnapshot(ctx context.Context, msgs []*taskhubv1.WatchTasksResponse, snap *snapshot) ([]*taskhubv1.WatchTasksResponse, error) {
+	add := func(tasks []*taskhubv1.Task, more bool) {
+		msgs = append(msgs, &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+			Snapshot: &taskhubv1.Snapshot{Epoch: snap.epoch, Seq: snap.seq, Tasks: tasks, More: more},
+		}})
+	}
+	var part []*taskhubv1.Task
+	size := 0
+	for _, t := range snap.tasks {
+		call, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
+		e, err := w.h.log.Last(call, t.Owner, t.Id)
+		cancel()
+		if err != nil {
+			return nil, taskhub.Errorf(taskhub.Unavailable, "read the event log for the snapshot: %v; watch again", err)
+		}
+		full := proto.CloneOf(t)
+		full.Prompt, full.Params = e.Record.Event.Task.Prompt, e.Record.Event.Task.Params
+		n := proto.Size(full)
+		if len(part) > 0 && size+n > maxSnapshotPart {
+			add(part, true)
+			part, size = nil, 0
+		}
+		part = append(part, full)
+		size += n
+	}
+	add(part, false)
+	return msgs, nil
+}
+
+// maxSnapshotPart bounds the tasks of one Snapshot message, in encoded bytes. An active task is
+// at most about 50 KiB (the limits on prompt, params and progress message), so a part holds at
+// least 20, and every message stays well under the 4 MiB that gRPC clients accept by default.
+const maxSnapshotPart = 1 << 20
 
 // watchCtx makes the end of ctx wake Next, so that Next waits on one channel rather than
 // selecting over two: the wait is on the path of every delivery. The hub's heartbeat loop looks

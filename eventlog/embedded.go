@@ -25,8 +25,8 @@ type embedded struct {
 	cur *server.Server // nil until started; the old one while a restart fails
 }
 
-// start starts a server on the data directory.
-func (e *embedded) start() error {
+// start starts a server on the data directory, waiting up to ready for it to take connections.
+func (e *embedded) start(ready time.Duration) error {
 	ns, err := server.NewServer(&server.Options{
 		ServerName:   "taskhub",
 		JetStream:    true,
@@ -41,9 +41,9 @@ func (e *embedded) start() error {
 	}
 	ns.SetLoggerV2(natsLogger{e.log.With("component", "nats")}, false, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
+	if !ns.ReadyForConnections(ready) {
 		ns.Shutdown()
-		return errors.New("eventlog: the embedded NATS server did not start within 30s")
+		return fmt.Errorf("eventlog: the embedded NATS server did not start within %v", ready)
 	}
 	if !ns.JetStreamEnabled() {
 		ns.Shutdown()
@@ -57,10 +57,11 @@ func (e *embedded) start() error {
 
 // restart stops the server and starts a fresh one on the same files: JetStream reopens its
 // stores, which clears a store's write error (a store that failed a write refuses every write
-// after it until it is reopened).
+// after it until it is reopened). It waits at most 5 s for the new one, so that closing the log
+// is not held up long by a restart under way; a server that is slower is tried again later.
 func (e *embedded) restart() error {
 	e.stop()
-	return e.start()
+	return e.start(5 * time.Second)
 }
 
 // stop shuts the server down and waits until it has.

@@ -17,6 +17,7 @@ const (
 	probeEvents = "probe.tasks"
 	probeQueue  = "probe.queue"
 	probeMeta   = "taskhub.probe"
+	probeKey    = "probe" // in the key-value buckets, whose own keys are hex SHA-256 sums
 )
 
 // health is what the last probe found.
@@ -24,6 +25,7 @@ type health struct {
 	mu          sync.Mutex
 	err         error     // why writes fail; nil while they work
 	since       time.Time // when they started failing
+	failures    uint64    // writes that failed so far: a probe that began before one cannot clear it
 	restarts    int       // embedded server restarts since they started failing
 	lastRestart time.Time
 }
@@ -73,6 +75,7 @@ func (l *Log) writable(op string) error {
 func (l *Log) writeFailed(err error) {
 	h := &l.health
 	h.mu.Lock()
+	h.failures++
 	first := h.err == nil
 	if first {
 		h.err, h.since = err, time.Now()
@@ -101,7 +104,10 @@ func (l *Log) watch() {
 		case <-tick.C:
 		case <-l.kick:
 		}
-		l.settle(l.probe())
+		l.health.mu.Lock()
+		failures := l.health.failures
+		l.health.mu.Unlock()
+		l.settle(l.probe(), failures)
 	}
 }
 
@@ -111,6 +117,11 @@ func (l *Log) probe() error {
 	defer cancel()
 	if _, err := l.js.Publish(ctx, probeMeta, nil); err != nil {
 		return fmt.Errorf("stream %s: %w", MetaStream, err)
+	}
+	for _, kv := range []jetstream.KeyValue{l.sessions, l.idempotency} {
+		if _, err := kv.Put(ctx, probeKey, nil); err != nil {
+			return fmt.Errorf("bucket %s: %w", kv.Bucket(), err)
+		}
 	}
 	for _, p := range []struct {
 		stream  jetstream.Stream
@@ -127,13 +138,19 @@ func (l *Log) probe() error {
 	return nil
 }
 
-// settle records a probe's outcome and acts on it.
-func (l *Log) settle(err error) {
+// settle records the outcome of a probe that began when failures writes had failed, and acts on
+// it.
+func (l *Log) settle(err error, failures uint64) {
 	h := &l.health
 	h.mu.Lock()
 	was := h.err
 	now := time.Now()
 	switch {
+	case err == nil && h.failures != failures:
+		// A write failed while the probe ran: its success says nothing about that failure, and
+		// writeFailed has asked for another probe.
+		h.mu.Unlock()
+		return
 	case err == nil:
 		h.err, h.restarts = nil, 0
 	case was == nil:

@@ -42,7 +42,7 @@ func TestLog_StoreFailureAndRecovery(t *testing.T) {
 	appendOne := func() error {
 		n++
 		id := fmt.Sprintf("T%04d", n)
-		seq, _, err := l.Append(ctx, "alice", id, record(id, taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "")
+		seq, err := l.Append(ctx, "alice", id, record(id, taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 		switch {
 		case err == nil:
 			acked[id] = seq
@@ -103,26 +103,19 @@ func TestLog_StoreFailureAndRecovery(t *testing.T) {
 	t.Logf("%d appends acknowledged, %d refused", len(acked), len(refused))
 }
 
-func TestLog_Duplicate(t *testing.T) {
+func TestLog_ClaimKey(t *testing.T) {
 	t.Parallel()
 	l := setup(t)
 	ctx := t.Context()
-	_, ok, err := l.Duplicate(ctx, "alice", "create:alice:k1")
+	id, err := l.ClaimKey(ctx, "alice", "k1", "T1")
 	require.NoError(t, err)
-	require.False(t, ok)
-	_, last, err := l.Bounds(ctx)
+	require.Equal(t, "T1", id, "the first create binds the key")
+	id, err = l.ClaimKey(ctx, "alice", "k1", "T2")
 	require.NoError(t, err)
-
-	seq, _, err := l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0, "create:alice:k1")
+	require.Equal(t, "T1", id, "a retry gets the first create's task")
+	id, err = l.ClaimKey(ctx, "bob", "k1", "T3")
 	require.NoError(t, err)
-	require.Greater(t, seq, last, "the probe wrote nothing")
-	got, ok, err := l.Duplicate(ctx, "alice", "create:alice:k1")
-	require.NoError(t, err)
-	require.True(t, ok)
-	require.Equal(t, seq, got)
-	_, last2, err := l.Bounds(ctx)
-	require.NoError(t, err)
-	require.Equal(t, seq, last2, "the probe of a known key wrote nothing")
+	require.Equal(t, "T3", id, "keys are per user")
 }
 
 func TestLog_IdleQueueConsumerGoesAwayAndComesBack(t *testing.T) {
@@ -131,7 +124,7 @@ func TestLog_IdleQueueConsumerGoesAwayAndComesBack(t *testing.T) {
 	require.NoError(t, err)
 	defer l.Close()
 	ctx := t.Context()
-	require.NoError(t, l.Enqueue(ctx, "render", "T1"))
+	requireEnqueued(t, l, "render", "T1")
 	// Nobody claims: JetStream removes the idle consumer; the message stays.
 	require.Eventually(t, func() bool {
 		modes, err := l.QueueModes(ctx)

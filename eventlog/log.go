@@ -53,7 +53,7 @@ type Config struct {
 	// AckWait is how long a queue delivery stays leased without a renewal before JetStream
 	// redelivers it. The hub sets it a little above its own lease timeout [35s].
 	AckWait time.Duration
-	// Duplicates is how long idempotency keys (Nats-Msg-Id) are remembered [24h].
+	// Duplicates is how long idempotency keys are remembered [24h].
 	Duplicates time.Duration
 	// Timeout bounds each request to NATS [10s].
 	Timeout time.Duration
@@ -73,16 +73,17 @@ type Config struct {
 
 // Log is the event log and the task queue.
 type Log struct {
-	cfg      Config
-	log      *slog.Logger
-	emb      *embedded // nil with an external server
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	events   jetstream.Stream
-	queue    jetstream.Stream
-	meta     jetstream.Stream
-	sessions jetstream.KeyValue
-	epoch    string
+	cfg         Config
+	log         *slog.Logger
+	emb         *embedded // nil with an external server
+	nc          *nats.Conn
+	js          jetstream.JetStream
+	events      jetstream.Stream
+	queue       jetstream.Stream
+	meta        jetstream.Stream
+	sessions    jetstream.KeyValue
+	idempotency jetstream.KeyValue
+	epoch       string
 
 	consumersMu sync.Mutex
 	consumers   map[string]jetstream.Consumer // the queue consumers this process knows exist, by mode
@@ -132,7 +133,7 @@ func (l *Log) connect() error {
 			return errors.New("eventlog: a data directory or a NATS URL is required")
 		}
 		emb := &embedded{dataDir: l.cfg.DataDir, sync: l.cfg.SyncAlways, syncInterval: l.cfg.SyncInterval, log: l.log}
-		if err := emb.start(); err != nil {
+		if err := emb.start(30 * time.Second); err != nil {
 			return err
 		}
 		l.emb = emb
@@ -159,7 +160,6 @@ func (l *Log) createStreams(ctx context.Context) error {
 		Subjects:    []string{"tasks.>", probeEvents},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
-		Duplicates:  l.cfg.Duplicates,
 		AllowDirect: true,
 	})
 	if err != nil {
@@ -203,6 +203,15 @@ func (l *Log) createStreams(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("eventlog: create bucket %s: %w", sessionBucket, err)
+	}
+	l.idempotency, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      idempotencyBucket,
+		Description: "taskhub idempotency keys: SHA-256 of owner and key -> the task id of the first create",
+		TTL:         l.cfg.Duplicates,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("eventlog: create bucket %s: %w", idempotencyBucket, err)
 	}
 	return nil
 }
@@ -299,33 +308,27 @@ func decode(subject string, seq uint64, data []byte) (*Entry, error) {
 }
 
 // Append writes rec as the next event of the task, if the subject's last sequence is still
-// expectLast (0: the task has no events yet). It returns the new sequence. With a msgID seen
-// within the de-duplication window nothing is written: it returns the first message's sequence
-// and dup = true.
+// expectLast (0: the task has no events yet: a create), and returns its sequence.
 //
 // It fails with ErrConflict when another append came first, with ErrUnavailable when nothing
-// was written (at once while Ready fails), and with ErrUncertain when the write was sent but not confirmed (the server did
-// not answer in time, or the connection dropped) and a read afterwards could not find it either:
-// it may still be stored.
-func (l *Log) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64, msgID string) (seq uint64, dup bool, err error) {
+// was written (at once while Ready fails), and with ErrUncertain when the write was sent but not
+// confirmed (the server did not answer in time, or the connection dropped) and a read
+// afterwards could not find it either: it may still be stored.
+func (l *Log) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (seq uint64, err error) {
 	if err := l.writable("append"); err != nil {
-		return 0, false, err
+		return 0, err
 	}
 	data, err := proto.Marshal(rec)
 	if err != nil {
-		return 0, false, fmt.Errorf("eventlog: encode: %w", err)
-	}
-	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(expectLast)}
-	if msgID != "" {
-		opts = append(opts, jetstream.WithMsgID(msgID))
+		return 0, fmt.Errorf("eventlog: encode: %w", err)
 	}
 	subject := Subject(owner, id)
-	ack, err := l.js.Publish(ctx, subject, data, opts...)
+	ack, err := l.js.Publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
 	switch {
 	case err == nil:
-		return ack.Sequence, ack.Duplicate, nil
+		return ack.Sequence, nil
 	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
-		return 0, false, ErrConflict
+		return 0, ErrConflict
 	}
 	err = l.writeErr(ctx, "append", err)
 	if errors.Is(err, ErrUncertain) {
@@ -334,10 +337,10 @@ func (l *Log) Append(ctx context.Context, owner, id string, rec *storagev1.Recor
 		check, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(l.cfg.Timeout, 2*time.Second))
 		defer cancel()
 		if m, gerr := l.events.GetLastMsgForSubject(check, subject); gerr == nil && m.Sequence > expectLast && bytes.Equal(m.Data, data) {
-			return m.Sequence, false, nil
+			return m.Sequence, nil
 		}
 	}
-	return 0, false, err
+	return 0, err
 }
 
 // writeErr classifies the error of a write that JetStream did not acknowledge. An answer from
@@ -356,32 +359,6 @@ func (l *Log) writeErr(ctx context.Context, op string, err error) error {
 	}
 	return fmt.Errorf("%w: %s: %w", ErrUncertain, op, err)
 }
-
-// Duplicate reports whether an append of owner with msgID is within the de-duplication window,
-// and if so the sequence it was stored at. It writes nothing: the probe carries an expectation
-// (Nats-Expected-Last-Msg-Id) that no message can meet, which JetStream checks only after its
-// de-duplication, so a new msgID is refused and a known one is answered as a duplicate.
-func (l *Log) Duplicate(ctx context.Context, owner, msgID string) (seq uint64, ok bool, err error) {
-	ack, err := l.js.Publish(ctx, Subject(owner, "dedupe-probe"), nil,
-		jetstream.WithMsgID(msgID), jetstream.WithExpectLastMsgID(neverMsgID))
-	switch {
-	case err == nil && ack.Duplicate:
-		return ack.Sequence, true, nil
-	case err == nil:
-		// Not possible unless JetStream changes the order of its checks: say so loudly rather
-		// than leave a stray message unexplained.
-		return 0, false, fmt.Errorf("eventlog: the de-duplication probe was stored (seq %d): JetStream no longer checks Nats-Msg-Id first", ack.Sequence)
-	case hasCode(err, jsWrongLastMsgID):
-		return 0, false, nil
-	}
-	return 0, false, l.unavailable("duplicate", err)
-}
-
-// jsWrongLastMsgID is the error code of a message refused by its Nats-Expected-Last-Msg-Id.
-const jsWrongLastMsgID jetstream.ErrorCode = 10070
-
-// neverMsgID is a Nats-Msg-Id that no message in the event log carries.
-const neverMsgID = "taskhub: no message has this id"
 
 // Last returns the last event of a task: its current state. Owner may be "*".
 func (l *Log) Last(ctx context.Context, owner, id string) (*Entry, error) {

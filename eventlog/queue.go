@@ -36,23 +36,22 @@ func QueueSubject(mode, id string) string { return "taskq." + mode + "." + id }
 const consumerPrefix = "mode-"
 
 // Enqueue puts the task in its mode's queue, creating the mode's consumer if this process does
-// not know it exists. A task already in the queue (delivered or not) stays as it is: the stream
-// keeps at most one message per task.
-func (l *Log) Enqueue(ctx context.Context, mode, id string) error {
+// not know it exists, and reports whether it added it. A task already in the queue (delivered or
+// not) stays as it is: the stream keeps at most one message per task.
+func (l *Log) Enqueue(ctx context.Context, mode, id string) (added bool, err error) {
 	if err := l.writable("enqueue"); err != nil {
-		return err
+		return false, err
 	}
 	if err := l.EnsureQueue(ctx, mode); err != nil {
-		return err
+		return false, err
 	}
-	_, err := l.js.Publish(ctx, QueueSubject(mode, id), nil)
-	if err != nil {
+	if _, err := l.js.Publish(ctx, QueueSubject(mode, id), nil); err != nil {
 		if hasCode(err, jsStoreFailed) && strings.Contains(err.Error(), "maximum messages per subject") {
-			return nil
+			return false, nil
 		}
-		return l.writeErr(ctx, "enqueue", err)
+		return false, l.writeErr(ctx, "enqueue", err)
 	}
-	return nil
+	return true, nil
 }
 
 // Dequeue removes the task's queue message, delivered or not.

@@ -128,7 +128,7 @@ func (a *Auth) User(r *http.Request) (string, error) {
 	if a == nil {
 		return LocalUser, nil
 	}
-	if r.Header.Get("Authorization") == "" && hasSessionCookie(r.Header) {
+	if _, ok := sessionCookieOf(r.Header); ok {
 		if err := a.origin.Check(r); err != nil {
 			return "", taskhub.Errorf(taskhub.Unauthenticated, "the session cookie is only accepted from this server's own pages")
 		}
@@ -138,20 +138,23 @@ func (a *Auth) User(r *http.Request) (string, error) {
 
 // user finds the user of a bearer token or, without one, of a session cookie.
 func (a *Auth) user(ctx context.Context, h http.Header) (string, error) {
-	if h.Get("Authorization") == "" && hasSessionCookie(h) {
-		c, _ := (&http.Request{Header: h}).Cookie(SessionCookie)
-		return a.session(ctx, c.Value)
+	if cookie, ok := sessionCookieOf(h); ok {
+		return a.session(ctx, cookie)
 	}
 	return a.lookup(h, a.users, "a user")
 }
 
-func hasSessionCookie(h http.Header) bool {
-	for _, line := range h.Values("Cookie") {
-		if strings.Contains(line, SessionCookie+"=") {
-			return true
-		}
+// sessionCookieOf returns the session cookie of a request that has no Authorization header
+// (a bearer token wins over a cookie).
+func sessionCookieOf(h http.Header) (string, bool) {
+	if h.Get("Authorization") != "" {
+		return "", false
 	}
-	return false
+	// Request.Cookie skips what does not parse: other cookies of the site may be anything.
+	if c, err := (&http.Request{Header: h}).Cookie(SessionCookie); err == nil {
+		return c.Value, true
+	}
+	return "", false
 }
 
 // session returns the user of a session cookie: its session exists, has not expired, and the

@@ -1,12 +1,16 @@
 package rpc
 
 import (
+	"context"
 	"net/http"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub/eventlog"
 )
 
 // FuzzStrictJSON decodes any body into every request message as the JSON codec does: it must
@@ -65,6 +69,57 @@ func FuzzAuthorization(f *testing.F) {
 		}
 		if worker, err := a.Worker(h); err == nil && (worker != "gpu-1" || h.Get("Authorization") != "Bearer worker-token-0123456789") {
 			t.Fatalf("%q authenticated as worker %q", value, worker)
+		}
+	})
+}
+
+// memSessions is a Sessions in memory, for tests.
+type memSessions map[string]*storagev1.Session
+
+func (m memSessions) PutSession(_ context.Context, cookie string, s *storagev1.Session) error {
+	m[cookie] = s
+	return nil
+}
+
+func (m memSessions) Session(_ context.Context, cookie string) (*storagev1.Session, error) {
+	if s, ok := m[cookie]; ok {
+		return s, nil
+	}
+	return nil, eventlog.ErrNotFound
+}
+
+func (m memSessions) DeleteSession(_ context.Context, cookie string) error {
+	delete(m, cookie)
+	return nil
+}
+
+// FuzzSessionCookie: whatever a Cookie header holds, it never crashes the server, and only the
+// exact cookie of a live session names its user.
+func FuzzSessionCookie(f *testing.F) {
+	sessions := memSessions{}
+	a, err := NewAuth(AuthFile{Users: []Principal{{Name: "alice", Token: "alice-token-0123456789"}}}, sessions)
+	if err != nil {
+		f.Fatal(err)
+	}
+	c, err := a.SignIn(f.Context(), "alice-token-0123456789", false)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(SessionCookie + "=" + c.Value)
+	f.Add("other=1; " + SessionCookie + "=" + c.Value)
+	f.Add("x" + SessionCookie + "=1")
+	f.Add(SessionCookie + `=a"b`)
+	f.Add(SessionCookie + "=")
+	f.Add(SessionCookie)
+	f.Fuzz(func(t *testing.T, header string) {
+		h := http.Header{}
+		h.Set("Cookie", header)
+		user, err := a.User(&http.Request{Method: http.MethodPost, Header: h})
+		if err == nil {
+			got, _ := (&http.Request{Header: h}).Cookie(SessionCookie)
+			if user != "alice" || got == nil || got.Value != c.Value {
+				t.Fatalf("%q authenticated as user %q", header, user)
+			}
 		}
 	})
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/taskhub/taskhub/internal/clientaddr"
 )
 
 // Defaults of Limits.
@@ -37,8 +39,9 @@ const (
 
 // Limits bound what clients may hold of the server, so that none of them, authenticated or not,
 // can take it down: every connection and request has a time budget, and every client address a
-// share. Zero values take the defaults; for the per-address limits a negative value means none
-// (behind a load balancer or proxy every request comes from its address).
+// share (an IPv6 client's share is its /64's). Zero values take the defaults; for the per-address
+// limits a negative value means none (behind a load balancer or proxy every request comes from
+// its address).
 type Limits struct {
 	// MaxConns bounds the open connections [the process's file descriptor limit less 256].
 	// Connections over it are closed as they are accepted. It is never more than that.
@@ -79,16 +82,6 @@ func (l Limits) withDefaults(fdLimit int) Limits {
 	l.BodyTimeout = cmp.Or(l.BodyTimeout, DefaultBodyTimeout)
 	l.IdleTimeout = cmp.Or(l.IdleTimeout, DefaultIdleTimeout)
 	return l
-}
-
-// ipOf is the address of a host:port, without a zone or an IPv4-in-IPv6 prefix. An address that
-// does not parse is the zero Addr: such clients share one allowance.
-func ipOf(hostport string) netip.Addr {
-	ap, err := netip.ParseAddrPort(hostport)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap().WithZone("")
 }
 
 // counter counts what each client address holds, against a limit per address (0: none) and
@@ -142,7 +135,7 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := ipOf(c.RemoteAddr().String())
+		ip := clientaddr.Of(c.RemoteAddr().String())
 		if l.conns.take(ip) {
 			return &limitedConn{Conn: c, l: l, ip: ip}, nil
 		}
@@ -171,13 +164,22 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// CloseWrite half-closes the connection, as net/http does before closing one it answered
+// without reading the whole request: the client then reads the answer before the close.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // limitRequests bounds the requests each client address has under way, and gives each request
 // body its time budget. A Connect call over a limit gets resource_exhausted in its protocol; any
 // other request 429.
 func limitRequests(next http.Handler, l Limits, errs *connect.ErrorWriter) http.Handler {
 	reqs := &counter{perIP: max(l.MaxRequestsPerIP, 0), byIP: map[netip.Addr]int{}}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ip := ipOf(r.RemoteAddr)
+		ip := clientaddr.Of(r.RemoteAddr)
 		if !reqs.take(ip) {
 			if r.ProtoMajor == 1 {
 				w.Header().Set("Connection", "close") // do not wait for its body

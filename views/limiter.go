@@ -1,15 +1,16 @@
 package views
 
 import (
-	"net"
 	"net/netip"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/taskhub/taskhub/internal/clientaddr"
 )
 
-// addrLimiter allows each client address burst attempts at once, then one per every. It
+// addrLimiter allows each client (clientaddr.Of) burst attempts at once, then one per every. It
 // remembers at most maxAddrs addresses: when it would remember more, it forgets those whose
 // allowance is full again, and if that is not enough, all of them.
 type addrLimiter struct {
@@ -29,12 +30,7 @@ func newAddrLimiter(every time.Duration, burst int) *addrLimiter {
 // wait takes an attempt for remoteAddr (host:port) and returns 0, or, when its allowance is
 // used up, how long until the next attempt is allowed (taking none).
 func (l *addrLimiter) wait(remoteAddr string) time.Duration {
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		host = remoteAddr
-	}
-	addr, _ := netip.ParseAddr(host) // the zero Addr for something unparsable: one shared allowance
-	addr = addr.Unmap()
+	addr := clientaddr.Of(remoteAddr)
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
