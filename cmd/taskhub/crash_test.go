@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 	if url := os.Getenv(childWorkerEnv); url != "" {
 		os.Exit(fragileWorker(url))
 	}
+	if url := os.Getenv(childAliceEnv); url != "" {
+		os.Exit(legitimateUser(url))
+	}
 	if args := os.Getenv(childArgsEnv); args != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		defer stop()
