@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/taskhub/taskhub"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 )
 
@@ -33,18 +34,18 @@ func TestHub_WatchersAgreeUnderChurn(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for range tasks / workers {
-				c, err := h.ClaimTask(ctx, "", "w", []string{"churn"}, 5*time.Second)
+				c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: []string{"churn"}, Wait: 5 * time.Second})
 				if err != nil || c == nil {
 					t.Error("claim:", err)
 					return
 				}
 				for s := 1; s <= steps; s++ {
-					if _, _, err := h.ReportProgress(ctx, "", c.Task.Id, c.LeaseToken, float64(s*10), ""); err != nil {
+					if _, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: float64(s * 10)}); err != nil {
 						t.Error(err)
 						return
 					}
 				}
-				if _, err := h.CompleteTask(ctx, "", c.Task.Id, c.LeaseToken, "done"); err != nil {
+				if _, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "done"); err != nil {
 					t.Error(err)
 				}
 			}

@@ -52,7 +52,7 @@ func benchFanout(b *testing.B, subs int) {
 	var target atomic.Uint64
 	var wg sync.WaitGroup
 	for range subs {
-		w, err := h.Watch(ctx, "bench", "", 0)
+		w, err := h.Watch(ctx, taskhub.WatchQuery{Owner: "bench", Epoch: "", AfterSeq: 0})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -111,14 +111,14 @@ func BenchmarkHub_CreateClaimComplete(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := h.ClaimTask(ctx, "", "w", []string{"bench"}, time.Second)
+		c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: []string{"bench"}, Wait: time.Second})
 		if err != nil || c == nil {
 			b.Fatal("claim", err)
 		}
 		if c.Task.Id != t.Id {
 			b.Fatal("claimed another task")
 		}
-		if _, err := h.CompleteTask(ctx, "", t.Id, c.LeaseToken, "r"); err != nil {
+		if _, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: t.Id, Token: c.LeaseToken}, "r"); err != nil {
 			b.Fatal(err)
 		}
 	}

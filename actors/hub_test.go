@@ -108,9 +108,9 @@ func create(t *testing.T, h *actors.Hub, owner, prompt, mode string) *taskhubv1.
 	return task
 }
 
-func claim(t *testing.T, h *actors.Hub, mode string) *actors.Claim {
+func claim(t *testing.T, h *actors.Hub, mode string) *taskhub.Claim {
 	t.Helper()
-	c, err := h.ClaimTask(t.Context(), "", "w1", []string{mode}, 5*time.Second)
+	c, err := h.ClaimTask(t.Context(), taskhub.ClaimParams{WorkerID: "w1", Modes: []string{mode}, Wait: 5 * time.Second})
 	require.NoError(t, err)
 	require.NotNil(t, c, "no task to claim")
 	return c
@@ -119,7 +119,7 @@ func claim(t *testing.T, h *actors.Hub, mode string) *actors.Claim {
 // watcher reads a watch on a goroutine, as a stream's send loop would, keeping what it got.
 type watcher struct {
 	t      *testing.T
-	w      *actors.Watch
+	w      taskhub.Watch
 	mu     sync.Mutex
 	snap   *taskhubv1.Snapshot
 	events []*taskhubv1.TaskEvent
@@ -130,7 +130,7 @@ type watcher struct {
 
 func watch(t *testing.T, h *actors.Hub, owner, epoch string, after uint64) *watcher {
 	t.Helper()
-	w, err := h.Watch(t.Context(), owner, epoch, after)
+	w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: owner, Epoch: epoch, AfterSeq: after})
 	require.NoError(t, err)
 	r := &watcher{t: t, w: w, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -216,12 +216,13 @@ func TestHub_Lifecycle(t *testing.T) {
 
 	for i, p := range []float64{10, 50, 90} {
 		w.wait(2 + i) // keep up, so nothing is coalesced
-		cancelled, expires, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, p, "step")
+		st, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: p, Message: "step"})
+		cancelled, expires := st.CancelRequested, st.Expires
 		require.NoError(t, err)
 		require.False(t, cancelled)
 		require.WithinDuration(t, time.Now().Add(10*time.Second), expires, 2*time.Second)
 	}
-	done, err := h.CompleteTask(ctx, "", task.Id, c.LeaseToken, "a picture")
+	done, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, "a picture")
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, done.State)
 	require.Equal(t, "a picture", done.Result)
@@ -250,9 +251,9 @@ func TestHub_Lifecycle(t *testing.T) {
 	require.Equal(t, float64(50), events[3].Task.Progress)
 
 	// Illegal transitions change nothing.
-	_, _, err = h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 95, "late")
+	_, err = h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 95, Message: "late"})
 	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
-	_, err = h.CompleteTask(ctx, "", task.Id, c.LeaseToken, "again")
+	_, err = h.CompleteTask(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, "again")
 	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
 	_, err = h.CancelTask(ctx, "alice", task.Id)
 	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
@@ -290,31 +291,49 @@ func TestHub_Errors(t *testing.T) {
 		{"cancel another owner's task", func() error { _, err := h.CancelTask(ctx, "bob", task.Id); return err }, taskhub.NotFound},
 		{"cancel unknown", func() error { _, err := h.CancelTask(ctx, "alice", unknown); return err }, taskhub.NotFound},
 		{"progress over 100", func() error {
-			_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 100.5, "")
+			_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 100.5})
 			return err
 		}, taskhub.Invalid},
 		{"progress below 0", func() error {
-			_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, -1, "")
+			_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: -1})
 			return err
 		}, taskhub.Invalid},
 		{"wrong lease token", func() error {
-			_, _, err := h.ReportProgress(ctx, "", task.Id, "not-the-token", 10, "")
+			_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: "not-the-token"}, Progress: 10})
 			return err
 		}, taskhub.PermissionDenied},
 		{"another worker's lease", func() error {
-			_, _, err := h.ReportProgress(ctx, "mallory", task.Id, c.LeaseToken, 10, "")
+			_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{Worker: "mallory", TaskID: task.Id, Token: c.LeaseToken}, Progress: 10})
 			return err
 		}, taskhub.PermissionDenied},
 		{"report on unknown task", func() error {
-			_, _, err := h.ReportProgress(ctx, "", unknown, c.LeaseToken, 10, "")
+			_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: unknown, Token: c.LeaseToken}, Progress: 10})
 			return err
 		}, taskhub.NotFound},
-		{"missing lease token", func() error { _, err := h.CompleteTask(ctx, "", task.Id, "", "r"); return err }, taskhub.Invalid},
-		{"empty failure text", func() error { _, err := h.FailTask(ctx, "", task.Id, c.LeaseToken, "", false); return err }, taskhub.Invalid},
-		{"claim without modes", func() error { _, err := h.ClaimTask(ctx, "", "w", nil, 0); return err }, taskhub.Invalid},
-		{"claim waits too long", func() error { _, err := h.ClaimTask(ctx, "", "w", []string{"paint"}, time.Hour); return err }, taskhub.Invalid},
-		{"list with a forged page token", func() error { _, _, err := h.ListTasks(ctx, "alice", nil, 10, "forged"); return err }, taskhub.Invalid},
-		{"list with a bad page size", func() error { _, _, err := h.ListTasks(ctx, "alice", nil, 501, ""); return err }, taskhub.Invalid},
+		{"missing lease token", func() error {
+			_, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: task.Id, Token: ""}, "r")
+			return err
+		}, taskhub.Invalid},
+		{"empty failure text", func() error {
+			_, err := h.FailTask(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, taskhub.Failure{Error: ""})
+			return err
+		}, taskhub.Invalid},
+		{"claim without modes", func() error {
+			_, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: nil, Wait: 0})
+			return err
+		}, taskhub.Invalid},
+		{"claim waits too long", func() error {
+			_, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: []string{"paint"}, Wait: time.Hour})
+			return err
+		}, taskhub.Invalid},
+		{"list with a forged page token", func() error {
+			_, err := h.ListTasks(ctx, taskhub.ListQuery{Owner: "alice", PageSize: 10, PageToken: "forged"})
+			return err
+		}, taskhub.Invalid},
+		{"list with a bad page size", func() error {
+			_, err := h.ListTasks(ctx, taskhub.ListQuery{Owner: "alice", PageSize: 501})
+			return err
+		}, taskhub.Invalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.call()
@@ -339,7 +358,7 @@ func TestHub_CancelReachesWorker(t *testing.T) {
 	got, err := h.CancelTask(ctx, "alice", queued.Id)
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_CANCELLED, got.State)
-	none, err := h.ClaimTask(ctx, "", "w1", []string{"paint"}, 0)
+	none, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w1", Modes: []string{"paint"}, Wait: 0})
 	require.NoError(t, err)
 	require.Nil(t, none, "a cancelled task must not be claimable")
 
@@ -348,10 +367,11 @@ func TestHub_CancelReachesWorker(t *testing.T) {
 	require.Equal(t, running.Id, c.Task.Id)
 	_, err = h.CancelTask(ctx, "alice", running.Id)
 	require.NoError(t, err)
-	cancelled, _, err := h.ReportProgress(ctx, "", running.Id, c.LeaseToken, 50, "still going")
+	st, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: running.Id, Token: c.LeaseToken}, Progress: 50, Message: "still going"})
+	cancelled := st.CancelRequested
 	require.NoError(t, err)
 	require.True(t, cancelled)
-	_, err = h.CompleteTask(ctx, "", running.Id, c.LeaseToken, "too late")
+	_, err = h.CompleteTask(ctx, taskhub.Lease{TaskID: running.Id, Token: c.LeaseToken}, "too late")
 	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
 	got, err = h.GetTask(ctx, "alice", running.Id)
 	require.NoError(t, err)
@@ -374,16 +394,16 @@ func TestHub_LeaseExpiryRequeuesThenFails(t *testing.T) {
 	require.Equal(t, uint32(2), events[2].Task.Attempt)
 
 	// The old lease holder is refused, and changes nothing.
-	_, _, err := h.ReportProgress(ctx, "", task.Id, first.LeaseToken, 50, "late")
+	_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: first.LeaseToken}, Progress: 50, Message: "late"})
 	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
 
 	// A second worker claims it (after the 1s backoff), then goes silent too: out of attempts.
-	second, err := h.ClaimTask(ctx, "", "w2", []string{"paint"}, 5*time.Second)
+	second, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w2", Modes: []string{"paint"}, Wait: 5 * time.Second})
 	require.NoError(t, err)
 	require.NotNil(t, second)
 	require.Equal(t, task.Id, second.Task.Id)
 	require.Equal(t, "w2", second.Task.WorkerId)
-	_, _, err = h.ReportProgress(ctx, "", task.Id, first.LeaseToken, 50, "late")
+	_, err = h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: first.LeaseToken}, Progress: 50, Message: "late"})
 	require.Equal(t, taskhub.PermissionDenied, codeOf(err), err)
 
 	_, events = w.wait(5)
@@ -406,7 +426,8 @@ func TestHub_IdempotentCreate(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, first.Id, other.Id, "keys are per owner")
 
-	tasks, _, err := h.ListTasks(ctx, "alice", nil, 10, "")
+	res, err := h.ListTasks(ctx, taskhub.ListQuery{Owner: "alice", PageSize: 10})
+	tasks := res.Tasks
 	require.NoError(t, err)
 	require.Len(t, tasks, 1)
 }
@@ -426,7 +447,8 @@ func TestHub_ListPagesNewestFirst(t *testing.T) {
 	var seen []string
 	token := ""
 	for {
-		page, next, err := h.ListTasks(ctx, "alice", nil, 2, token)
+		res, err := h.ListTasks(ctx, taskhub.ListQuery{Owner: "alice", PageSize: 2, PageToken: token})
+		page, next := res.Tasks, res.NextPageToken
 		require.NoError(t, err)
 		for _, task := range page {
 			seen = append(seen, task.Id)
@@ -438,7 +460,8 @@ func TestHub_ListPagesNewestFirst(t *testing.T) {
 	}
 	require.Equal(t, []string{ids[4], ids[3], ids[2], ids[1], ids[0]}, seen)
 
-	cancelled, _, err := h.ListTasks(ctx, "alice", []taskhubv1.TaskState{taskhubv1.TaskState_TASK_STATE_CANCELLED}, 10, "")
+	res, err := h.ListTasks(ctx, taskhub.ListQuery{Owner: "alice", States: []taskhubv1.TaskState{taskhubv1.TaskState_TASK_STATE_CANCELLED}, PageSize: 10})
+	cancelled := res.Tasks
 	require.NoError(t, err)
 	require.Len(t, cancelled, 1)
 	require.Equal(t, ids[1], cancelled[0].Id)

@@ -31,7 +31,7 @@ func TestHub_StallMarksAndClears(t *testing.T) {
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_RUNNING, events[2].Task.State)
 
 	// Progress clears it.
-	_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 30, "unstuck")
+	_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 30, Message: "unstuck"})
 	require.NoError(t, err)
 	_, events = w.wait(4)
 	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_PROGRESS, events[3].Kind)
@@ -39,7 +39,7 @@ func TestHub_StallMarksAndClears(t *testing.T) {
 	require.True(t, events[3].Task.ProgressedAt.AsTime().After(events[1].Task.ProgressedAt.AsTime()))
 
 	// A lease renewal is not progress: the task stalls again.
-	_, _, err = h.RenewLease(ctx, "", task.Id, c.LeaseToken)
+	_, err = h.RenewLease(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken})
 	require.NoError(t, err)
 	_, events = w.wait(5)
 	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_STALLED, events[4].Kind)
@@ -57,7 +57,8 @@ func TestHub_RenewLeaseWithoutEvents(t *testing.T) {
 	// Renewing every 150 ms keeps a 400 ms lease alive for three times its length.
 	for range 8 {
 		time.Sleep(150 * time.Millisecond)
-		cancelled, expires, err := h.RenewLease(ctx, "", task.Id, c.LeaseToken)
+		st, err := h.RenewLease(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken})
+		cancelled, expires := st.CancelRequested, st.Expires
 		require.NoError(t, err)
 		require.False(t, cancelled)
 		require.WithinDuration(t, time.Now().Add(400*time.Millisecond), expires, 200*time.Millisecond)
@@ -68,12 +69,13 @@ func TestHub_RenewLeaseWithoutEvents(t *testing.T) {
 	_, events := w.wait(2)
 	require.Len(t, events, 2, "renewals write no events: %v", kinds(events))
 
-	_, _, err = h.RenewLease(ctx, "", task.Id, "not-the-token")
+	_, err = h.RenewLease(ctx, taskhub.Lease{TaskID: task.Id, Token: "not-the-token"})
 	require.Equal(t, taskhub.PermissionDenied, codeOf(err), err)
 
 	_, err = h.CancelTask(ctx, "alice", task.Id)
 	require.NoError(t, err)
-	cancelled, _, err := h.RenewLease(ctx, "", task.Id, c.LeaseToken)
+	st, err := h.RenewLease(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken})
+	cancelled := st.CancelRequested
 	require.NoError(t, err)
 	require.True(t, cancelled, "a renewal learns of the cancel")
 }
@@ -85,14 +87,14 @@ func TestHub_ModeAttempts(t *testing.T) {
 
 	once := create(t, h, "alice", "x", "once")
 	c := claim(t, h, "once")
-	got, err := h.FailTask(ctx, "", once.Id, c.LeaseToken, "GPU out of memory", true)
+	got, err := h.FailTask(ctx, taskhub.Lease{TaskID: once.Id, Token: c.LeaseToken}, taskhub.Failure{Error: "GPU out of memory", Retryable: true})
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_FAILED, got.State, "mode once allows one attempt")
 	require.Equal(t, "GPU out of memory (gave up after 1 attempts)", got.Error)
 
 	twice := create(t, h, "alice", "x", "paint")
 	c = claim(t, h, "paint")
-	got, err = h.FailTask(ctx, "", twice.Id, c.LeaseToken, "GPU out of memory", true)
+	got, err = h.FailTask(ctx, taskhub.Lease{TaskID: twice.Id, Token: c.LeaseToken}, taskhub.Failure{Error: "GPU out of memory", Retryable: true})
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, got.State, "other modes get the default 3")
 	require.Equal(t, uint32(2), got.Attempt)
@@ -126,7 +128,7 @@ func TestHub_SupervisorFailsTaskThatKeepsPanicking(t *testing.T) {
 	// Every report panics; after the supervisor's bounded restarts it fails the task.
 	var got *taskhubv1.Task
 	for i := range 30 {
-		_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 10, "boom")
+		_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 10, Message: "boom"})
 		require.Error(t, err, "report %d", i)
 		var gerr error
 		got, gerr = h.GetTask(ctx, "alice", task.Id)
@@ -146,9 +148,9 @@ func TestHub_SupervisorFailsTaskThatKeepsPanicking(t *testing.T) {
 	other := create(t, h, "alice", "fine", "paint")
 	c2 := claim(t, h, "paint")
 	require.Equal(t, other.Id, c2.Task.Id)
-	_, err := h.CompleteTask(ctx, "", other.Id, c2.LeaseToken, "ok")
+	_, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: other.Id, Token: c2.LeaseToken}, "ok")
 	require.NoError(t, err)
-	_, _, err = h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 10, "again")
+	_, err = h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 10, Message: "again"})
 	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
 }
 
@@ -187,7 +189,8 @@ func TestHub_RestartGivesWorkersAFullLease(t *testing.T) {
 	b.open(t, opts)
 	time.Sleep(400 * time.Millisecond) // now past the lease granted before the restart
 
-	_, expires, err := b.hub.ReportProgress(t.Context(), "", c.Task.Id, c.LeaseToken, 50, "still here")
+	st, err := b.hub.ReportProgress(t.Context(), taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 50, Message: "still here"})
+	expires := st.Expires
 	require.NoError(t, err, "the restarted hub gave the worker a full lease to come back")
 	require.True(t, expires.After(c.LeaseExpires))
 }
@@ -202,10 +205,10 @@ func TestHub_RetentionCompactsAndResumesHonestly(t *testing.T) {
 	task := create(t, h, "alice", "x", "paint")
 	c := claim(t, h, "paint")
 	for p := 10.0; p <= 50; p += 10 {
-		_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, p, "")
+		_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: p})
 		require.NoError(t, err)
 	}
-	_, err := h.CompleteTask(ctx, "", task.Id, c.LeaseToken, "done")
+	_, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, "done")
 	require.NoError(t, err)
 	snap, events := w.wait(2)
 	started := events[1].Seq // a watcher that left right after STARTED
@@ -246,8 +249,8 @@ func TestHub_WatchLimits(t *testing.T) {
 	t.Parallel()
 	b := setup(t, options{lease: 10 * time.Second, watches: [2]int{3, 2}})
 	h, ctx := b.hub, t.Context()
-	open := func(owner string) (*actors.Watch, error) {
-		w, err := h.Watch(ctx, owner, "", 0)
+	open := func(owner string) (taskhub.Watch, error) {
+		w, err := h.Watch(ctx, taskhub.WatchQuery{Owner: owner, Epoch: "", AfterSeq: 0})
 		if err == nil {
 			t.Cleanup(w.Close)
 		}

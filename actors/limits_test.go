@@ -47,7 +47,7 @@ func TestHub_ActiveTaskLimit(t *testing.T) {
 	// Other users have their own limit; a finished task frees a place.
 	create(t, h, "bob", "b", "paint")
 	c := claim(t, h, "paint")
-	_, err = h.CompleteTask(ctx, "", c.Task.Id, c.LeaseToken, "done")
+	_, err = h.CompleteTask(ctx, taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "done")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		_, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "4", Mode: "paint", IdempotencyKey: "after"})
@@ -95,7 +95,7 @@ func TestHub_ModeLimit(t *testing.T) {
 
 	// Once mode one has no unfinished task, another mode may take its place.
 	c := claim(t, h, "one")
-	_, err = h.CompleteTask(ctx, "", c.Task.Id, c.LeaseToken, "done")
+	_, err = h.CompleteTask(ctx, taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "done")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		_, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "c", Mode: "three"})
@@ -148,14 +148,14 @@ func TestHub_ClaimsOfUnknownModesCostNothing(t *testing.T) {
 			if i%2 == 0 {
 				wait = 300 * time.Millisecond
 			}
-			c, err := h.ClaimTask(ctx, "", "w", madeUp(i), wait)
+			c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: madeUp(i), Wait: wait})
 			require.NoError(t, err)
 			require.Nil(t, c)
 		})
 	}
 	// Meanwhile a claim that also names a real mode gets its task.
 	real := create(t, h, "alice", "x", "real")
-	c, err := h.ClaimTask(ctx, "", "w", append(madeUp(99)[:15], "real"), 5*time.Second)
+	c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: append(madeUp(99)[:15], "real"), Wait: 5 * time.Second})
 	require.NoError(t, err)
 	require.NotNil(t, c)
 	require.Equal(t, real.Id, c.Task.Id)
@@ -165,9 +165,9 @@ func TestHub_ClaimsOfUnknownModesCostNothing(t *testing.T) {
 	require.Equal(t, []string{"real"}, modes, "no consumer for a mode only claims named")
 
 	// A claim waiting for a mode nobody has used gets the first task of it.
-	got := make(chan *actors.Claim, 1)
+	got := make(chan *taskhub.Claim, 1)
 	go func() {
-		c, err := h.ClaimTask(ctx, "", "w", []string{"brand-new"}, 10*time.Second)
+		c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: []string{"brand-new"}, Wait: 10 * time.Second})
 		require.NoError(t, err)
 		got <- c
 	}()
@@ -269,7 +269,7 @@ func TestHub_AnswersWhatHappened(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
-	_, _, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 50, "")
+	_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 50})
 	require.Equal(t, taskhub.DeadlineExceeded, codeOf(err), err)
 	require.Contains(t, err.Error(), task.Id)
 
@@ -350,12 +350,12 @@ func TestHub_StoreFailureRecovers(t *testing.T) {
 		want[id] = true
 	}
 	for len(want) > 0 {
-		c, err := h.ClaimTask(ctx, "", "w", []string{"paint"}, 15*time.Second)
+		c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: []string{"paint"}, Wait: 15 * time.Second})
 		require.NoError(t, err)
 		require.NotNil(t, c, "created but never queued: %v", want)
 		require.True(t, want[c.Task.Id], "claimed a task that was not answered created: %s", c.Task.Id)
 		delete(want, c.Task.Id)
-		_, err = h.CompleteTask(ctx, "", c.Task.Id, c.LeaseToken, "done")
+		_, err = h.CompleteTask(ctx, taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "done")
 		require.NoError(t, err)
 	}
 	ids, err := b.log.TaskIDs(ctx, "alice")
@@ -415,9 +415,9 @@ func TestHub_UnreadWatchesHoldNoPrompts(t *testing.T) {
 		require.NoError(t, err)
 	}
 	before := heap()
-	var ws []*actors.Watch
+	var ws []taskhub.Watch
 	for range 20 {
-		w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+		w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 		require.NoError(t, err)
 		ws = append(ws, w)
 	}
@@ -429,7 +429,7 @@ func TestHub_UnreadWatchesHoldNoPrompts(t *testing.T) {
 		w.Close()
 	}
 	// And a watch that reads gets the prompts, in parts of at most 1 MiB.
-	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	defer w.Close()
 	var tasks []*taskhubv1.Task
@@ -501,7 +501,7 @@ func TestHub_UnconfirmedWritesAreFollowedUp(t *testing.T) {
 		b := setup(t, options{lease: 300 * time.Millisecond, wrap: func(l actors.Log) actors.Log { s.Log = l; return s }})
 		w := watch(t, b.hub, "alice", "", 0)
 		task := create(t, b.hub, "alice", "x", "paint")
-		_, err := b.hub.ClaimTask(t.Context(), "", "w1", []string{"paint"}, 5*time.Second)
+		_, err := b.hub.ClaimTask(t.Context(), taskhub.ClaimParams{WorkerID: "w1", Modes: []string{"paint"}, Wait: 5 * time.Second})
 		require.Equal(t, taskhub.DeadlineExceeded, codeOf(err), err)
 		_, events := w.wait(3)
 		require.Equal(t, []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.EventKind_EVENT_KIND_STARTED,

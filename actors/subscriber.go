@@ -92,6 +92,10 @@ func (s *subscriber) stop(err error) {
 func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 	out := &s.w.out
 	epoch := s.h.log.Epoch()
+	if w := s.h.written.Load(); w > s.h.feed.position() {
+		// Read your writes: a watch opened after a call was answered sees what it wrote.
+		s.h.feed.await(context.Background(), w, time.Second)
+	}
 	if clientEpoch == epoch && after > s.h.feed.position() {
 		// A client may have seen (on a page rendered from the log) events this hub has not
 		// applied yet: wait for them, briefly, rather than start it afresh.

@@ -105,7 +105,7 @@ type reader struct {
 	done   chan struct{}
 }
 
-func read(ctx context.Context, w *actors.Watch, pause time.Duration, enough func([]*taskhubv1.TaskEvent) bool) *reader {
+func read(ctx context.Context, w taskhub.Watch, pause time.Duration, enough func([]*taskhubv1.TaskEvent) bool) *reader {
 	r := &reader{done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
@@ -175,7 +175,7 @@ func slowWatcher(t *testing.T, readWhileWriting bool) {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 
-	w, err := h.Watch(ctx, "alice", "", 0)
+	w, err := h.Watch(ctx, taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	defer w.Close()
 	// Take only the snapshot, so every event of the test comes after it.
@@ -200,22 +200,22 @@ func slowWatcher(t *testing.T, readWhileWriting bool) {
 	// The last one is cancelled while queued; the others are claimed.
 	_, err = h.CancelTask(ctx, "alice", ids[tasks-1])
 	require.NoError(t, err)
-	var claimed []*actors.Claim
+	var claimed []*taskhub.Claim
 	for range tasks - 1 {
 		claimed = append(claimed, claim(t, h, "paint"))
 	}
 	for i := 1; i <= reports; i++ {
 		for _, c := range claimed {
-			_, _, err := h.ReportProgress(ctx, "", c.Task.Id, c.LeaseToken, float64(i), fmt.Sprintf("step %d", i))
+			_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: float64(i), Message: fmt.Sprintf("step %d", i)})
 			require.NoError(t, err)
 		}
 	}
 	for _, c := range claimed[:len(claimed)-1] {
-		_, err := h.CompleteTask(ctx, "", c.Task.Id, c.LeaseToken, "done "+c.Task.Id)
+		_, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "done "+c.Task.Id)
 		require.NoError(t, err)
 	}
 	last := claimed[len(claimed)-1]
-	_, err = h.FailTask(ctx, "", last.Task.Id, last.LeaseToken, "out of paint", false)
+	_, err = h.FailTask(ctx, taskhub.Lease{TaskID: last.Task.Id, Token: last.LeaseToken}, taskhub.Failure{Error: "out of paint"})
 	require.NoError(t, err)
 
 	if !readWhileWriting {
@@ -285,7 +285,7 @@ func TestHub_WatchResume(t *testing.T) {
 
 	left := watch(t, h, "alice", "", 0)
 	var t1, t2 *taskhubv1.Task
-	var c1, c2 *actors.Claim
+	var c1, c2 *taskhub.Claim
 	step(func() { t1 = create(t, h, "alice", "one", "paint") })
 	step(func() { t2 = create(t, h, "alice", "two", "paint") })
 	step(func() { c1 = claim(t, h, "paint") })
@@ -307,7 +307,7 @@ func TestHub_WatchResume(t *testing.T) {
 	step(func() { t3 = create(t, h, "alice", "three", "paint") })
 	step(func() { _, err := h.CancelTask(ctx, "alice", t3.Id); require.NoError(t, err) })
 	step(func() {
-		_, err := h.FailTask(ctx, "", c2.Task.Id, c2.LeaseToken, "broken", false)
+		_, err := h.FailTask(ctx, taskhub.Lease{TaskID: c2.Task.Id, Token: c2.LeaseToken}, taskhub.Failure{Error: "broken"})
 		require.NoError(t, err)
 	})
 
@@ -432,7 +432,7 @@ func TestHub_WatchResumeAcrossRestart(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, taskhubv1.EventKind_EVENT_KIND_REQUEUED, e.Record.Event.Kind)
 
-		_, _, err = h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 50, "late")
+		_, err = h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 50, Message: "late"})
 		require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
 		again := claim(t, h, "paint")
 		require.Equal(t, task.Id, again.Task.Id)
@@ -495,11 +495,11 @@ func TestHub_RejectsMalformedOwner(t *testing.T) {
 		require.Equal(t, taskhub.Invalid, codeOf(err), "create as %q: %v", owner, err)
 		_, err = h.GetTask(ctx, owner, id)
 		require.Equal(t, taskhub.Invalid, codeOf(err), "get as %q: %v", owner, err)
-		_, _, err = h.ListTasks(ctx, owner, nil, 10, "")
+		_, err = h.ListTasks(ctx, taskhub.ListQuery{Owner: owner, PageSize: 10})
 		require.Equal(t, taskhub.Invalid, codeOf(err), "list as %q: %v", owner, err)
 		_, err = h.CancelTask(ctx, owner, id)
 		require.Equal(t, taskhub.Invalid, codeOf(err), "cancel as %q: %v", owner, err)
-		_, err = h.Watch(ctx, owner, "", 0)
+		_, err = h.Watch(ctx, taskhub.WatchQuery{Owner: owner, Epoch: "", AfterSeq: 0})
 		require.Equal(t, taskhub.Invalid, codeOf(err), "watch as %q: %v", owner, err)
 	}
 	_, last, err := b.log.Bounds(ctx)
@@ -562,7 +562,7 @@ func (r *watcher) waitBeats(n int) []uint64 {
 // race detector's report names it.
 func TestWatch_CloseWhileNextWaits(t *testing.T) {
 	b := setup(t, options{lease: 10 * time.Second})
-	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() {
@@ -609,7 +609,7 @@ func TestWatch_SubscriberFailureEndsTheWatch(t *testing.T) {
 	_, seen := first.wait(2)
 
 	p.armed.Store(true)
-	w, err := h.Watch(t.Context(), "alice", h.Epoch(), seen[0].Seq) // a resume reads the log's bounds
+	w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: h.Epoch(), AfterSeq: seen[0].Seq}) // a resume reads the log's bounds
 	require.NoError(t, err)
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
@@ -631,7 +631,7 @@ func TestWatch_NextEndsWithItsContext(t *testing.T) {
 	// Heartbeats every 8s, ticks every second: only the tick's look at the context can end a
 	// Next that waits, not a heartbeat message.
 	b := setup(t, options{lease: 10 * time.Second, heartbeat: 8 * time.Second})
-	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	defer w.Close()
 	ctx, cancel := context.WithCancel(t.Context())
@@ -669,16 +669,17 @@ func taskIDs(tasks []*taskhubv1.Task) []string {
 	return out
 }
 
-func report(t *testing.T, h *actors.Hub, c *actors.Claim, p float64) {
+func report(t *testing.T, h *actors.Hub, c *taskhub.Claim, p float64) {
 	t.Helper()
-	cancelled, _, err := h.ReportProgress(t.Context(), "", c.Task.Id, c.LeaseToken, p, fmt.Sprintf("at %v", p))
+	st, err := h.ReportProgress(t.Context(), taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: p, Message: fmt.Sprintf("at %v", p)})
+	cancelled := st.CancelRequested
 	require.NoError(t, err)
 	require.False(t, cancelled)
 }
 
-func complete(t *testing.T, h *actors.Hub, c *actors.Claim) {
+func complete(t *testing.T, h *actors.Hub, c *taskhub.Claim) {
 	t.Helper()
-	done, err := h.CompleteTask(t.Context(), "", c.Task.Id, c.LeaseToken, "result of "+c.Task.Id)
+	done, err := h.CompleteTask(t.Context(), taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "result of "+c.Task.Id)
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, done.State)
 }
@@ -694,7 +695,7 @@ type valueCtx struct {
 func TestWatch_NextTakesAnyContext(t *testing.T) {
 	t.Parallel()
 	b := setup(t, options{lease: 10 * time.Second})
-	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	defer w.Close()
 	msgs, err := w.Next(valueCtx{t.Context(), nil})
@@ -722,7 +723,7 @@ func TestHub_WatchSnapshotInParts(t *testing.T) {
 	slices.Reverse(want)
 	_, _, err := b.hub.Position(t.Context()) // the hub has applied every create
 	require.NoError(t, err)
-	w, err := b.hub.Watch(t.Context(), "alice", "", 0)
+	w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	defer w.Close()
 

@@ -40,10 +40,10 @@ func setupPanicky(t *testing.T, lease time.Duration) (*bundle, *panickyLog) {
 }
 
 // reportThatPanics makes the report whose append panics, and checks the caller hears at once.
-func reportThatPanics(t *testing.T, h *actors.Hub, p *panickyLog, c *actors.Claim) {
+func reportThatPanics(t *testing.T, h *actors.Hub, p *panickyLog, c *taskhub.Claim) {
 	t.Helper()
 	start := time.Now()
-	_, _, err := h.ReportProgress(t.Context(), "", c.Task.Id, c.LeaseToken, 10, "boom")
+	_, err := h.ReportProgress(t.Context(), taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 10, Message: "boom"})
 	require.Less(t, time.Since(start), 2*time.Second, "the caller must not wait for its timeout")
 	require.Error(t, err)
 	require.Equal(t, taskhub.Internal, codeOf(err), err)
@@ -66,7 +66,8 @@ func TestHub_SupervisorRestartsPanickingTask(t *testing.T) {
 	require.Zero(t, got.Progress, "the failed report wrote nothing")
 
 	// The restarted actor reloaded the task, lease included: the same token works.
-	cancelled, expires, err := h.ReportProgress(ctx, "", task.Id, c.LeaseToken, 20, "after the restart")
+	st, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 20, Message: "after the restart"})
+	cancelled, expires := st.CancelRequested, st.Expires
 	require.NoError(t, err)
 	require.False(t, cancelled)
 	require.WithinDuration(t, time.Now().Add(10*time.Second), expires, 2*time.Second)
@@ -75,7 +76,7 @@ func TestHub_SupervisorRestartsPanickingTask(t *testing.T) {
 	require.Equal(t, float64(20), got.Progress)
 	require.Equal(t, "after the restart", got.Message)
 
-	done, err := h.CompleteTask(ctx, "", task.Id, c.LeaseToken, "a picture")
+	done, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, "a picture")
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, done.State)
 	require.Equal(t, "a picture", done.Result)

@@ -255,6 +255,8 @@ func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *s
 	}
 	t.Seq = seq // t is not shared yet: the record holding it was encoded above
 	a.task, a.lastSeq, a.lease = t, seq, lease
+	for w := a.h.written.Load(); seq > w && !a.h.written.CompareAndSwap(w, seq); w = a.h.written.Load() {
+	}
 	return nil
 }
 

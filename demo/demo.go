@@ -25,7 +25,6 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub"
-	"github.com/taskhub/taskhub/actors"
 )
 
 // Mode is the mode the demo executor runs.
@@ -39,13 +38,11 @@ const (
 	MaxStepMS     = 60000
 )
 
-// Hub is what the executor needs from the hub: the worker's side of it.
+// Hub is what the executor needs from the hub: the worker's side of it, and a way to hear at
+// once that a task ended (a cancel), which a remote worker learns at its next report.
 type Hub interface {
-	ClaimTask(ctx context.Context, worker, workerID string, modes []string, wait time.Duration) (*actors.Claim, error)
-	ReportProgress(ctx context.Context, worker, id, token string, progress float64, message string) (cancelRequested bool, leaseExpires time.Time, err error)
+	taskhub.WorkerService
 	TaskEnded(id string) (ended <-chan struct{}, release func())
-	CompleteTask(ctx context.Context, worker, id, token, result string) (*taskhubv1.Task, error)
-	FailTask(ctx context.Context, worker, id, token, text string, retryable bool) (*taskhubv1.Task, error)
 }
 
 // Executor runs demo tasks.
@@ -77,7 +74,7 @@ func (e *Executor) Stop() {
 func (e *Executor) work(ctx context.Context, id string) {
 	defer e.wg.Done()
 	for ctx.Err() == nil {
-		c, err := e.hub.ClaimTask(ctx, "", id, []string{Mode}, 30*time.Second)
+		c, err := e.hub.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: id, Modes: []string{Mode}, Wait: 30 * time.Second})
 		if err != nil {
 			if ctx.Err() == nil {
 				e.logger.Warn("demo executor: claim failed", "worker", id, "err", err)
@@ -92,11 +89,12 @@ func (e *Executor) work(ctx context.Context, id string) {
 }
 
 // run executes one claimed task.
-func (e *Executor) run(ctx context.Context, worker string, c *actors.Claim) {
+func (e *Executor) run(ctx context.Context, worker string, c *taskhub.Claim) {
 	t := c.Task
+	lease := taskhub.Lease{TaskID: t.Id, Token: c.LeaseToken}
 	steps, stepMS, err := params(t.Params)
 	if err != nil { // checked at create; an older task may still have them wrong
-		e.finish(e.hub.FailTask(ctx, "", t.Id, c.LeaseToken, err.Error(), false))
+		e.finish(e.hub.FailTask(ctx, lease, taskhub.Failure{Error: err.Error()}))
 		return
 	}
 	failAt := 0
@@ -110,21 +108,21 @@ func (e *Executor) run(ctx context.Context, worker string, c *actors.Claim) {
 			return // stopping, or the task was cancelled
 		}
 		if step == failAt {
-			e.finish(e.hub.FailTask(ctx, "", t.Id, c.LeaseToken,
-				fmt.Sprintf("the demo model gave up at step %d of %d: the prompt asks it to fail", step, steps), false))
+			e.finish(e.hub.FailTask(ctx, lease, taskhub.Failure{
+				Error: fmt.Sprintf("the demo model gave up at step %d of %d: the prompt asks it to fail", step, steps)}))
 			return
 		}
-		cancelled, _, err := e.hub.ReportProgress(ctx, "", t.Id, c.LeaseToken,
-			math.Round(float64(step*1000)/float64(steps))/10, fmt.Sprintf("denoising %d/%d", step, steps))
+		st, err := e.hub.ReportProgress(ctx, taskhub.Report{Lease: lease,
+			Progress: math.Round(float64(step*1000)/float64(steps)) / 10, Message: fmt.Sprintf("denoising %d/%d", step, steps)})
 		if err != nil {
 			e.logger.Warn("demo executor: report failed; dropping the task", "task", t.Id, "worker", worker, "err", err)
 			return
 		}
-		if cancelled {
+		if st.CancelRequested {
 			return
 		}
 	}
-	e.finish(e.hub.CompleteTask(ctx, "", t.Id, c.LeaseToken, Render(t.Prompt)))
+	e.finish(e.hub.CompleteTask(ctx, lease, Render(t.Prompt)))
 }
 
 func (e *Executor) finish(_ *taskhubv1.Task, err error) {

@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 )
 
@@ -19,8 +20,8 @@ const MinCompressBytes = 4 << 10
 
 // Hub is the whole hub API the handlers need.
 type Hub interface {
-	Tasks
-	Workers
+	taskhub.TaskService
+	taskhub.WorkerService
 }
 
 // Mount registers TaskService and WorkerService on mux, with auth (nil: off: see Auth.Gate),

@@ -9,23 +9,15 @@ import (
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
 	"github.com/taskhub/taskhub"
-	"github.com/taskhub/taskhub/actors"
 )
 
-// Tasks is what TaskService needs from the hub.
-type Tasks interface {
-	CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpec) (*taskhubv1.Task, error)
-	GetTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error)
-	ListTasks(ctx context.Context, owner string, states []taskhubv1.TaskState, pageSize int, pageToken string) ([]*taskhubv1.Task, string, error)
-	CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error)
-	Watch(ctx context.Context, owner, epoch string, afterSeq uint64) (*actors.Watch, error)
-}
-
-type taskServer struct{ hub Tasks }
+type taskServer struct{ hub taskhub.TaskService }
 
 // NewTaskServer returns the TaskService handler. Callers act as the user the auth interceptor
 // found.
-func NewTaskServer(hub Tasks) taskhubv1connect.TaskServiceHandler { return &taskServer{hub: hub} }
+func NewTaskServer(hub taskhub.TaskService) taskhubv1connect.TaskServiceHandler {
+	return &taskServer{hub: hub}
+}
 
 func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[taskhubv1.CreateTaskRequest]) (*connect.Response[taskhubv1.CreateTaskResponse], error) {
 	m := req.Msg
@@ -47,11 +39,12 @@ func (s *taskServer) GetTask(ctx context.Context, req *connect.Request[taskhubv1
 }
 
 func (s *taskServer) ListTasks(ctx context.Context, req *connect.Request[taskhubv1.ListTasksRequest]) (*connect.Response[taskhubv1.ListTasksResponse], error) {
-	tasks, next, err := s.hub.ListTasks(ctx, identityFrom(ctx).user, req.Msg.States, int(req.Msg.PageSize), req.Msg.PageToken)
+	page, err := s.hub.ListTasks(ctx, taskhub.ListQuery{Owner: identityFrom(ctx).user, States: req.Msg.States,
+		PageSize: int(req.Msg.PageSize), PageToken: req.Msg.PageToken})
 	if err != nil {
 		return nil, connectError(err)
 	}
-	return connect.NewResponse(&taskhubv1.ListTasksResponse{Tasks: tasks, NextPageToken: next}), nil
+	return connect.NewResponse(&taskhubv1.ListTasksResponse{Tasks: page.Tasks, NextPageToken: page.NextPageToken}), nil
 }
 
 func (s *taskServer) CancelTask(ctx context.Context, req *connect.Request[taskhubv1.CancelTaskRequest]) (*connect.Response[taskhubv1.CancelTaskResponse], error) {
@@ -63,7 +56,7 @@ func (s *taskServer) CancelTask(ctx context.Context, req *connect.Request[taskhu
 }
 
 func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhubv1.WatchTasksRequest], stream *connect.ServerStream[taskhubv1.WatchTasksResponse]) error {
-	w, err := s.hub.Watch(ctx, identityFrom(ctx).user, req.Msg.Epoch, req.Msg.AfterSeq)
+	w, err := s.hub.Watch(ctx, taskhub.WatchQuery{Owner: identityFrom(ctx).user, Epoch: req.Msg.Epoch, AfterSeq: req.Msg.AfterSeq})
 	if err != nil {
 		return connectError(err)
 	}

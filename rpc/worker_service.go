@@ -10,23 +10,14 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
-	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub"
 )
 
-// Workers is what WorkerService needs from the hub.
-type Workers interface {
-	ClaimTask(ctx context.Context, worker, workerID string, modes []string, wait time.Duration) (*actors.Claim, error)
-	ReportProgress(ctx context.Context, worker, id, token string, progress float64, message string) (cancelRequested bool, leaseExpires time.Time, err error)
-	RenewLease(ctx context.Context, worker, id, token string) (cancelRequested bool, leaseExpires time.Time, err error)
-	CompleteTask(ctx context.Context, worker, id, token, result string) (*taskhubv1.Task, error)
-	FailTask(ctx context.Context, worker, id, token, text string, retryable bool) (*taskhubv1.Task, error)
-}
-
-type workerServer struct{ hub Workers }
+type workerServer struct{ hub taskhub.WorkerService }
 
 // NewWorkerServer returns the WorkerService handler. With auth on, callers act as the worker
 // the auth interceptor found, and a lease is only honoured for the worker that claimed it.
-func NewWorkerServer(hub Workers) taskhubv1connect.WorkerServiceHandler {
+func NewWorkerServer(hub taskhub.WorkerService) taskhubv1connect.WorkerServiceHandler {
 	return &workerServer{hub: hub}
 }
 
@@ -36,7 +27,8 @@ func (s *workerServer) ClaimTask(ctx context.Context, req *connect.Request[taskh
 	if workerID == "" {
 		workerID = worker
 	}
-	c, err := s.hub.ClaimTask(ctx, worker, workerID, req.Msg.Modes, time.Duration(req.Msg.WaitSeconds)*time.Second)
+	c, err := s.hub.ClaimTask(ctx, taskhub.ClaimParams{Worker: worker, WorkerID: workerID, Modes: req.Msg.Modes,
+		Wait: time.Duration(req.Msg.WaitSeconds) * time.Second})
 	if err != nil {
 		return nil, connectError(err)
 	}
@@ -49,33 +41,33 @@ func (s *workerServer) ClaimTask(ctx context.Context, req *connect.Request[taskh
 
 func (s *workerServer) ReportProgress(ctx context.Context, req *connect.Request[taskhubv1.ReportProgressRequest]) (*connect.Response[taskhubv1.ReportProgressResponse], error) {
 	m := req.Msg
-	cancelled, expires, err := s.hub.ReportProgress(ctx, identityFrom(ctx).worker, m.TaskId, m.LeaseToken, m.Progress, m.Message)
+	st, err := s.hub.ReportProgress(ctx, taskhub.Report{Lease: lease(ctx, m.TaskId, m.LeaseToken), Progress: m.Progress, Message: m.Message})
 	if err != nil {
 		return nil, connectError(err)
 	}
-	res := &taskhubv1.ReportProgressResponse{CancelRequested: cancelled}
-	if !expires.IsZero() {
-		res.LeaseExpiresAt = timestamppb.New(expires)
+	res := &taskhubv1.ReportProgressResponse{CancelRequested: st.CancelRequested}
+	if !st.Expires.IsZero() {
+		res.LeaseExpiresAt = timestamppb.New(st.Expires)
 	}
 	return connect.NewResponse(res), nil
 }
 
 func (s *workerServer) RenewLease(ctx context.Context, req *connect.Request[taskhubv1.RenewLeaseRequest]) (*connect.Response[taskhubv1.RenewLeaseResponse], error) {
 	m := req.Msg
-	cancelled, expires, err := s.hub.RenewLease(ctx, identityFrom(ctx).worker, m.TaskId, m.LeaseToken)
+	st, err := s.hub.RenewLease(ctx, lease(ctx, m.TaskId, m.LeaseToken))
 	if err != nil {
 		return nil, connectError(err)
 	}
-	res := &taskhubv1.RenewLeaseResponse{CancelRequested: cancelled}
-	if !expires.IsZero() {
-		res.LeaseExpiresAt = timestamppb.New(expires)
+	res := &taskhubv1.RenewLeaseResponse{CancelRequested: st.CancelRequested}
+	if !st.Expires.IsZero() {
+		res.LeaseExpiresAt = timestamppb.New(st.Expires)
 	}
 	return connect.NewResponse(res), nil
 }
 
 func (s *workerServer) CompleteTask(ctx context.Context, req *connect.Request[taskhubv1.CompleteTaskRequest]) (*connect.Response[taskhubv1.CompleteTaskResponse], error) {
 	m := req.Msg
-	t, err := s.hub.CompleteTask(ctx, identityFrom(ctx).worker, m.TaskId, m.LeaseToken, m.Result)
+	t, err := s.hub.CompleteTask(ctx, lease(ctx, m.TaskId, m.LeaseToken), m.Result)
 	if err != nil {
 		return nil, connectError(err)
 	}
@@ -84,9 +76,14 @@ func (s *workerServer) CompleteTask(ctx context.Context, req *connect.Request[ta
 
 func (s *workerServer) FailTask(ctx context.Context, req *connect.Request[taskhubv1.FailTaskRequest]) (*connect.Response[taskhubv1.FailTaskResponse], error) {
 	m := req.Msg
-	t, err := s.hub.FailTask(ctx, identityFrom(ctx).worker, m.TaskId, m.LeaseToken, m.Error, m.Retryable)
+	t, err := s.hub.FailTask(ctx, lease(ctx, m.TaskId, m.LeaseToken), taskhub.Failure{Error: m.Error, Retryable: m.Retryable})
 	if err != nil {
 		return nil, connectError(err)
 	}
 	return connect.NewResponse(&taskhubv1.FailTaskResponse{Task: t}), nil
+}
+
+// lease is the lease a request names, held by the worker the auth interceptor found.
+func lease(ctx context.Context, taskID, token string) taskhub.Lease {
+	return taskhub.Lease{Worker: identityFrom(ctx).worker, TaskID: taskID, Token: token}
 }

@@ -23,13 +23,8 @@ import (
 	"github.com/taskhub/taskhub"
 )
 
-// Hub is what the pages need from the hub.
-type Hub interface {
-	CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpec) (*taskhubv1.Task, error)
-	ListTasks(ctx context.Context, owner string, states []taskhubv1.TaskState, pageSize int, pageToken string) ([]*taskhubv1.Task, string, error)
-	CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task, error)
-	Position(ctx context.Context) (epoch string, seq uint64, err error)
-}
+// Hub is what the pages need: the task service.
+type Hub = taskhub.TaskService
 
 // Users finds the user a request acts for, and turns a user token into a browser session.
 // *rpc.Auth implements it; a nil *rpc.Auth is auth off.
@@ -134,13 +129,13 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, status int, d I
 		return
 	}
 	d.Now = time.Now()
-	tasks, next, err := h.cfg.Hub.ListTasks(r.Context(), d.User, nil, PageSize, d.Page)
+	page, err := h.cfg.Hub.ListTasks(r.Context(), taskhub.ListQuery{Owner: d.User, PageSize: PageSize, PageToken: d.Page})
 	if err != nil {
 		h.fail(w, err)
 		return
 	}
-	d.Tasks, d.NextPage = tasks, next
-	d.Modes = h.modes(tasks)
+	d.Tasks, d.NextPage = page.Tasks, page.NextPageToken
+	d.Modes = h.modes(page.Tasks)
 	d.SignOut = h.cfg.Users.Enabled()
 	d.Heartbeat = h.cfg.Heartbeat
 	h.write(w, r, status, Index(d))
