@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -63,48 +62,14 @@ func init() {
 	cmap.SHARD_COUNT = 1
 }
 
-// Config configures a Hub. Zero values take the defaults in brackets.
+// Config configures a Hub: what it runs on, and its Options.
 type Config struct {
 	Log    Log
 	Logger *slog.Logger // [slog.Default()]
-	// LeaseTimeout is how long a claimed task stays leased without a report [30s].
-	LeaseTimeout time.Duration
-	// MaxAttempts is how many times a task may be claimed before a lease expiry or a
-	// retryable failure fails it for good [3].
-	MaxAttempts int
-	// ModeAttempts overrides MaxAttempts for some modes.
-	ModeAttempts map[string]int
-	// StallTimeout marks a running task stalled when it makes no progress for this long
-	// (0: never).
-	StallTimeout time.Duration
-	// Retention is how long the events of a finished task are kept before all but the final
-	// one are removed (0: forever). A watch resuming from before the removed history gets a
-	// fresh snapshot.
-	Retention time.Duration
-	// Modes, when not empty, are the only modes tasks may be created in.
-	Modes []string
 	// ParamCheck, when set, validates a new task's params for its mode (built-in executors
 	// use it to refuse params they cannot run).
 	ParamCheck func(mode string, params map[string]string) error
-	// Heartbeat is how often an idle watch gets a heartbeat [15s].
-	Heartbeat time.Duration
-	// OutboxLimit bounds each watcher's queue, in events [1024].
-	OutboxLimit int
-	// MaxWatches bounds the open watches in all [100000]; MaxWatchesPerUser those of one user
-	// [10000]. Past a limit, Watch fails with ResourceExhausted.
-	MaxWatches, MaxWatchesPerUser int
-	// MaxActiveTasksPerUser bounds a user's queued and running tasks [1000]. Past it,
-	// CreateTask fails with ResourceExhausted (a retry of a create that succeeded still
-	// returns its task).
-	MaxActiveTasksPerUser int
-	// MaxModes bounds the modes that have queued or running tasks at once [100]: each has a
-	// queue consumer. A task in another mode fails with ResourceExhausted. With Modes set, only
-	// those modes are allowed, and this does not apply.
-	MaxModes int
-	// IdleTimeout is how long a task actor with nothing to do stays in memory [1m].
-	IdleTimeout time.Duration
-	// CallTimeout bounds each call into the actors and the log [10s].
-	CallTimeout time.Duration
+	Options
 }
 
 // Hub is the API of the task hub. Its methods take the caller's identity from the transport,
@@ -138,28 +103,9 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		return nil, errors.New("actors: Config.Log is required")
 	}
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	cfg.LeaseTimeout = cmp.Or(cfg.LeaseTimeout, 30*time.Second)
-	cfg.MaxAttempts = cmp.Or(cfg.MaxAttempts, 3)
-	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, 15*time.Second)
-	cfg.OutboxLimit = cmp.Or(cfg.OutboxLimit, 1024)
-	cfg.MaxWatches = cmp.Or(cfg.MaxWatches, 100000)
-	cfg.MaxWatchesPerUser = cmp.Or(cfg.MaxWatchesPerUser, 10000)
-	cfg.MaxActiveTasksPerUser = cmp.Or(cfg.MaxActiveTasksPerUser, 1000)
-	cfg.MaxModes = cmp.Or(cfg.MaxModes, 100)
-	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, time.Minute)
-	cfg.CallTimeout = cmp.Or(cfg.CallTimeout, 10*time.Second)
-	for _, m := range cfg.Modes {
-		if err := taskhub.ValidateMode(m); err != nil {
-			return nil, err
-		}
-	}
-	for m, n := range cfg.ModeAttempts {
-		if err := taskhub.ValidateMode(m); err != nil {
-			return nil, err
-		}
-		if n < 1 {
-			return nil, fmt.Errorf("actors: mode %s: max attempts must be at least 1, got %d", m, n)
-		}
+	cfg.Options = cfg.WithDefaults()
+	if err := cfg.Options.check(); err != nil {
+		return nil, err
 	}
 
 	protoLogger := slog.New(minLevel{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "protoactor")

@@ -70,12 +70,10 @@ func (b *bundle) open(t *testing.T, o options) {
 	if o.wrap != nil {
 		log = o.wrap(log)
 	}
-	b.hub, err = actors.Open(t.Context(), actors.Config{
-		Log:                   log,
-		Logger:                quiet(),
+	b.hub, err = actors.Open(t.Context(), actors.Config{Log: log, Logger: quiet(), Options: actors.Options{
 		LeaseTimeout:          o.lease,
 		MaxAttempts:           o.attempts,
-		OutboxLimit:           o.outbox,
+		WatchBuffer:           o.outbox,
 		Heartbeat:             o.heartbeat,
 		StallTimeout:          o.stall,
 		Retention:             o.retention,
@@ -85,7 +83,7 @@ func (b *bundle) open(t *testing.T, o options) {
 		MaxActiveTasksPerUser: o.active,
 		MaxModes:              o.maxModes,
 		Modes:                 o.modes,
-	})
+	}})
 	require.NoError(t, err)
 }
 

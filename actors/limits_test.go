@@ -381,7 +381,7 @@ func TestHub_RestartWithManyQueuedTasksIsQuiet(t *testing.T) {
 	var err error
 	b.log, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: b.dir, AckWait: 11 * time.Second, Logger: logger})
 	require.NoError(t, err)
-	b.hub, err = actors.Open(t.Context(), actors.Config{Log: b.log, Logger: logger, LeaseTimeout: 10 * time.Second, MaxActiveTasksPerUser: 5000})
+	b.hub, err = actors.Open(t.Context(), actors.Config{Log: b.log, Logger: logger, Options: actors.Options{LeaseTimeout: 10 * time.Second, MaxActiveTasksPerUser: 5000}})
 	require.NoError(t, err)
 	task := create(t, b.hub, "bob", "right after the restart", "other")
 	c := claim(t, b.hub, "other")

@@ -229,7 +229,7 @@ func (h *Hub) Watch(ctx context.Context, q taskhub.WatchQuery) (taskhub.Watch, e
 		return nil, err
 	}
 	w := &Watch{h: h, owner: q.Owner}
-	w.out.init(h.cfg.OutboxLimit)
+	w.out.init(h.cfg.WatchBuffer)
 	w.pid = h.root.Spawn(h.subscriber)
 	h.root.Send(w.pid, &startWatch{w: w, epoch: q.Epoch, after: q.AfterSeq})
 	return w, nil

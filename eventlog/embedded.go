@@ -19,7 +19,7 @@ type embedded struct {
 	dataDir      string
 	sync         bool
 	syncInterval time.Duration
-	log          *slog.Logger
+	logger       *slog.Logger
 
 	mu  sync.Mutex
 	cur *server.Server // nil until started; the old one while a restart fails
@@ -39,7 +39,7 @@ func (e *embedded) start(ready time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("eventlog: embedded NATS server: %w", err)
 	}
-	ns.SetLoggerV2(natsLogger{e.log.With("component", "nats")}, false, false, false)
+	ns.SetLoggerV2(natsLogger{e.logger.With("component", "nats")}, false, false, false)
 	ns.Start()
 	if !ns.ReadyForConnections(ready) {
 		ns.Shutdown()

@@ -82,7 +82,7 @@ func (l *Log) writeFailed(err error) {
 	}
 	h.mu.Unlock()
 	if first {
-		l.log.Error("event log writes fail; readiness is red until they work again", "err", err)
+		l.logger.Error("event log writes fail; readiness is red until they work again", "err", err)
 	}
 	select {
 	case l.kick <- struct{}{}:
@@ -168,18 +168,18 @@ func (l *Log) settle(err error, failures uint64) {
 
 	switch {
 	case err == nil && was != nil:
-		l.log.Info("event log writes work again")
+		l.logger.Info("event log writes work again")
 		select {
 		case l.recovered <- struct{}{}:
 		default:
 		}
 	case err != nil && was == nil:
-		l.log.Error("event log writes fail; readiness is red until they work again", "err", err)
+		l.logger.Error("event log writes fail; readiness is red until they work again", "err", err)
 	}
 	if restart {
-		l.log.Warn("restarting the embedded NATS server to reopen its stores", "failing_for", now.Sub(h.since).Round(time.Millisecond))
+		l.logger.Warn("restarting the embedded NATS server to reopen its stores", "failing_for", now.Sub(h.since).Round(time.Millisecond))
 		if err := l.emb.restart(); err != nil {
-			l.log.Error("cannot restart the embedded NATS server; will try again", "err", err)
+			l.logger.Error("cannot restart the embedded NATS server; will try again", "err", err)
 		}
 	}
 }

@@ -74,7 +74,7 @@ type Config struct {
 // Log is the event log and the task queue.
 type Log struct {
 	cfg         Config
-	log         *slog.Logger
+	logger      *slog.Logger
 	emb         *embedded // nil with an external server
 	nc          *nats.Conn
 	js          jetstream.JetStream
@@ -107,7 +107,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	cfg.QueueIdle = cmp.Or(cfg.QueueIdle, time.Hour)
 	cfg.SessionTTL = cmp.Or(cfg.SessionTTL, 30*24*time.Hour)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	l := &Log{cfg: cfg, log: cfg.Logger, consumers: map[string]jetstream.Consumer{},
+	l := &Log{cfg: cfg, logger: cfg.Logger, consumers: map[string]jetstream.Consumer{},
 		kick: make(chan struct{}, 1), recovered: make(chan struct{}, 1), quit: make(chan struct{})}
 	if err := l.connect(); err != nil {
 		l.Close()
@@ -132,7 +132,7 @@ func (l *Log) connect() error {
 		if l.cfg.DataDir == "" {
 			return errors.New("eventlog: a data directory or a NATS URL is required")
 		}
-		emb := &embedded{dataDir: l.cfg.DataDir, sync: l.cfg.SyncAlways, syncInterval: l.cfg.SyncInterval, log: l.log}
+		emb := &embedded{dataDir: l.cfg.DataDir, sync: l.cfg.SyncAlways, syncInterval: l.cfg.SyncInterval, logger: l.logger}
 		if err := emb.start(30 * time.Second); err != nil {
 			return err
 		}
@@ -429,14 +429,14 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
-			l.log.Error("event log: message without metadata", "subject", m.Subject(), "err", err)
+			l.logger.Error("event log: message without metadata", "subject", m.Subject(), "err", err)
 			return
 		}
 		var e *Entry
 		if m.Subject() == probeEvents {
 			e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
 		} else if e, err = decode(m.Subject(), md.Sequence.Stream, m.Data()); err != nil {
-			l.log.Error("event log: skipping a message", "err", err)
+			l.logger.Error("event log: skipping a message", "err", err)
 			e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
 		}
 		fn(e, md.NumPending)

@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/stretchr/testify/require"
 
+	"github.com/taskhub/taskhub/actors"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
@@ -245,7 +246,7 @@ func TestErrors_Worker(t *testing.T) {
 
 func TestErrors_LeaseExpired(t *testing.T) {
 	t.Parallel()
-	b := setup(t, server.Config{LeaseTimeout: 300 * time.Millisecond})
+	b := setup(t, server.Config{Options: actors.Options{LeaseTimeout: 300 * time.Millisecond}})
 	task := createTask(t, b.tasks, "slow", "render")
 	c := claimTask(t, b.work, "w1", "render")
 	require.Equal(t, task.Id, c.Task.Id)
@@ -288,7 +289,7 @@ func TestErrors_LeaseExpired(t *testing.T) {
 
 func TestErrors_Modes(t *testing.T) {
 	t.Parallel()
-	b := setup(t, server.Config{Modes: []string{"render"}})
+	b := setup(t, server.Config{Options: actors.Options{Modes: []string{"render"}}})
 
 	for _, mode := range []string{"paint", "", "demo"} {
 		t.Run("mode "+mode, func(t *testing.T) {

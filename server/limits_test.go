@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/taskhub/taskhub/actors"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
@@ -331,7 +332,7 @@ func TestLimits_Health(t *testing.T) {
 }
 func TestLimits_WatchStreams(t *testing.T) {
 	t.Parallel()
-	b := setup(t, server.Config{MaxWatchesPerUser: 2})
+	b := setup(t, server.Config{Options: actors.Options{MaxWatchesPerUser: 2}})
 	first := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{}, "")
 	first.wait(0)
 	second := watch(t, b.grpcTasks(), &taskhubv1.WatchTasksRequest{}, "")

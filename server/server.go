@@ -26,11 +26,19 @@ import (
 	"github.com/taskhub/taskhub/views"
 )
 
-// Config configures a Server. Zero values take the defaults in brackets.
+// Defaults of Config.
+const (
+	DefaultAddr        = "127.0.0.1:8080"
+	DefaultDataDir     = "data"
+	DefaultDemoWorkers = 4
+)
+
+// Config configures a Server: where it listens and keeps its data, who may call it, and the
+// hub's Options. Zero values take the defaults (Default… here and in package actors).
 type Config struct {
-	// Addr is the address to listen on [127.0.0.1:8080]; port 0 picks a free port.
+	// Addr is the address to listen on; port 0 picks a free port.
 	Addr string
-	// DataDir holds the embedded event log [data].
+	// DataDir holds the embedded event log.
 	DataDir string
 	// NATSURL, when set, uses an external NATS server or cluster instead of the embedded one.
 	NATSURL string
@@ -40,39 +48,17 @@ type Config struct {
 	// AuthFile maps bearer tokens to users and workers; without it every caller is the local
 	// user, and the server refuses to listen on anything but loopback.
 	AuthFile string
-	// LeaseTimeout is how long a claimed task stays leased without a report [30s].
-	LeaseTimeout time.Duration
-	// MaxAttempts is how many times a task may be claimed [3].
-	MaxAttempts int
-	// ModeAttempts overrides MaxAttempts for some modes.
-	ModeAttempts map[string]int
-	// StallTimeout marks a running task stalled after this long without progress (0: never).
-	StallTimeout time.Duration
-	// Retention is how long a finished task keeps all its events; then only its final event is
-	// kept (0: forever).
-	Retention time.Duration
-	// Modes, when set, are the only modes tasks may be created in.
-	Modes []string
-	// DemoWorkers is how many demo tasks run at once [4]; negative disables the demo executor.
+	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
+	// speaks HTTPS (HTTP/1.1 and HTTP/2), and browser sessions get Secure cookies.
+	TLSCert, TLSKey string
+	// DemoWorkers is how many demo tasks run at once; negative disables the demo executor.
 	DemoWorkers int
-	// Heartbeat is how often idle watch streams get a heartbeat [15s].
-	Heartbeat time.Duration
-	// WatchBuffer is how many events a watch queues for a client that reads slowly before it
-	// stops queueing and refills from the event log once the client catches up [1024].
-	WatchBuffer int
-	// MaxWatches and MaxWatchesPerUser bound the open watch streams [100000, 10000].
-	MaxWatches, MaxWatchesPerUser int
-	// MaxActiveTasksPerUser bounds a user's queued and running tasks [1000].
-	MaxActiveTasksPerUser int
-	// MaxModes bounds the modes with unfinished tasks when Modes is not set [100].
-	MaxModes int
 	// Limits bound connections and requests (see Limits).
 	Limits Limits
 	// Logger receives the server's logs [slog.Default()].
 	Logger *slog.Logger
-	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
-	// speaks HTTPS (HTTP/1.1 and HTTP/2), and browser sessions get Secure cookies.
-	TLSCert, TLSKey string
+	// Options are the hub's: leases, attempts, limits on tasks and watches, and so on.
+	actors.Options
 }
 
 // Server is a running taskhub.
@@ -89,12 +75,11 @@ type Server struct {
 
 // Open starts a server. Close stops it.
 func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
-	cfg.Addr = cmp.Or(cfg.Addr, "127.0.0.1:8080")
-	cfg.DataDir = cmp.Or(cfg.DataDir, "data")
-	cfg.LeaseTimeout = cmp.Or(cfg.LeaseTimeout, 30*time.Second)
-	cfg.MaxAttempts = cmp.Or(cfg.MaxAttempts, 3)
-	cfg.DemoWorkers = cmp.Or(cfg.DemoWorkers, 4)
+	cfg.Addr = cmp.Or(cfg.Addr, DefaultAddr)
+	cfg.DataDir = cmp.Or(cfg.DataDir, DefaultDataDir)
+	cfg.DemoWorkers = cmp.Or(cfg.DemoWorkers, DefaultDemoWorkers)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	cfg.Options = cfg.Options.WithDefaults()
 	s := &Server{cfg: cfg, done: make(chan error, 1)}
 	defer func() {
 		if err != nil {
@@ -141,20 +126,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	demoOn := cfg.DemoWorkers > 0 && (len(cfg.Modes) == 0 || slices.Contains(cfg.Modes, demo.Mode))
 	s.hub, err = actors.Open(ctx, actors.Config{
-		Log:                   s.log,
-		Logger:                cfg.Logger,
-		LeaseTimeout:          cfg.LeaseTimeout,
-		MaxAttempts:           cfg.MaxAttempts,
-		ModeAttempts:          cfg.ModeAttempts,
-		StallTimeout:          cfg.StallTimeout,
-		Retention:             cfg.Retention,
-		Modes:                 cfg.Modes,
-		MaxActiveTasksPerUser: cfg.MaxActiveTasksPerUser,
-		MaxModes:              cfg.MaxModes,
-		Heartbeat:             cfg.Heartbeat,
-		OutboxLimit:           cfg.WatchBuffer,
-		MaxWatches:            cfg.MaxWatches,
-		MaxWatchesPerUser:     cfg.MaxWatchesPerUser,
+		Log:     s.log,
+		Logger:  cfg.Logger,
+		Options: cfg.Options,
 		ParamCheck: func(mode string, params map[string]string) error {
 			if mode == demo.Mode && demoOn {
 				return demo.CheckParams(params)

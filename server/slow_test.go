@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/taskhub/taskhub/actors"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub/server"
@@ -121,7 +122,7 @@ func (w *h2Watch) resume() error {
 // in order, ending in the same final states.
 func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 	t.Parallel()
-	b := setup(t, server.Config{WatchBuffer: 32})
+	b := setup(t, server.Config{Options: actors.Options{WatchBuffer: 32}})
 	ctx := t.Context()
 
 	slow := openH2Watch(t, b.srv.URL())

@@ -46,7 +46,8 @@ type Config struct {
 	// Modes, when set, are the only modes tasks may use: the form offers exactly these. Otherwise
 	// it offers DefaultMode and the modes of the user's recent tasks.
 	Modes []string
-	// Heartbeat is the heartbeat interval of watch streams [15s].
+	// Heartbeat is the heartbeat interval of the hub's watch streams: the page's script takes a
+	// stream silent for two of them as dead.
 	Heartbeat time.Duration
 	Logger    *slog.Logger // [slog.Default()]
 }
@@ -76,7 +77,6 @@ const (
 
 // NewHandler returns the page handler.
 func NewHandler(cfg Config) *Handler {
-	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, 15*time.Second)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	h := &Handler{cfg: cfg, mux: http.NewServeMux(), signIns: newAddrLimiter(SignInEvery, SignInBurst)}
 	h.mux.HandleFunc("GET /{$}", h.index)

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/taskhub/taskhub/actors"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -49,13 +50,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		modes    string
 		logLevel slog.Level
 	)
-	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:8080", "`host:port` to listen on; without --auth-file only loopback is allowed")
-	fs.StringVar(&cfg.DataDir, "data-dir", "data", "`directory` of the embedded event log")
+	fs.StringVar(&cfg.Addr, "addr", server.DefaultAddr, "`host:port` to listen on; without --auth-file only loopback is allowed")
+	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir, "`directory` of the embedded event log")
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "use the NATS server or cluster at `url` instead of the embedded one")
 	fs.BoolVar(&cfg.Fsync, "fsync", false, "fsync every write of the embedded event log (survives power loss; fewer writes per second)")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON `file` mapping bearer tokens to users and workers (see README)")
-	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", 30*time.Second, "how long a claimed task stays leased without a progress report")
-	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 3, "how many times a task may be claimed before it fails for good")
+	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", actors.DefaultLeaseTimeout, "how long a claimed task stays leased without a progress report")
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", actors.DefaultMaxAttempts, "how many times a task may be claimed before it fails for good")
 	fs.Func("mode-attempts", "per-mode max attempts, as `mode=n,...` (overrides --max-attempts)", func(v string) error {
 		cfg.ModeAttempts = map[string]int{}
 		for _, kv := range strings.Split(v, ",") {
@@ -68,16 +69,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	})
-	fs.DurationVar(&cfg.StallTimeout, "stall-timeout", 2*time.Minute, "mark a running task stalled after this long without progress; 0 disables")
-	fs.DurationVar(&cfg.Retention, "retention", 24*time.Hour, "keep all events of a finished task this long, then only its final one; 0 keeps everything")
+	fs.DurationVar(&cfg.StallTimeout, "stall-timeout", actors.DefaultStallTimeout, "mark a running task stalled after this long without progress; 0 disables")
+	fs.DurationVar(&cfg.Retention, "retention", actors.DefaultRetention, "keep all events of a finished task this long, then only its final one; 0 keeps everything")
 	fs.StringVar(&modes, "modes", "", "comma-separated `list` of the only modes tasks may use (default: any well-formed mode)")
-	fs.IntVar(&cfg.DemoWorkers, "demo-workers", 4, "how many demo tasks run at once; 0 disables the built-in demo executor")
-	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 15*time.Second, "heartbeat interval of idle watch streams")
-	fs.IntVar(&cfg.WatchBuffer, "watch-buffer", 1024, "events queued per watch for a slow client before it refills from the event log")
-	fs.IntVar(&cfg.MaxWatches, "max-watches", 100000, "open watch streams allowed in all")
-	fs.IntVar(&cfg.MaxWatchesPerUser, "max-watches-per-user", 10000, "open watch streams allowed per user")
-	fs.IntVar(&cfg.MaxActiveTasksPerUser, "max-active-tasks-per-user", 1000, "queued and running tasks allowed per user")
-	fs.IntVar(&cfg.MaxModes, "max-modes", 100, "modes that may have unfinished tasks at once (without --modes)")
+	fs.IntVar(&cfg.DemoWorkers, "demo-workers", server.DefaultDemoWorkers, "how many demo tasks run at once; 0 disables the built-in demo executor")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", actors.DefaultHeartbeat, "heartbeat interval of idle watch streams")
+	fs.IntVar(&cfg.WatchBuffer, "watch-buffer", actors.DefaultWatchBuffer, "events queued per watch for a slow client before it refills from the event log")
+	fs.IntVar(&cfg.MaxWatches, "max-watches", actors.DefaultMaxWatches, "open watch streams allowed in all")
+	fs.IntVar(&cfg.MaxWatchesPerUser, "max-watches-per-user", actors.DefaultMaxWatchesPerUser, "open watch streams allowed per user")
+	fs.IntVar(&cfg.MaxActiveTasksPerUser, "max-active-tasks-per-user", actors.DefaultMaxActiveTasksPerUser, "queued and running tasks allowed per user")
+	fs.IntVar(&cfg.MaxModes, "max-modes", actors.DefaultMaxModes, "modes that may have unfinished tasks at once (without --modes)")
 	fs.IntVar(&cfg.Limits.MaxConns, "max-conns", 0, "open connections allowed (default: the file descriptor limit less 256)")
 	fs.IntVar(&cfg.Limits.MaxConnsPerIP, "max-conns-per-ip", server.DefaultMaxConnsPerIP, "open connections allowed per client address (at most half of --max-conns); 0: no limit")
 	fs.IntVar(&cfg.Limits.MaxRequestsPerIP, "max-requests-per-ip", server.DefaultMaxRequestsPerIP, "requests under way allowed per client address, watch streams included; 0: no limit")
@@ -96,13 +97,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if modes != "" {
 		cfg.Modes = strings.Split(modes, ",")
 	}
-	if cfg.DemoWorkers == 0 {
-		cfg.DemoWorkers = -1
-	}
-	// 0 on the command line is no limit; in Config it is the default.
-	for _, n := range []*int{&cfg.Limits.MaxConnsPerIP, &cfg.Limits.MaxRequestsPerIP} {
+	// 0 on the command line is none (no demo, no stall detection, keep all, no limit); in
+	// Config it is the default, and a negative value is none.
+	for _, n := range []*int{&cfg.DemoWorkers, &cfg.Limits.MaxConnsPerIP, &cfg.Limits.MaxRequestsPerIP} {
 		if *n == 0 {
 			*n = -1
+		}
+	}
+	for _, d := range []*time.Duration{&cfg.StallTimeout, &cfg.Retention} {
+		if *d == 0 {
+			*d = -1
 		}
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))

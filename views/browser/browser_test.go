@@ -10,6 +10,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
+	"github.com/taskhub/taskhub/actors"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -240,7 +241,7 @@ func TestBrowser_WithoutJavaScript(t *testing.T) {
 // history the page missed was compacted away meanwhile, the page reloads its list in place and
 // says so.
 func TestBrowser_DeadConnectionAndLostHistory(t *testing.T) {
-	e := setup(t, server.Config{Heartbeat: time.Second, Retention: 300 * time.Millisecond})
+	e := setup(t, server.Config{Options: actors.Options{Heartbeat: time.Second, Retention: 300 * time.Millisecond}})
 	px := startProxy(t, e.cfg.Addr)
 	p := e.tab()
 	p.open(px.url("/"))
@@ -365,7 +366,7 @@ func TestBrowser_NothingLostBetweenRenderAndConnect(t *testing.T) {
 // message, the fresh snapshot comes in parts: the page takes them all, reloads its list once,
 // and goes live.
 func TestBrowser_LostHistoryWithALargeSnapshot(t *testing.T) {
-	e := setup(t, server.Config{Heartbeat: time.Second, Retention: 300 * time.Millisecond})
+	e := setup(t, server.Config{Options: actors.Options{Heartbeat: time.Second, Retention: 300 * time.Millisecond}})
 	px := startProxy(t, e.cfg.Addr)
 	p := e.tab()
 	p.open(px.url("/"))
