@@ -20,7 +20,7 @@ import (
 // naming made-up modes in claims can neither create queue consumers nor load JetStream, and
 // the pollers of real modes are not slowed by them.
 type claims struct {
-	log     Log
+	log     Queue
 	logger  *slog.Logger
 	ctx     context.Context // ends when the hub closes
 	hasWork func(mode string) bool
@@ -44,7 +44,7 @@ type waiter struct {
 // pollWait bounds each pull request, so an idle mode's goroutine looks again at its waiters.
 const pollWait = 5 * time.Second
 
-func newClaims(ctx context.Context, log Log, logger *slog.Logger, hasWork func(string) bool) *claims {
+func newClaims(ctx context.Context, log Queue, logger *slog.Logger, hasWork func(string) bool) *claims {
 	return &claims{log: log, logger: logger, ctx: ctx, hasWork: hasWork, modes: map[string]*modeWaiters{}}
 }
 

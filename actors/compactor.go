@@ -17,7 +17,7 @@ import (
 // before F, so a watcher resuming after N >= F lost nothing, and one resuming after N < F is
 // told to start afresh.
 type compactor struct {
-	log       Log
+	log       Watermark
 	logger    *slog.Logger
 	retention time.Duration
 	now       func() time.Time

@@ -69,7 +69,7 @@ type feed struct {
 	stop   func()
 }
 
-func startFeed(ctx context.Context, log Log, root *actor.RootContext, logger *slog.Logger, c *compactor, queued func(string)) (*feed, error) {
+func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger *slog.Logger, c *compactor, queued func(string)) (*feed, error) {
 	f := &feed{
 		root:      root,
 		logger:    logger,

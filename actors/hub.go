@@ -13,43 +13,10 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	cmap "github.com/orcaman/concurrent-map"
 
-	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub"
-	"github.com/taskhub/taskhub/eventlog"
 )
-
-// Log is the event log and task queue the hub persists to; *eventlog.Log implements it. The
-// method contracts are those of eventlog.Log.
-type Log interface {
-	Epoch() string
-	Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (seq uint64, err error)
-	Last(ctx context.Context, owner, id string) (*eventlog.Entry, error)
-	Get(ctx context.Context, seq uint64) (*eventlog.Entry, error)
-	Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error)
-	Bounds(ctx context.Context) (first, last uint64, err error)
-	TaskIDs(ctx context.Context, owner string) ([]string, error)
-	Follow(ctx context.Context, fn func(e *eventlog.Entry, pending uint64)) (stop func(), err error)
-	Compact(ctx context.Context, owner, id string) error
-	Compacted(ctx context.Context) (uint64, error)
-	SetCompacted(ctx context.Context, w uint64) error
-
-	ClaimKey(ctx context.Context, owner, key, id string) (string, error)
-	Ready() error
-	Recovered() <-chan struct{}
-
-	Enqueue(ctx context.Context, mode, id string) (added bool, err error)
-	Dequeue(ctx context.Context, mode, id string) error
-	Queued(ctx context.Context) (map[string]bool, error)
-	EnsureQueue(ctx context.Context, mode string) error
-	QueueModes(ctx context.Context) ([]string, error)
-	DropQueue(ctx context.Context, mode string) error
-	Fetch(ctx context.Context, mode string, max int, wait time.Duration) ([]eventlog.Delivery, error)
-	Renew(ackSubject string) error
-	Release(ackSubject string, delay time.Duration) error
-	Ack(ctx context.Context, ackSubject string) error
-}
 
 func init() {
 	// protoactor's process registry spreads actors over 1024 concurrent maps of SHARD_COUNT Go
