@@ -67,10 +67,10 @@ type WorkerService interface {
 // Watch is one client's view of its tasks: a snapshot (or, resuming, a recovered snapshot and
 // the events it missed), then every change, in sequence order, and a heartbeat while idle.
 type Watch interface {
-	// Next waits for the next messages to send. They must not be modified; the slice is valid
-	// until the next call. It fails when ctx ends, or the watch ends (Unavailable: resume from
-	// the last sequence seen).
-	Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, error)
+	// Next waits for the next messages to send. They are shared and must not be modified; the
+	// slice is valid until the next call. It fails when ctx ends, or the watch ends
+	// (Unavailable: resume from the last sequence seen).
+	Next(ctx context.Context) ([]*Message, error)
 	// Close ends the watch and frees its place under the limits.
 	Close()
 }

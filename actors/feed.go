@@ -22,8 +22,8 @@ type item struct {
 	seq    uint64
 	taskID string
 	kind   taskhubv1.EventKind // EVENT_KIND_UNSPECIFIED for a snapshot
-	resp   *taskhubv1.WatchTasksResponse
-	snap   *snapshot // instead of resp: a fresh snapshot, made into messages as it is sent
+	msg    *taskhub.Message
+	snap   *snapshot // instead of msg: a fresh snapshot, made into messages as it is sent
 }
 
 // snapshot is how a fresh watch starts: its owner's active tasks as of seq, as the feed keeps
@@ -43,7 +43,7 @@ func eventItem(e *eventlog.Entry) *item {
 		seq:    e.Seq,
 		taskID: ev.Task.Id,
 		kind:   ev.Kind,
-		resp:   &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: ev}},
+		msg:    taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: ev}}),
 	}
 }
 
@@ -115,8 +115,8 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	f.mu.Lock()
 	if e.Seq > f.pos {
 		if it != nil {
-			t := it.resp.GetEvent().Task
-			if f.track(t, e.Seq, it.resp.GetEvent().Time.AsTime()) {
+			t := it.msg.GetEvent().Task
+			if f.track(t, e.Seq, it.msg.GetEvent().Time.AsTime()) {
 				queuedMode = t.Mode
 			}
 			for w := range f.subs[t.Owner] {

@@ -11,23 +11,11 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	cmap "github.com/orcaman/concurrent-map"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub"
 )
-
-func init() {
-	// protoactor's process registry spreads actors over 1024 concurrent maps of SHARD_COUNT Go
-	// maps each: with the default 32, 32768 maps, so nearly every actor (one per open watch)
-	// gets a map of its own, about 250 bytes. One map per bucket still spreads the registry's
-	// locks over 1024 maps. concurrent-map reads SHARD_COUNT on every call, so it must be set
-	// before any map exists and never changed: hence init, before any actor system. It is
-	// process-wide, which is fine while only protoactor's actor package uses concurrent-map in
-	// this binary (go mod why github.com/orcaman/concurrent-map).
-	cmap.SHARD_COUNT = 1
-}
 
 // Config configures a Hub: what it runs on, and its Options.
 type Config struct {
@@ -70,6 +58,9 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		return nil, errors.New("actors: Config.Log is required")
 	}
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	if err := tuneRegistry(); err != nil {
+		return nil, err
+	}
 	cfg.Options = cfg.WithDefaults()
 	if err := cfg.Options.check(); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskhub/taskhub"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 )
 
@@ -294,9 +295,9 @@ func (o *outbox) tick(now time.Time, interval time.Duration) {
 		return
 	}
 	o.lastTaken = now.UnixNano()
-	o.pushLocked(&item{seq: o.delivered, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{
+	o.pushLocked(&item{seq: o.delivered, msg: taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{
 		Heartbeat: &taskhubv1.Heartbeat{Seq: o.delivered},
-	}}})
+	}})})
 }
 
 // close ends the outbox with err: what is queued can still be taken, then take returns err.

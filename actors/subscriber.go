@@ -128,9 +128,9 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		s.goLive(self) // nothing to replay
 		return
 	}
-	out.push(&item{seq: after, resp: &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+	out.push(&item{seq: after, msg: taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
 		Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: after, Recovered: true},
-	}}})
+	}})})
 	s.replay(self, true, after)
 }
 

@@ -22,7 +22,7 @@ type Watch struct {
 	pid       *actor.PID // of its subscriber
 	owner     string
 	items     []*item
-	msgs      []*taskhubv1.WatchTasksResponse
+	msgs      []*taskhub.Message
 	waitDone  <-chan struct{} // ctx.Done() of the context in out.waiter
 	closeOnce sync.Once
 }
@@ -32,7 +32,7 @@ type Watch struct {
 // slice is valid until the next call. It fails when ctx ends (a Next that is waiting sees that
 // within a second) or the watch is closed (the error is Unavailable when the hub is shutting
 // down).
-func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, error) {
+func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 	clear(w.msgs) // sent: do not keep them (a snapshot can be large) while the watch idles
 	w.msgs = w.msgs[:0]
 	for {
@@ -41,7 +41,7 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 		if len(w.items) > 0 {
 			for _, it := range w.items {
 				if it.snap == nil {
-					w.msgs = append(w.msgs, it.resp)
+					w.msgs = append(w.msgs, it.msg)
 					continue
 				}
 				if w.msgs, err = w.appendSnapshot(ctx, w.msgs, it.snap); err != nil {
@@ -66,11 +66,11 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, erro
 // params, read from the event log (they never change after a create, so any event of the task
 // has them), in one Snapshot message, or in several at the same seq of at most
 // maxSnapshotPart bytes of tasks each, all but the last with more set.
-func (w *Watch) appendSnapshot(ctx context.Context, msgs []*taskhubv1.WatchTasksResponse, snap *snapshot) ([]*taskhubv1.WatchTasksResponse, error) {
+func (w *Watch) appendSnapshot(ctx context.Context, msgs []*taskhub.Message, snap *snapshot) ([]*taskhub.Message, error) {
 	add := func(tasks []*taskhubv1.Task, more bool) {
-		msgs = append(msgs, &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+		msgs = append(msgs, taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
 			Snapshot: &taskhubv1.Snapshot{Epoch: snap.epoch, Seq: snap.seq, Tasks: tasks, More: more},
-		}})
+		}}))
 	}
 	var part []*taskhubv1.Task
 	size := 0

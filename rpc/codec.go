@@ -4,8 +4,12 @@ import (
 	"errors"
 	"fmt"
 
+	"connectrpc.com/connect"
+
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/taskhub/taskhub"
 )
 
 // strictJSON is Connect's JSON codec, except that a field the schema does not know is an error
@@ -46,4 +50,72 @@ func (c strictJSON) Unmarshal(data []byte, message any) error {
 		return fmt.Errorf("unmarshal into %T: %w", message, err)
 	}
 	return nil
+}
+
+// appendCodec is a connect.Codec that can marshal into a buffer connect owns.
+type appendCodec interface {
+	connect.Codec
+	MarshalAppend(dst []byte, message any) ([]byte, error)
+}
+
+// messageCodec sends a watch's *taskhub.Message in its shared encoding, made by the first
+// stream that sends it (see taskhub.Message), and everything else as its base codec does. The
+// bytes are copied into connect's own buffer: connect recycles the buffers it sends from.
+type messageCodec struct {
+	appendCodec
+	json bool
+}
+
+func (c messageCodec) MarshalAppend(dst []byte, message any) ([]byte, error) {
+	m, ok := message.(*taskhub.Message)
+	if !ok {
+		return c.appendCodec.MarshalAppend(dst, message)
+	}
+	b, err := m.Encoded(c.json, c.encode)
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, b...), nil
+}
+
+func (c messageCodec) Marshal(message any) ([]byte, error) { return c.MarshalAppend(nil, message) }
+
+func (c messageCodec) encode(m proto.Message) ([]byte, error) {
+	return c.appendCodec.MarshalAppend(nil, m)
+}
+
+// binaryCodec is Connect's protobuf binary codec.
+type binaryCodec struct{}
+
+func (binaryCodec) Name() string   { return "proto" }
+func (binaryCodec) IsBinary() bool { return true }
+
+func (binaryCodec) Marshal(message any) ([]byte, error) {
+	return binaryCodec{}.MarshalAppend(nil, message)
+}
+
+func (binaryCodec) MarshalAppend(dst []byte, message any) ([]byte, error) {
+	m, ok := message.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("%T is not a protobuf message", message)
+	}
+	return proto.MarshalOptions{}.MarshalAppend(dst, m)
+}
+
+func (binaryCodec) Unmarshal(data []byte, message any) error {
+	m, ok := message.(proto.Message)
+	if !ok {
+		return fmt.Errorf("%T is not a protobuf message", message)
+	}
+	return proto.Unmarshal(data, m)
+}
+
+// codecs are the handlers' codecs: binary and strict JSON, each sending a watch's messages in
+// their shared encodings.
+func codecs() []connect.HandlerOption {
+	return []connect.HandlerOption{
+		connect.WithCodec(messageCodec{binaryCodec{}, false}),
+		connect.WithCodec(messageCodec{strictJSON{"json"}, true}),
+		connect.WithCodec(messageCodec{strictJSON{"json; charset=utf-8"}, true}),
+	}
 }

@@ -108,18 +108,18 @@ func (f *fakeHub) FailTask(_ context.Context, l taskhub.Lease, fl taskhub.Failur
 
 // fakeWatch yields its messages, one call of Next each, then fails with end.
 type fakeWatch struct {
-	msgs   []*taskhubv1.WatchTasksResponse
+	msgs   []*taskhub.Message
 	end    error
 	closed chan struct{}
 }
 
-func (w *fakeWatch) Next(ctx context.Context) ([]*taskhubv1.WatchTasksResponse, error) {
+func (w *fakeWatch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 	if len(w.msgs) == 0 {
 		return nil, w.end
 	}
 	m := w.msgs[0]
 	w.msgs = w.msgs[1:]
-	return []*taskhubv1.WatchTasksResponse{m}, nil
+	return []*taskhub.Message{m}, nil
 }
 
 func (w *fakeWatch) Close() { close(w.closed) }
@@ -266,9 +266,9 @@ func TestHandlers_WatchStreamsWhatTheWatchYields(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	b.hub.watch = &fakeWatch{closed: make(chan struct{}), end: taskhub.Errorf(taskhub.Unavailable, "the watch ended"),
-		msgs: []*taskhubv1.WatchTasksResponse{
-			{Message: &taskhubv1.WatchTasksResponse_Snapshot{Snapshot: &taskhubv1.Snapshot{Epoch: "E", Seq: 1}}},
-			{Message: &taskhubv1.WatchTasksResponse_Event{Event: &taskhubv1.TaskEvent{Seq: 2}}},
+		msgs: []*taskhub.Message{
+			taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{Snapshot: &taskhubv1.Snapshot{Epoch: "E", Seq: 1}}}),
+			taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: &taskhubv1.TaskEvent{Seq: 2}}}),
 		}}
 	stream, err := b.tasks.WatchTasks(t.Context(), connect.NewRequest(&taskhubv1.WatchTasksRequest{Epoch: "E", AfterSeq: 9}))
 	require.NoError(t, err)

@@ -61,6 +61,9 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 		return connectError(err)
 	}
 	defer w.Close()
+	// The stream's connection sends a *taskhub.Message in its shared encoding (messageCodec):
+	// a typed Send would take only the message it wraps.
+	conn := stream.Conn()
 	for {
 		msgs, err := w.Next(ctx)
 		if err != nil {
@@ -69,7 +72,7 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 		// Connect flushes after each message; the connection coalesces what reaches the socket
 		// together (server.coalescingConn).
 		for _, m := range msgs {
-			if err := stream.Send(m); err != nil {
+			if err := conn.Send(m); err != nil {
 				return err
 			}
 		}
