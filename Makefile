@@ -18,8 +18,9 @@ build: ## build bin/taskhub
 	go build -o bin/taskhub ./cmd/taskhub
 
 .PHONY: test
-test: ## run every test with the race detector (starts its own servers on 127.0.0.1)
+test: ## run every test with the race detector (starts its own servers on 127.0.0.1), the load tool's too
 	go test -race -timeout 10m ./...
+	go -C tools/load test -race -timeout 5m ./...
 
 .PHONY: test/e2e
 test/e2e: ## run only the end-to-end tests against a real server, the browser tests among them
@@ -49,6 +50,7 @@ lint: $(BUF) ## gofmt, go vet, buf lint and tsc
 	@test -z "$$(gofmt -l .)" || (gofmt -l .; echo "run gofmt -w ."; exit 1)
 	go vet ./...
 	go -C tools vet ./bundle
+	go -C tools/load vet ./...
 	$(BUF) lint
 	$(TSC) -p assets
 
@@ -69,9 +71,10 @@ fuzz: ## run every fuzz target for FUZZTIME (50000x: executions) each, from the 
 	done
 
 .PHONY: tidy
-tidy: ## tidy go.mod and tools/go.mod
+tidy: ## tidy go.mod, tools/go.mod and tools/load/go.mod
 	go mod tidy
 	cd tools && go mod tidy
+	cd tools/load && go mod tidy
 
 .PHONY: clean
 clean: ## remove build output, the default data dir and installed generators
