@@ -6,134 +6,84 @@ import (
 	"sync"
 	"time"
 
-	"github.com/taskhub/taskhub"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
 )
 
-// outbox is the bounded queue of one watch: the feed offers it its owner's events, the stream's
-// send loop takes them, and the subscriber actor fills it from the log when live events could
-// not all be kept. A progress event replaces the queued progress event of the same task, if
-// any, and takes its place at the tail, so the seq order of what is queued never goes
-// backwards. Only progress is coalesced; every other event is kept until it is taken.
+// outbox is one watch's delivery: its bounded queue, and the state machine that decides what
+// goes into it. The feed offers it its owner's events; the stream's send loop (Watch.Next)
+// takes what is queued and, when the outbox owes events the queue could not keep, reads them
+// from the log and hands them back (replayed) as the client makes room. A progress event
+// replaces the queued progress event of its task, if any, at the tail, so the seq order of
+// what is queued never goes backwards. Only progress is coalesced; every other event is kept
+// until it is taken.
 //
-// Its delivery state is the promise it keeps: every event of the owner with seq <= cursor is
-// queued, was taken, or was replaced by a newer progress event of the same task.
-//   - live: an offered event is queued, or, when the outbox is full, the outbox is behind.
-//   - behind: offered events are dropped; once the client has taken everything, the subscriber
-//     replays the log from cursor+1 to the last seq offered, then the outbox is live again.
-//   - replaying: offered events after replayTo are held aside (up to the limit; past it they are
-//     dropped and another replay follows) and queued when the replay is done.
+// The promise it keeps: every event of the owner with seq <= cursor is queued, was taken, or was
+// replaced by a newer progress event of its task; every event after cursor up to replayTo is
+// owed, and will be read from the log. Offered events at or below cursor are ignored in every
+// state.
+//
+// Its states and transitions, one row each (TestOutbox_Transitions has a case for every row):
+//
+//	state      input          condition                  next       effect
+//	starting   attach(pos)                               starting   cursor = replayTo = pos
+//	starting   begin(m, a)                               replaying  m queued, whatever the limit; cursor = a: (a, pos] owed
+//	starting   take                                      starting   nothing to take, nothing owed
+//	replaying  offer(e)       e.seq <= replayTo          replaying  none: it is owed, and will be read
+//	replaying  offer(e)       held has room              replaying  held (kept aside, in order)
+//	replaying  offer(e)       held is full               replaying  held dropped; lost
+//	replaying  take           nothing queued             replaying  (cursor, replayTo] owed, to read from the log
+//	replaying  replayed(e)    the queue has room         replaying  queued; cursor = e.seq
+//	replaying  replayed(e)    the queue is full          replaying  refused: read again after a take
+//	replaying  done           nothing lost, held fit     live       held queued; cursor = replayTo, then the last held
+//	replaying  done           lost, or held overflowed   behind     cursor = replayTo, or the last held that fit
+//	live       offer(e)       the queue has room         live       queued; cursor = e.seq
+//	live       offer(e)       the queue is full          behind     dropped
+//	live       tick           idle for the interval      live       a heartbeat queued
+//	behind     offer(e)                                  behind     dropped
+//	behind     take                                      replaying  replayTo = the last seq offered: (cursor, replayTo] owed
+//	any        close(err)                                closed     what is queued can still be taken, then err
+//
+// In every state offer records the last seq offered (seen) and ignores events at or below
+// cursor; a starting outbox treats offers as a replaying one does. A watch's first message is
+// its snapshot: a fresh one (a = pos: nothing owed) or a recovered one, after which the events
+// the client missed are owed. So the start, the catch-up of a client that fell behind, and the
+// end of either are one path.
 type outbox struct {
 	mu       sync.Mutex
 	items    []*item         // in seq order; nil where a progress event was coalesced away
 	progress map[string]int  // task id -> index in items of its queued progress event; made on first use
 	err      error           // why the outbox was closed
 	waiter   context.Context // the context of the Next that takes from it (see Watch.watchCtx)
+	signal   chan struct{}   // cap 1: something to take, or the outbox was closed
 
-	signal chan struct{} // cap 1: items to take
-	room   chan struct{} // cap 1: items were taken, or the outbox was closed; made by the first pushWait
+	state      deliveryState
+	cursor     uint64 // see the type's doc
+	replayTo   uint64 // while replaying: the last seq owed
+	replayFrom uint64 // while replaying: the first seq owed when the replay began
+	seen       uint64 // the last seq offered
+	held       []*item
+	lost       bool // held overflowed: once the replay is done, the outbox is behind
 
 	delivered uint64 // the seq of the last item taken
 	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano
-	cursor    uint64 // see the type's doc
-	seen      uint64 // the last seq offered
-	replayTo  uint64 // while replaying: the replay ends at this seq
 	n         int32  // non-nil items
 	limit     int32
-	mode      deliveryMode
-	heldLost  bool    // held overflowed: replay again
-	askReplay bool    // the next take that empties the outbox calls behind
-	held      []*item // while replaying: offered events after replayTo
-	behind    func()  // tells the subscriber to replay, once the client has taken everything
 }
 
-type deliveryMode uint8
+type deliveryState uint8
 
 const (
-	live deliveryMode = iota
-	behind
+	starting deliveryState = iota
 	replaying
+	live
+	behind
 )
 
-// attach starts the delivery: the subscriber decides what comes first (a snapshot, or a
-// replay), so events offered after pos are held until it calls finishReplay. The feed calls it
-// under its lock, so no event after pos can be missed.
-func (o *outbox) attach(pos uint64) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.mode, o.seen, o.replayTo, o.cursor = replaying, pos, pos, pos
-}
-
-// offer queues a live event. The feed calls it in seq order.
-func (o *outbox) offer(it *item) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.seen = max(o.seen, it.seq)
-	if it.seq <= o.cursor || o.err != nil {
-		return
-	}
-	switch o.mode {
-	case live:
-		o.queueLocked(it)
-	case replaying:
-		if it.seq > o.replayTo && !o.heldLost {
-			if len(o.held) >= int(o.limit) {
-				clear(o.held)
-				o.held, o.heldLost = o.held[:0], true
-			} else {
-				o.held = append(o.held, it)
-			}
-		}
-	}
-}
-
-// queueLocked queues a live event, or falls behind when the outbox is full.
-func (o *outbox) queueLocked(it *item) bool {
-	if o.pushLocked(it) {
-		o.cursor = it.seq
-		return true
-	}
-	o.mode = behind
-	o.askReplay = true
-	return false
-}
-
-// startReplay begins a replay of the events after cursor up to the last seq offered, if the
-// outbox is behind (or start is set: the first replay of a resumed watch, from after).
-func (o *outbox) startReplay(start bool, after uint64) (from, to uint64, ok bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	switch {
-	case start:
-		o.cursor = after
-	case o.mode != behind:
-		return 0, 0, false
-	}
-	o.mode, o.replayTo = replaying, o.seen
-	return o.cursor + 1, o.replayTo, true
-}
-
-// finishReplay ends a replay that read the log up to replayTo: the held events are queued and
-// the outbox is live again, or behind if they did not fit. again reports that held events were
-// lost: the caller replays once more.
-func (o *outbox) finishReplay() (again bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.cursor = max(o.cursor, o.replayTo)
-	held, lost := o.held, o.heldLost
-	o.held, o.heldLost = nil, false
-	o.mode = live
-	if lost {
-		o.mode = behind
-		return true
-	}
-	for _, it := range held {
-		if it.seq > o.cursor && !o.queueLocked(it) {
-			break
-		}
-	}
-	return false
-}
+// replayWork is what a replaying outbox owes: the events from next to to (empty when next >
+// to), and from, where the replay began, for the compaction check.
+type replayWork struct{ from, next, to uint64 }
 
 // init readies a zero outbox to hold up to limit events. Nothing else is allocated until it is
 // needed: an idle watch costs only the outbox itself and its signal channel.
@@ -143,13 +93,105 @@ func (o *outbox) init(limit int) {
 	o.signal = make(chan struct{}, 1)
 }
 
-// push queues it and reports true, or reports false when the outbox is full.
-func (o *outbox) push(it *item) bool {
+// attach makes the outbox hold the events offered after the feed's position pos until its
+// first message is queued (see begin). The feed calls it under its lock, so no event after pos
+// is missed.
+func (o *outbox) attach(pos uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.pushLocked(it)
+	o.cursor, o.replayTo, o.seen = pos, pos, pos
 }
 
+// begin queues the first message of a stream, its snapshot, whatever the limit (a fresh one
+// refers to the active tasks the feed keeps anyway; see snapshot), and makes the outbox owe the
+// events after after up to the position it attached at: the client has seen them up to after.
+func (o *outbox) begin(first *item, after uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil || o.state != starting {
+		return
+	}
+	o.state, o.cursor, o.replayFrom = replaying, after, after+1
+	o.items = append(o.items, first)
+	o.n++
+	o.wake()
+}
+
+// offer hands the outbox a live event. The feed calls it in seq order.
+func (o *outbox) offer(it *item) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.seen = max(o.seen, it.seq)
+	if it.seq <= o.cursor || o.err != nil {
+		return
+	}
+	switch o.state {
+	case live:
+		o.queueLocked(it)
+	case starting, replaying:
+		switch {
+		case it.seq <= o.replayTo, o.lost:
+		case len(o.held) < int(o.limit):
+			o.held = append(o.held, it)
+		default:
+			clear(o.held)
+			o.held, o.lost = o.held[:0], true
+		}
+	}
+}
+
+// queueLocked queues a live event, or falls behind when the queue is full.
+func (o *outbox) queueLocked(it *item) bool {
+	if !o.pushLocked(it) {
+		o.state = behind
+		return false
+	}
+	o.cursor = it.seq
+	return true
+}
+
+// replayed queues an event read from the log for a replaying outbox and reports whether the
+// reader should go on: false when the queue is full (the reader lets the client take what is
+// queued, then reads it again) or the outbox was closed.
+func (o *outbox) replayed(it *item) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.err != nil || o.state != replaying:
+		return false
+	case it.seq <= o.cursor:
+		return true
+	case !o.pushLocked(it):
+		return false
+	}
+	o.cursor = it.seq
+	return true
+}
+
+// replayDone ends a replay that read the log up to replayTo: the held events are queued and the
+// outbox is live, or behind if some were lost or do not fit.
+func (o *outbox) replayDone() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.state != replaying {
+		return
+	}
+	o.cursor = max(o.cursor, o.replayTo)
+	held, lost := o.held, o.lost
+	o.held, o.lost = nil, false
+	o.state = live
+	if lost {
+		o.state = behind // the reader's next take starts the replay of what was lost
+		return
+	}
+	for _, it := range held {
+		if it.seq > o.cursor && !o.queueLocked(it) {
+			break
+		}
+	}
+}
+
+// pushLocked queues it and reports true, or reports false when the queue is full.
 func (o *outbox) pushLocked(it *item) bool {
 	if o.err != nil {
 		return true // closed: nobody will read it
@@ -180,19 +222,6 @@ func (o *outbox) pushLocked(it *item) bool {
 	return true
 }
 
-// pushStart queues the first message of a stream, its snapshot, whatever the limit: it refers to
-// the active tasks the feed keeps anyway (see snapshot).
-func (o *outbox) pushStart(it *item) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.err != nil {
-		return
-	}
-	o.items = append(o.items, it)
-	o.n++
-	o.wake()
-}
-
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {
 	select {
@@ -216,69 +245,43 @@ func (o *outbox) compact() {
 	o.items = kept
 }
 
-// pushWait queues it, waiting for room while the outbox is full.
-func (o *outbox) pushWait(ctx context.Context, it *item) error {
-	for {
-		o.mu.Lock()
-		if o.err != nil {
-			o.mu.Unlock()
-			return o.err
-		}
-		ok := o.pushLocked(it)
-		if !ok && o.room == nil {
-			o.room = make(chan struct{}, 1)
-		}
-		room := o.room
-		o.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// take moves every queued item into dst and returns it. With nothing queued it returns dst
-// empty, and the close error once the outbox is closed.
-func (o *outbox) take(dst []*item) ([]*item, error) {
+// take moves every queued item into dst and returns it. A behind outbox whose client has taken
+// everything starts replaying what it missed. When nothing is queued, take returns what a
+// replaying outbox owes (the caller reads it from the log and hands it back with replayed, then
+// calls replayDone), or, once the outbox is closed, its error.
+func (o *outbox) take(dst []*item) ([]*item, *replayWork, error) {
 	dst = dst[:0]
 	o.mu.Lock()
-	if o.n == 0 {
-		err := o.err
-		o.mu.Unlock()
-		return dst, err
-	}
-	for _, it := range o.items {
-		if it != nil {
-			dst = append(dst, it)
+	defer o.mu.Unlock()
+	if o.n > 0 {
+		for _, it := range o.items {
+			if it != nil {
+				dst = append(dst, it)
+			}
 		}
+		clear(o.items)
+		o.items = o.items[:0]
+		if len(o.progress) > 0 {
+			clear(o.progress)
+		}
+		o.n = 0
+		o.delivered = dst[len(dst)-1].seq
+		o.lastTaken = time.Now().UnixNano()
 	}
-	clear(o.items)
-	o.items = o.items[:0]
-	if len(o.progress) > 0 {
-		clear(o.progress)
+	switch {
+	case o.err != nil:
+		if len(dst) > 0 {
+			return dst, nil, nil
+		}
+		return dst, nil, o.err
+	case o.state == behind:
+		// The client has taken everything: what it missed is owed, from the log.
+		o.state, o.replayTo, o.replayFrom = replaying, o.seen, o.cursor+1
 	}
-	o.n = 0
-	o.delivered = dst[len(dst)-1].seq
-	o.lastTaken = time.Now().UnixNano()
-	room := o.room
-	var behind func()
-	if o.askReplay {
-		behind, o.askReplay = o.behind, false
+	if len(dst) == 0 && o.state == replaying {
+		return dst, &replayWork{from: o.replayFrom, next: o.cursor + 1, to: o.replayTo}, nil
 	}
-	o.mu.Unlock()
-
-	select { // a nil room (no pusher ever waited) is never ready: the default is taken
-	case room <- struct{}{}:
-	default:
-	}
-	if behind != nil {
-		behind()
-	}
-	return dst, nil
+	return dst, nil, nil
 }
 
 // tick is called on every tick of the hub's heartbeat loop. It wakes the taker if the context it
@@ -291,7 +294,7 @@ func (o *outbox) tick(now time.Time, interval time.Duration) {
 		o.wake()
 		return
 	}
-	if o.err != nil || o.mode != live || o.n > 0 || now.UnixNano()-o.lastTaken < interval.Nanoseconds() {
+	if o.err != nil || o.state != live || o.n > 0 || now.UnixNano()-o.lastTaken < interval.Nanoseconds() {
 		return
 	}
 	o.lastTaken = now.UnixNano()
@@ -308,11 +311,5 @@ func (o *outbox) close(err error) {
 		return
 	}
 	o.err = err
-	// Wake whoever waits, to see the end; a nil room (no pusher ever waited) takes the default.
-	for _, c := range []chan struct{}{o.signal, o.room} {
-		select {
-		case c <- struct{}{}:
-		default:
-		}
-	}
+	o.wake()
 }

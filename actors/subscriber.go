@@ -2,7 +2,6 @@ package actors
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -10,7 +9,6 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub"
-	"github.com/taskhub/taskhub/eventlog"
 )
 
 // startWatch is a subscriber's first message: the watch it feeds and where its client is. The
@@ -21,14 +19,6 @@ type startWatch struct {
 	after uint64
 }
 
-// Messages a subscriber sends itself.
-type (
-	// drained: the client took everything queued while the subscriber was catching up.
-	drained struct{}
-	// replayDone: the replay goroutine read the log up to replayTo, or failed.
-	replayDone struct{ err error }
-)
-
 var (
 	errWatchClosed  = taskhub.Errorf(taskhub.Unavailable, "the watch was closed")
 	errWatchFailed  = taskhub.Errorf(taskhub.Unavailable, "the watch failed; resume with the last seq you saw")
@@ -36,37 +26,26 @@ var (
 	errShuttingDown = taskhub.Errorf(taskhub.Unavailable, "the server is shutting down; resume with the last seq you saw")
 )
 
-// subscriber feeds one WatchTasks stream. It decides how the stream starts (a fresh snapshot,
-// or a recovered one and a replay), and it fills its watch's outbox from the log whenever the
-// outbox could not keep every live event. Live events do not pass through it: the feed offers
-// them to the outbox directly (see outbox), so a busy server never queues them ahead of the
-// outbox, where they could be neither coalesced nor bounded.
+// subscriber starts one WatchTasks stream and ends it. It decides how the stream starts: a
+// fresh snapshot, or, for a client that resumes, a recovered one and the events it missed. From
+// then on the watch's outbox and the stream's send loop do the rest (see outbox): live events
+// go from the feed straight into the outbox, so a busy server never queues them ahead of it,
+// where they could be neither coalesced nor bounded; and what the outbox could not keep, the
+// send loop reads from the log as the client makes room.
 //
 // It holds little, as there is one per open stream. Its watch arrives in its first message; a
 // subscriber that fails ends its watch (the client resumes by seq), so the fresh instance a
 // restart makes, which has no watch, does nothing.
 type subscriber struct {
-	h      *Hub
-	w      *Watch             // nil until startWatch
-	cancel context.CancelFunc // of the replay under way
-	from   uint64             // the replay under way started after this seq
+	h *Hub
+	w *Watch // nil until startWatch
 }
 
 func (s *subscriber) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *startWatch:
 		s.w = m.w
-		self, root := ctx.Self(), s.h.root
-		s.w.out.behind = func() { root.Send(self, &drained{}) }
-		s.start(self, m.epoch, m.after)
-	case *drained:
-		if s.w != nil {
-			s.replay(ctx.Self(), false, 0)
-		}
-	case *replayDone:
-		if s.w != nil {
-			s.replayed(ctx.Self(), m.err)
-		}
+		s.start(m.epoch, m.after)
 	case *actor.Restarting:
 		s.stop(errWatchFailed)
 	case *actor.Stopping:
@@ -80,16 +59,13 @@ func (s *subscriber) stop(err error) {
 		return
 	}
 	s.h.feed.unsubscribe(s.w.owner, s.w)
-	if s.cancel != nil {
-		s.cancel()
-	}
 	if s.h.closed.Load() {
 		err = errShuttingDown
 	}
 	s.w.out.close(err)
 }
 
-func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
+func (s *subscriber) start(clientEpoch string, after uint64) {
 	out := &s.w.out
 	epoch := s.h.log.Epoch()
 	if w := s.h.written.Load(); w > s.h.feed.position() {
@@ -124,78 +100,10 @@ func (s *subscriber) start(self *actor.PID, clientEpoch string, after uint64) {
 		resume = first != 0 && first <= after+1
 	}
 	if !resume {
-		out.pushStart(&item{seq: pos, snap: &snapshot{epoch: epoch, seq: pos, tasks: active}})
-		s.goLive(self) // nothing to replay
+		out.begin(&item{seq: pos, snap: &snapshot{epoch: epoch, seq: pos, tasks: active}}, pos)
 		return
 	}
-	out.push(&item{seq: after, msg: taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+	out.begin(&item{seq: after, msg: taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
 		Snapshot: &taskhubv1.Snapshot{Epoch: epoch, Seq: after, Recovered: true},
-	}})})
-	s.replay(self, true, after)
-}
-
-// replay reads the owner's events the outbox needs from the log into it, on a goroutine that
-// waits for room as the client reads.
-func (s *subscriber) replay(self *actor.PID, start bool, after uint64) {
-	out := &s.w.out
-	from, to, ok := out.startReplay(start, after)
-	if !ok {
-		return
-	}
-	if from-1 < s.h.compactor.watermark.Load() {
-		out.close(errTooFarBehind) // events it needs may be gone
-		return
-	}
-	s.from = from - 1
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	filter, log := eventlog.OwnerFilter(s.w.owner), s.h.log
-	root, timeout := s.h.root, s.h.cfg.CallTimeout
-	go func() {
-		err := func() error {
-			for seq := from; seq <= to; {
-				callCtx, cancelCall := context.WithTimeout(ctx, timeout)
-				e, err := log.Next(callCtx, filter, seq)
-				cancelCall()
-				switch {
-				case errors.Is(err, eventlog.ErrNotFound):
-					return nil
-				case err != nil:
-					return err
-				case e.Seq > to:
-					return nil
-				}
-				if err := out.pushWait(ctx, eventItem(e)); err != nil {
-					return err
-				}
-				seq = e.Seq + 1
-			}
-			return nil
-		}()
-		if ctx.Err() == nil {
-			root.Send(self, &replayDone{err: err})
-		}
-	}()
-}
-
-func (s *subscriber) replayed(self *actor.PID, err error) {
-	out := &s.w.out
-	if err != nil {
-		out.close(taskhub.Errorf(taskhub.Unavailable, "replay from the event log: %v", err))
-		return
-	}
-	if s.h.compactor.watermark.Load() > s.from {
-		out.close(errTooFarBehind) // a compaction may have removed events during the replay
-		return
-	}
-	s.goLive(self)
-}
-
-// goLive ends the start or a replay: the outbox queues the events it held meanwhile and goes
-// live, or, when more came than it could hold, they are replayed from the log, as the client
-// makes room.
-func (s *subscriber) goLive(self *actor.PID) {
-	if s.w.out.finishReplay() {
-		s.replay(self, false, 0)
-	}
+	}})}, after)
 }

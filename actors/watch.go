@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -10,6 +11,7 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/eventlog"
 )
 
 // Watch is one client's view of its tasks: what Hub.Watch started. Next is for one goroutine.
@@ -36,30 +38,78 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 	clear(w.msgs) // sent: do not keep them (a snapshot can be large) while the watch idles
 	w.msgs = w.msgs[:0]
 	for {
-		var err error
-		w.items, err = w.out.take(w.items)
-		if len(w.items) > 0 {
-			for _, it := range w.items {
+		items, work, err := w.out.take(w.items)
+		w.items = items
+		if len(items) > 0 {
+			for _, it := range items {
 				if it.snap == nil {
 					w.msgs = append(w.msgs, it.msg)
 					continue
 				}
 				if w.msgs, err = w.appendSnapshot(ctx, w.msgs, it.snap); err != nil {
-					clear(w.items)
+					clear(items)
 					return nil, err
 				}
 			}
-			clear(w.items)
+			clear(items)
 			return w.msgs, nil
 		}
 		if err != nil {
 			return nil, err
+		}
+		if work != nil {
+			if err := w.replay(ctx, work); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if err := w.watchCtx(ctx); err != nil {
 			return nil, err
 		}
 		<-w.out.signal
 	}
+}
+
+// replay reads what the outbox owes from the log into it, until the queue is full or the work
+// is done. A failed read, or a compaction that may have removed events it needs, closes the
+// outbox: what it queued is still sent, then the error.
+func (w *Watch) replay(ctx context.Context, work *replayWork) error {
+	if work.next <= work.to {
+		watermark := &w.h.compactor.watermark
+		if work.from-1 < watermark.Load() {
+			w.out.close(errTooFarBehind)
+			return nil
+		}
+		filter := eventlog.OwnerFilter(w.owner)
+		for seq := work.next; seq <= work.to; {
+			call, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
+			e, err := w.h.log.Next(call, filter, seq)
+			cancel()
+			switch {
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case errors.Is(err, eventlog.ErrNotFound):
+				seq = work.to + 1
+				continue
+			case err != nil:
+				w.out.close(taskhub.Errorf(taskhub.Unavailable, "replay from the event log: %v; resume with the last seq you saw", err))
+				return nil
+			case e.Seq > work.to:
+				seq = work.to + 1
+				continue
+			}
+			if !w.out.replayed(eventItem(e)) {
+				return nil // the queue is full, or the watch closed: take first
+			}
+			seq = e.Seq + 1
+		}
+		if work.from-1 < watermark.Load() {
+			w.out.close(errTooFarBehind) // a compaction may have removed events as it read
+			return nil
+		}
+	}
+	w.out.replayDone()
+	return nil
 }
 
 // appendSnapshot appends the messages of a snapshot to msgs: its tasks with their prompts and
