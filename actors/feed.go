@@ -283,18 +283,11 @@ func (f *feed) position() uint64 {
 	return f.pos
 }
 
-// activeCount is how many tasks owner has queued or running.
-func (f *feed) activeCount(owner string) int {
+// modeActive reports whether mode has queued or running tasks.
+func (f *feed) modeActive(mode string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.active[owner])
-}
-
-// modeActive reports whether mode has queued or running tasks, and how many modes have.
-func (f *feed) modeActive(mode string) (active bool, modes int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.modes[mode] > 0, len(f.modes)
+	return f.modes[mode] > 0
 }
 
 // activeTasks returns every queued or running task (slim).

@@ -193,7 +193,7 @@ func (h *Hub) reconcileOnce(ctx context.Context) error {
 		return err
 	}
 	for _, m := range modes {
-		if active, _ := h.feed.modeActive(m); active || slices.Contains(h.cfg.Modes, m) {
+		if h.feed.modeActive(m) || slices.Contains(h.cfg.Modes, m) {
 			continue
 		}
 		if err := h.log.DropQueue(ctx, m); err != nil {
@@ -206,8 +206,7 @@ func (h *Hub) reconcileOnce(ctx context.Context) error {
 // hasWork reports whether mode may have tasks to claim: it has active tasks, or it is one of
 // the configured modes.
 func (h *Hub) hasWork(mode string) bool {
-	active, _ := h.feed.modeActive(mode)
-	return active || slices.Contains(h.cfg.Modes, mode)
+	return h.feed.modeActive(mode) || slices.Contains(h.cfg.Modes, mode)
 }
 
 // Close ends every watch (their streams get Unavailable) and stops the actors. Calls under

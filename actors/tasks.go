@@ -75,12 +75,14 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 	}
 	r := h.ask(ctx, id, &createCmd{task: t})
 	if r.err != nil {
-		h.creating.done(owner, spec.Mode)
+		h.creating.failed(owner, spec.Mode)
 		return nil, r.err
 	}
 	// The task counts against its owner's limit from here on: as one being created until the
 	// feed has it, then as active.
-	h.feed.when(r.task.Seq, func() { h.creating.done(owner, spec.Mode) })
+	seq := r.task.Seq
+	h.creating.written(owner, spec.Mode, seq)
+	h.feed.when(seq, func() { h.creating.done(owner, spec.Mode, seq) })
 	return r.task, nil
 }
 
@@ -104,7 +106,7 @@ func logError(what string, err error) error {
 }
 
 // admit checks the limits a new task of owner in mode must be within, and counts it as being
-// created (see creating) until the caller calls creating.done.
+// created (see creating) until the caller calls creating.failed, or creating.written and done.
 func (h *Hub) admit(owner, mode string) error {
 	maxModes := h.cfg.MaxModes
 	if len(h.cfg.Modes) > 0 {
