@@ -195,25 +195,29 @@ func (l *Log) createStreams(ctx context.Context) error {
 		return fmt.Errorf("eventlog: create stream %s: %w", QueueStream, err)
 	}
 
-	l.sessions, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      sessionBucket,
-		Description: "taskhub browser sessions: SHA-256 of the cookie -> storage.v1.Session",
-		TTL:         l.cfg.SessionTTL,
-		Storage:     jetstream.FileStorage,
-	})
-	if err != nil {
-		return fmt.Errorf("eventlog: create bucket %s: %w", sessionBucket, err)
+	if l.sessions, err = l.bucket(ctx, sessionBucket, l.cfg.SessionTTL,
+		"taskhub browser sessions: SHA-256 of the cookie -> storage.v1.Session"); err != nil {
+		return err
 	}
-	l.idempotency, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      idempotencyBucket,
-		Description: "taskhub idempotency keys: SHA-256 of owner and key -> the task id of the first create",
-		TTL:         l.cfg.Duplicates,
-		Storage:     jetstream.FileStorage,
-	})
-	if err != nil {
-		return fmt.Errorf("eventlog: create bucket %s: %w", idempotencyBucket, err)
+	if l.idempotency, err = l.bucket(ctx, idempotencyBucket, l.cfg.Duplicates,
+		"taskhub idempotency keys: SHA-256 of owner and key -> the task id of the first create"); err != nil {
+		return err
 	}
 	return nil
+}
+
+// bucket creates (or updates) a key-value bucket whose entries expire after ttl.
+func (l *Log) bucket(ctx context.Context, name string, ttl time.Duration, description string) (jetstream.KeyValue, error) {
+	kv, err := l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      name,
+		Description: description,
+		TTL:         ttl,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: create bucket %s: %w", name, err)
+	}
+	return kv, nil
 }
 
 // Close stops probing, disconnects and stops the embedded server. Fetches and follows under way
