@@ -57,16 +57,17 @@ type feed struct {
 	compactor *compactor
 	queued    func(mode string) // called, outside the lock, when a task of mode is queued
 
-	mu     sync.Mutex
-	pos    uint64                                // the last sequence applied
-	active map[string]map[string]*taskhubv1.Task // owner -> task id -> slim task
-	modes  map[string]int                        // mode -> its active tasks
-	subs   map[string]map[*Watch]struct{}        // owner -> its watches
-	ends   map[string][]chan struct{}            // task id -> closed when the task ends
-	after  afterHeap                             // what to do once pos reaches a seq
-	ready  chan struct{}                         // closed once every task has been read
-	once   sync.Once
-	stop   func()
+	mu       sync.Mutex
+	pos      uint64                                // the last sequence applied
+	active   map[string]map[string]*taskhubv1.Task // owner -> task id -> slim task
+	modes    map[string]int                        // mode -> its active tasks
+	subs     map[string]map[*Watch]struct{}        // owner -> its watches
+	ends     map[string][]chan struct{}            // task id -> closed when the task ends
+	after    afterHeap                             // what to do once pos reaches a seq
+	creating creating                              // creates admitted, not yet applied
+	ready    chan struct{}                         // closed once every task has been read
+	once     sync.Once
+	stop     func()
 }
 
 func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger *slog.Logger, c *compactor, queued func(string)) (*feed, error) {
@@ -116,6 +117,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	if e.Seq > f.pos {
 		if it != nil {
 			t := it.msg.GetEvent().Task
+			f.creating.drop(t.Id) // active (or finished) from now on
 			if f.track(t, e.Seq, it.msg.GetEvent().Time.AsTime()) {
 				queuedMode = t.Mode
 			}

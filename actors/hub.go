@@ -42,7 +42,6 @@ type Hub struct {
 	claims     *claims
 	compactor  *compactor
 	watches    watchCount
-	creating   creating
 	written    atomic.Uint64 // the highest sequence this hub's task actors appended
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup // the compactor and the heartbeats

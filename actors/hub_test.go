@@ -126,6 +126,7 @@ type watcher struct {
 	done   chan struct{}
 }
 
+// watch opens a watch and waits for its snapshot.
 func watch(t *testing.T, h *actors.Hub, owner, epoch string, after uint64) *watcher {
 	t.Helper()
 	w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: owner, Epoch: epoch, AfterSeq: after})
@@ -162,6 +163,9 @@ func watch(t *testing.T, h *actors.Hub, owner, epoch string, after uint64) *watc
 		}
 	}()
 	t.Cleanup(func() { r.stop(); cancel(); <-r.done })
+	// The watch starts on its subscriber actor: until its snapshot is here, a task created now
+	// may be in the snapshot rather than among the events.
+	r.wait(0)
 	return r
 }
 

@@ -108,12 +108,12 @@ type alwaysPanics struct {
 	panics atomic.Int32
 }
 
-func (p *alwaysPanics) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
-	if rec.GetEvent().GetKind() == taskhubv1.EventKind_EVENT_KIND_PROGRESS && p.id.Load() == id {
+func (p *alwaysPanics) Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (uint64, error) {
+	if rec.GetEvent().GetKind() == taskhubv1.EventKind_EVENT_KIND_PROGRESS && p.id.Load() == rec.GetEvent().GetTask().GetId() {
 		p.panics.Add(1)
 		panic("injected: this task's progress always panics")
 	}
-	return p.Log.Append(ctx, owner, id, rec, expectLast)
+	return p.Log.Append(ctx, rec, expectLast)
 }
 
 func TestHub_SupervisorFailsTaskThatKeepsPanicking(t *testing.T) {
@@ -284,11 +284,11 @@ type flakyLog struct {
 	failed atomic.Int32
 }
 
-func (f *flakyLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
+func (f *flakyLog) Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (uint64, error) {
 	if rec.GetEvent().GetKind() == f.kind && f.failed.CompareAndSwap(0, 1) {
 		return 0, eventlog.ErrUnavailable
 	}
-	return f.Log.Append(ctx, owner, id, rec, expectLast)
+	return f.Log.Append(ctx, rec, expectLast)
 }
 
 func TestHub_LeaseExpiryOutlivesABriefLogOutage(t *testing.T) {

@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"slices"
 	"sync"
 
 	"github.com/taskhub/taskhub"
@@ -40,128 +39,86 @@ func (c *watchCount) close(user string) {
 	}
 }
 
-// creating counts the creates under way, per owner and per mode: admitted, but not yet applied
-// by the feed. Admission counts both, so concurrent creates cannot pass a limit together. A
-// create counts as under way until the feed's position reaches its event, and from then on as
-// one of the feed's active tasks; start compares the two under the feed's lock, so no create
-// counts twice, or not at all, in between.
+// creating is the creates under way: admitted, not yet applied by the feed. It lives in the
+// feed, under its lock, and the feed drops a create from it in the same step that applies the
+// create's event and makes the task active: so from admission on, a create counts exactly once
+// against its owner's and its mode's limits, never twice and never not at all.
 type creating struct {
-	mu      sync.Mutex
-	byOwner map[string]*inFlight
-	byMode  map[string]*inFlight
+	tasks   map[string]*underWay // task id ->
+	byOwner map[string]int       // owner -> tasks under way
+	byMode  map[string]int       // mode -> tasks under way
 }
 
-// inFlight is the creates under way of one owner or mode.
-type inFlight struct {
-	unwritten int      // admitted, not yet in the log
-	written   []uint64 // the seqs of those in the log, until the feed has applied them
+// underWay is one task being created, by n calls at once (retries with its idempotency key).
+type underWay struct {
+	owner, mode string
+	n           int
 }
 
-// count is how many creates are under way at feed position pos. A nil inFlight has none.
-func (f *inFlight) count(pos uint64) int {
-	if f == nil {
-		return 0
-	}
-	n := f.unwritten
-	for _, seq := range f.written {
-		if seq > pos {
-			n++
-		}
-	}
-	return n
-}
-
-type creatingParams struct {
-	owner, mode         string
-	feed                *feed
+// admission is a create to admit, and the limits it must be within.
+type admission struct {
+	owner, mode, id     string
 	maxActive, maxModes int // maxModes 0: no limit on modes
 }
 
-// start admits a create, or refuses it with ResourceExhausted. The caller then calls failed,
-// or written and, once the feed has applied the event, done.
-func (c *creating) start(p creatingParams) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	f := p.feed
+// admit counts the create of task a.id as under way, or refuses it with ResourceExhausted. The
+// caller calls abandon if the create fails; one that succeeds is dropped when the feed applies it.
+func (f *feed) admit(a admission) error {
 	f.mu.Lock()
-	pos := f.pos
-	n := len(f.active[p.owner]) + c.byOwner[p.owner].count(pos)
-	modeUsed := f.modes[p.mode] > 0 || c.byMode[p.mode].count(pos) > 0
-	modes := len(f.modes)
-	for m, in := range c.byMode {
-		if f.modes[m] == 0 && in.count(pos) > 0 {
-			modes++ // a mode only creates under way use yet
-		}
+	defer f.mu.Unlock()
+	c := &f.creating
+	if u := c.tasks[a.id]; u != nil {
+		u.n++ // a retry of a create under way: it is counted already
+		return nil
 	}
-	f.mu.Unlock()
-	if n >= p.maxActive {
+	if n := len(f.active[a.owner]) + c.byOwner[a.owner]; n >= a.maxActive {
 		return taskhub.Errorf(taskhub.ResourceExhausted,
 			"you have %d queued or running tasks, the most one user may have (--max-active-tasks-per-user): wait for some to finish, or cancel some", n)
 	}
-	if p.maxModes > 0 && !modeUsed && modes >= p.maxModes {
-		return taskhub.Errorf(taskhub.ResourceExhausted,
-			"%d modes have unfinished tasks, the most this server allows (--max-modes): use one of them, or wait for their tasks to finish", modes)
+	if a.maxModes > 0 && f.modes[a.mode] == 0 && c.byMode[a.mode] == 0 {
+		modes := len(f.modes)
+		for m := range c.byMode {
+			if f.modes[m] == 0 {
+				modes++ // a mode only creates under way use yet
+			}
+		}
+		if modes >= a.maxModes {
+			return taskhub.Errorf(taskhub.ResourceExhausted,
+				"%d modes have unfinished tasks, the most this server allows (--max-modes): use one of them, or wait for their tasks to finish", modes)
+		}
 	}
-	if c.byOwner == nil {
-		c.byOwner, c.byMode = map[string]*inFlight{}, map[string]*inFlight{}
+	if c.tasks == nil {
+		c.tasks, c.byOwner, c.byMode = map[string]*underWay{}, map[string]int{}, map[string]int{}
 	}
-	for _, in := range []*inFlight{entry(c.byOwner, p.owner), entry(c.byMode, p.mode)} {
-		in.unwritten++
-	}
+	c.tasks[a.id] = &underWay{owner: a.owner, mode: a.mode, n: 1}
+	c.byOwner[a.owner]++
+	c.byMode[a.mode]++
 	return nil
 }
 
-func entry(m map[string]*inFlight, key string) *inFlight {
-	in := m[key]
-	if in == nil {
-		in = &inFlight{}
-		m[key] = in
-	}
-	return in
-}
-
-// failed ends an admitted create that wrote nothing.
-func (c *creating) failed(owner, mode string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, in := range c.entries(owner, mode) {
-		in.unwritten--
-	}
-	c.prune(owner, mode)
-}
-
-// written records that an admitted create's event is in the log at seq.
-func (c *creating) written(owner, mode string, seq uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, in := range c.entries(owner, mode) {
-		in.unwritten--
-		in.written = append(in.written, seq)
+// abandon ends one call's create of task id that failed. What it may have written after all
+// (an unconfirmed write) counts as active once the feed applies it.
+func (f *feed) abandon(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if u := f.creating.tasks[id]; u != nil {
+		if u.n--; u.n == 0 {
+			f.creating.drop(id)
+		}
 	}
 }
 
-// done forgets a create whose event, at seq, the feed has applied.
-func (c *creating) done(owner, mode string, seq uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, in := range c.entries(owner, mode) {
-		in.written = slices.DeleteFunc(in.written, func(s uint64) bool { return s == seq })
+// drop forgets the create of task id, if it is under way. The caller holds the feed's lock.
+func (c *creating) drop(id string) {
+	u := c.tasks[id]
+	if u == nil {
+		return
 	}
-	c.prune(owner, mode)
-}
-
-// entries are the inFlights of an admitted create's owner and mode.
-func (c *creating) entries(owner, mode string) [2]*inFlight {
-	return [2]*inFlight{c.byOwner[owner], c.byMode[mode]}
-}
-
-func (c *creating) prune(owner, mode string) {
-	if c.byOwner[owner].idle() {
-		delete(c.byOwner, owner)
+	delete(c.tasks, id)
+	if c.byOwner[u.owner]--; c.byOwner[u.owner] == 0 {
+		delete(c.byOwner, u.owner)
 	}
-	if c.byMode[mode].idle() {
-		delete(c.byMode, mode)
+	if c.byMode[u.mode]--; c.byMode[u.mode] == 0 {
+		delete(c.byMode, u.mode)
 	}
 }
-
-func (f *inFlight) idle() bool { return f.unwritten == 0 && len(f.written) == 0 }

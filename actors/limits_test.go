@@ -231,12 +231,12 @@ type slowLog struct {
 	enqueued    atomic.Int32
 }
 
-func (s *slowLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
+func (s *slowLog) Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (uint64, error) {
 	if rec.GetEvent().GetKind() == s.kind {
 		<-ctx.Done()
 		return 0, fmt.Errorf("%w: %w", eventlog.ErrUncertain, ctx.Err())
 	}
-	return s.Log.Append(ctx, owner, id, rec, expectLast)
+	return s.Log.Append(ctx, rec, expectLast)
 }
 
 func (s *slowLog) Enqueue(ctx context.Context, mode, id string) (bool, error) {
@@ -460,8 +460,8 @@ type storedUnconfirmed struct {
 	done atomic.Bool
 }
 
-func (s *storedUnconfirmed) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
-	seq, err := s.Log.Append(ctx, owner, id, rec, expectLast)
+func (s *storedUnconfirmed) Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (uint64, error) {
+	seq, err := s.Log.Append(ctx, rec, expectLast)
 	if err == nil && rec.GetEvent().GetKind() == s.kind && s.done.CompareAndSwap(false, true) {
 		return 0, eventlog.ErrUncertain
 	}

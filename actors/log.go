@@ -33,10 +33,11 @@ type Events interface {
 	// Epoch is the stream's identity: a stream created again gets a new one, so sequences of
 	// the old one never match.
 	Epoch() string
-	// Append writes rec as the next event of task id if the task's last sequence is still
-	// expectLast (0: none: a create), and returns its sequence once it is stored. Another
-	// writer's append in between fails it with ErrConflict: a task has one writer.
-	Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (seq uint64, err error)
+	// Append writes rec as the next event of its task (rec.Event.Task) if the task's last
+	// sequence is still expectLast (0: none: a create), and returns its sequence once it is
+	// stored. Another writer's append in between fails it with ErrConflict: a task has one
+	// writer.
+	Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (seq uint64, err error)
 	// Last returns the task's last event: its current state. owner may be "*".
 	Last(ctx context.Context, owner, id string) (*eventlog.Entry, error)
 	// Get returns the event with sequence seq.

@@ -22,11 +22,11 @@ type panickyLog struct {
 	panicked atomic.Int32
 }
 
-func (p *panickyLog) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (uint64, error) {
+func (p *panickyLog) Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (uint64, error) {
 	if rec.GetEvent().GetKind() == taskhubv1.EventKind_EVENT_KIND_PROGRESS && p.panicked.CompareAndSwap(0, 1) {
 		panic("injected: append of a progress event")
 	}
-	return p.Log.Append(ctx, owner, id, rec, expectLast)
+	return p.Log.Append(ctx, rec, expectLast)
 }
 
 func setupPanicky(t *testing.T, lease time.Duration) (*bundle, *panickyLog) {

@@ -242,7 +242,7 @@ func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *s
 	rec := &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: kind, Task: t, Time: now}, Lease: lease}
 	ctx, cancel := a.ctx()
 	defer cancel()
-	seq, err := a.h.log.Append(ctx, t.Owner, t.Id, rec, a.lastSeq)
+	seq, err := a.h.log.Append(ctx, rec, a.lastSeq)
 	switch {
 	case errors.Is(err, eventlog.ErrConflict):
 		return err

@@ -58,7 +58,7 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 			id = first
 		}
 	}
-	if err := h.admit(owner, spec.Mode); err != nil {
+	if err := h.admit(owner, spec.Mode, id); err != nil {
 		return nil, err
 	}
 	ts := timestamppb.New(now)
@@ -75,15 +75,10 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 	}
 	r := h.ask(ctx, id, &createCmd{task: t})
 	if r.err != nil {
-		h.creating.failed(owner, spec.Mode)
+		h.feed.abandon(id)
 		return nil, r.err
 	}
-	// The task counts against its owner's limit from here on: as one being created until the
-	// feed has it, then as active.
-	seq := r.task.Seq
-	h.creating.written(owner, spec.Mode, seq)
-	h.feed.when(seq, func() { h.creating.done(owner, spec.Mode, seq) })
-	return r.task, nil
+	return r.task, nil // under way until the feed applies it, then active
 }
 
 // ensureQueued queues t again if it is queued: a retried create answers with the task the first
@@ -105,14 +100,14 @@ func logError(what string, err error) error {
 	return taskhub.Errorf(taskhub.Unavailable, "%s: %v", what, err)
 }
 
-// admit checks the limits a new task of owner in mode must be within, and counts it as being
-// created (see creating) until the caller calls creating.failed, or creating.written and done.
-func (h *Hub) admit(owner, mode string) error {
+// admit checks the limits a new task id of owner in mode must be within, and counts it as being
+// created (see creating) until the feed applies it, or the caller abandons it.
+func (h *Hub) admit(owner, mode, id string) error {
 	maxModes := h.cfg.MaxModes
 	if len(h.cfg.Modes) > 0 {
 		maxModes = 0 // only the configured modes are allowed: no more to bound
 	}
-	return h.creating.start(creatingParams{owner: owner, mode: mode, feed: h.feed,
+	return h.feed.admit(admission{owner: owner, mode: mode, id: id,
 		maxActive: h.cfg.MaxActiveTasksPerUser, maxModes: maxModes})
 }
 

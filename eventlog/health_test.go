@@ -42,7 +42,7 @@ func TestLog_StoreFailureAndRecovery(t *testing.T) {
 	appendOne := func() error {
 		n++
 		id := fmt.Sprintf("T%04d", n)
-		seq, err := l.Append(ctx, "alice", id, record(id, taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+		seq, err := l.Append(ctx, record(id, taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 		switch {
 		case err == nil:
 			acked[id] = seq

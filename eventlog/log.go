@@ -311,22 +311,27 @@ func decode(subject string, seq uint64, data []byte) (*Entry, error) {
 	return &Entry{Seq: seq, Subject: subject, Record: rec}, nil
 }
 
-// Append writes rec as the next event of the task, if the subject's last sequence is still
-// expectLast (0: the task has no events yet: a create), and returns its sequence.
+// Append writes rec as the next event of its task (rec.Event.Task names the owner and id), if
+// the task's last sequence is still expectLast (0: the task has no events yet: a create), and
+// returns its sequence.
 //
 // It fails with ErrConflict when another append came first, with ErrUnavailable when nothing
 // was written (at once while Ready fails), and with ErrUncertain when the write was sent but not
 // confirmed (the server did not answer in time, or the connection dropped) and a read
 // afterwards could not find it either: it may still be stored.
-func (l *Log) Append(ctx context.Context, owner, id string, rec *storagev1.Record, expectLast uint64) (seq uint64, err error) {
+func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (seq uint64, err error) {
 	if err := l.writable("append"); err != nil {
 		return 0, err
+	}
+	task := rec.GetEvent().GetTask()
+	if task == nil {
+		return 0, errors.New("eventlog: append: the record has no task")
 	}
 	data, err := proto.Marshal(rec)
 	if err != nil {
 		return 0, fmt.Errorf("eventlog: encode: %w", err)
 	}
-	subject := Subject(owner, id)
+	subject := Subject(task.Owner, task.Id)
 	ack, err := l.js.Publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
 	switch {
 	case err == nil:

@@ -26,7 +26,7 @@ func BenchmarkLog_Append(b *testing.B) {
 			for i := range b.N {
 				id := fmt.Sprintf("T%d", i)
 				rec := record(id, taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED)
-				if _, err := l.Append(b.Context(), "bench", id, rec, 0); err != nil {
+				if _, err := l.Append(b.Context(), rec, 0); err != nil {
 					b.Fatal(err)
 				}
 			}

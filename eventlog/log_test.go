@@ -44,16 +44,19 @@ func TestLog_AppendFences(t *testing.T) {
 	l := setup(t)
 	ctx := t.Context()
 
-	first, err := l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	first, err := l.Append(ctx, record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 	require.NoError(t, err)
 
 	// A second create of the same task: the fence refuses it.
-	_, err = l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	_, err = l.Append(ctx, record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 	require.ErrorIs(t, err, eventlog.ErrConflict)
 
-	seq, err := l.Append(ctx, "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.TaskState_TASK_STATE_RUNNING), first)
+	seq, err := l.Append(ctx, record("T1", taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.TaskState_TASK_STATE_RUNNING), first)
 	require.NoError(t, err)
 	require.Greater(t, seq, first)
+
+	_, err = l.Append(ctx, &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: taskhubv1.EventKind_EVENT_KIND_PROGRESS}}, seq)
+	require.Error(t, err, "a record names its task")
 
 	e, err := l.Last(ctx, "*", "T1")
 	require.NoError(t, err)
@@ -78,7 +81,7 @@ func TestLog_EpochSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	l := open(t, dir)
-	_, err := l.Append(t.Context(), "alice", "T1", record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	_, err := l.Append(t.Context(), record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 	require.NoError(t, err)
 	epoch := l.Epoch()
 	require.NoError(t, l.Close())
@@ -101,7 +104,7 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 	ctx := t.Context()
 	var last = map[string]uint64{}
 	for i, id := range []string{"A", "B", "A", "C", "A"} {
-		seq, err := l.Append(ctx, "alice", id, record(id, taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), last[id])
+		seq, err := l.Append(ctx, record(id, taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), last[id])
 		require.NoError(t, err, i)
 		last[id] = seq
 	}
@@ -122,7 +125,7 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 		require.Len(c, seqs, 3)
 	}, 5*time.Second, 5*time.Millisecond)
 
-	_, err = l.Append(ctx, "alice", "B", record("B", taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), last["B"])
+	_, err = l.Append(ctx, record("B", taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), last["B"])
 	require.NoError(t, err)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		mu.Lock()
@@ -228,11 +231,11 @@ func TestLog_CompactKeepsTheFinalState(t *testing.T) {
 
 	var last uint64
 	for _, kind := range []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_COMPLETED} {
-		seq, err := l.Append(ctx, "alice", "T1", record("T1", kind, taskhubv1.TaskState_TASK_STATE_RUNNING), last)
+		seq, err := l.Append(ctx, record("T1", kind, taskhubv1.TaskState_TASK_STATE_RUNNING), last)
 		require.NoError(t, err)
 		last = seq
 	}
-	other, err := l.Append(ctx, "alice", "T2", record("T2", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	other, err := l.Append(ctx, record("T2", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 	require.NoError(t, err)
 
 	require.NoError(t, l.Compact(ctx, "alice", "T1"))
