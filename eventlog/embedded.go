@@ -17,6 +17,8 @@ import (
 // reconnects to the new one by itself.
 type embedded struct {
 	dataDir      string
+	cluster      Cluster // when enabled, the server is a node of it
+	token        string  // with a cluster, what opens the server's loopback client port
 	sync         bool
 	syncInterval time.Duration
 	logger       *slog.Logger
@@ -27,15 +29,24 @@ type embedded struct {
 
 // start starts a server on the data directory, waiting up to ready for it to take connections.
 func (e *embedded) start(ready time.Duration) error {
-	ns, err := server.NewServer(&server.Options{
+	opts := &server.Options{
 		ServerName:   "taskhub",
 		JetStream:    true,
 		StoreDir:     filepath.Join(e.dataDir, "jetstream"),
 		SyncAlways:   e.sync,
 		SyncInterval: e.syncInterval,
-		DontListen:   true,
+		DontListen:   true, // no client port: the process connects in-process
 		NoSigs:       true,
-	})
+	}
+	if e.cluster.Enabled() {
+		if err := e.cluster.configure(opts); err != nil {
+			return fmt.Errorf("eventlog: cluster: %w", err)
+		}
+		// The server starts its routes only once it listens for clients, so a node listens on
+		// a loopback port of its own choosing, which only this process's token opens.
+		opts.DontListen, opts.Host, opts.Port, opts.Authorization = false, "127.0.0.1", server.RANDOM_PORT, e.token
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return fmt.Errorf("eventlog: embedded NATS server: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,12 @@ type Config struct {
 	DataDir string
 	// URL of an external NATS server or cluster; empty runs NATS embedded in the process.
 	URL string
+	// Cluster, when enabled, makes the embedded server a node of a cluster. Ignored with URL.
+	Cluster Cluster
+	// Replicas is how many copies JetStream keeps of each stream, on as many nodes [3 in a
+	// cluster of three or more nodes, else the number of nodes; 1 without a cluster or URL].
+	// With URL it must not exceed the external cluster's JetStream nodes.
+	Replicas int
 	// SyncAlways fsyncs every write (embedded server only): slower, but survives power loss.
 	SyncAlways bool
 	// SyncInterval is how often the embedded server fsyncs its files without SyncAlways [2m,
@@ -107,13 +114,28 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	cfg.QueueIdle = cmp.Or(cfg.QueueIdle, time.Hour)
 	cfg.SessionTTL = cmp.Or(cfg.SessionTTL, 30*24*time.Hour)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	if cfg.URL == "" && cfg.Cluster.Enabled() {
+		if err := cfg.Cluster.validate(); err != nil {
+			return nil, err
+		}
+		cfg.Replicas = cmp.Or(cfg.Replicas, min(3, cfg.Cluster.nodes()))
+		if cfg.Replicas > cfg.Cluster.nodes() {
+			return nil, fmt.Errorf("eventlog: %d replicas need as many nodes; the cluster has %d", cfg.Replicas, cfg.Cluster.nodes())
+		}
+	} else {
+		cfg.Cluster = Cluster{}
+	}
+	cfg.Replicas = cmp.Or(cfg.Replicas, 1)
+	if cfg.Replicas < 1 || cfg.Replicas > 5 {
+		return nil, fmt.Errorf("eventlog: %d replicas: JetStream keeps 1 to 5", cfg.Replicas)
+	}
 	l := &Log{cfg: cfg, logger: cfg.Logger, consumers: map[string]jetstream.Consumer{},
 		kick: make(chan struct{}, 1), recovered: make(chan struct{}, 1), quit: make(chan struct{})}
 	if err := l.connect(); err != nil {
 		l.Close()
 		return nil, err
 	}
-	if err := l.createStreams(ctx); err != nil {
+	if err := l.createStreamsWhenReady(ctx); err != nil {
 		l.Close()
 		return nil, err
 	}
@@ -132,7 +154,11 @@ func (l *Log) connect() error {
 		if l.cfg.DataDir == "" {
 			return errors.New("eventlog: a data directory or a NATS URL is required")
 		}
-		emb := &embedded{dataDir: l.cfg.DataDir, sync: l.cfg.SyncAlways, syncInterval: l.cfg.SyncInterval, logger: l.logger}
+		emb := &embedded{dataDir: l.cfg.DataDir, cluster: l.cfg.Cluster, sync: l.cfg.SyncAlways, syncInterval: l.cfg.SyncInterval, logger: l.logger}
+		if l.cfg.Cluster.Enabled() {
+			emb.token = rand.Text()
+			opts = append(opts, nats.Token(emb.token))
+		}
 		if err := emb.start(30 * time.Second); err != nil {
 			return err
 		}
@@ -152,7 +178,36 @@ func (l *Log) connect() error {
 	return nil
 }
 
+// createStreamsWhenReady creates the streams; with replicas, once JetStream has the nodes to
+// place them on. A node of a cluster that starts before the others waits for them here.
+func (l *Log) createStreamsWhenReady(ctx context.Context) error {
+	if l.cfg.Replicas == 1 {
+		return l.createStreams(ctx)
+	}
+	logged := time.Time{}
+	for {
+		attempt, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
+		err := l.createStreams(attempt)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if time.Since(logged) > 5*time.Second {
+			l.logger.Info("waiting for the cluster's nodes to place the streams' replicas", "replicas", l.cfg.Replicas, "err", err)
+			logged = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("eventlog: the cluster was not ready: %w", err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 func (l *Log) createStreams(ctx context.Context) error {
+	// Direct gets may be answered by any replica, one that lags included: with replicas every
+	// read goes to the stream's leader instead, so a read never misses an acknowledged write.
+	direct := l.cfg.Replicas == 1
 	var err error
 	l.events, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        EventStream,
@@ -160,7 +215,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 		Subjects:    []string{"tasks.>", probeEvents},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
-		AllowDirect: true,
+		Replicas:    l.cfg.Replicas,
+		AllowDirect: direct,
 	})
 	if err != nil {
 		return fmt.Errorf("eventlog: create stream %s: %w", EventStream, err)
@@ -174,7 +230,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 		Subjects:          []string{"taskhub.>"},
 		Storage:           jetstream.FileStorage,
 		MaxMsgsPerSubject: 1,
-		AllowDirect:       true,
+		Replicas:          l.cfg.Replicas,
+		AllowDirect:       direct,
 	})
 	if err != nil {
 		return fmt.Errorf("eventlog: create stream %s: %w", MetaStream, err)
@@ -189,7 +246,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 		MaxMsgsPerSubject:    1,
 		Discard:              jetstream.DiscardNew,
 		DiscardNewPerSubject: true,
-		AllowDirect:          true,
+		Replicas:             l.cfg.Replicas,
+		AllowDirect:          direct,
 	})
 	if err != nil {
 		return fmt.Errorf("eventlog: create stream %s: %w", QueueStream, err)
@@ -206,18 +264,40 @@ func (l *Log) createStreams(ctx context.Context) error {
 	return nil
 }
 
-// bucket creates (or updates) a key-value bucket whose entries expire after ttl.
+// bucket creates (or updates) a key-value bucket whose entries expire after ttl. Replicated, it
+// reads from the bucket's leader, as the streams do (see createStreams).
 func (l *Log) bucket(ctx context.Context, name string, ttl time.Duration, description string) (jetstream.KeyValue, error) {
 	kv, err := l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      name,
 		Description: description,
 		TTL:         ttl,
 		Storage:     jetstream.FileStorage,
+		Replicas:    l.cfg.Replicas,
 	})
+	if err == nil && l.cfg.Replicas > 1 {
+		kv, err = l.leaderReads(ctx, name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: create bucket %s: %w", name, err)
 	}
 	return kv, nil
+}
+
+// leaderReads turns off the direct gets of bucket name's stream, which any replica may answer,
+// and binds the bucket again so that its reads go to the leader.
+func (l *Log) leaderReads(ctx context.Context, name string) (jetstream.KeyValue, error) {
+	st, err := l.js.Stream(ctx, "KV_"+name)
+	if err != nil {
+		return nil, err
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.AllowDirect {
+		cfg.AllowDirect = false
+		if _, err := l.js.UpdateStream(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	return l.js.KeyValue(ctx, name)
 }
 
 // Close stops probing, disconnects and stops the embedded server. Fetches and follows under way
@@ -239,6 +319,22 @@ func (l *Log) Close() error {
 // Epoch is the event log's identity: the stream's name and creation time. A stream that is
 // deleted and created again gets a new epoch, so sequence numbers from the old one never match.
 func (l *Log) Epoch() string { return l.epoch }
+
+// Node is this node's name in the cluster; empty without one.
+func (l *Log) Node() string { return l.cfg.Cluster.Name }
+
+// EventLeader returns the name of the node whose server leads the event stream: the one that
+// orders its writes. Empty without replicas.
+func (l *Log) EventLeader(ctx context.Context) (string, error) {
+	info, err := l.events.Info(ctx)
+	if err != nil {
+		return "", l.unavailable("info", err)
+	}
+	if info.Cluster == nil || l.cfg.Replicas == 1 {
+		return "", nil
+	}
+	return info.Cluster.Leader, nil
+}
 
 // Subject is the event log subject of a task. Owner may be "*" to match any owner.
 func Subject(owner, id string) string { return "tasks." + owner + "." + id }

@@ -15,6 +15,7 @@ import (
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+	"github.com/taskhub/taskhub/internal/freeport"
 
 	"github.com/taskhub/taskhub/server"
 )
@@ -116,7 +117,9 @@ func withoutProgress(events []*taskhubv1.TaskEvent) []*taskhubv1.TaskEvent {
 // work, and a watch that stayed open carries on with the new events.
 func TestFaults_ExternalNATSRestarts(t *testing.T) {
 	t.Parallel()
-	storeDir, port := t.TempDir(), freePort(t)
+	storeDir, addr := t.TempDir(), freeport.Addr(t)
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
 	startNATS := func() *natsserver.Server {
 		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: storeDir, NoSigs: true, NoLog: true})
 		require.NoError(t, err)
@@ -170,12 +173,4 @@ func TestFaults_ExternalNATSRestarts(t *testing.T) {
 	list, err := b.tasks.ListTasks(ctx, connect.NewRequest(&taskhubv1.ListTasksRequest{}))
 	require.NoError(t, err)
 	require.Len(t, list.Msg.Tasks, 2)
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

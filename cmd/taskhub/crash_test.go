@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +22,7 @@ import (
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+	"github.com/taskhub/taskhub/internal/freeport"
 
 	"github.com/taskhub/taskhub/eventlog"
 )
@@ -65,17 +65,9 @@ type child struct {
 	nofile int
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func startChild(t *testing.T, dir string, extra string) *child {
 	t.Helper()
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	c := &child{t: t, url: "http://" + addr,
 		args: fmt.Sprintf("serve --addr %s --data-dir %s --demo-workers 0 --log-level error %s", addr, dir, extra)}
 	c.start()

@@ -29,6 +29,7 @@ import (
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+	"github.com/taskhub/taskhub/internal/freeport"
 
 	"github.com/taskhub/taskhub/eventlog"
 )
@@ -79,7 +80,7 @@ func TestHostile(t *testing.T) {
 	build := exec.Command("go", "build", "-o", bin, ".")
 	build.Stderr = os.Stderr
 	require.NoError(t, build.Run(), "build taskhub")
-	addr := freePort(t)
+	addr := freeport.Addr(t)
 	c := &child{t: t, url: "http://" + addr, bin: bin, nofile: hostileNoFile,
 		args: fmt.Sprintf("serve --addr %s --data-dir %s --demo-workers 0 --log-level error --auth-file %s "+
 			"--body-timeout %s --header-timeout %s --idle-timeout 30s --max-active-tasks-per-user %d",

@@ -1,0 +1,132 @@
+package eventlog_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub/eventlog"
+	"github.com/taskhub/taskhub/internal/freeport"
+)
+
+// openCluster starts a cluster of n embedded nodes on loopback, each with its own data
+// directory, and waits until every node has the streams.
+func openCluster(t *testing.T, n int) ([]*eventlog.Log, []eventlog.Config) {
+	t.Helper()
+	peers := make([]string, n)
+	for i := range peers {
+		peers[i] = freeport.Addr(t)
+	}
+	cfgs := make([]eventlog.Config, n)
+	logs := make([]*eventlog.Log, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		cfgs[i] = eventlog.Config{DataDir: t.TempDir(), AckWait: time.Second, ProbeInterval: time.Hour,
+			Timeout: 2 * time.Second, Cluster: eventlog.Cluster{Addr: peers[i], Peers: peers}}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			logs[i], errs[i] = eventlog.Open(ctx, cfgs[i])
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, l := range logs {
+			if l != nil {
+				l.Close()
+			}
+		}
+	})
+	require.NoError(t, errors.Join(errs...))
+	return logs, cfgs
+}
+
+// TestCluster_ReplicatesAndOutlivesANode: three embedded nodes form one cluster with one epoch;
+// a write on any node is read on every other at once (reads go to the stream's leader); when
+// the node of the stream's leader stops, the other two elect a new one and take writes again,
+// and the stopped node catches up when it comes back.
+func TestCluster_ReplicatesAndOutlivesANode(t *testing.T) {
+	t.Parallel()
+	logs, cfgs := openCluster(t, 3)
+	ctx := t.Context()
+	for _, l := range logs[1:] {
+		require.Equal(t, logs[0].Epoch(), l.Epoch(), "one epoch for the cluster")
+	}
+
+	last := map[string]uint64{}
+	appendOn := func(l *eventlog.Log, id string, kind taskhubv1.EventKind) error {
+		seq, err := l.Append(ctx, record(id, kind, taskhubv1.TaskState_TASK_STATE_QUEUED), last[id])
+		if err == nil {
+			last[id] = seq
+		}
+		return err
+	}
+	for i, l := range logs {
+		id := fmt.Sprintf("T%d", i)
+		require.NoError(t, appendOn(l, id, taskhubv1.EventKind_EVENT_KIND_CREATED))
+		for _, other := range logs {
+			e, err := other.Last(ctx, "alice", id)
+			require.NoError(t, err, "a write on one node is read on every node")
+			require.Equal(t, last[id], e.Seq)
+		}
+	}
+	// A stale writer on another node is fenced, whichever node it writes through.
+	_, err := logs[2].Append(ctx, record("T0", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	require.ErrorIs(t, err, eventlog.ErrConflict)
+
+	name, err := logs[0].EventLeader(ctx)
+	require.NoError(t, err)
+	leader := slices.IndexFunc(logs, func(l *eventlog.Log) bool { return l.Node() == name })
+	require.NotEqual(t, -1, leader, "the leader is one of the nodes")
+	logs[leader].Close()
+	rest := append(append([]*eventlog.Log{}, logs[:leader]...), logs[leader+1:]...)
+
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		return appendOn(rest[0], "T0", taskhubv1.EventKind_EVENT_KIND_PROGRESS) == nil
+	}, 30*time.Second, 50*time.Millisecond, "the two nodes left take writes")
+	t.Logf("writes resumed %v after the leader's node stopped", time.Since(start).Round(time.Millisecond))
+	require.NoError(t, appendOn(rest[1], "T1", taskhubv1.EventKind_EVENT_KIND_PROGRESS))
+
+	back, err := eventlog.Open(ctx, cfgs[leader])
+	require.NoError(t, err)
+	t.Cleanup(func() { back.Close() })
+	require.Eventually(t, func() bool {
+		e, err := back.Last(ctx, "alice", "T1")
+		return err == nil && e.Seq == last["T1"]
+	}, 30*time.Second, 50*time.Millisecond, "the node that came back has the writes it missed")
+}
+
+// TestCluster_Config: what a cluster needs is checked before anything starts.
+func TestCluster_Config(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		cluster eventlog.Cluster
+		reps    int
+		want    string
+	}{
+		{"no peers", eventlog.Cluster{Addr: "127.0.0.1:6222"}, 0, "peers"},
+		{"not host:port", eventlog.Cluster{Addr: "127.0.0.1", Peers: []string{"127.0.0.1:6222"}}, 0, "host:port"},
+		{"bad port", eventlog.Cluster{Addr: "127.0.0.1:0", Peers: []string{"127.0.0.1:6222"}}, 0, "port"},
+		{"routes beyond loopback without a secret", eventlog.Cluster{Addr: "127.0.0.1:6222", Peers: []string{"10.0.0.2:6222"}}, 0, "secret"},
+		{"a short secret", eventlog.Cluster{Addr: "10.0.0.1:6222", Peers: []string{"10.0.0.2:6222"}, Secret: "hunter2"}, 0, "at least 16"},
+		{"more replicas than nodes", eventlog.Cluster{Addr: "127.0.0.1:6222", Peers: []string{"127.0.0.1:6222", "127.0.0.1:6223"}}, 3, "3 replicas need as many nodes"},
+		{"a bad node name", eventlog.Cluster{Addr: "127.0.0.1:6222", Peers: []string{"127.0.0.1:6223"}, Name: "a b"}, 0, "node name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := eventlog.Open(t.Context(), eventlog.Config{DataDir: t.TempDir(), Cluster: tc.cluster, Replicas: tc.reps})
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
