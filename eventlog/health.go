@@ -15,7 +15,7 @@ import (
 // refuses every write after it, so reads alone would not tell.
 const (
 	probeEvents = "probe.tasks"
-	probeQueue  = "probe.queue"
+	probeQueue  = "probe.queue" // .<node>: the queue keeps one message per subject, and each node probes
 	probeMeta   = "taskhub.probe"
 	probeKey    = "probe" // in the key-value buckets, whose own keys are hex SHA-256 sums
 )
@@ -63,7 +63,13 @@ func (l *Log) Recovered() <-chan struct{} { return l.recovered }
 // writable refuses a write while the probes say writes fail: it would wait for an answer that a
 // failed store does not give (JetStream drops a write its store refuses, so the writer only
 // times out, not knowing whether it was stored). Refused here, it is certainly not stored.
+//
+// A replicated log is not held back so: there a write fails while its stream elects a leader,
+// which takes seconds, and each write should go through as soon as its stream has one.
 func (l *Log) writable(op string) error {
+	if l.cfg.Replicas > 1 {
+		return nil
+	}
 	if err := l.Ready(); err != nil {
 		return l.unavailable(op, err)
 	}
@@ -92,7 +98,7 @@ func (l *Log) writeFailed(err error) {
 
 // watch probes the streams every ProbeInterval until the log closes. While probes fail it
 // restarts the embedded server (after RestartAfter, then backing off up to a minute between
-// restarts); an external server is left to reconnect by itself.
+// restarts) unless it is a node of a cluster; an external server is left to reconnect by itself.
 func (l *Log) watch() {
 	defer l.wg.Done()
 	tick := time.NewTicker(l.cfg.ProbeInterval)
@@ -126,7 +132,7 @@ func (l *Log) probe() error {
 	for _, p := range []struct {
 		stream  jetstream.Stream
 		subject string
-	}{{l.events, probeEvents}, {l.queue, probeQueue}} {
+	}{{l.events, probeEvents}, {l.queue, probeQueue + "." + l.node}} {
 		// Purge first: the queue keeps one message per subject, and a probe must write.
 		if err := p.stream.Purge(ctx, jetstream.WithPurgeSubject(p.subject)); err != nil {
 			return fmt.Errorf("stream %s: %w", p.stream.CachedInfo().Config.Name, err)
@@ -158,7 +164,9 @@ func (l *Log) settle(err error, failures uint64) {
 	default:
 		h.err = err
 	}
-	restart := err != nil && l.emb != nil && now.Sub(h.since) >= l.cfg.RestartAfter &&
+	// A node of a cluster is not restarted: its probes also fail while a stream elects a
+	// leader, and a restart would cost the others another election.
+	restart := err != nil && l.emb != nil && l.cfg.Replicas == 1 && now.Sub(h.since) >= l.cfg.RestartAfter &&
 		now.Sub(h.lastRestart) >= min(l.cfg.RestartAfter<<min(h.restarts, 6), time.Minute)
 	if restart {
 		h.restarts++

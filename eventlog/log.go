@@ -48,6 +48,10 @@ type Config struct {
 	URL string
 	// Cluster, when enabled, makes the embedded server a node of a cluster. Ignored with URL.
 	Cluster Cluster
+	// Node names this process among those that share the log: letters, digits, '-' and '_'
+	// [the cluster's node name; else "taskhub"]. Processes sharing one external NATS need
+	// distinct names.
+	Node string
 	// Replicas is how many copies JetStream keeps of each stream, on as many nodes [3 in a
 	// cluster of three or more nodes, else the number of nodes; 1 without a cluster or URL].
 	// With URL it must not exceed the external cluster's JetStream nodes.
@@ -81,6 +85,7 @@ type Config struct {
 // Log is the event log and the task queue.
 type Log struct {
 	cfg         Config
+	node        string // Config.Node
 	logger      *slog.Logger
 	emb         *embedded // nil with an external server
 	nc          *nats.Conn
@@ -126,10 +131,14 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		cfg.Cluster = Cluster{}
 	}
 	cfg.Replicas = cmp.Or(cfg.Replicas, 1)
+	cfg.Node = cmp.Or(cfg.Node, cfg.Cluster.Name, "taskhub")
+	if !validNodeName(cfg.Node) {
+		return nil, fmt.Errorf("eventlog: node name %q: use letters, digits, '-' and '_'", cfg.Node)
+	}
 	if cfg.Replicas < 1 || cfg.Replicas > 5 {
 		return nil, fmt.Errorf("eventlog: %d replicas: JetStream keeps 1 to 5", cfg.Replicas)
 	}
-	l := &Log{cfg: cfg, logger: cfg.Logger, consumers: map[string]jetstream.Consumer{},
+	l := &Log{cfg: cfg, node: cfg.Node, logger: cfg.Logger, consumers: map[string]jetstream.Consumer{},
 		kick: make(chan struct{}, 1), recovered: make(chan struct{}, 1), quit: make(chan struct{})}
 	if err := l.connect(); err != nil {
 		l.Close()
@@ -239,8 +248,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 
 	l.queue, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:                 QueueStream,
-		Description:          "taskhub task queue: subject taskq.<mode>.<task id>, one message per queued task; " + probeQueue + ": write probes",
-		Subjects:             []string{"taskq.>", probeQueue},
+		Description:          "taskhub task queue: subject taskq.<mode>.<task id>, one message per queued task; " + probeQueue + ".<node>: write probes",
+		Subjects:             []string{"taskq.>", probeQueue + ".>"},
 		Storage:              jetstream.FileStorage,
 		Retention:            jetstream.WorkQueuePolicy,
 		MaxMsgsPerSubject:    1,
@@ -320,8 +329,8 @@ func (l *Log) Close() error {
 // deleted and created again gets a new epoch, so sequence numbers from the old one never match.
 func (l *Log) Epoch() string { return l.epoch }
 
-// Node is this node's name in the cluster; empty without one.
-func (l *Log) Node() string { return l.cfg.Cluster.Name }
+// Node is this process's name among those that share the log (Config.Node).
+func (l *Log) Node() string { return l.node }
 
 // EventLeader returns the name of the node whose server leads the event stream: the one that
 // orders its writes. Empty without replicas.
@@ -375,15 +384,37 @@ func (l *Log) Compacted(ctx context.Context) (uint64, error) {
 	return w, nil
 }
 
-// SetCompacted records the compaction watermark (the message replaces the previous one).
+// SetCompacted raises the compaction watermark to w: it is never lowered, whichever node of a
+// cluster records it (the message replaces the previous one only if that is still the last).
 func (l *Log) SetCompacted(ctx context.Context, w uint64) error {
 	if err := l.writable("set compacted"); err != nil {
 		return err
 	}
-	if _, err := l.js.Publish(ctx, compactedSubject, strconv.AppendUint(nil, w, 10)); err != nil {
-		return l.writeErr(ctx, "set compacted", err)
+	for {
+		var cur, last uint64
+		m, err := l.meta.GetLastMsgForSubject(ctx, compactedSubject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return l.unavailable("set compacted", err)
+		default:
+			last = m.Sequence
+			if cur, err = strconv.ParseUint(string(m.Data), 10, 64); err != nil {
+				return fmt.Errorf("eventlog: compaction watermark %q: %w", m.Data, err)
+			}
+		}
+		if w <= cur {
+			return nil
+		}
+		_, err = l.js.Publish(ctx, compactedSubject, strconv.AppendUint(nil, w, 10), jetstream.WithExpectLastSequencePerSubject(last))
+		if hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence) || hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			continue // another node raised it meanwhile
+		}
+		if err != nil {
+			return l.writeErr(ctx, "set compacted", err)
+		}
+		return nil
 	}
-	return nil
 }
 
 // Entry is one event log message.
