@@ -56,6 +56,9 @@ func (c *claims) next(ctx context.Context, modes []string, wait time.Duration) (
 				continue
 			}
 			ds, err := c.fetch(ctx, m, 0)
+			if errors.Is(err, eventlog.ErrNoQueue) {
+				continue // its last task ended since hasWork said it had one
+			}
 			if err != nil {
 				return nil, err
 			}

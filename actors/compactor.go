@@ -6,11 +6,17 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/taskhub/taskhub"
 )
 
 // compactor removes the events of finished tasks once they are older than the retention, keeping
 // each task's final event, and keeps the watermark below which history may be gone: a watch
 // resuming from before it gets a fresh snapshot instead of a silent gap.
+//
+// In a cluster every node compacts (a purge done twice is done once), and the watermark is
+// recorded in the log before the events go, never lowered: a node whose own rounds lag behind
+// another's reads it there before it relies on history (see floor).
 //
 // Why the watermark is enough: a task's events are removed only when its final event (seq F) is
 // older than the retention. A watcher that has not seen F has not heard from the hub since
@@ -21,6 +27,7 @@ type compactor struct {
 	logger    *slog.Logger
 	retention time.Duration
 	now       func() time.Time
+	shared    bool // other nodes compact the log too: the recorded watermark may be ahead
 
 	mu    sync.Mutex
 	queue []finished // finished tasks not yet compacted, in seq order
@@ -74,9 +81,13 @@ func (c *compactor) round(ctx context.Context) {
 	if n == 0 {
 		return
 	}
-	// Raise the watermark first: a watch that resumes from here on does not rely on events
-	// this round may remove.
+	// Raise the watermark first, here and in the log: a watch that resumes from here on, on
+	// any node, does not rely on events this round may remove.
 	c.watermark.Store(max(c.watermark.Load(), batch[n-1].seq))
+	if err := c.log.SetCompacted(ctx, batch[n-1].seq); err != nil {
+		c.logger.Warn("cannot record the compaction watermark; will retry", "err", err)
+		return
+	}
 	done := 0
 	for _, f := range batch {
 		if err := c.log.Compact(ctx, f.owner, f.id); err != nil {
@@ -85,14 +96,21 @@ func (c *compactor) round(ctx context.Context) {
 		}
 		done++
 	}
-	if done == 0 {
-		return
-	}
-	if err := c.log.SetCompacted(ctx, batch[done-1].seq); err != nil {
-		c.logger.Warn("cannot record the compaction watermark; will retry", "err", err)
-		return
-	}
 	c.mu.Lock()
 	c.queue = c.queue[done:]
 	c.mu.Unlock()
+}
+
+// floor returns the watermark a watch must respect: this node's, or in a cluster the one
+// recorded in the log if another node's rounds got further.
+func (c *compactor) floor(ctx context.Context) (uint64, error) {
+	w := c.watermark.Load()
+	if !c.shared {
+		return w, nil
+	}
+	stored, err := c.log.Compacted(ctx)
+	if err != nil {
+		return 0, taskhub.Errorf(taskhub.Unavailable, "read the compaction watermark: %v", err)
+	}
+	return max(w, stored), nil
 }

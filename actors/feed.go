@@ -11,6 +11,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub"
@@ -63,6 +64,7 @@ type feed struct {
 	modes    map[string]int                        // mode -> its active tasks
 	subs     map[string]map[*Watch]struct{}        // owner -> its watches
 	ends     map[string][]chan struct{}            // task id -> closed when the task ends
+	running  map[string]*runTimes                  // task id -> its lease and stall times
 	after    afterHeap                             // what to do once pos reaches a seq
 	creating creating                              // creates admitted, not yet applied
 	ready    chan struct{}                         // closed once every task has been read
@@ -80,6 +82,7 @@ func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger 
 		modes:     map[string]int{},
 		subs:      map[string]map[*Watch]struct{}{},
 		ends:      map[string][]chan struct{}{},
+		running:   map[string]*runTimes{},
 		ready:     make(chan struct{}),
 	}
 	first, last, err := log.Bounds(ctx)
@@ -108,20 +111,22 @@ func (f *feed) markReady() { f.once.Do(func() { close(f.ready) }) }
 // apply is called by the log's follower, one entry at a time, in sequence order.
 func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	var it *item
-	if e.Record != nil {
-		it = eventItem(e)
+	if e.Record != nil && e.Record.Event.Kind != taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED {
+		it = eventItem(e) // a renewal is for the hub's timers alone
 	}
 	var due []func()
 	queuedMode := ""
 	f.mu.Lock()
 	if e.Seq > f.pos {
-		if it != nil {
-			t := it.msg.GetEvent().Task
-			f.creating.drop(t.Id) // active (or finished) from now on
-			if f.track(t, e.Seq, it.msg.GetEvent().Time.AsTime()) {
-				queuedMode = t.Mode
+		if e.Record != nil {
+			ev := e.Record.Event
+			f.creating.drop(ev.Task.Id) // active (or finished) from now on
+			if f.track(ev.Task, e.Record.Lease, e.Seq, ev.Time.AsTime()) {
+				queuedMode = ev.Task.Mode
 			}
-			for w := range f.subs[t.Owner] {
+		}
+		if it != nil {
+			for w := range f.subs[it.msg.GetEvent().Task.Owner] {
 				w.out.offer(it)
 			}
 		}
@@ -140,9 +145,14 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	}
 }
 
-// track updates the active tasks with t, the task as of event seq at time at, and reports
-// whether it is queued now. The caller holds f.mu.
-func (f *feed) track(t *taskhubv1.Task, seq uint64, at time.Time) (queued bool) {
+// track updates the active tasks with t, the task as of event seq at time at under lease, and
+// reports whether it is queued now. The caller holds f.mu.
+func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at time.Time) (queued bool) {
+	if t.State == taskhubv1.TaskState_TASK_STATE_RUNNING && lease != nil {
+		f.running[t.Id] = &runTimes{leaseEnd: lease.ExpiresAt.AsTime(), progressed: t.ProgressedAt.AsTime(), stalled: t.Stalled}
+	} else {
+		delete(f.running, t.Id)
+	}
 	tasks := f.active[t.Owner]
 	old := tasks[t.Id]
 	if terminal(t.State) {
@@ -315,6 +325,38 @@ func (f *feed) watches(dst []*Watch) []*Watch {
 		}
 	}
 	return dst
+}
+
+// runTimes is what the hub's timers need of a running task: when its stored lease ends, and
+// when it last made progress.
+type runTimes struct {
+	leaseEnd   time.Time
+	progressed time.Time
+	stalled    bool
+	sent       time.Time // when a timer last sent it a check
+}
+
+// due returns the running tasks whose lease is over at now (by leaseOver) and those that made
+// no progress for stall, leaving out those sent a check less than resend ago (whose check is
+// under way, or failed and is retried then).
+func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend time.Duration) (expired, stalled []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, r := range f.running {
+		if now.Sub(r.sent) < resend {
+			continue
+		}
+		switch {
+		case leaseOver(r.leaseEnd):
+			expired = append(expired, id)
+		case stall > 0 && !r.stalled && now.Sub(r.progressed) >= stall:
+			stalled = append(stalled, id)
+		default:
+			continue
+		}
+		r.sent = now
+	}
+	return expired, stalled
 }
 
 // afterHeap holds what feed.when was asked to do, by seq.

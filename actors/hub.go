@@ -12,6 +12,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub"
@@ -21,6 +22,9 @@ import (
 type Config struct {
 	Log    Log
 	Logger *slog.Logger // [slog.Default()]
+	// Shared says other processes use the same log (the nodes of a cluster, or of one external
+	// NATS): what this one read of it may be behind what they wrote.
+	Shared bool
 	// ParamCheck, when set, validates a new task's params for its mode (built-in executors
 	// use it to refuse params they cannot run).
 	ParamCheck func(mode string, params map[string]string) error
@@ -43,15 +47,16 @@ type Hub struct {
 	compactor  *compactor
 	watches    watchCount
 	written    atomic.Uint64 // the highest sequence this hub's task actors appended
+	graceFrom  atomic.Int64  // unix ns: when the hub started, or its log last recovered (see leaseOver)
 	cancel     context.CancelFunc
-	wg         sync.WaitGroup // the compactor and the heartbeats
+	wg         sync.WaitGroup // the compactor, the heartbeats, the timers and reconciliation
 	closed     atomic.Bool
 	closeOnce  sync.Once
 	now        func() time.Time
 }
 
 // Open starts the hub: it reads the active tasks from the log, then resumes what they were
-// doing (lease timers of running tasks, queueing of queued ones).
+// doing (the timers of running tasks, queueing of queued ones).
 func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	if cfg.Log == nil {
 		return nil, errors.New("actors: Config.Log is required")
@@ -77,7 +82,8 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		cancel: cancel,
 		now:    time.Now,
 	}
-	h.compactor = &compactor{log: h.log, logger: h.logger, retention: cfg.Retention, now: h.now}
+	h.graceFrom.Store(h.now().UnixNano())
+	h.compactor = &compactor{log: h.log, logger: h.logger, retention: cfg.Retention, now: h.now, shared: cfg.Shared}
 	w, err := h.log.Compacted(ctx)
 	if err != nil {
 		cancel()
@@ -92,7 +98,7 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		system.Shutdown()
 		return nil, err
 	}
-	h.wg.Add(3)
+	h.wg.Add(4)
 	go func() {
 		defer h.wg.Done()
 		h.compactor.run(life)
@@ -101,17 +107,16 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		defer h.wg.Done()
 		h.heartbeats(life)
 	}()
+	go func() {
+		defer h.wg.Done()
+		h.timers(life)
+	}()
 	// A subscriber gets a handful of messages in its life, so a lock-free mailbox (a node per
 	// message) costs less than the default ring buffer it would keep for each idle watch.
 	h.subscriber = actor.PropsFromProducer(func() actor.Actor { return &subscriber{h: h} },
 		actor.WithMailbox(actor.UnboundedLockfree()))
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
 		actor.WithSupervisor(supervisorStrategy())))
-	for _, t := range h.feed.activeTasks() {
-		if t.State == taskhubv1.TaskState_TASK_STATE_RUNNING {
-			h.root.Send(h.supervisor, &toTask{id: t.Id, cmd: &wakeCmd{}})
-		}
-	}
 	go func() {
 		defer h.wg.Done()
 		h.reconcile(life)
@@ -120,6 +125,7 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 			case <-life.Done():
 				return
 			case <-h.log.Recovered():
+				h.graceFrom.Store(h.now().UnixNano())
 				h.reconcile(life)
 			}
 		}
@@ -246,6 +252,46 @@ func (h *Hub) heartbeats(ctx context.Context) {
 				w.out.tick(now, h.cfg.Heartbeat)
 			}
 			clear(ws)
+		}
+	}
+}
+
+// leaseOver reports whether a lease stored as ending at end is over. Workers could not renew
+// while this node's log was down, so a lease lasts at least LeaseTimeout from when it came
+// back (or the hub started): the whole cluster's outage does not expire every lease at once.
+// A node that stayed up uses the stored end, since the workers could reach it.
+func (h *Hub) leaseOver(l *storagev1.Lease) bool { return h.leaseEnded(l.ExpiresAt.AsTime()) }
+
+func (h *Hub) leaseEnded(end time.Time) bool {
+	grace := time.Unix(0, h.graceFrom.Load()).Add(h.cfg.LeaseTimeout)
+	return !h.now().Before(end) && !h.now().Before(grace)
+}
+
+// timers expires the leases of running tasks and marks the stalled ones, until ctx ends. Every
+// node of a cluster runs them for every running task, from what its feed read of the log; the
+// task actor checks the task as the log holds it, and its write is fenced, so each expiry or
+// stall is written once, by whichever node gets there first, and still happens when any node
+// is lost. A check that fails (the log is down) is sent again a second later.
+func (h *Hub) timers(ctx context.Context) {
+	every := h.cfg.LeaseTimeout
+	if h.cfg.StallTimeout > 0 {
+		every = min(every, h.cfg.StallTimeout)
+	}
+	tick := time.NewTicker(min(max(every/8, 10*time.Millisecond), time.Second))
+	defer tick.Stop()
+	resend := min(time.Second, h.cfg.CallTimeout)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			expired, stalled := h.feed.due(h.now(), h.leaseEnded, h.cfg.StallTimeout, resend)
+			for _, id := range expired {
+				h.root.Send(h.supervisor, &toTask{id: id, cmd: &leaseExpired{}})
+			}
+			for _, id := range stalled {
+				h.root.Send(h.supervisor, &toTask{id: id, cmd: &stallCheck{}})
+			}
 		}
 	}
 }

@@ -45,20 +45,19 @@ type (
 	// abortCmd fails the task with reason, whatever its lease: the supervisor sends it when
 	// the task's actor kept failing.
 	abortCmd struct{ reason string }
-	// wakeCmd reloads the task, which arms the lease timer of a running task. Every new actor
-	// sends it to itself, so a restarted one resumes its timer at once; after a process
-	// restart the hub sends it to every running task; an actor let go while it had a lease to
-	// time or a queueing to retry (enqueue) sends it to its successor.
+	// wakeCmd reloads the task and queues it again if it is queued (enqueue): an actor let go
+	// while it had a queueing to retry sends it to its successor.
 	wakeCmd struct{ enqueue bool }
-)
-
-// Timer messages a task actor sends itself.
-type (
+	// leaseExpired requeues (or fails) the task if its lease is over, and stallCheck marks it
+	// stalled if it made no progress for the stall timeout: the hub's timers send them (see
+	// Hub.timers), and the actor checks the task as the log holds it.
 	leaseExpired struct{}
 	stallCheck   struct{}
-	// recheck reads the task again after a write was not confirmed, or retries queueing it.
-	recheck struct{}
 )
+
+// recheck is a timer message a task actor sends itself: it reads the task again after a write
+// was not confirmed, or retries queueing it.
+type recheck struct{}
 
 // taskReply answers a task command.
 type taskReply struct {

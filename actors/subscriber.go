@@ -72,6 +72,14 @@ func (s *subscriber) start(clientEpoch string, after uint64) {
 		// Read your writes: a watch opened after a call was answered sees what it wrote.
 		s.h.feed.await(context.Background(), w, time.Second)
 	}
+	if s.h.cfg.Shared {
+		// The call may have been answered by another node: wait for what the log holds.
+		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
+		if _, last, err := s.h.log.Bounds(ctx); err == nil {
+			s.h.feed.await(ctx, last, time.Second)
+		}
+		cancel()
+	}
 	if clientEpoch == epoch && after > s.h.feed.position() {
 		// A client may have seen (on a page rendered from the log) events this hub has not
 		// applied yet: wait for them, briefly, rather than start it afresh.
@@ -88,7 +96,17 @@ func (s *subscriber) start(clientEpoch string, after uint64) {
 		out.close(errShuttingDown)
 		return
 	}
-	resume := clientEpoch == epoch && after > 0 && after <= pos && after >= s.h.compactor.watermark.Load()
+	resume := clientEpoch == epoch && after > 0 && after <= pos
+	if resume {
+		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
+		floor, err := s.h.compactor.floor(ctx)
+		cancel()
+		if err != nil {
+			out.close(err)
+			return
+		}
+		resume = after >= floor
+	}
 	if resume && after < pos {
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
 		first, _, err := s.h.log.Bounds(ctx)

@@ -20,8 +20,11 @@ import (
 	"github.com/taskhub/taskhub/eventlog"
 )
 
-// taskActor is the single writer of one task. Its state is the task's last event in the log;
-// it loads it on its first command (and again after a restart or a fence conflict).
+// taskActor is the single writer of one task in this process. Its state is the task's last
+// event in the log; it loads it on its first command (and again after a restart or a fence
+// conflict). Other processes of a cluster may write the task too, so what it holds may be stale:
+// every write is fenced on the last sequence it read, and an answer that no write of its own
+// backs is given only on state read for the command (see handle).
 //
 // A task value, once stored in a.task, is never modified: every change builds a copy, so replies
 // and the log's encoder can share it.
@@ -34,13 +37,13 @@ type taskActor struct {
 	loaded  bool
 	task    *taskhubv1.Task // nil: no such task
 	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
-	// lease is the last lease granted. While the task runs it is the live one, and its expiry
-	// may be later than the stored one (RenewLease does not write an event).
+	// lease is the last lease granted, as stored: while the task runs, the live one.
 	lease *storagev1.Lease
 
-	leaseTimer *time.Timer // fires leaseExpired
-	stallTimer *time.Timer // fires stallCheck
 	retryTimer *time.Timer // fires recheck
+
+	fresh bool // the state was read from the log for the command being handled
+	wrote bool // the command being handled appended an event
 
 	enqueuePending bool // the task is queued in the log but not yet in the queue
 	// unsure: a write was sent but not confirmed, so what the log holds is unknown (the task
@@ -60,21 +63,23 @@ func (a *taskActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		a.self, a.root = ctx.Self(), ctx.ActorSystem().Root
 		ctx.SetReceiveTimeout(a.h.cfg.IdleTimeout)
-		ctx.Send(a.self, &toTask{id: a.id, cmd: &wakeCmd{}})
 	case *actor.Stopping:
-		a.stopTimers()
-		if a.passivating && (a.running() || a.enqueuePending || a.unsure) {
-			// A command that came before the supervisor let it go left it with a lease to time
-			// or a queueing to retry: hand them to a fresh actor, which reads the task again.
+		stop(&a.retryTimer)
+		if a.passivating && (a.enqueuePending || a.unsure) {
+			// A command that came before the supervisor let it go left it with a queueing to
+			// retry: hand it to a fresh actor, which reads the task again.
 			ctx.Send(ctx.Parent(), &toTask{id: a.id, cmd: &wakeCmd{enqueue: true}})
 		}
 	case *actor.Restarting:
-		a.stopTimers()
+		stop(&a.retryTimer)
 	case *actor.ReceiveTimeout:
-		a.passivate(ctx)
+		a.passivate(ctx, true)
 	case *toTask:
-		if _, ok := m.cmd.(*wakeCmd); ok {
-			a.loaded = false // another actor of this task may have changed it since this one read it
+		switch m.cmd.(type) {
+		case *wakeCmd, *leaseExpired, *stallCheck:
+			// Another actor of this task (here or on another node) may have changed it since
+			// this one read it, and these act on what the log holds.
+			a.loaded = false
 		}
 		if m.ctx != nil && (m.ctx.Err() != nil || !time.Now().Before(m.deadline)) {
 			// Its caller gave up before this actor got to it: do not start it.
@@ -82,7 +87,7 @@ func (a *taskActor) Receive(ctx actor.Context) {
 				ctx.Respond(&taskReply{err: taskhub.Errorf(taskhub.Unavailable,
 					"task %s: the hub was too busy to start the call before its deadline; nothing was changed: retry", a.id)})
 			}
-			a.passivate(ctx)
+			a.passivate(ctx, false)
 			return
 		}
 		a.deadline = m.deadline
@@ -92,20 +97,10 @@ func (a *taskActor) Receive(ctx actor.Context) {
 			ctx.Respond(r)
 		}
 		a.runFollowups()
-		a.passivate(ctx)
-	case *leaseExpired:
-		if r := a.handle(m); r.err != nil { // the log is down: try again soon
-			a.after(&a.leaseTimer, time.Second, m)
-		}
-		a.runFollowups()
-	case *stallCheck:
-		if r := a.handle(m); r.err != nil {
-			a.after(&a.stallTimer, time.Second, m)
-		}
-		a.runFollowups()
+		a.passivate(ctx, false)
 	case *recheck:
-		// Read the task again if a write was not confirmed, then do what its state needs: arm a
-		// running task's timers, queue a queued one (again: queueing twice is harmless).
+		// Read the task again if a write was not confirmed, then queue it if it is queued
+		// (again: queueing twice is harmless).
 		stop(&a.retryTimer) // it fired
 		if a.unsure {
 			a.loaded = false
@@ -116,19 +111,21 @@ func (a *taskActor) Receive(ctx actor.Context) {
 			return
 		}
 		a.unsure = false
-		a.passivate(ctx)
+		a.passivate(ctx, false)
 	}
 }
 
 // passivate asks the supervisor to stop this actor when it has nothing to keep in memory: no
-// lease to time and no queueing to retry. A queued or finished task lives in the log alone, so
-// the server's memory does not grow with the number of queued tasks; the next command for it
-// loads it again.
-func (a *taskActor) passivate(ctx actor.Context) {
+// queueing to retry, and no running task whose worker reports to it (unless idle: nothing came
+// for IdleTimeout). A queued or finished task lives in the log alone, so the server's memory
+// does not grow with the number of queued tasks; the next command for it loads it again. Lease
+// expiry and stalls do not need an actor: the hub's timers send them to a fresh one (see
+// Hub.timers).
+func (a *taskActor) passivate(ctx actor.Context, idle bool) {
 	if a.unsure && a.retryTimer == nil {
 		a.after(&a.retryTimer, time.Second, &recheck{})
 	}
-	if a.passivating || a.running() || a.enqueuePending || a.unsure {
+	if a.passivating || (a.running() && !idle) || a.enqueuePending || a.unsure {
 		return
 	}
 	a.passivating = true
@@ -148,21 +145,41 @@ func (a *taskActor) runFollowups() {
 }
 
 // handle applies cmd to the current state. When another writer appended first, it reloads and
-// applies cmd again to the new state.
+// applies cmd again to the new state. An answer that no write of cmd's backs (a refusal, a
+// claim that found nothing to take, a timer with nothing to do) is given only on state read
+// for cmd: another node may have changed the task since this actor read it, and a stale state
+// must never refuse a legal call. A write needs no such care: the fence refuses a stale one.
 func (a *taskActor) handle(cmd any) *taskReply {
+	a.fresh = false
 	for range 3 {
 		if !a.loaded {
 			if err := a.load(); err != nil {
 				return &taskReply{err: err}
 			}
+			a.fresh = true
 		}
+		a.wrote = false
+		mark := len(a.followups)
 		r := a.apply(cmd)
-		if !errors.Is(r.err, eventlog.ErrConflict) {
+		switch {
+		case errors.Is(r.err, eventlog.ErrConflict):
+		case !a.wrote && !a.fresh && !logFailure(r.err):
+			a.followups = a.followups[:mark] // they followed from the stale state
+		default:
 			return r
 		}
 		a.loaded = false
 	}
 	return &taskReply{err: taskhub.Errorf(taskhub.Unavailable, "task %s is being changed elsewhere; retry", a.id)}
+}
+
+// logFailure reports whether err says the log failed, not what the task's state allows.
+func logFailure(err error) bool {
+	switch taskhub.ErrorCode(err) {
+	case taskhub.Unavailable, taskhub.DeadlineExceeded:
+		return true
+	}
+	return false
 }
 
 func (a *taskActor) apply(cmd any) *taskReply {
@@ -205,8 +222,6 @@ func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
 func (a *taskActor) load() error {
 	ctx, cancel := a.ctx()
 	defer cancel()
-	stop(&a.leaseTimer)
-	stop(&a.stallTimer)
 	e, err := a.h.log.Last(ctx, "*", a.id)
 	switch {
 	case errors.Is(err, eventlog.ErrNotFound):
@@ -217,16 +232,6 @@ func (a *taskActor) load() error {
 		a.task, a.lastSeq, a.lease = e.Record.Event.Task, e.Seq, e.Record.Lease
 	}
 	a.loaded = true
-	if a.running() {
-		// Whoever held the task could not reach the hub while it was down (or while this actor
-		// restarted): give the worker a full lease from now to report again.
-		if grace := a.h.now().Add(a.h.cfg.LeaseTimeout); a.lease.ExpiresAt.AsTime().Before(grace) {
-			lease := proto.CloneOf(a.lease)
-			lease.ExpiresAt = timestamppb.New(grace)
-			a.lease = lease
-		}
-		a.armRunning()
-	}
 	return nil
 }
 
@@ -254,7 +259,7 @@ func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *s
 		return taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
 	}
 	t.Seq = seq // t is not shared yet: the record holding it was encoded above
-	a.task, a.lastSeq, a.lease = t, seq, lease
+	a.task, a.lastSeq, a.lease, a.wrote = t, seq, lease, true
 	for w := a.h.written.Load(); seq > w && !a.h.written.CompareAndSwap(w, seq); w = a.h.written.Load() {
 	}
 	return nil
@@ -318,7 +323,6 @@ func (a *taskActor) cancel(c *cancelCmd) *taskReply {
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_CANCELLED, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
-	a.stopRunning()
 	a.leaveQueue(was)
 	return &taskReply{task: a.task}
 }
@@ -348,21 +352,26 @@ func (a *taskActor) leaveQueue(was taskhubv1.TaskState) {
 
 func (a *taskActor) claim(c *claimCmd) *taskReply {
 	d := c.delivery
-	ctx, cancel := a.ctx()
-	defer cancel()
+	ack := func() {
+		a.then(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
+			defer cancel()
+			_ = a.h.log.Ack(ctx, d.AckSubject)
+		})
+	}
 	switch {
 	case a.task == nil || terminal(a.task.State):
 		// A stale ticket: the task is gone or finished.
-		_ = a.h.log.Ack(ctx, d.AckSubject)
+		ack()
 		return &taskReply{}
-	case a.running() && !a.h.now().Before(a.lease.ExpiresAt.AsTime()):
-		// The lease ran out and its timer did not requeue the task (the log was down then):
-		// requeue it now, then let this claim have it.
+	case a.running() && a.h.leaseOver(a.lease):
+		// The lease ran out and the hub's timer did not requeue the task yet: requeue it now,
+		// then let this claim have it.
 		if r := a.expire(); r.err != nil {
 			return r
 		}
 		if a.task.State != taskhubv1.TaskState_TASK_STATE_QUEUED {
-			_ = a.h.log.Ack(ctx, d.AckSubject) // out of attempts: failed
+			ack() // out of attempts: failed
 			return &taskReply{}
 		}
 	case a.task.State == taskhubv1.TaskState_TASK_STATE_RUNNING:
@@ -372,9 +381,9 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 			lease := proto.CloneOf(a.lease)
 			lease.AckSubject = d.AckSubject
 			a.lease = lease
-			_ = a.h.log.Renew(d.AckSubject)
+			a.then(func() { _ = a.h.log.Renew(d.AckSubject) })
 		} else {
-			_ = a.h.log.Ack(ctx, d.AckSubject)
+			ack()
 		}
 		return &taskReply{}
 	}
@@ -397,7 +406,6 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_STARTED, t, lease); err != nil {
 		return &taskReply{err: err}
 	}
-	a.armRunning()
 	return &taskReply{task: a.task, claimed: true, leaseToken: token, leaseExpires: expires}
 }
 
@@ -415,7 +423,7 @@ func (a *taskActor) checkLease(worker, token string) error {
 	}
 	switch a.task.State {
 	case taskhubv1.TaskState_TASK_STATE_RUNNING:
-		if a.h.now().Before(a.lease.ExpiresAt.AsTime()) {
+		if !a.h.leaseOver(a.lease) {
 			return nil
 		}
 		if r := a.expire(); r.err != nil {
@@ -449,12 +457,11 @@ func (a *taskActor) report(c *reportCmd) *taskReply {
 		return &taskReply{err: err}
 	}
 	_ = a.h.log.Renew(lease.AckSubject)
-	a.armRunning()
 	return &taskReply{task: a.task, leaseExpires: expires}
 }
 
-// renew extends the lease without an event: the stored lease keeps its older expiry until the
-// next event, and a reload grants a full lease anyway.
+// renew extends the lease. The new expiry is stored (an event watchers are not sent), so that
+// every node of a cluster, and a restarted one, knows it.
 func (a *taskActor) renew(c *renewCmd) *taskReply {
 	if err := a.checkLease(c.worker, c.token); err != nil {
 		if err == errCancelled {
@@ -465,9 +472,10 @@ func (a *taskActor) renew(c *renewCmd) *taskReply {
 	expires := a.h.now().Add(a.h.cfg.LeaseTimeout)
 	lease := proto.CloneOf(a.lease)
 	lease.ExpiresAt = timestamppb.New(expires)
-	a.lease = lease
+	if err := a.append(taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED, a.next(), lease); err != nil {
+		return &taskReply{err: err}
+	}
 	_ = a.h.log.Renew(lease.AckSubject)
-	a.armRunning()
 	return &taskReply{task: a.task, leaseExpires: expires}
 }
 
@@ -477,7 +485,6 @@ func (a *taskActor) stall() *taskReply {
 		return &taskReply{task: a.task}
 	}
 	if at := a.task.ProgressedAt.AsTime().Add(a.h.cfg.StallTimeout); a.h.now().Before(at) {
-		a.armRunning()
 		return &taskReply{task: a.task}
 	}
 	t := a.next()
@@ -527,18 +534,13 @@ func (a *taskActor) finish(kind taskhubv1.EventKind, t *taskhubv1.Task) *taskRep
 	if err := a.append(kind, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
-	a.stopRunning()
 	a.leaveQueue(taskhubv1.TaskState_TASK_STATE_RUNNING)
 	return &taskReply{task: a.task}
 }
 
 // expire requeues (or, out of attempts, fails) a running task whose lease has run out.
 func (a *taskActor) expire() *taskReply {
-	if !a.running() {
-		return &taskReply{task: a.task}
-	}
-	if expires := a.lease.ExpiresAt.AsTime(); a.h.now().Before(expires) {
-		a.armRunning()
+	if !a.running() || !a.h.leaseOver(a.lease) {
 		return &taskReply{task: a.task}
 	}
 	reason := fmt.Sprintf("worker %q stopped reporting and its lease expired", a.task.WorkerId)
@@ -565,7 +567,6 @@ func (a *taskActor) abort(c *abortCmd) *taskReply {
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_FAILED, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
-	a.stopRunning()
 	a.leaveQueue(was)
 	return &taskReply{task: a.task}
 }
@@ -579,15 +580,13 @@ func (a *taskActor) requeue(reason string) *taskReply {
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_REQUEUED, t, a.lease); err != nil {
 		return &taskReply{err: err}
 	}
-	a.stopRunning()
 	if err := a.h.log.Release(a.lease.AckSubject, backoff(t.Attempt)); err != nil {
 		a.h.logger.Warn("cannot release a requeued task; it returns after the ack wait", "task", a.id, "err", err)
 	}
 	return &taskReply{task: a.task}
 }
 
-// wake resumes what a task actor does on its own: handle (re)loaded the task, which armed a
-// running task's lease timer; it queues a queued task again when asked.
+// wake queues a queued task again when asked, after handle (re)loaded it.
 func (a *taskActor) wake(c *wakeCmd) *taskReply {
 	if c.enqueue && a.task.GetState() == taskhubv1.TaskState_TASK_STATE_QUEUED {
 		a.enqueue()
@@ -597,29 +596,6 @@ func (a *taskActor) wake(c *wakeCmd) *taskReply {
 
 // next returns a copy of the current task to change into the next state.
 func (a *taskActor) next() *taskhubv1.Task { return proto.CloneOf(a.task) }
-
-// armRunning sets the timers of a running task: its lease's expiry and, unless it is stalled
-// already, the moment it would stall.
-func (a *taskActor) armRunning() {
-	now := a.h.now()
-	a.after(&a.leaseTimer, a.lease.ExpiresAt.AsTime().Sub(now), &leaseExpired{})
-	if a.h.cfg.StallTimeout > 0 && !a.task.Stalled {
-		a.after(&a.stallTimer, a.task.ProgressedAt.AsTime().Add(a.h.cfg.StallTimeout).Sub(now), &stallCheck{})
-	} else {
-		stop(&a.stallTimer)
-	}
-}
-
-func (a *taskActor) stopTimers() {
-	stop(&a.leaseTimer)
-	stop(&a.stallTimer)
-	stop(&a.retryTimer)
-}
-
-func (a *taskActor) stopRunning() {
-	stop(&a.leaseTimer)
-	stop(&a.stallTimer)
-}
 
 // after sends msg to the actor after d, replacing what *t was set to.
 func (a *taskActor) after(t **time.Timer, d time.Duration, msg any) {

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"sync"
@@ -75,9 +76,8 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 // outbox: what it queued is still sent, then the error.
 func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 	if work.next <= work.to {
-		watermark := &w.h.compactor.watermark
-		if work.from-1 < watermark.Load() {
-			w.out.close(errTooFarBehind)
+		if floor, err := w.h.compactor.floor(ctx); err != nil || work.from-1 < floor {
+			w.out.close(cmp.Or(err, errTooFarBehind))
 			return nil
 		}
 		filter := eventlog.OwnerFilter(w.owner)
@@ -98,13 +98,17 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 				seq = work.to + 1
 				continue
 			}
+			if e.Record.Event.Kind == taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED {
+				seq = e.Seq + 1 // not for watchers (see feed.apply)
+				continue
+			}
 			if !w.out.replayed(eventItem(e)) {
 				return nil // the queue is full, or the watch closed: take first
 			}
 			seq = e.Seq + 1
 		}
-		if work.from-1 < watermark.Load() {
-			w.out.close(errTooFarBehind) // a compaction may have removed events as it read
+		if floor, err := w.h.compactor.floor(ctx); err != nil || work.from-1 < floor {
+			w.out.close(cmp.Or(err, errTooFarBehind)) // a compaction may have removed events as it read
 			return nil
 		}
 	}

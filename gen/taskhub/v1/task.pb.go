@@ -103,6 +103,9 @@ const (
 	// The running task made no progress for the stall timeout (task.stalled is set); the next
 	// PROGRESS event clears it.
 	EventKind_EVENT_KIND_STALLED EventKind = 8
+	// The worker renewed its lease (RenewLease). It is kept in the event log so that every node
+	// of a cluster knows the lease; watchers are not sent it.
+	EventKind_EVENT_KIND_LEASE_RENEWED EventKind = 9
 )
 
 // Enum value maps for EventKind.
@@ -117,17 +120,19 @@ var (
 		6: "EVENT_KIND_CANCELLED",
 		7: "EVENT_KIND_REQUEUED",
 		8: "EVENT_KIND_STALLED",
+		9: "EVENT_KIND_LEASE_RENEWED",
 	}
 	EventKind_value = map[string]int32{
-		"EVENT_KIND_UNSPECIFIED": 0,
-		"EVENT_KIND_CREATED":     1,
-		"EVENT_KIND_STARTED":     2,
-		"EVENT_KIND_PROGRESS":    3,
-		"EVENT_KIND_COMPLETED":   4,
-		"EVENT_KIND_FAILED":      5,
-		"EVENT_KIND_CANCELLED":   6,
-		"EVENT_KIND_REQUEUED":    7,
-		"EVENT_KIND_STALLED":     8,
+		"EVENT_KIND_UNSPECIFIED":   0,
+		"EVENT_KIND_CREATED":       1,
+		"EVENT_KIND_STARTED":       2,
+		"EVENT_KIND_PROGRESS":      3,
+		"EVENT_KIND_COMPLETED":     4,
+		"EVENT_KIND_FAILED":        5,
+		"EVENT_KIND_CANCELLED":     6,
+		"EVENT_KIND_REQUEUED":      7,
+		"EVENT_KIND_STALLED":       8,
+		"EVENT_KIND_LEASE_RENEWED": 9,
 	}
 )
 
@@ -481,7 +486,7 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n" +
 	"\x14TASK_STATE_COMPLETED\x10\x03\x12\x15\n" +
 	"\x11TASK_STATE_FAILED\x10\x04\x12\x18\n" +
-	"\x14TASK_STATE_CANCELLED\x10\x05*\xec\x01\n" +
+	"\x14TASK_STATE_CANCELLED\x10\x05*\x8a\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12EVENT_KIND_CREATED\x10\x01\x12\x16\n" +
@@ -491,7 +496,8 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\x11EVENT_KIND_FAILED\x10\x05\x12\x18\n" +
 	"\x14EVENT_KIND_CANCELLED\x10\x06\x12\x17\n" +
 	"\x13EVENT_KIND_REQUEUED\x10\a\x12\x16\n" +
-	"\x12EVENT_KIND_STALLED\x10\bB\x99\x01\n" +
+	"\x12EVENT_KIND_STALLED\x10\b\x12\x1c\n" +
+	"\x18EVENT_KIND_LEASE_RENEWED\x10\tB\x99\x01\n" +
 	"\x0ecom.taskhub.v1B\tTaskProtoP\x01Z3github.com/taskhub/taskhub/gen/taskhub/v1;taskhubv1\xa2\x02\x03TXX\xaa\x02\n" +
 	"Taskhub.V1\xca\x02\n" +
 	"Taskhub\\V1\xe2\x02\x16Taskhub\\V1\\GPBMetadata\xea\x02\vTaskhub::V1b\x06proto3"
