@@ -22,6 +22,10 @@ test: ## run every test with the race detector (starts its own servers on 127.0.
 	go test -race -timeout 10m ./...
 	go -C tools/load test -race -timeout 5m ./...
 
+.PHONY: test/cluster
+test/cluster: ## kill nodes of a 3-node cluster under load, leader and followers in turn (make test kills one)
+	TASKHUB_CLUSTER_KILLS=4 go test -race -timeout 15m -count=1 -v -run 'TestCluster_' ./cmd/taskhub/
+
 .PHONY: test/e2e
 test/e2e: ## run only the end-to-end tests against a real server, the browser tests among them
 	go test -race -timeout 10m ./server/... ./views/browser/...

@@ -42,6 +42,15 @@ type Config struct {
 	DataDir string
 	// NATSURL, when set, uses an external NATS server or cluster instead of the embedded one.
 	NATSURL string
+	// Cluster, when enabled, makes the embedded NATS server a node of a cluster of taskhub
+	// nodes (see eventlog.Cluster). Ignored with NATSURL.
+	Cluster eventlog.Cluster
+	// Node names this process among those sharing the event log [the cluster's node name;
+	// else "taskhub"]; processes that share an external NATS need distinct ones.
+	Node string
+	// Replicas is how many copies of the event log JetStream keeps [3 in a cluster of three
+	// or more nodes, else 1] (see eventlog.Config.Replicas).
+	Replicas int
 	// Fsync makes the embedded event log fsync every write: it then survives power loss, at a
 	// cost in write throughput.
 	Fsync bool
@@ -115,6 +124,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.log, err = eventlog.Open(ctx, eventlog.Config{
 		DataDir:    cfg.DataDir,
 		URL:        cfg.NATSURL,
+		Cluster:    cfg.Cluster,
+		Node:       cfg.Node,
+		Replicas:   cfg.Replicas,
 		SyncAlways: cfg.Fsync,
 		// JetStream's own lease is the backstop for a crashed process; the task actor's lease
 		// timer, a little shorter, is what requeues a task.
@@ -128,6 +140,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.hub, err = actors.Open(ctx, actors.Config{
 		Log:     s.log,
 		Logger:  cfg.Logger,
+		Shared:  cfg.Cluster.Enabled() || cfg.NATSURL != "",
 		Options: cfg.Options,
 		ParamCheck: func(mode string, params map[string]string) error {
 			if mode == demo.Mode && demoOn {
@@ -259,13 +272,22 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 // readyz answers readiness: 200 while the hub takes writes, 503 with the reason while it does
-// not (event log writes fail, or the server is shutting down).
+// not (event log writes fail, or the server is shutting down). In a cluster it names the node
+// and the event log's leader.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if err := s.hub.Ready(); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	fmt.Fprintln(w, "ready")
+	if s.cfg.Cluster.Enabled() || s.cfg.NATSURL != "" {
+		// Which node this is, and which one orders the event log's writes (its loss pauses
+		// writes for an election; a follower's does not).
+		fmt.Fprintf(w, "node %s\n", s.log.Node())
+		if leader, err := s.log.EventLeader(r.Context()); err == nil && leader != "" {
+			fmt.Fprintf(w, "event log leader %s\n", leader)
+		}
+	}
 }
 
 // loopbackHostsOnly refuses requests whose Host is not a loopback name. Without auth the server

@@ -77,6 +77,12 @@ func startChild(t *testing.T, dir string, extra string) *child {
 
 func (c *child) start() {
 	c.t.Helper()
+	require.NoError(c.t, c.launch())
+	require.NoError(c.t, c.waitUp(20*time.Second))
+}
+
+// launch starts the process without waiting for it to serve.
+func (c *child) launch() error {
 	if c.bin != "" {
 		c.cmd = exec.Command("/bin/sh", append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, c.nofile), c.bin},
 			strings.Fields(c.args)...)...)
@@ -85,18 +91,22 @@ func (c *child) start() {
 		c.cmd.Env = append(os.Environ(), childArgsEnv+"="+c.args)
 	}
 	c.cmd.Stderr = os.Stderr
-	require.NoError(c.t, c.cmd.Start())
-	deadline := time.Now().Add(20 * time.Second)
+	return c.cmd.Start()
+}
+
+// waitUp waits up to timeout for the process to answer /healthz.
+func (c *child) waitUp(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	for {
 		res, err := http.Get(c.url + "/healthz")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("the child did not come up: %v", err)
+			return fmt.Errorf("the child on %s did not come up: %v", c.url, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -163,46 +173,7 @@ func TestCrash_KillNineAtRandomMoments(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	creating := make(chan struct{})
-
-	// Creators: each create retried with its idempotency key until acknowledged.
-	for c := range 2 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-creating:
-					return
-				default:
-				}
-				key := fmt.Sprintf("c%d-%d", c, i)
-				for {
-					res, err := tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: key, Mode: "crash", IdempotencyKey: key}))
-					if err == nil {
-						led.mu.Lock()
-						led.created[key] = res.Msg.Task.Id
-						led.mu.Unlock()
-						break
-					}
-					if ctx.Err() != nil {
-						return
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
-				time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
-			}
-		})
-	}
-
-	// Workers: claim, report a few steps, complete; ride out restarts with the same lease.
-	for w := range 3 {
-		wg.Go(func() { crashWorker(ctx, work, led, fmt.Sprintf("w%d", w)) })
-	}
-
-	// Watchers: resume with epoch and the last seq after every break.
-	watchers := make([]*resumer, 3)
-	for i := range watchers {
-		watchers[i] = &resumer{client: tasks}
-		wg.Go(func() { watchers[i].run(ctx) })
-	}
+	watchers := crashLoad(ctx, &wg, tasks, work, []taskhubv1connect.TaskServiceClient{tasks, tasks, tasks}, led, creating)
 
 	for kill := range 4 {
 		time.Sleep(time.Duration(400+rand.IntN(900)) * time.Millisecond)
@@ -240,12 +211,26 @@ func TestCrash_KillNineAtRandomMoments(t *testing.T) {
 		seq = e.Seq + 1
 	}
 
+	verifyRun(t, all, led, watchers)
+	for i, w := range watchers {
+		require.Positive(t, w.resumes, "watcher %d never had to resume", i)
+	}
+}
+
+// verifyRun checks what a user relies on against all the log's events: every acknowledged
+// create, report and completion is there, one task per idempotency key; every task completed
+// once, with nothing after its end, and every report in it came from the worker that held the
+// task then; every watcher saw an in-order, duplicate-free stream missing no event.
+func verifyRun(t *testing.T, all []*taskhubv1.TaskEvent, led *ledger, watchers []*resumer) {
+	t.Helper()
 	byTask := map[string][]*taskhubv1.TaskEvent{}
 	reportsSeen := map[string]bool{}
 	for _, e := range all {
 		byTask[e.Task.Id] = append(byTask[e.Task.Id], e)
 		if e.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS {
 			reportsSeen[e.Task.Id+"/"+e.Task.Message] = true
+			// The workers' reports say "<worker> step <n> attempt <a>".
+			require.Equal(t, e.Task.WorkerId, strings.Fields(e.Task.Message)[0], "a report on %s from a worker that did not hold it", e.Task.Id)
 		}
 	}
 	led.mu.Lock()
@@ -261,6 +246,12 @@ func TestCrash_KillNineAtRandomMoments(t *testing.T) {
 	}
 	// Every acknowledged report and completion is there.
 	for r := range led.reported {
+		if !reportsSeen[r] {
+			id, _, _ := strings.Cut(r, "/")
+			for _, e := range byTask[id] {
+				t.Logf("%s seq %d %s worker %s attempt %d msg %q", id, e.Seq, e.Kind, e.Task.WorkerId, e.Task.Attempt, e.Task.Message)
+			}
+		}
 		require.True(t, reportsSeen[r], "acknowledged report %s lost", r)
 	}
 	for id, result := range led.done {
@@ -286,22 +277,70 @@ func TestCrash_KillNineAtRandomMoments(t *testing.T) {
 		require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, events[len(events)-1].Task.State, "task %s", id)
 	}
 	// Every watcher saw an in-order, duplicate-free stream with no event missing: all the log's
-	// events after its first snapshot but progress, which may be coalesced for a slow watcher.
+	// events after its first snapshot but progress, which may be coalesced for a slow watcher
+	// (and lease renewals, which watchers are not sent).
 	for i, w := range watchers {
 		w.mu.Lock()
 		require.Empty(t, w.violations, "watcher %d", i)
-		require.Positive(t, w.resumes, "watcher %d never had to resume", i)
 		seen := map[uint64]bool{}
 		for _, s := range w.seqs {
 			seen[s] = true
 		}
 		for _, e := range all {
-			if e.Seq > w.from && e.Kind != taskhubv1.EventKind_EVENT_KIND_PROGRESS {
+			if e.Seq > w.from && e.Kind != taskhubv1.EventKind_EVENT_KIND_PROGRESS && e.Kind != taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED {
 				require.True(t, seen[e.Seq], "watcher %d missed event %d (%s of %s)", i, e.Seq, e.Kind, e.Task.Id)
 			}
 		}
 		t.Logf("watcher %d: %d events over %d resumes", i, len(w.seqs), w.resumes)
 		w.mu.Unlock()
+	}
+}
+
+// crashLoad starts, on wg: two creators (until creating is closed), three workers, and a watcher
+// on each of watch (until ctx ends).
+func crashLoad(ctx context.Context, wg *sync.WaitGroup, tasks taskhubv1connect.TaskServiceClient, work taskhubv1connect.WorkerServiceClient,
+	watch []taskhubv1connect.TaskServiceClient, led *ledger, creating <-chan struct{}) []*resumer {
+	// Creators: each create retried with its idempotency key until acknowledged.
+	for c := range 2 {
+		wg.Go(func() { crashCreator(ctx, tasks, led, fmt.Sprintf("c%d", c), creating) })
+	}
+	// Workers: claim, report a few steps, complete; ride out restarts with the same lease.
+	for w := range 3 {
+		wg.Go(func() { crashWorker(ctx, work, led, fmt.Sprintf("w%d", w)) })
+	}
+	// Watchers: resume with epoch and the last seq after every break.
+	watchers := make([]*resumer, len(watch))
+	for i, client := range watch {
+		watchers[i] = &resumer{client: client}
+		wg.Go(func() { watchers[i].run(ctx) })
+	}
+	return watchers
+}
+
+// crashCreator creates tasks of mode "crash" until stop is closed, each retried with its
+// idempotency key until acknowledged.
+func crashCreator(ctx context.Context, tasks taskhubv1connect.TaskServiceClient, led *ledger, name string, stop <-chan struct{}) {
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		key := fmt.Sprintf("%s-%d", name, i)
+		for {
+			res, err := tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: key, Mode: "crash", IdempotencyKey: key}))
+			if err == nil {
+				led.mu.Lock()
+				led.created[key] = res.Msg.Task.Id
+				led.mu.Unlock()
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
 	}
 }
 

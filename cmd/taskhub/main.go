@@ -46,13 +46,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("taskhub serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		cfg      server.Config
-		modes    string
-		logLevel slog.Level
+		cfg        server.Config
+		modes      string
+		secretFile string
+		logLevel   slog.Level
 	)
 	fs.StringVar(&cfg.Addr, "addr", server.DefaultAddr, "`host:port` to listen on; without --auth-file only loopback is allowed")
 	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir, "`directory` of the embedded event log")
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "use the NATS server or cluster at `url` instead of the embedded one")
+	fs.StringVar(&cfg.Cluster.Addr, "cluster-addr", "", "`host:port` this node listens on for its cluster peers; with --peers, the embedded event log is one node of a replicated cluster")
+	fs.Func("peers", "comma-separated cluster addresses (`host:port,...`) of the cluster's nodes; listing this node too is fine", func(v string) error {
+		cfg.Cluster.Peers = strings.Split(v, ",")
+		return nil
+	})
+	fs.StringVar(&cfg.Node, "node-name", "", "this node's `name` among the nodes sharing the event log: the cluster's nodes, or those using one --nats-url (default: from --cluster-addr, else taskhub)")
+	fs.StringVar(&secretFile, "cluster-secret-file", "", "`file` holding the secret the cluster's nodes share (at least 16 characters); required unless every cluster address is loopback")
+	fs.IntVar(&cfg.Replicas, "replicas", 0, "copies JetStream keeps of the event log (default: 3 in a cluster of three or more nodes, else 1; with --nats-url, at most its JetStream nodes)")
 	fs.BoolVar(&cfg.Fsync, "fsync", false, "fsync every write of the embedded event log (survives power loss; fewer writes per second)")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON `file` mapping bearer tokens to users and workers (see README)")
 	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", actors.DefaultLeaseTimeout, "how long a claimed task stays leased without a progress report")
@@ -96,6 +105,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if modes != "" {
 		cfg.Modes = strings.Split(modes, ",")
+	}
+	if secretFile != "" {
+		b, err := os.ReadFile(secretFile)
+		if err != nil {
+			return fmt.Errorf("--cluster-secret-file: %w", err)
+		}
+		cfg.Cluster.Secret = strings.TrimSpace(string(b))
+	}
+	cfg.Cluster.Name = cfg.Node
+	if cfg.Cluster.Enabled() && cfg.NATSURL != "" {
+		return errors.New("--cluster-addr and --nats-url exclude each other: with an external NATS, it is the cluster")
 	}
 	// 0 on the command line is none (no demo, no stall detection, keep all, no limit); in
 	// Config it is the default, and a negative value is none.
