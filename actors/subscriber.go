@@ -65,6 +65,10 @@ func (s *subscriber) stop(err error) {
 	s.w.out.close(err)
 }
 
+// clusterReadTimeout bounds the reads a watch makes in a cluster before it starts. A healthy
+// stream leader answers in about a millisecond.
+const clusterReadTimeout = 2 * time.Second
+
 func (s *subscriber) start(clientEpoch string, after uint64) {
 	out := &s.w.out
 	epoch := s.h.log.Epoch()
@@ -73,8 +77,9 @@ func (s *subscriber) start(clientEpoch string, after uint64) {
 		s.h.feed.await(context.Background(), w, time.Second)
 	}
 	if s.h.cfg.Shared {
-		// The call may have been answered by another node: wait for what the log holds.
-		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
+		// The call may have been answered by another node: wait for what the log holds. Not
+		// long: while the stream elects a leader it cannot say, and nothing new is written.
+		ctx, cancel := context.WithTimeout(context.Background(), clusterReadTimeout)
 		if _, last, err := s.h.log.Bounds(ctx); err == nil {
 			s.h.feed.await(ctx, last, time.Second)
 		}
@@ -98,7 +103,9 @@ func (s *subscriber) start(clientEpoch string, after uint64) {
 	}
 	resume := clientEpoch == epoch && after > 0 && after <= pos
 	if resume {
-		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
+		// In a cluster this reads the log, which cannot answer while a stream elects a leader:
+		// the client is told to retry rather than held for the whole call timeout.
+		ctx, cancel := context.WithTimeout(context.Background(), min(s.h.cfg.CallTimeout, clusterReadTimeout))
 		floor, err := s.h.compactor.floor(ctx)
 		cancel()
 		if err != nil {

@@ -393,6 +393,9 @@ func TestCluster_KillNodes(t *testing.T) {
 	for _, i := range victims {
 		require.Positive(t, watchers[i].resumes, "the watcher on node%d resumed on another node", i+1)
 	}
+	for i, w := range watchers {
+		t.Logf("watcher %d: stream end to resumed snapshot: %v", i, w.gaps)
+	}
 }
 
 // lastSeq returns the epoch and the position of a fresh watch's snapshot: every event so far.

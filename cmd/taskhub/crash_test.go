@@ -398,6 +398,8 @@ type resumer struct {
 	seqs       []uint64
 	resumes    int
 	violations []string
+	broke      time.Time       // when its last stream ended
+	gaps       []time.Duration // from a stream's end to the resumed snapshot, one per resume
 }
 
 func (r *resumer) run(ctx context.Context) {
@@ -420,6 +422,7 @@ func (r *resumer) run(ctx context.Context) {
 					r.epoch, r.from, r.last = s.Epoch, s.Seq, s.Seq
 				} else {
 					r.resumes++
+					r.gaps = append(r.gaps, time.Since(r.broke))
 					if !s.Recovered || s.Seq != r.last {
 						r.violations = append(r.violations, fmt.Sprintf("resume after %d: recovered=%v seq=%d", r.last, s.Recovered, s.Seq))
 					}
@@ -436,6 +439,9 @@ func (r *resumer) run(ctx context.Context) {
 			}
 			r.mu.Unlock()
 		}
+		r.mu.Lock()
+		r.broke = time.Now()
+		r.mu.Unlock()
 		stream.Close()
 		time.Sleep(50 * time.Millisecond)
 	}
