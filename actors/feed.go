@@ -64,7 +64,7 @@ type feed struct {
 	modes    map[string]int                        // mode -> its active tasks
 	subs     map[string]map[*Watch]struct{}        // owner -> its watches
 	ends     map[string][]chan struct{}            // task id -> closed when the task ends
-	running  map[string]*runTimes                  // task id -> its lease and stall times
+	running  map[string]runTimes                   // task id -> its lease and stall times
 	after    afterHeap                             // what to do once pos reaches a seq
 	creating creating                              // creates admitted, not yet applied
 	ready    chan struct{}                         // closed once every task has been read
@@ -82,7 +82,7 @@ func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger 
 		modes:     map[string]int{},
 		subs:      map[string]map[*Watch]struct{}{},
 		ends:      map[string][]chan struct{}{},
-		running:   map[string]*runTimes{},
+		running:   map[string]runTimes{},
 		ready:     make(chan struct{}),
 	}
 	first, last, err := log.Bounds(ctx)
@@ -149,7 +149,8 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 // reports whether it is queued now. The caller holds f.mu.
 func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at time.Time) (queued bool) {
 	if t.State == taskhubv1.TaskState_TASK_STATE_RUNNING && lease != nil {
-		f.running[t.Id] = &runTimes{leaseEnd: lease.ExpiresAt.AsTime(), progressed: t.ProgressedAt.AsTime(), stalled: t.Stalled}
+		// By value: a progress event, the commonest, allocates nothing here.
+		f.running[t.Id] = runTimes{leaseEnd: lease.ExpiresAt.AsTime(), progressed: t.ProgressedAt.AsTime(), stalled: t.Stalled}
 	} else {
 		delete(f.running, t.Id)
 	}
@@ -355,6 +356,7 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 			continue
 		}
 		r.sent = now
+		f.running[id] = r
 	}
 	return expired, stalled
 }

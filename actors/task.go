@@ -42,7 +42,6 @@ type taskActor struct {
 
 	retryTimer *time.Timer // fires recheck
 
-	fresh bool // the state was read from the log for the command being handled
 	wrote bool // the command being handled appended an event
 
 	enqueuePending bool // the task is queued in the log but not yet in the queue
@@ -150,20 +149,20 @@ func (a *taskActor) runFollowups() {
 // for cmd: another node may have changed the task since this actor read it, and a stale state
 // must never refuse a legal call. A write needs no such care: the fence refuses a stale one.
 func (a *taskActor) handle(cmd any) *taskReply {
-	a.fresh = false
+	fresh := false // the state was read from the log for cmd
 	for range 3 {
 		if !a.loaded {
 			if err := a.load(); err != nil {
 				return &taskReply{err: err}
 			}
-			a.fresh = true
+			fresh = true
 		}
 		a.wrote = false
 		mark := len(a.followups)
 		r := a.apply(cmd)
 		switch {
 		case errors.Is(r.err, eventlog.ErrConflict):
-		case !a.wrote && !a.fresh && !logFailure(r.err):
+		case !a.wrote && !fresh && !logFailure(r.err):
 			a.followups = a.followups[:mark] // they followed from the stale state
 		default:
 			return r
