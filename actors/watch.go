@@ -76,7 +76,7 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 // outbox: what it queued is still sent, then the error.
 func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 	if work.next <= work.to {
-		if floor, err := w.h.compactor.floor(ctx); err != nil || work.from-1 < floor {
+		if floor, err := w.floor(ctx); err != nil || work.from-1 < floor {
 			w.out.close(cmp.Or(err, errTooFarBehind))
 			return nil
 		}
@@ -107,13 +107,20 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 			}
 			seq = e.Seq + 1
 		}
-		if floor, err := w.h.compactor.floor(ctx); err != nil || work.from-1 < floor {
+		if floor, err := w.floor(ctx); err != nil || work.from-1 < floor {
 			w.out.close(cmp.Or(err, errTooFarBehind)) // a compaction may have removed events as it read
 			return nil
 		}
 	}
 	w.out.replayDone()
 	return nil
+}
+
+// floor is the compaction watermark the replay must respect, read within the call timeout.
+func (w *Watch) floor(ctx context.Context) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
+	defer cancel()
+	return w.h.compactor.floor(ctx)
 }
 
 // appendSnapshot appends the messages of a snapshot to msgs: its tasks with their prompts and
