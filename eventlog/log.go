@@ -195,7 +195,10 @@ func (l *Log) createStreamsWhenReady(ctx context.Context) error {
 	}
 	logged := time.Time{}
 	for {
-		attempt, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
+		// Short attempts: on a cluster that is forming, a request may go unanswered (no meta
+		// leader yet, or a create made meanwhile by another node), and the next attempt finds
+		// what the last one made.
+		attempt, cancel := context.WithTimeout(ctx, min(l.cfg.Timeout, 2*time.Second))
 		err := l.createStreams(attempt)
 		cancel()
 		if err == nil || ctx.Err() != nil {
@@ -276,15 +279,19 @@ func (l *Log) createStreams(ctx context.Context) error {
 // bucket creates (or updates) a key-value bucket whose entries expire after ttl. Replicated, it
 // reads from the bucket's leader, as the streams do (see createStreams).
 func (l *Log) bucket(ctx context.Context, name string, ttl time.Duration, description string) (jetstream.KeyValue, error) {
-	kv, err := l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:      name,
 		Description: description,
 		TTL:         ttl,
 		Storage:     jetstream.FileStorage,
 		Replicas:    l.cfg.Replicas,
-	})
-	if err == nil && l.cfg.Replicas > 1 {
-		kv, err = l.leaderReads(ctx, name)
+	}
+	var kv jetstream.KeyValue
+	var err error
+	if l.cfg.Replicas == 1 {
+		kv, err = l.js.CreateOrUpdateKeyValue(ctx, cfg)
+	} else {
+		kv, err = l.leaderBucket(ctx, cfg)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: create bucket %s: %w", name, err)
@@ -292,21 +299,29 @@ func (l *Log) bucket(ctx context.Context, name string, ttl time.Duration, descri
 	return kv, nil
 }
 
-// leaderReads turns off the direct gets of bucket name's stream, which any replica may answer,
-// and binds the bucket again so that its reads go to the leader.
-func (l *Log) leaderReads(ctx context.Context, name string) (jetstream.KeyValue, error) {
-	st, err := l.js.Stream(ctx, "KV_"+name)
+// leaderBucket creates a replicated bucket, or brings an existing one to cfg, without the direct
+// gets a key-value bucket has by default (any replica may answer them, one that lags included),
+// and binds it so that its reads go to the leader. It changes the bucket's stream only where it
+// differs from cfg: the nodes of a cluster all run this as they start, and a bucket updated
+// back and forth by them would keep its replicas busy.
+func (l *Log) leaderBucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	_, err := l.js.CreateKeyValue(ctx, cfg)
+	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+		return nil, err
+	}
+	st, err := l.js.Stream(ctx, "KV_"+cfg.Bucket)
 	if err != nil {
 		return nil, err
 	}
-	cfg := st.CachedInfo().Config
-	if cfg.AllowDirect {
-		cfg.AllowDirect = false
-		if _, err := l.js.UpdateStream(ctx, cfg); err != nil {
+	have := st.CachedInfo().Config
+	want := have
+	want.AllowDirect, want.MaxAge, want.Replicas, want.Description = false, cfg.TTL, cfg.Replicas, cfg.Description
+	if want.AllowDirect != have.AllowDirect || want.MaxAge != have.MaxAge || want.Replicas != have.Replicas || want.Description != have.Description {
+		if _, err := l.js.UpdateStream(ctx, want); err != nil {
 			return nil, err
 		}
 	}
-	return l.js.KeyValue(ctx, name)
+	return l.js.KeyValue(ctx, cfg.Bucket)
 }
 
 // Close stops probing, disconnects and stops the embedded server. Fetches and follows under way
