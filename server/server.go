@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -80,6 +81,9 @@ type Server struct {
 	demo *demo.Executor
 	tls  bool
 	done chan error // Serve's result
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open starts a server. Close stops it.
@@ -218,10 +222,14 @@ const ShutdownGrace = 5 * time.Second
 // Close stops the server: it stops accepting requests, ends open watch streams with Unavailable
 // (clients resume with after_seq) and long-polling claims with no task, waits up to
 // ShutdownGrace for other requests under way and then cuts them, and closes the event log.
+// Calls after the first return its result.
 func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
-	defer cancel()
-	return s.shutdown(ctx)
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+		defer cancel()
+		s.closeErr = s.shutdown(ctx)
+	})
+	return s.closeErr
 }
 
 func (s *Server) shutdown(ctx context.Context) error {

@@ -399,3 +399,20 @@ func TestServer_RejectsForeignHostWithoutAuth(t *testing.T) {
 	res.Body.Close()
 	require.Equal(t, http.StatusOK, res.StatusCode)
 }
+
+// TestServer_CloseTwice: a second Close (a deferred one after an explicit one, say) returns at
+// once instead of waiting forever for a server that already stopped.
+func TestServer_CloseTwice(t *testing.T) {
+	t.Parallel()
+	srv, err := server.Open(t.Context(), server.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1})
+	require.NoError(t, err)
+	require.NoError(t, srv.Close())
+	done := make(chan error, 1)
+	go func() { done <- srv.Close() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second Close did not return")
+	}
+}
