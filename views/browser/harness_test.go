@@ -61,6 +61,7 @@ type env struct {
 	cfg     server.Config
 	srv     *server.Server
 	up      bool
+	base    string          // the URL pages and clients use: the server's, or a load balancer's
 	browser context.Context // the running browser; tabs are its children
 	http    *http.Client
 	tasks   taskhubv1connect.TaskServiceClient
@@ -71,6 +72,17 @@ type env struct {
 // setup starts a server (demo workers off unless cfg asks) and a browser with a fresh profile.
 func setup(t *testing.T, cfg server.Config, browserOpts ...chromedp.ExecAllocatorOption) *env {
 	t.Helper()
+	path := needChromium(t)
+	e := &env{t: t, cfg: testConfig(t, cfg)}
+	e.start()
+	t.Cleanup(e.stop)
+	e.browser = startBrowser(t, path, browserOpts...)
+	return e
+}
+
+// needChromium returns chromium's path, or skips the test without it (fails it under CI).
+func needChromium(t *testing.T) string {
+	t.Helper()
 	path := chromiumPath()
 	if path == "" {
 		if os.Getenv("CI") != "" {
@@ -78,6 +90,12 @@ func setup(t *testing.T, cfg server.Config, browserOpts ...chromedp.ExecAllocato
 		}
 		t.Skip("chromium is not installed: apt-get install -y chromium to run the browser tests")
 	}
+	return path
+}
+
+// testConfig is cfg on a free loopback port, with a temp data dir, demo workers off unless cfg
+// asks, and logs discarded.
+func testConfig(t *testing.T, cfg server.Config) server.Config {
 	cfg.Addr = "127.0.0.1:0"
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
@@ -86,10 +104,12 @@ func setup(t *testing.T, cfg server.Config, browserOpts ...chromedp.ExecAllocato
 		cfg.DemoWorkers = -1
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	e := &env{t: t, cfg: cfg}
-	e.start()
-	t.Cleanup(e.stop)
+	return cfg
+}
 
+// startBrowser starts chromium with a fresh profile, for the length of the test.
+func startBrowser(t *testing.T, path string, browserOpts ...chromedp.ExecAllocatorOption) context.Context {
+	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(path),
 		chromedp.NoSandbox,
@@ -110,8 +130,7 @@ func setup(t *testing.T, cfg server.Config, browserOpts ...chromedp.ExecAllocato
 	})
 	// Start the browser on a context without a deadline: it lives as long as that context.
 	require.NoError(t, chromedp.Do(bctx), "start chromium")
-	e.browser = bctx
-	return e
+	return bctx
 }
 
 func (e *env) start() {
@@ -120,14 +139,20 @@ func (e *env) start() {
 	require.NoError(e.t, err)
 	e.srv, e.up = srv, true
 	e.cfg.Addr = strings.TrimPrefix(strings.TrimPrefix(srv.URL(), "http://"), "https://") // restarts keep the port
+	e.connect(srv.URL())
+}
+
+// connect points the env's pages and Go clients at base.
+func (e *env) connect(base string) {
 	transport := &http.Transport{}
-	if strings.HasPrefix(srv.URL(), "https://") {
+	if strings.HasPrefix(base, "https://") {
 		transport.TLSClientConfig = insecureTLS()
 	}
+	e.base = base
 	e.http = &http.Client{Transport: transport, Timeout: 30 * time.Second}
 	auth := connect.WithInterceptors(bearerInterceptor{e})
-	e.tasks = taskhubv1connect.NewTaskServiceClient(e.http, srv.URL(), auth)
-	e.work = taskhubv1connect.NewWorkerServiceClient(e.http, srv.URL(), auth)
+	e.tasks = taskhubv1connect.NewTaskServiceClient(e.http, base, auth)
+	e.work = taskhubv1connect.NewWorkerServiceClient(e.http, base, auth)
 }
 
 func (e *env) stop() {
@@ -144,7 +169,7 @@ func (e *env) restart() {
 	e.start()
 }
 
-func (e *env) url(path string) string { return e.srv.URL() + path }
+func (e *env) url(path string) string { return e.base + path }
 
 // bearerInterceptor sends env.token, when set, as the bearer token of unary calls.
 type bearerInterceptor struct{ e *env }
