@@ -129,15 +129,7 @@ func TestBrowser_ServerRestartMidTask(t *testing.T) {
 	url := e.url("/")
 
 	// This test is the worker, so it decides when the task moves.
-	var created struct {
-		Task struct{ ID string } `json:"task"`
-	}
-	e.postJSON("/taskhub.v1.TaskService/CreateTask", map[string]any{"prompt": "render the logo", "mode": "render"}, &created)
-	id := created.Task.ID
-	claim := e.claim("render")
-	require.Equal(t, id, claim.Task.Id)
-	e.progress(claim, 30, "frame 30 of 100")
-	p.waitFor(fmt.Sprintf(`document.querySelector('[data-task-id="%s"] [role="progressbar"]')?.getAttribute('aria-valuenow') === "30"`, id), "30%")
+	id, claim := e.renderAt30(p)
 
 	// The server goes away: the page says so, and keeps trying.
 	e.stop()

@@ -3,7 +3,6 @@ package browser_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -121,15 +120,7 @@ func TestBrowser_ClusterBehindALoadBalancer(t *testing.T) {
 	p.waitLive()
 
 	// Created as curl would, through the balancer; claimed and reported on whichever nodes.
-	var created struct {
-		Task struct{ ID string } `json:"task"`
-	}
-	e.postJSON("/taskhub.v1.TaskService/CreateTask", map[string]any{"prompt": "render the logo", "mode": "render"}, &created)
-	id := created.Task.ID
-	claim := e.claim("render")
-	require.Equal(t, id, claim.Task.Id)
-	e.progress(claim, 30, "frame 30 of 100")
-	p.waitFor(fmt.Sprintf(`document.querySelector('[data-task-id="%s"] [role="progressbar"]')?.getAttribute('aria-valuenow') === "30"`, id), "30%")
+	id, claim := e.renderAt30(p)
 
 	// The node holding the page's stream goes away (the balancer's health check notices).
 	victim := int(b.watch.Load())

@@ -231,6 +231,22 @@ func (e *env) claim(mode string) *taskhubv1.ClaimTaskResponse {
 	return res.Msg
 }
 
+// renderAt30 creates a render task as curl would (JSON), claims it as the worker, reports 30%,
+// and waits for page p to show it.
+func (e *env) renderAt30(p *tab) (string, *taskhubv1.ClaimTaskResponse) {
+	e.t.Helper()
+	var created struct {
+		Task struct{ ID string } `json:"task"`
+	}
+	e.postJSON("/taskhub.v1.TaskService/CreateTask", map[string]any{"prompt": "render the logo", "mode": "render"}, &created)
+	id := created.Task.ID
+	claim := e.claim("render")
+	require.Equal(e.t, id, claim.Task.Id)
+	e.progress(claim, 30, "frame 30 of 100")
+	p.waitFor(fmt.Sprintf(`document.querySelector('[data-task-id="%s"] [role="progressbar"]')?.getAttribute('aria-valuenow') === "30"`, id), "30%")
+	return id, claim
+}
+
 func (e *env) progress(c *taskhubv1.ClaimTaskResponse, p float64, msg string) {
 	e.t.Helper()
 	_, err := e.work.ReportProgress(e.t.Context(), connect.NewRequest(&taskhubv1.ReportProgressRequest{
