@@ -146,8 +146,9 @@ func (h *Hub) Ready() error {
 
 // reconcile makes the queue agree with the event log, after a start or after the log recovered
 // from a failure: a task stored as queued whose queue write was lost (the process died, or the
-// store failed, between the two) is queued again, and the queue consumers of modes that have no
-// active task and are not configured are removed. It runs beside serving: a start does not wait
+// store failed, between the two) is queued again. (Queue consumers of modes nobody uses are left
+// to JetStream, which removes them after the queue's idle time: removing one here could race a
+// create of it on another node, which the server does not survive cleanly.) It runs beside serving: a start does not wait
 // for it, and it queues directly, in one pass, rather than waking an actor per task. It retries
 // every second until it has gone through without an error.
 func (h *Hub) reconcile(ctx context.Context) {
@@ -192,18 +193,6 @@ func (h *Hub) reconcileOnce(ctx context.Context) error {
 	}
 	if queued > 0 {
 		h.logger.Info("queued tasks whose queue write had been lost", "tasks", queued)
-	}
-	modes, err := h.log.QueueModes(ctx)
-	if err != nil {
-		return err
-	}
-	for _, m := range modes {
-		if h.feed.modeActive(m) || slices.Contains(h.cfg.Modes, m) {
-			continue
-		}
-		if err := h.log.DropQueue(ctx, m); err != nil {
-			return err
-		}
 	}
 	return nil
 }

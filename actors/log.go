@@ -69,10 +69,6 @@ type Queue interface {
 	Queued(ctx context.Context) (map[string]bool, error)
 	// EnsureQueue makes the mode's consumer unless it exists.
 	EnsureQueue(ctx context.Context, mode string) error
-	// QueueModes returns the modes that have a consumer.
-	QueueModes(ctx context.Context) ([]string, error)
-	// DropQueue removes the mode's consumer; its messages stay in the queue.
-	DropQueue(ctx context.Context, mode string) error
 	// Fetch takes up to max messages of mode, waiting up to wait for the first. A mode without
 	// a consumer fails with eventlog.ErrNoQueue: fetching never makes one.
 	Fetch(ctx context.Context, mode string, max int, wait time.Duration) ([]eventlog.Delivery, error)

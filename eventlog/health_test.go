@@ -142,10 +142,6 @@ func TestLog_IdleQueueConsumerGoesAwayAndComesBack(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ds, 1)
 	require.Equal(t, "T1", ds[0].TaskID)
-	require.NoError(t, l.DropQueue(ctx, "render"))
-	modes, err := l.QueueModes(ctx)
-	require.NoError(t, err)
-	require.Empty(t, modes)
 }
 
 func TestLog_Sessions(t *testing.T) {

@@ -193,16 +193,6 @@ func (l *Log) QueueModes(ctx context.Context) ([]string, error) {
 	return modes, nil
 }
 
-// DropQueue removes mode's queue consumer. Queued messages of the mode stay in the queue.
-func (l *Log) DropQueue(ctx context.Context, mode string) error {
-	l.forget(mode)
-	err := l.queue.DeleteConsumer(ctx, consumerPrefix+mode)
-	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return l.unavailable("delete consumer "+mode, err)
-	}
-	return nil
-}
-
 // Queued returns the id of every task in the queue, delivered or not.
 func (l *Log) Queued(ctx context.Context) (map[string]bool, error) {
 	info, err := l.queue.Info(ctx, jetstream.WithSubjectFilter("taskq.>"))

@@ -154,7 +154,7 @@ func TestBrowser_ServerRestartMidTask(t *testing.T) {
 	require.True(t, c.Image)
 	require.Equal(t, logo, *c.Result)
 	require.Equal(t, []float64{0, 30, 60, 100}, p.seen(id), "nothing missed, nothing out of order")
-	p.waitFor(`[...document.querySelectorAll('[data-testid="toast"]')].some(t => t.textContent.includes("nothing was missed"))`, "the recovery toast")
+	p.waitToast("nothing was missed", "the recovery toast")
 	require.LessOrEqual(t, eval[int](p, `document.querySelectorAll('[data-testid="toast"]').length`), 1, "one toast about it, not a storm")
 }
 
@@ -257,7 +257,7 @@ func TestBrowser_DeadConnectionAndLostHistory(t *testing.T) {
 	c := p.waitCard(created.Task.ID, completed)
 	require.Equal(t, "done while away", *c.Result)
 	p.waitLive()
-	p.waitFor(`[...document.querySelectorAll('[data-testid="toast"]')].some(t => t.textContent.includes("history was gone"))`, "the reload toast")
+	p.waitToast("history was gone", "the reload toast")
 }
 
 // When the event log is recreated (a new epoch), nothing on the page can be trusted: it
@@ -279,7 +279,7 @@ func TestBrowser_NewEventLogReloadsThePage(t *testing.T) {
 	p.waitFor(`!window.marker && document.readyState === "complete"`, "the reload")
 	p.waitLive()
 	require.Empty(t, p.cards(), "the old log's task is gone with it")
-	p.waitFor(`[...document.querySelectorAll('[data-testid="toast"]')].some(t => t.textContent.includes("history was reset"))`, "the reload toast")
+	p.waitToast("history was reset", "the reload toast")
 }
 
 // Tabs that open while a task runs show it moving on from their render to its end, in order,
@@ -376,6 +376,6 @@ func TestBrowser_LostHistoryWithALargeSnapshot(t *testing.T) {
 	p.waitFor(`document.querySelector('[data-testid="connection"]').dataset.status !== "live"`, "the page to notice the silence")
 	p.waitCard(newest.Task.ID, queued)
 	p.waitLive()
-	p.waitFor(`[...document.querySelectorAll('[data-testid="toast"]')].some(t => t.textContent.includes("history was gone"))`, "the reload toast")
+	p.waitToast("history was gone", "the reload toast")
 	require.Equal(t, 150, eval[int](p, `document.querySelectorAll("[data-task-id]").length`), "a card for every task created while away")
 }

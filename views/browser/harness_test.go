@@ -359,10 +359,15 @@ func (b *tab) open(url string) {
 }
 
 // recorder runs in every page from its first byte on and keeps, per task, the distinct progress
-// values its card has shown, in order: the value the server rendered first.
+// values its card has shown, in order: the value the server rendered first. It also keeps the
+// text of every toast shown, which a toast's few seconds on screen would not leave to a poll.
 const recorder = `(() => {
 	window.seen = {};
+	window.toastsSeen = [];
 	const record = () => {
+		for (const t of document.querySelectorAll('[data-testid="toast"]')) {
+			if (t.textContent && !window.toastsSeen.includes(t.textContent)) window.toastsSeen.push(t.textContent);
+		}
 		for (const c of document.querySelectorAll('[data-testid="task-card"]')) {
 			const bar = c.querySelector('[role="progressbar"]');
 			if (!bar) continue;
@@ -373,6 +378,12 @@ const recorder = `(() => {
 	};
 	new MutationObserver(record).observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
 })()`
+
+// waitToast waits until the page has shown a toast that contains text, now or earlier.
+func (b *tab) waitToast(text, what string) {
+	b.t.Helper()
+	b.waitFor(fmt.Sprintf(`window.toastsSeen.some(t => t.includes(%q))`, text), what)
+}
 
 // waitLive waits for the connection indicator to say live.
 func (b *tab) waitLive() {
@@ -400,8 +411,9 @@ func (b *tab) waitFor(expr, what string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	b.t.Fatalf("waiting for %s: %v\nconnection: %s\ncards: %+v", what, err,
-		b.tryEval(`(c => c && c.dataset.status + " " + c.title)(document.querySelector('[data-testid="connection"]'))`), b.cards())
+	b.t.Fatalf("waiting for %s: %v\nconnection: %s\ntoasts: %s\ncards: %+v", what, err,
+		b.tryEval(`(c => c && c.dataset.status + " " + c.title)(document.querySelector('[data-testid="connection"]'))`),
+		b.tryEval(`JSON.stringify(window.toastsSeen)`), b.cards())
 }
 
 func (b *tab) tryEval(expr string) string {
