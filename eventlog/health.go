@@ -105,7 +105,7 @@ func (l *Log) watch() {
 	defer tick.Stop()
 	for {
 		select {
-		case <-l.quit:
+		case <-l.life.Done():
 			return
 		case <-tick.C:
 		case <-l.kick:
@@ -113,13 +113,17 @@ func (l *Log) watch() {
 		l.health.mu.Lock()
 		failures := l.health.failures
 		l.health.mu.Unlock()
-		l.settle(l.probe(), failures)
+		err := l.probe(l.life)
+		if l.life.Err() != nil {
+			return // a probe cut short by Close says nothing of the store
+		}
+		l.settle(err, failures)
 	}
 }
 
-// probe writes to every stream.
-func (l *Log) probe() error {
-	ctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.Timeout, 5*time.Second))
+// probe writes to every stream, giving up when ctx ends.
+func (l *Log) probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, min(l.cfg.Timeout, 5*time.Second))
 	defer cancel()
 	if _, err := l.js.Publish(ctx, probeMeta, nil); err != nil {
 		return fmt.Errorf("stream %s: %w", MetaStream, err)

@@ -101,9 +101,10 @@ type Log struct {
 	consumers   map[string]jetstream.Consumer // the queue consumers this process knows exist, by mode
 
 	health    health
-	kick      chan struct{} // cap 1: probe now
-	recovered chan struct{} // cap 1
-	quit      chan struct{}
+	kick      chan struct{}   // cap 1: probe now
+	recovered chan struct{}   // cap 1
+	life      context.Context // ends with Close: the log's own goroutines and calls stop
+	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -139,7 +140,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("eventlog: %d replicas: JetStream keeps 1 to 5", cfg.Replicas)
 	}
 	l := &Log{cfg: cfg, node: cfg.Node, logger: cfg.Logger, consumers: map[string]jetstream.Consumer{},
-		kick: make(chan struct{}, 1), recovered: make(chan struct{}, 1), quit: make(chan struct{})}
+		kick: make(chan struct{}, 1), recovered: make(chan struct{}, 1)}
+	l.life, l.stop = context.WithCancel(context.Background())
 	if err := l.connect(); err != nil {
 		l.Close()
 		return nil, err
@@ -328,7 +330,7 @@ func (l *Log) leaderBucket(ctx context.Context, cfg jetstream.KeyValueConfig) (j
 // end.
 func (l *Log) Close() error {
 	l.closeOnce.Do(func() {
-		close(l.quit)
+		l.stop()
 		l.wg.Wait()
 		if l.nc != nil {
 			l.nc.Close()

@@ -135,16 +135,17 @@ func (l *Log) Fetch(ctx context.Context, mode string, max int, wait time.Duratio
 		return nil, err
 	}
 	var batch jetstream.MessageBatch
+	waitCtx := ctx
 	if wait <= 0 {
 		batch, err = c.FetchNoWait(max)
 	} else {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, wait)
+		waitCtx, cancel = context.WithTimeout(ctx, wait)
 		defer cancel()
-		batch, err = c.Fetch(max, jetstream.FetchContext(ctx))
+		batch, err = c.Fetch(max, jetstream.FetchContext(waitCtx))
 	}
 	if err != nil {
-		return nil, l.fetchErr(mode, err)
+		return nil, l.fetchErr(ctx, mode, err)
 	}
 	var out []Delivery
 	for m := range batch.Messages() {
@@ -161,15 +162,17 @@ func (l *Log) Fetch(ctx context.Context, mode string, max int, wait time.Duratio
 			Delivered:  md.NumDelivered,
 		})
 	}
-	if err := batch.Error(); err != nil && len(out) == 0 && ctx.Err() == nil {
-		return nil, l.fetchErr(mode, err)
+	if err := batch.Error(); err != nil && len(out) == 0 && waitCtx.Err() == nil {
+		return nil, l.fetchErr(ctx, mode, err)
 	}
 	return out, nil
 }
 
-// fetchErr tells a consumer JetStream removed (ErrNoQueue) from other failures.
-func (l *Log) fetchErr(mode string, err error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeout)
+// fetchErr tells a consumer JetStream removed (ErrNoQueue) from other failures. It asks
+// JetStream within ctx: a fetch that ended with its caller (a closing hub) does not wait for a
+// stream that cannot answer.
+func (l *Log) fetchErr(ctx context.Context, mode string, err error) error {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
 	defer cancel()
 	if _, cerr := l.queue.Consumer(ctx, consumerPrefix+mode); errors.Is(cerr, jetstream.ErrConsumerNotFound) {
 		l.forget(mode)

@@ -122,20 +122,25 @@ func (c *child) kill() {
 	c.cmd = nil
 }
 
-// stop ends the child gracefully.
-func (c *child) stop() {
+// stop ends the child gracefully, and reports whether it did: a child that has not stopped 15 s
+// after SIGTERM is killed.
+func (c *child) stop() bool {
 	if c.cmd == nil {
-		return
+		return true
 	}
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = c.cmd.Wait(); close(done) }()
+	defer func() { c.cmd = nil }()
 	select {
 	case <-done:
+		return true
 	case <-time.After(15 * time.Second):
-		c.kill()
+		c.t.Logf("the child on %s did not stop within 15 s of SIGTERM: killed", c.url)
+		_ = c.cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+		return false
 	}
-	c.cmd = nil
 }
 
 func retryable(err error) bool {
