@@ -6,15 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -307,6 +311,13 @@ func TestCluster_KillNodes(t *testing.T) {
 		own := &anyNode{nodes: nodes, base: &http.Transport{}, prefer: i + 1}
 		watch[i] = taskhubv1connect.NewTaskServiceClient(&http.Client{Transport: own}, "http://cluster")
 	}
+	// Three more watch as curl does, with JSON over HTTP/1.1, through a round-robin reverse
+	// proxy that knows nothing of the nodes' health: their first streams land on three
+	// different nodes, so one of them is on the node killed.
+	proxy := roundRobin(t, nodes)
+	for range 3 {
+		watch = append(watch, taskhubv1connect.NewTaskServiceClient(&http.Client{Transport: &http.Transport{}}, proxy, connect.WithProtoJSON()))
+	}
 	watchers := crashLoad(ctx, &wg, tasks, work, watch, led, creating)
 	p := &pulse{}
 	pulseCtx, stopPulse := context.WithCancel(ctx)
@@ -394,9 +405,34 @@ func TestCluster_KillNodes(t *testing.T) {
 	for _, i := range victims {
 		require.Positive(t, watchers[i].resumes, "the watcher on node%d resumed on another node", i+1)
 	}
-	for i, w := range watchers {
-		t.Logf("watcher %d: stream end to resumed snapshot: %v", i, w.gaps)
+	proxied := 0
+	for _, w := range watchers[len(nodes):] {
+		proxied += w.resumes
 	}
+	require.Positive(t, proxied, "a watcher through the proxy resumed")
+	for i, w := range watchers {
+		where := fmt.Sprintf("on node%d", i+1)
+		if i >= len(nodes) {
+			where = "with JSON through the proxy"
+		}
+		t.Logf("watcher %d (%s): stream end to resumed snapshot: %v", i, where, w.gaps)
+	}
+}
+
+// roundRobin starts a reverse proxy that sends each request to the next node in turn, up or
+// not (a dead node's turn answers 502), and returns its URL.
+func roundRobin(t *testing.T, nodes []*child) string {
+	var next atomic.Int64
+	proxy := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			u, _ := url.Parse(nodes[int(next.Add(1)-1)%len(nodes)].url)
+			r.SetURL(u)
+		},
+		FlushInterval: -1, // stream messages go through as they are written
+		ErrorLog:      log.New(io.Discard, "", 0),
+	})
+	t.Cleanup(proxy.Close)
+	return proxy.URL
 }
 
 // lastSeq returns the epoch and the position of a fresh watch's snapshot: every event so far.
