@@ -12,7 +12,9 @@ import (
 
 // compactor removes the events of finished tasks once they are older than the retention, keeping
 // each task's final event, and keeps the watermark below which history may be gone: a watch
-// resuming from before it gets a fresh snapshot instead of a silent gap.
+// resuming from before it gets a fresh snapshot instead of a silent gap. Either way (with
+// compaction off, at once) it settles each finished task in the log (Retire), so that a start
+// reads the tasks that matter rather than every task ever.
 //
 // In a cluster every node compacts (a purge done twice is done once), and the watermark is
 // recorded in the log before the events go, never lowered: a node whose own rounds lag behind
@@ -41,22 +43,23 @@ type finished struct {
 	at        time.Time
 }
 
-// add records a task that finished with event seq at time at. Called in seq order.
+// add records a task that finished with event seq at time at. Called in seq order. A task at or
+// below the watermark may be compacted already, but still in the live index (its node died in
+// between): compacting it again changes nothing and settles it.
 func (c *compactor) add(seq uint64, owner, id string, at time.Time) {
-	if c.retention <= 0 || seq <= c.watermark.Load() {
-		return
-	}
 	c.mu.Lock()
 	c.queue = append(c.queue, finished{seq: seq, owner: owner, id: id, at: at})
 	c.mu.Unlock()
 }
 
-// run compacts until ctx ends, looking a few times per retention period (at most every minute).
+// run compacts until ctx ends, looking a few times per retention period (at most every minute;
+// every second with compaction off).
 func (c *compactor) run(ctx context.Context) {
-	if c.retention <= 0 {
-		return
+	every := time.Second
+	if c.retention > 0 {
+		every = min(max(c.retention/4, 50*time.Millisecond), time.Minute)
 	}
-	tick := time.NewTicker(min(max(c.retention/4, 50*time.Millisecond), time.Minute))
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -68,9 +71,10 @@ func (c *compactor) run(ctx context.Context) {
 	}
 }
 
-// round compacts every task that finished more than the retention ago.
+// round compacts every task that finished more than the retention ago; with compaction off, it
+// retires every finished task at once.
 func (c *compactor) round(ctx context.Context) {
-	cutoff := c.now().Add(-c.retention)
+	cutoff := c.now().Add(-max(c.retention, 0))
 	c.mu.Lock()
 	n := 0
 	for n < len(c.queue) && !c.queue[n].at.After(cutoff) {
@@ -79,6 +83,20 @@ func (c *compactor) round(ctx context.Context) {
 	batch := c.queue[:n:n]
 	c.mu.Unlock()
 	if n == 0 {
+		return
+	}
+	if c.retention <= 0 {
+		done := 0
+		for _, f := range batch {
+			if err := c.log.Retire(ctx, f.owner, f.id); err != nil {
+				c.logger.Warn("cannot retire a finished task; will retry", "task", f.id, "err", err)
+				break
+			}
+			done++
+		}
+		c.mu.Lock()
+		c.queue = c.queue[done:]
+		c.mu.Unlock()
 		return
 	}
 	// Raise the watermark first, here and in the log: a watch that resumes from here on, on

@@ -2,6 +2,7 @@ package actors_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -305,4 +306,42 @@ func TestHub_LeaseExpiryOutlivesABriefLogOutage(t *testing.T) {
 	require.Equal(t, int32(1), f.failed.Load())
 	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_REQUEUED, events[2].Kind)
 	require.Equal(t, uint32(2), events[2].Task.Attempt)
+}
+
+// TestHub_StartReadsTheTasksThatMatter: a finished task leaves the log's live index once the
+// compactor is done with it (at once with compaction off, after the retention with it on), so a
+// start reads the active tasks, not every task ever; the finished ones are still there to get.
+func TestHub_StartReadsTheTasksThatMatter(t *testing.T) {
+	t.Parallel()
+	for _, retention := range []time.Duration{-1, 300 * time.Millisecond} {
+		t.Run(fmt.Sprintf("retention %v", retention), func(t *testing.T) {
+			t.Parallel()
+			opts := options{lease: 10 * time.Second, retention: retention}
+			b := setup(t, opts)
+			h, ctx := b.hub, t.Context()
+			active := create(t, h, "alice", "active", "paint")
+			done := create(t, h, "alice", "done", "paint")
+			_, err := h.CancelTask(ctx, "alice", done.Id)
+			require.NoError(t, err)
+			ran := create(t, h, "alice", "ran", "ink")
+			complete(t, h, claim(t, h, "ink"))
+			require.Eventually(t, func() bool {
+				live, err := b.log.Live(ctx)
+				require.NoError(t, err)
+				return len(live) == 1 && live[0] == active.Id
+			}, 10*time.Second, 20*time.Millisecond, "the finished tasks leave the live index")
+
+			b.close()
+			b.open(t, opts)
+			w := watch(t, b.hub, "alice", "", 0)
+			snap, _ := w.wait(0)
+			require.Len(t, snap.Tasks, 1)
+			require.Equal(t, active.Id, snap.Tasks[0].Id)
+			for _, id := range []string{done.Id, ran.Id} {
+				got, err := b.hub.GetTask(ctx, "alice", id)
+				require.NoError(t, err)
+				require.True(t, got.State == taskhubv1.TaskState_TASK_STATE_CANCELLED || got.State == taskhubv1.TaskState_TASK_STATE_COMPLETED)
+			}
+		})
+	}
 }

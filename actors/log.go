@@ -48,8 +48,8 @@ type Events interface {
 	Bounds(ctx context.Context) (first, last uint64, err error)
 	// TaskIDs returns the ids of every task of owner, in no particular order.
 	TaskIDs(ctx context.Context, owner string) ([]string, error)
-	// Follow calls fn on one goroutine with the last event of every task, in sequence order,
-	// then with every new event as it is stored (and write probes, as entries without a
+	// Follow calls fn on one goroutine with the last event of every task that is active or
+	// not yet settled (not Retired), in sequence order, then with every new event as it is stored (and write probes, as entries without a
 	// Record), until stop is called or the log closes. pending is how many messages are yet to
 	// come at that time: 0 means fn has seen every task.
 	Follow(ctx context.Context, fn func(e *eventlog.Entry, pending uint64)) (stop func(), err error)
@@ -82,8 +82,10 @@ type Queue interface {
 // Watermark is compaction: finished tasks' events removed, but for their last, and the
 // sequence below which that may have happened.
 type Watermark interface {
-	// Compact removes every event of the task but its last.
+	// Compact removes every event of the task but its last, then Retires it.
 	Compact(ctx context.Context, owner, id string) error
+	// Retire settles a finished task: Follow no longer starts with it.
+	Retire(ctx context.Context, owner, id string) error
 	// Compacted returns the watermark: events at or below it may have been removed.
 	Compacted(ctx context.Context) (uint64, error)
 	// SetCompacted records the watermark.

@@ -240,7 +240,7 @@ func (l *Log) createStreams(ctx context.Context) error {
 
 	l.meta, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              MetaStream,
-		Description:       "taskhub's own state: taskhub.compacted, the compaction watermark of " + EventStream + "; " + probeMeta + ": write probes",
+		Description:       "taskhub's own state: taskhub.compacted, the compaction watermark of " + EventStream + "; " + livePrefix + "<owner>.<task id>: the live index; " + probeMeta + ": write probes",
 		Subjects:          []string{"taskhub.>"},
 		Storage:           jetstream.FileStorage,
 		MaxMsgsPerSubject: 1,
@@ -275,7 +275,9 @@ func (l *Log) createStreams(ctx context.Context) error {
 		"taskhub idempotency keys: SHA-256 of owner and key -> the task id of the first create"); err != nil {
 		return err
 	}
-	return nil
+	// A new log gets its live index complete (empty) from the start.
+	_, err = l.hasLiveIndex(ctx)
+	return err
 }
 
 // bucket creates (or updates) a key-value bucket whose entries expire after ttl. Replicated, it
@@ -372,7 +374,8 @@ func OwnerFilter(owner string) string { return "tasks." + owner + ".>" }
 // one message per subject): the event stream holds nothing but task events.
 const compactedSubject = "taskhub.compacted"
 
-// Compact removes every event of a task but its last (its final state).
+// Compact removes every event of a task but its last (its final state), and then the task from
+// the live index: its history is settled.
 func (l *Log) Compact(ctx context.Context, owner, id string) error {
 	if err := l.writable("compact"); err != nil {
 		return err
@@ -381,7 +384,7 @@ func (l *Log) Compact(ctx context.Context, owner, id string) error {
 	if err != nil {
 		return l.writeErr(ctx, "compact", err)
 	}
-	return nil
+	return l.Retire(ctx, owner, id)
 }
 
 // Compacted returns the compaction watermark: events with a seq at or below it may have been
@@ -475,6 +478,12 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	if err != nil {
 		return 0, fmt.Errorf("eventlog: encode: %w", err)
 	}
+	if expectLast == 0 {
+		// A create: into the live index first, so that no stored task is missing from it.
+		if err := l.markLive(ctx, task.Owner, task.Id); err != nil {
+			return 0, err
+		}
+	}
 	subject := Subject(task.Owner, task.Id)
 	ack, err := l.js.Publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
 	switch {
@@ -565,21 +574,17 @@ func (l *Log) TaskIDs(ctx context.Context, owner string) ([]string, error) {
 	return ids, nil
 }
 
-// Follow calls fn with the last event of every task, in sequence order, then with every new
-// event as it is appended, on one goroutine, until the returned stop is called or the log is
-// closed. Write probes come through as entries without a Record, so that the follower's
-// position reaches the stream's last sequence. pending is how many messages the follower has yet to deliver at the time of this one:
-// when it reaches 0 the caller has seen every task.
+// Follow calls fn with the last event of every task that is active or not yet settled (see
+// Retire), in sequence order, then with every new event as it is appended, on one goroutine,
+// until the returned stop is called or the log is closed. Write probes come through as entries
+// without a Record, so that the follower's position reaches the stream's last sequence. pending
+// is how many messages the follower has yet to deliver at the time of this one: when it reaches
+// 0 the caller has seen every task.
+//
+// It reads the live index (live.go): its cost grows with the tasks that matter, not with every
+// task ever. A log written before the index existed is read whole, once, to fill it.
 func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (stop func(), err error) {
-	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		// The probes too: the feed's position then reaches the stream's last sequence.
-		FilterSubjects: []string{"tasks.>", probeEvents},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	})
-	if err != nil {
-		return nil, l.unavailable("follow", err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	handler := func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
 			l.logger.Error("event log: message without metadata", "subject", m.Subject(), "err", err)
@@ -593,6 +598,41 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 			e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
 		}
 		fn(e, md.NumPending)
+	}
+	indexed, err := l.hasLiveIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if indexed {
+		return l.followLive(ctx, fn, handler)
+	}
+
+	fill, done, err := l.fillLive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	filling := true
+	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		// The probes too: the feed's position then reaches the stream's last sequence.
+		FilterSubjects: []string{"tasks.>", probeEvents},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return nil, l.unavailable("follow", err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if filling {
+			if md, err := m.Metadata(); err == nil && m.Subject() != probeEvents {
+				if e, err := decode(m.Subject(), md.Sequence.Stream, m.Data()); err == nil {
+					fill(e)
+				}
+			}
+			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
+				filling = false
+				done()
+			}
+		}
+		handler(m)
 	})
 	if err != nil {
 		return nil, l.unavailable("follow", err)
