@@ -108,6 +108,9 @@ func (c Cluster) configure(o *server.Options) error {
 	}
 	o.ServerName = c.Name
 	o.Cluster.Name, o.Cluster.Host = clusterName, host
+	// A lost peer is retried every second; its first failure is logged, then one in a minute
+	// (NATS logs every one by default: lines per second per route for as long as it is down).
+	o.ReconnectErrorReports = 60
 	if c.Secret != "" {
 		o.Cluster.Username, o.Cluster.Password = routeUser, c.Secret
 	}
