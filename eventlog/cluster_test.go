@@ -130,3 +130,24 @@ func TestCluster_Config(t *testing.T) {
 		})
 	}
 }
+
+// TestCluster_RefusesASingleNodesDataDir: a single node's data dir given to a node of a cluster
+// is refused, not replaced by the cluster's empty log; the single node still has its tasks.
+func TestCluster_RefusesASingleNodesDataDir(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	l := open(t, dir)
+	seq, err := l.Append(t.Context(), record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	require.NoError(t, err)
+	l.Close()
+
+	peers := []string{freeport.Addr(t), freeport.Addr(t), freeport.Addr(t)}
+	_, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: dir, Cluster: eventlog.Cluster{Addr: peers[0], Peers: peers}})
+	require.ErrorContains(t, err, "holds the event log of a single node")
+
+	l = open(t, dir)
+	defer l.Close()
+	e, err := l.Last(t.Context(), "alice", "T1")
+	require.NoError(t, err)
+	require.Equal(t, seq, e.Seq)
+}

@@ -3,8 +3,10 @@ package eventlog
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -64,6 +66,18 @@ func (e *embedded) start(ready time.Duration) error {
 	e.cur = ns
 	e.mu.Unlock()
 	return nil
+}
+
+// singleNodeData reports whether dataDir holds streams that a server outside any cluster wrote:
+// JetStream's files without its clustered metadata.
+func singleNodeData(dataDir string) bool {
+	store := filepath.Join(dataDir, "jetstream", "jetstream")
+	streams, err := os.ReadDir(filepath.Join(store, "$G", "streams"))
+	if err != nil || len(streams) == 0 {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(store, "$SYS", "_js_", "_meta_"))
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 // restart stops the server and starts a fresh one on the same files: JetStream reopens its

@@ -165,6 +165,10 @@ func (l *Log) connect() error {
 		if l.cfg.DataDir == "" {
 			return errors.New("eventlog: a data directory or a NATS URL is required")
 		}
+		if l.cfg.Cluster.Enabled() && singleNodeData(l.cfg.DataDir) {
+			return fmt.Errorf("eventlog: %s holds the event log of a single node; a node of a cluster "+
+				"would start an empty one in its place and hide it: give the node an empty data dir", l.cfg.DataDir)
+		}
 		emb := &embedded{dataDir: l.cfg.DataDir, cluster: l.cfg.Cluster, sync: l.cfg.SyncAlways, syncInterval: l.cfg.SyncInterval, logger: l.logger}
 		if l.cfg.Cluster.Enabled() {
 			emb.token = rand.Text()
