@@ -82,6 +82,9 @@ type Server struct {
 	tls  bool
 	done chan error // Serve's result
 
+	stopBackground context.CancelFunc // ends what runs beside serving (recordSettings)
+	background     sync.WaitGroup
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -144,7 +147,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.hub, err = actors.Open(ctx, actors.Config{
 		Log:     s.log,
 		Logger:  cfg.Logger,
-		Shared:  cfg.Cluster.Enabled() || cfg.NATSURL != "",
+		Shared:  s.shared(),
 		Options: cfg.Options,
 		ParamCheck: func(mode string, params map[string]string) error {
 			if mode == demo.Mode && demoOn {
@@ -158,6 +161,11 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if demoOn {
 		s.demo = demo.Start(s.hub, cfg.DemoWorkers, cfg.Logger)
+	}
+	var background context.Context
+	background, s.stopBackground = context.WithCancel(context.Background())
+	if s.shared() {
+		s.background.Go(func() { s.recordSettings(background) })
 	}
 
 	var auth *rpc.Auth
@@ -259,11 +267,19 @@ func (s *Server) shutdown(ctx context.Context) error {
 			err = cmp.Or(err, serveErr)
 		}
 	}
+	if s.stopBackground != nil {
+		s.stopBackground()
+		s.background.Wait()
+	}
 	if s.log != nil {
 		s.log.Close()
 	}
 	return err
 }
+
+// shared reports whether other processes share the event log: nodes of a cluster, or taskhubs
+// on one external NATS.
+func (s *Server) shared() bool { return s.cfg.Cluster.Enabled() || s.cfg.NATSURL != "" }
 
 // LiveFailAfter is how long event log writes may fail before /healthz fails too: the log could
 // not recover by itself (see eventlog.Log.Ready), and restarting the process may help.
@@ -288,12 +304,21 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ready")
-	if s.cfg.Cluster.Enabled() || s.cfg.NATSURL != "" {
+	if s.shared() {
 		// Which node this is, and which one orders the event log's writes (its loss pauses
 		// writes for an election; a follower's does not).
 		fmt.Fprintf(w, "node %s\n", s.log.Node())
-		if leader, err := s.log.EventLeader(r.Context()); err == nil && leader != "" {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if leader, err := s.log.EventLeader(ctx); err == nil && leader != "" {
 			fmt.Fprintf(w, "event log leader %s\n", leader)
+		}
+		// Settings the nodes must agree on but do not: a warning, not unreadiness (a rolling
+		// change of a setting passes through it).
+		if diffs, err := s.settingsDiffer(ctx); err == nil {
+			for _, d := range diffs {
+				fmt.Fprintf(w, "settings differ: %s\n", d)
+			}
 		}
 	}
 }

@@ -1,0 +1,66 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub/eventlog"
+	"github.com/taskhub/taskhub/internal/freeport"
+	"github.com/taskhub/taskhub/server"
+)
+
+// TestSettings_NodesThatDisagree: nodes of a cluster whose shared settings differ (each runs
+// the lease timers with its own) stay ready, and /readyz on each says how they differ.
+func TestSettings_NodesThatDisagree(t *testing.T) {
+	t.Parallel()
+	peers := []string{freeport.Addr(t), freeport.Addr(t)}
+	leases := []time.Duration{30 * time.Second, 10 * time.Second}
+	srvs := make([]*server.Server, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range srvs {
+		cfg := server.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1,
+			Cluster: eventlog.Cluster{Addr: peers[i], Peers: peers, Name: []string{"one", "two"}[i]},
+			Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Options: actors.Options{LeaseTimeout: leases[i]}}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			srvs[i], errs[i] = server.Open(ctx, cfg)
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, s := range srvs {
+			if s != nil {
+				_ = s.Close()
+			}
+		}
+	})
+	require.NoError(t, errors.Join(errs...))
+
+	readyz := func(s *server.Server) string {
+		res, err := http.Get(s.URL() + "/readyz")
+		require.NoError(t, err)
+		defer res.Body.Close()
+		body, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, res.StatusCode, "%s", body)
+		return string(body)
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		require.Contains(c, readyz(srvs[0]), `settings differ: node two has --lease-timeout "10s", this node "30s"`)
+		require.Contains(c, readyz(srvs[1]), `settings differ: node one has --lease-timeout "30s", this node "10s"`)
+	}, 20*time.Second, 100*time.Millisecond)
+	require.NotContains(t, readyz(srvs[0]), "--max-attempts", "only what differs")
+}
