@@ -44,6 +44,9 @@ type waiter struct {
 // pollWait bounds each pull request, so an idle mode's goroutine looks again at its waiters.
 const pollWait = 5 * time.Second
 
+// failWarnAfter is how long fetches of a mode fail before it is worth a warning.
+const failWarnAfter = 5 * time.Second
+
 func newClaims(ctx context.Context, log Queue, logger *slog.Logger, hasWork func(string) bool) *claims {
 	return &claims{log: log, logger: logger, ctx: ctx, hasWork: hasWork, modes: map[string]*modeWaiters{}}
 }
@@ -156,6 +159,9 @@ func (c *claims) fetch(ctx context.Context, mode string, wait time.Duration) ([]
 // poll serves the waiters of one mode until there are none, or the mode has no work.
 func (c *claims) poll(mode string, mw *modeWaiters) {
 	defer c.wg.Done()
+	// Fetches fail for a moment when a replicated consumer is new and elects its leader:
+	// failures are a warning once they last, and then once a minute.
+	var failing, warned time.Time
 	for {
 		c.mu.Lock()
 		mw.waiters = pruned(mw.waiters)
@@ -179,7 +185,16 @@ func (c *claims) poll(mode string, mw *modeWaiters) {
 			continue
 		case err != nil:
 			if c.ctx.Err() == nil {
-				c.logger.Warn("cannot fetch from the task queue", "mode", mode, "err", err)
+				now := time.Now()
+				if failing.IsZero() {
+					failing = now
+				}
+				if now.Sub(failing) >= failWarnAfter && now.Sub(warned) >= time.Minute {
+					warned = now
+					c.logger.Warn("cannot fetch from the task queue", "mode", mode, "failing_for", now.Sub(failing).Round(time.Second), "err", err)
+				} else {
+					c.logger.Debug("cannot fetch from the task queue; retrying", "mode", mode, "err", err)
+				}
 				select {
 				case <-time.After(time.Second):
 				case <-c.ctx.Done():
@@ -187,6 +202,7 @@ func (c *claims) poll(mode string, mw *modeWaiters) {
 			}
 			continue
 		}
+		failing = time.Time{}
 		for _, d := range ds {
 			if !c.hand(mw, d) {
 				if err := c.log.Release(d.AckSubject, 0); err != nil {
