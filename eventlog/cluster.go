@@ -23,11 +23,19 @@ type Cluster struct {
 	Peers []string
 	// Name names this node, unique in the cluster [derived from Addr].
 	Name string
-	// Secret authenticates the nodes to each other; every node has the same one. It is required
-	// unless Addr and every peer are loopback addresses: anyone who can reach a route could
-	// otherwise read and write every stream.
+	// Secret authenticates the nodes to each other; every node has the same one. It or TLS is
+	// required unless Addr and every peer are loopback addresses: anyone who can reach a route
+	// could otherwise read and write every stream.
 	Secret string
+	// TLSCert and TLSKey are PEM files of this node's certificate and key, and TLSCA of the
+	// certificate authority every node's certificate is signed by: with them, the routes are
+	// encrypted and each node verifies the other's certificate (mutual TLS). A certificate
+	// must name the host of its node's Addr (an IP SAN for an IP).
+	TLSCert, TLSKey, TLSCA string
 }
+
+// tls reports whether the routes use TLS.
+func (c Cluster) tls() bool { return c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "" }
 
 // Enabled reports whether the node is to join a cluster.
 func (c Cluster) Enabled() bool { return c.Addr != "" }
@@ -64,8 +72,10 @@ func (c *Cluster) validate() error {
 		return errors.New("eventlog: a cluster needs its peers' addresses")
 	}
 	switch {
-	case c.Secret == "" && !loopback:
-		return errors.New("eventlog: a cluster on addresses other than loopback needs a secret shared by its nodes")
+	case c.tls() && (c.TLSCert == "" || c.TLSKey == "" || c.TLSCA == ""):
+		return errors.New("eventlog: cluster TLS needs this node's certificate, its key, and the certificate authority of every node")
+	case c.Secret == "" && !c.tls() && !loopback:
+		return errors.New("eventlog: a cluster on addresses other than loopback needs a secret shared by its nodes, or TLS")
 	case c.Secret != "" && len(c.Secret) < minSecret:
 		return fmt.Errorf("eventlog: the cluster secret has %d characters; it needs at least %d", len(c.Secret), minSecret)
 	}
@@ -113,6 +123,14 @@ func (c Cluster) configure(o *server.Options) error {
 	o.ReconnectErrorReports = 60
 	if c.Secret != "" {
 		o.Cluster.Username, o.Cluster.Password = routeUser, c.Secret
+	}
+	if c.tls() {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: c.TLSCert, KeyFile: c.TLSKey, CaFile: c.TLSCA, Verify: true})
+		if err != nil {
+			return fmt.Errorf("cluster TLS: %w", err)
+		}
+		tc.RootCAs = tc.ClientCAs // a node dialing a peer verifies it against the same authority
+		o.Cluster.TLSConfig, o.Cluster.TLSTimeout = tc, 2
 	}
 	for _, p := range c.Peers {
 		if p == c.Addr {

@@ -2,8 +2,19 @@ package eventlog_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -19,7 +30,7 @@ import (
 
 // openCluster starts a cluster of n embedded nodes on loopback, each with its own data
 // directory, and waits until every node has the streams.
-func openCluster(t *testing.T, n int) ([]*eventlog.Log, []eventlog.Config) {
+func openCluster(t *testing.T, n int, opts ...func(*eventlog.Config)) ([]*eventlog.Log, []eventlog.Config) {
 	t.Helper()
 	peers := make([]string, n)
 	for i := range peers {
@@ -32,6 +43,9 @@ func openCluster(t *testing.T, n int) ([]*eventlog.Log, []eventlog.Config) {
 	for i := range n {
 		cfgs[i] = eventlog.Config{DataDir: t.TempDir(), AckWait: time.Second, ProbeInterval: time.Hour,
 			Timeout: 2 * time.Second, Cluster: eventlog.Cluster{Addr: peers[i], Peers: peers}}
+		for _, o := range opts {
+			o(&cfgs[i])
+		}
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 			defer cancel()
@@ -150,4 +164,71 @@ func TestCluster_RefusesASingleNodesDataDir(t *testing.T) {
 	e, err := l.Last(t.Context(), "alice", "T1")
 	require.NoError(t, err)
 	require.Equal(t, seq, e.Seq)
+}
+
+// TestCluster_TLSRoutes: with TLS, the nodes' routes require it (a plain connection to a
+// route port is told so) and the cluster replicates over them; without a secret, off loopback.
+func TestCluster_TLSRoutes(t *testing.T) {
+	t.Parallel()
+	cert, key, ca := testCerts(t)
+	logs, cfgs := openCluster(t, 3, func(c *eventlog.Config) {
+		c.Cluster.TLSCert, c.Cluster.TLSKey, c.Cluster.TLSCA = cert, key, ca
+	})
+	seq, err := logs[0].Append(t.Context(), record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	require.NoError(t, err)
+	e, err := logs[2].Last(t.Context(), "alice", "T1")
+	require.NoError(t, err)
+	require.Equal(t, seq, e.Seq)
+
+	// A route port speaks TLS only, and refuses a peer without a certificate of the authority.
+	caPEM, err := os.ReadFile(ca)
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(caPEM))
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", cfgs[1].Cluster.Addr, &tls.Config{RootCAs: roots})
+	if err == nil {
+		defer conn.Close()
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+		_, err = conn.Read(make([]byte, 1))
+		var timeout net.Error
+		require.False(t, errors.As(err, &timeout) && timeout.Timeout(), "a route without a client certificate was left open")
+	}
+	require.ErrorContains(t, err, "certificate", "a route without a client certificate is refused")
+
+	// Off loopback, TLS stands in for the secret; half of it does not.
+	_, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: t.TempDir(), Cluster: eventlog.Cluster{
+		Addr: "10.0.0.1:6222", Peers: []string{"10.0.0.2:6222"}, TLSCert: cert}})
+	require.ErrorContains(t, err, "cluster TLS needs")
+}
+
+// testCerts writes a certificate authority and a certificate it signed for 127.0.0.1, as PEM
+// files, and returns their paths.
+func testCerts(t *testing.T) (cert, key, ca string) {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(name, typ string, der []byte) string {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+		return path
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "taskhub test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	caCert, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	nodeKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	nodeTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "taskhub node"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	nodeDER, err := x509.CreateCertificate(rand.Reader, nodeTmpl, caCert, &nodeKey.PublicKey, caKey)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalECPrivateKey(nodeKey)
+	require.NoError(t, err)
+	return write("node.pem", "CERTIFICATE", nodeDER), write("node-key.pem", "EC PRIVATE KEY", keyDER), write("ca.pem", "CERTIFICATE", caDER)
 }

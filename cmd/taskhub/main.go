@@ -60,7 +60,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	})
 	fs.StringVar(&cfg.Node, "node-name", "", "this node's `name` among the nodes sharing the event log: the cluster's nodes, or those using one --nats-url (default: from --cluster-addr, else taskhub)")
-	fs.StringVar(&secretFile, "cluster-secret-file", "", "`file` holding the secret the cluster's nodes share (at least 16 characters); required unless every cluster address is loopback")
+	fs.StringVar(&secretFile, "cluster-secret-file", "", "`file` holding the secret the cluster's nodes share (at least 16 characters); it or cluster TLS is required unless every cluster address is loopback")
+	fs.StringVar(&cfg.Cluster.TLSCert, "cluster-tls-cert", "", "PEM `file` of this node's certificate for the routes between nodes (naming the host of --cluster-addr); with --cluster-tls-key and --cluster-tls-ca, routes are mutual TLS")
+	fs.StringVar(&cfg.Cluster.TLSKey, "cluster-tls-key", "", "PEM `file` of the key of --cluster-tls-cert")
+	fs.StringVar(&cfg.Cluster.TLSCA, "cluster-tls-ca", "", "PEM `file` of the certificate authority that signed every node's --cluster-tls-cert")
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "copies JetStream keeps of the event log (default: 3 in a cluster of three or more nodes, else 1; with --nats-url, at most its JetStream nodes)")
 	fs.BoolVar(&cfg.Fsync, "fsync", false, "fsync every write of the embedded event log (survives power loss; fewer writes per second)")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON `file` mapping bearer tokens to users and workers (see README)")
