@@ -293,12 +293,24 @@ func verifyRun(t *testing.T, all []*taskhubv1.TaskEvent, led *ledger, watchers [
 		}
 		for _, e := range all {
 			if e.Seq > w.from && e.Kind != taskhubv1.EventKind_EVENT_KIND_PROGRESS && e.Kind != taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED {
-				require.True(t, seen[e.Seq], "watcher %d missed event %d (%s of %s)", i, e.Seq, e.Kind, e.Task.Id)
+				require.True(t, seen[e.Seq], "watcher %d missed event %d (%s of %s); its streams: %s; seqs it got around it: %v",
+					i, e.Seq, e.Kind, e.Task.Id, strings.Join(w.history, "; "), around(w.seqs, e.Seq))
 			}
 		}
 		t.Logf("watcher %d: %d events over %d resumes", i, len(w.seqs), w.resumes)
 		w.mu.Unlock()
 	}
+}
+
+// around returns the seqs of seqs within 5 of seq.
+func around(seqs []uint64, seq uint64) []uint64 {
+	var out []uint64
+	for _, s := range seqs {
+		if s+5 >= seq && s <= seq+5 {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // crashLoad starts, on wg: two creators (until creating is closed), three workers, and a watcher
@@ -405,6 +417,7 @@ type resumer struct {
 	violations []string
 	broke      time.Time       // when its last stream ended
 	gaps       []time.Duration // from a stream's end to the resumed snapshot, one per resume
+	history    []string        // what each stream began and ended with, for a failure's message
 }
 
 func (r *resumer) run(ctx context.Context) {
@@ -440,12 +453,16 @@ func (r *resumer) run(ctx context.Context) {
 				r.last = seq
 				r.seqs = append(r.seqs, seq)
 			case m.GetHeartbeat() != nil:
-				r.last = max(r.last, m.GetHeartbeat().Seq)
+				if hb := m.GetHeartbeat().Seq; hb > r.last {
+					r.history = append(r.history, fmt.Sprintf("heartbeat %d raised last from %d", hb, r.last))
+					r.last = hb
+				}
 			}
 			r.mu.Unlock()
 		}
 		r.mu.Lock()
 		r.broke = time.Now()
+		r.history = append(r.history, fmt.Sprintf("stream after %d ended at last %d: %v", req.AfterSeq, r.last, stream.Err()))
 		r.mu.Unlock()
 		stream.Close()
 		time.Sleep(50 * time.Millisecond)
