@@ -1,0 +1,144 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/require"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+	"github.com/taskhub/taskhub/internal/freeport"
+
+	"github.com/taskhub/taskhub/server"
+)
+
+// startNATSCluster starts n NATS servers with JetStream, clustered on loopback, and returns
+// them and their client URLs.
+func startNATSCluster(t *testing.T, n int) ([]*natsserver.Server, []string) {
+	t.Helper()
+	routes := make([]*url.URL, n)
+	routeAddrs := make([]string, n)
+	for i := range n {
+		routeAddrs[i] = freeport.Addr(t)
+		routes[i] = &url.URL{Scheme: "nats-route", Host: routeAddrs[i]}
+	}
+	nss := make([]*natsserver.Server, n)
+	urls := make([]string, n)
+	for i := range n {
+		host, port, _ := net.SplitHostPort(routeAddrs[i])
+		cport, _ := strconv.Atoi(port)
+		client := freeport.Addr(t)
+		_, clientPort, _ := net.SplitHostPort(client)
+		p, _ := strconv.Atoi(clientPort)
+		ns, err := natsserver.NewServer(&natsserver.Options{
+			ServerName: "nats" + strconv.Itoa(i+1), Host: "127.0.0.1", Port: p,
+			JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+			Cluster: natsserver.ClusterOpts{Name: "external", Host: host, Port: cport},
+			Routes:  routes,
+		})
+		require.NoError(t, err)
+		ns.Start()
+		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+		nss[i], urls[i] = ns, "nats://"+client
+	}
+	for _, ns := range nss {
+		require.True(t, ns.ReadyForConnections(30*time.Second))
+	}
+	return nss, urls
+}
+
+// TestExternalCluster: taskhub nodes on an external 3-node NATS cluster (--nats-url,
+// --replicas 3, one NATS node each) are one hub, as embedded clustering makes them: a lease
+// taken on one node holds on the others, an idempotent create sent to two nodes makes one task,
+// and when the NATS node leading the event stream stops, the taskhub node on it carries on
+// through the others.
+func TestExternalCluster(t *testing.T) {
+	t.Parallel()
+	nss, urls := startNATSCluster(t, 3)
+	srvs := make([]*server.Server, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range srvs {
+		cfg := server.Config{Addr: "127.0.0.1:0", NATSURL: urls[i], Replicas: 3, Node: "taskhub" + strconv.Itoa(i+1),
+			DemoWorkers: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			srvs[i], errs[i] = server.Open(ctx, cfg)
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, s := range srvs {
+			if s != nil {
+				_ = s.Close()
+			}
+		}
+	})
+	require.NoError(t, errors.Join(errs...))
+	hc := &http.Client{Transport: &http.Transport{}}
+	tasks := make([]taskhubv1connect.TaskServiceClient, 3)
+	work := make([]taskhubv1connect.WorkerServiceClient, 3)
+	for i, s := range srvs {
+		tasks[i] = taskhubv1connect.NewTaskServiceClient(hc, s.URL())
+		work[i] = taskhubv1connect.NewWorkerServiceClient(hc, s.URL())
+	}
+	ctx := t.Context()
+
+	// A lease from one node holds on the others.
+	created := createTask(t, tasks[0], "external", "render")
+	claim := claimTask(t, work[1], "w1", "render")
+	require.Equal(t, created.Id, claim.Task.Id)
+	_, err := work[2].ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
+		TaskId: claim.Task.Id, LeaseToken: claim.LeaseToken, Progress: 50, Message: "half"}))
+	require.NoError(t, err)
+	got, err := tasks[0].GetTask(ctx, connect.NewRequest(&taskhubv1.GetTaskRequest{Id: created.Id}))
+	require.NoError(t, err)
+	require.Equal(t, float64(50), got.Msg.Task.Progress, "read on the first node what the third wrote")
+
+	// One task for one idempotency key, whichever nodes get it.
+	ids := make([]string, 2)
+	for i := range 2 {
+		wg.Go(func() {
+			res, err := tasks[i].CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "once", Mode: "render", IdempotencyKey: "k1"}))
+			require.NoError(t, err)
+			ids[i] = res.Msg.Task.Id
+		})
+	}
+	wg.Wait()
+	require.Equal(t, ids[0], ids[1])
+
+	// The NATS node that leads the event stream stops (with one replica, the stream would be
+	// gone with it): its taskhub node goes on through the other two.
+	leader := -1
+	for i, ns := range nss {
+		if ns.JetStreamIsStreamLeader("$G", "TASKS") {
+			leader = i
+		}
+	}
+	require.NotEqual(t, -1, leader)
+	nss[leader].Shutdown()
+	nss[leader].WaitForShutdown()
+	require.Eventually(t, func() bool {
+		_, err := work[leader].ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
+			TaskId: claim.Task.Id, LeaseToken: claim.LeaseToken, Progress: 75, Message: "three quarters"}))
+		return err == nil
+	}, 30*time.Second, 100*time.Millisecond, "the taskhub node of the stopped NATS node writes again")
+	_, err = work[(leader+1)%3].CompleteTask(ctx, connect.NewRequest(&taskhubv1.CompleteTaskRequest{TaskId: claim.Task.Id, LeaseToken: claim.LeaseToken, Result: "done"}))
+	require.NoError(t, err)
+	got, err = tasks[leader].GetTask(ctx, connect.NewRequest(&taskhubv1.GetTaskRequest{Id: created.Id}))
+	require.NoError(t, err)
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_COMPLETED, got.Msg.Task.State)
+}
