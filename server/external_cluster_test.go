@@ -1,10 +1,6 @@
 package server_test
 
 import (
-	"context"
-	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -67,27 +63,12 @@ func startNATSCluster(t *testing.T, n int) ([]*natsserver.Server, []string) {
 func TestExternalCluster(t *testing.T) {
 	t.Parallel()
 	nss, urls := startNATSCluster(t, 3)
-	srvs := make([]*server.Server, 3)
-	errs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i := range srvs {
-		cfg := server.Config{Addr: "127.0.0.1:0", NATSURL: urls[i], Replicas: 3, Node: "taskhub" + strconv.Itoa(i+1),
-			DemoWorkers: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-			defer cancel()
-			srvs[i], errs[i] = server.Open(ctx, cfg)
-		})
+	var cfgs []server.Config
+	for i := range 3 {
+		cfgs = append(cfgs, server.Config{Addr: "127.0.0.1:0", NATSURL: urls[i], Replicas: 3, Node: "taskhub" + strconv.Itoa(i+1), DemoWorkers: -1})
 	}
-	wg.Wait()
-	t.Cleanup(func() {
-		for _, s := range srvs {
-			if s != nil {
-				_ = s.Close()
-			}
-		}
-	})
-	require.NoError(t, errors.Join(errs...))
+	srvs := openAll(t, cfgs)
+	var wg sync.WaitGroup
 	hc := &http.Client{Transport: &http.Transport{}}
 	tasks := make([]taskhubv1connect.TaskServiceClient, 3)
 	work := make([]taskhubv1connect.WorkerServiceClient, 3)

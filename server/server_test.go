@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -415,4 +416,31 @@ func TestServer_CloseTwice(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the second Close did not return")
 	}
+}
+
+// openAll opens a server for each of cfgs at once, as the nodes of a cluster must be (each waits
+// for the others), and closes them when the test ends.
+func openAll(t *testing.T, cfgs []server.Config) []*server.Server {
+	t.Helper()
+	srvs := make([]*server.Server, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			srvs[i], errs[i] = server.Open(ctx, cfg)
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, s := range srvs {
+			if s != nil {
+				_ = s.Close()
+			}
+		}
+	})
+	require.NoError(t, errors.Join(errs...))
+	return srvs
 }

@@ -1,12 +1,8 @@
 package server_test
 
 import (
-	"context"
-	"errors"
 	"io"
-	"log/slog"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,29 +21,13 @@ func TestSettings_NodesThatDisagree(t *testing.T) {
 	t.Parallel()
 	peers := []string{freeport.Addr(t), freeport.Addr(t)}
 	leases := []time.Duration{30 * time.Second, 10 * time.Second}
-	srvs := make([]*server.Server, 2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for i := range srvs {
-		cfg := server.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1,
+	var cfgs []server.Config
+	for i := range 2 {
+		cfgs = append(cfgs, server.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1,
 			Cluster: eventlog.Cluster{Addr: peers[i], Peers: peers, Name: []string{"one", "two"}[i]},
-			Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Options: actors.Options{LeaseTimeout: leases[i]}}
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-			defer cancel()
-			srvs[i], errs[i] = server.Open(ctx, cfg)
-		})
+			Options: actors.Options{LeaseTimeout: leases[i]}})
 	}
-	wg.Wait()
-	t.Cleanup(func() {
-		for _, s := range srvs {
-			if s != nil {
-				_ = s.Close()
-			}
-		}
-	})
-	require.NoError(t, errors.Join(errs...))
+	srvs := openAll(t, cfgs)
 
 	readyz := func(s *server.Server) string {
 		res, err := http.Get(s.URL() + "/readyz")
