@@ -2,19 +2,10 @@ package eventlog_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -26,6 +17,7 @@ import (
 
 	"github.com/taskhub/taskhub/eventlog"
 	"github.com/taskhub/taskhub/internal/freeport"
+	"github.com/taskhub/taskhub/internal/testcert"
 )
 
 // openCluster starts a cluster of n embedded nodes on loopback, each with its own data
@@ -170,9 +162,9 @@ func TestCluster_RefusesASingleNodesDataDir(t *testing.T) {
 // route port is told so) and the cluster replicates over them; without a secret, off loopback.
 func TestCluster_TLSRoutes(t *testing.T) {
 	t.Parallel()
-	cert, key, ca := testCerts(t)
+	certs := testcert.Write(t)
 	logs, cfgs := openCluster(t, 3, func(c *eventlog.Config) {
-		c.Cluster.TLSCert, c.Cluster.TLSKey, c.Cluster.TLSCA = cert, key, ca
+		c.Cluster.TLSCert, c.Cluster.TLSKey, c.Cluster.TLSCA = certs.Cert, certs.Key, certs.CA
 	})
 	seq, err := logs[0].Append(t.Context(), record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 	require.NoError(t, err)
@@ -181,11 +173,7 @@ func TestCluster_TLSRoutes(t *testing.T) {
 	require.Equal(t, seq, e.Seq)
 
 	// A route port speaks TLS only, and refuses a peer without a certificate of the authority.
-	caPEM, err := os.ReadFile(ca)
-	require.NoError(t, err)
-	roots := x509.NewCertPool()
-	require.True(t, roots.AppendCertsFromPEM(caPEM))
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", cfgs[1].Cluster.Addr, &tls.Config{RootCAs: roots})
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", cfgs[1].Cluster.Addr, &tls.Config{RootCAs: certs.Pool})
 	if err == nil {
 		defer conn.Close()
 		require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
@@ -197,38 +185,6 @@ func TestCluster_TLSRoutes(t *testing.T) {
 
 	// Off loopback, TLS stands in for the secret; half of it does not.
 	_, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: t.TempDir(), Cluster: eventlog.Cluster{
-		Addr: "10.0.0.1:6222", Peers: []string{"10.0.0.2:6222"}, TLSCert: cert}})
+		Addr: "10.0.0.1:6222", Peers: []string{"10.0.0.2:6222"}, TLSCert: certs.Cert}})
 	require.ErrorContains(t, err, "cluster TLS needs")
-}
-
-// testCerts writes a certificate authority and a certificate it signed for 127.0.0.1, as PEM
-// files, and returns their paths.
-func testCerts(t *testing.T) (cert, key, ca string) {
-	t.Helper()
-	dir := t.TempDir()
-	write := func(name, typ string, der []byte) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
-		return path
-	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "taskhub test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	require.NoError(t, err)
-	caCert, err := x509.ParseCertificate(caDER)
-	require.NoError(t, err)
-	nodeKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	nodeTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "taskhub node"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	nodeDER, err := x509.CreateCertificate(rand.Reader, nodeTmpl, caCert, &nodeKey.PublicKey, caKey)
-	require.NoError(t, err)
-	keyDER, err := x509.MarshalECPrivateKey(nodeKey)
-	require.NoError(t, err)
-	return write("node.pem", "CERTIFICATE", nodeDER), write("node-key.pem", "EC PRIVATE KEY", keyDER), write("ca.pem", "CERTIFICATE", caDER)
 }

@@ -2,55 +2,23 @@ package browser_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
+	"github.com/taskhub/taskhub/internal/testcert"
 	"github.com/taskhub/taskhub/rpc"
 	"github.com/taskhub/taskhub/server"
 )
 
 func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} } // the test's own self-signed certificate
-
-// selfSigned writes a certificate for 127.0.0.1 and its key into dir.
-func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "taskhub test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
-	return certFile, keyFile
-}
 
 // writeAuth writes an auth file with one user and one worker.
 func writeAuth(t *testing.T, dir string) (path, userToken, workerToken string) {
@@ -70,7 +38,8 @@ func writeAuth(t *testing.T, dir string) (path, userToken, workerToken string) {
 // HttpOnly, SameSite=Strict session cookie, and the page's Connect calls and stream use it.
 func TestBrowser_SignInOverHTTP2(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := selfSigned(t, dir)
+	certs := testcert.Write(t)
+	cert, key := certs.Cert, certs.Key
 	authFile, userToken, _ := writeAuth(t, dir)
 	e := setup(t, server.Config{TLSCert: cert, TLSKey: key, AuthFile: authFile, DemoWorkers: 1}, chromedp.IgnoreCertErrors)
 	require.Equal(t, "https://", e.url("/")[:8])
