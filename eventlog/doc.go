@@ -11,7 +11,10 @@
 // task has a single writer even across processes, and creates are de-duplicated with Nats-Msg-Id.
 //
 // A third stream (TASKHUB) keeps taskhub's own state, one message per subject: the compaction
-// watermark, below which finished tasks' events may have been removed.
+// watermark, below which finished tasks' events may have been removed; the live index, a
+// marker per task from just before its create until it is settled, which lets Follow start
+// from the tasks that matter rather than every task ever (live.go); and the settings each node
+// sharing the log records for the others to compare (settings.go).
 //
 // # The task queue
 //
