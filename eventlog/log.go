@@ -368,6 +368,26 @@ func (l *Log) EventLeader(ctx context.Context) (string, error) {
 	return info.Cluster.Leader, nil
 }
 
+// Leaders returns, for each stream the log uses (buckets by their streams' names), the node
+// whose server leads it; a stream whose leader cannot be read is left out. Empty without
+// replicas. Losing a node pauses the writes to the streams it leads while they elect another.
+func (l *Log) Leaders(ctx context.Context) map[string]string {
+	out := map[string]string{}
+	if l.cfg.Replicas == 1 {
+		return out
+	}
+	for _, name := range []string{EventStream, QueueStream, MetaStream, "KV_" + idempotencyBucket, "KV_" + sessionBucket} {
+		s, err := l.js.Stream(ctx, name)
+		if err != nil {
+			continue
+		}
+		if c := s.CachedInfo().Cluster; c != nil && c.Leader != "" {
+			out[name] = c.Leader
+		}
+	}
+	return out
+}
+
 // Subject is the event log subject of a task. Owner may be "*" to match any owner.
 func Subject(owner, id string) string { return "tasks." + owner + "." + id }
 

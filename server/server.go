@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -312,6 +313,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		if leader, err := s.log.EventLeader(ctx); err == nil && leader != "" {
 			fmt.Fprintf(w, "event log leader %s\n", leader)
+		}
+		// The other streams' leaders: losing one's node pauses creates and claims too.
+		leaders := s.log.Leaders(ctx)
+		for _, name := range slices.Sorted(maps.Keys(leaders)) {
+			fmt.Fprintf(w, "stream %s leader %s\n", name, leaders[name])
 		}
 		// Settings the nodes must agree on but do not: a warning, not unreadiness (a rolling
 		// change of a setting passes through it).

@@ -16,7 +16,8 @@ import (
 )
 
 // TestSettings_NodesThatDisagree: nodes of a cluster whose shared settings differ (each runs
-// the lease timers with its own) stay ready, and /readyz on each says how they differ.
+// the lease timers with its own) stay ready, and /readyz on each says how they differ, and
+// which node leads each stream.
 func TestSettings_NodesThatDisagree(t *testing.T) {
 	t.Parallel()
 	peers := []string{freeport.Addr(t), freeport.Addr(t)}
@@ -43,4 +44,8 @@ func TestSettings_NodesThatDisagree(t *testing.T) {
 		require.Contains(c, readyz(srvs[1]), `settings differ: node one has --lease-timeout "30s", this node "10s"`)
 	}, 20*time.Second, 100*time.Millisecond)
 	require.NotContains(t, readyz(srvs[0]), "--max-attempts", "only what differs")
+	// Which node leads each stream: its loss pauses the writes that stream takes.
+	for _, stream := range []string{"TASKS", "TASKQ", "TASKHUB", "KV_taskhub_idempotency", "KV_taskhub_sessions"} {
+		require.Regexp(t, `stream `+stream+` leader (one|two)\n`, readyz(srvs[1]))
+	}
 }
