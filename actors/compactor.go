@@ -85,31 +85,21 @@ func (c *compactor) round(ctx context.Context) {
 	if n == 0 {
 		return
 	}
-	if c.retention <= 0 {
-		done := 0
-		for _, f := range batch {
-			if err := c.log.Retire(ctx, f.owner, f.id); err != nil {
-				c.logger.Warn("cannot retire a finished task; will retry", "task", f.id, "err", err)
-				break
-			}
-			done++
+	settle := c.log.Retire // compaction off: the history stays whole
+	if c.retention > 0 {
+		// Raise the watermark first, here and in the log: a watch that resumes from here on,
+		// on any node, does not rely on events this round may remove.
+		c.watermark.Store(max(c.watermark.Load(), batch[n-1].seq))
+		if err := c.log.SetCompacted(ctx, batch[n-1].seq); err != nil {
+			c.logger.Warn("cannot record the compaction watermark; will retry", "err", err)
+			return
 		}
-		c.mu.Lock()
-		c.queue = c.queue[done:]
-		c.mu.Unlock()
-		return
-	}
-	// Raise the watermark first, here and in the log: a watch that resumes from here on, on
-	// any node, does not rely on events this round may remove.
-	c.watermark.Store(max(c.watermark.Load(), batch[n-1].seq))
-	if err := c.log.SetCompacted(ctx, batch[n-1].seq); err != nil {
-		c.logger.Warn("cannot record the compaction watermark; will retry", "err", err)
-		return
+		settle = c.log.Compact
 	}
 	done := 0
 	for _, f := range batch {
-		if err := c.log.Compact(ctx, f.owner, f.id); err != nil {
-			c.logger.Warn("cannot compact a finished task's events; will retry", "task", f.id, "err", err)
+		if err := settle(ctx, f.owner, f.id); err != nil {
+			c.logger.Warn("cannot settle a finished task's history; will retry", "task", f.id, "err", err)
 			break
 		}
 		done++
