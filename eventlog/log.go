@@ -609,19 +609,9 @@ func (l *Log) TaskIDs(ctx context.Context, owner string) ([]string, error) {
 // task ever. A log written before the index existed is read whole, once, to fill it.
 func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (stop func(), err error) {
 	handler := func(m jetstream.Msg) {
-		md, err := m.Metadata()
-		if err != nil {
-			l.logger.Error("event log: message without metadata", "subject", m.Subject(), "err", err)
-			return
+		if e, pending, ok := l.entry(m); ok {
+			fn(e, pending)
 		}
-		var e *Entry
-		if m.Subject() == probeEvents {
-			e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
-		} else if e, err = decode(m.Subject(), md.Sequence.Stream, m.Data()); err != nil {
-			l.logger.Error("event log: skipping a message", "err", err)
-			e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
-		}
-		fn(e, md.NumPending)
 	}
 	indexed, err := l.hasLiveIndex(ctx)
 	if err != nil {
@@ -645,23 +635,41 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 		return nil, l.unavailable("follow", err)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		e, pending, ok := l.entry(m)
+		if !ok {
+			return
+		}
 		if filling {
-			if md, err := m.Metadata(); err == nil && m.Subject() != probeEvents {
-				if e, err := decode(m.Subject(), md.Sequence.Stream, m.Data()); err == nil {
-					fill(e)
-				}
-			}
-			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
+			fill(e)
+			if pending == 0 {
 				filling = false
 				done()
 			}
 		}
-		handler(m)
+		fn(e, pending)
 	})
 	if err != nil {
 		return nil, l.unavailable("follow", err)
 	}
 	return cc.Stop, nil
+}
+
+// entry is the Entry of a message of the event stream, and how many the consumer has yet to
+// deliver. A probe, or a message that does not decode (logged), is an entry without a Record.
+func (l *Log) entry(m jetstream.Msg) (e *Entry, pending uint64, ok bool) {
+	md, err := m.Metadata()
+	if err != nil {
+		l.logger.Error("event log: message without metadata", "subject", m.Subject(), "err", err)
+		return nil, 0, false
+	}
+	if m.Subject() == probeEvents {
+		return &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}, md.NumPending, true
+	}
+	if e, err = decode(m.Subject(), md.Sequence.Stream, m.Data()); err != nil {
+		l.logger.Error("event log: skipping a message", "err", err)
+		e = &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}
+	}
+	return e, md.NumPending, true
 }
 
 func (l *Log) getErr(op string, err error) error {
