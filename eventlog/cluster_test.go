@@ -89,8 +89,7 @@ func TestCluster_ReplicatesAndOutlivesANode(t *testing.T) {
 	_, err := logs[2].Append(ctx, record("T0", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 	require.ErrorIs(t, err, eventlog.ErrConflict)
 
-	name, err := logs[0].EventLeader(ctx)
-	require.NoError(t, err)
+	name := logs[0].Leaders(ctx)[eventlog.EventStream]
 	leader := slices.IndexFunc(logs, func(l *eventlog.Log) bool { return l.Node() == name })
 	require.NotEqual(t, -1, leader, "the leader is one of the nodes")
 	logs[leader].Close()

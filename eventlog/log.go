@@ -355,19 +355,6 @@ func (l *Log) Epoch() string { return l.epoch }
 // Node is this process's name among those that share the log (Config.Node).
 func (l *Log) Node() string { return l.node }
 
-// EventLeader returns the name of the node whose server leads the event stream: the one that
-// orders its writes. Empty without replicas.
-func (l *Log) EventLeader(ctx context.Context) (string, error) {
-	info, err := l.events.Info(ctx)
-	if err != nil {
-		return "", l.unavailable("info", err)
-	}
-	if info.Cluster == nil || l.cfg.Replicas == 1 {
-		return "", nil
-	}
-	return info.Cluster.Leader, nil
-}
-
 // Leaders returns, for each stream the log uses (buckets by their streams' names), the node
 // whose server leads it; a stream whose leader cannot be read is left out. Empty without
 // replicas. Losing a node pauses the writes to the streams it leads while they elect another.

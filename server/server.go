@@ -83,6 +83,12 @@ type Server struct {
 	tls  bool
 	done chan error // Serve's result
 
+	status struct { // what /readyz last read of the cluster (see clusterStatus)
+		mu    sync.Mutex
+		at    time.Time
+		lines []string
+	}
+
 	stopBackground context.CancelFunc // ends what runs beside serving (recordSettings)
 	background     sync.WaitGroup
 
@@ -306,27 +312,44 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	fmt.Fprintln(w, "ready")
 	if s.shared() {
-		// Which node this is, and which one orders the event log's writes (its loss pauses
-		// writes for an election; a follower's does not).
-		fmt.Fprintf(w, "node %s\n", s.log.Node())
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if leader, err := s.log.EventLeader(ctx); err == nil && leader != "" {
-			fmt.Fprintf(w, "event log leader %s\n", leader)
-		}
-		// The other streams' leaders: losing one's node pauses creates and claims too.
-		leaders := s.log.Leaders(ctx)
-		for _, name := range slices.Sorted(maps.Keys(leaders)) {
-			fmt.Fprintf(w, "stream %s leader %s\n", name, leaders[name])
-		}
-		// Settings the nodes must agree on but do not: a warning, not unreadiness (a rolling
-		// change of a setting passes through it).
-		if diffs, err := s.settingsDiffer(ctx); err == nil {
-			for _, d := range diffs {
-				fmt.Fprintf(w, "settings differ: %s\n", d)
-			}
+		for _, line := range s.clusterStatus() {
+			fmt.Fprintln(w, line)
 		}
 	}
+}
+
+// statusEvery is how often /readyz reads the cluster's state at most: anyone may ask it, and
+// each read costs the streams' leaders a handful of requests.
+const statusEvery = time.Second
+
+// clusterStatus says, one line each, which node this is; which node leads each stream (losing
+// the event log's leader pauses every write for an election, the queue's or the meta stream's
+// creates and claims); and the settings the nodes must agree on but do not (a warning, not
+// unreadiness: a rolling change of a setting passes through it). It is read at most every
+// statusEvery, within 2 s; callers meanwhile get the last one.
+func (s *Server) clusterStatus() []string {
+	s.status.mu.Lock()
+	defer s.status.mu.Unlock()
+	if time.Since(s.status.at) < statusEvery {
+		return s.status.lines
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	lines := []string{"node " + s.log.Node()}
+	leaders := s.log.Leaders(ctx)
+	if leader := leaders[eventlog.EventStream]; leader != "" {
+		lines = append(lines, "event log leader "+leader)
+	}
+	for _, name := range slices.Sorted(maps.Keys(leaders)) {
+		lines = append(lines, fmt.Sprintf("stream %s leader %s", name, leaders[name]))
+	}
+	if diffs, err := s.settingsDiffer(ctx); err == nil {
+		for _, d := range diffs {
+			lines = append(lines, "settings differ: "+d)
+		}
+	}
+	s.status.lines, s.status.at = lines, time.Now()
+	return lines
 }
 
 // loopbackHostsOnly refuses requests whose Host is not a loopback name. Without auth the server
