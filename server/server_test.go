@@ -19,6 +19,7 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
+	"github.com/taskhub/taskhub/internal/servertest"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -418,29 +419,11 @@ func TestServer_CloseTwice(t *testing.T) {
 	}
 }
 
-// openAll opens a server for each of cfgs at once, as the nodes of a cluster must be (each waits
-// for the others), and closes them when the test ends.
+// openAll opens the servers of cfgs at once (see servertest.OpenAll), logging nowhere.
 func openAll(t *testing.T, cfgs []server.Config) []*server.Server {
 	t.Helper()
-	srvs := make([]*server.Server, len(cfgs))
-	errs := make([]error, len(cfgs))
-	var wg sync.WaitGroup
-	for i, cfg := range cfgs {
-		cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-			defer cancel()
-			srvs[i], errs[i] = server.Open(ctx, cfg)
-		})
+	for i := range cfgs {
+		cfgs[i].Logger = cmp.Or(cfgs[i].Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}
-	wg.Wait()
-	t.Cleanup(func() {
-		for _, s := range srvs {
-			if s != nil {
-				_ = s.Close()
-			}
-		}
-	})
-	require.NoError(t, errors.Join(errs...))
-	return srvs
+	return servertest.OpenAll(t, cfgs)
 }

@@ -1,8 +1,6 @@
 package browser_test
 
 import (
-	"context"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/taskhub/taskhub/eventlog"
 	"github.com/taskhub/taskhub/internal/freeport"
+	"github.com/taskhub/taskhub/internal/servertest"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -73,27 +72,11 @@ func startCluster(t *testing.T, n int) []*server.Server {
 	for i := range peers {
 		peers[i] = freeport.Addr(t)
 	}
-	srvs := make([]*server.Server, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
+	cfgs := make([]server.Config, n)
 	for i := range n {
-		cfg := testConfig(t, server.Config{Cluster: eventlog.Cluster{Addr: peers[i], Peers: peers}})
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			srvs[i], errs[i] = server.Open(ctx, cfg)
-		})
+		cfgs[i] = testConfig(t, server.Config{Cluster: eventlog.Cluster{Addr: peers[i], Peers: peers}})
 	}
-	wg.Wait()
-	t.Cleanup(func() {
-		for _, s := range srvs {
-			if s != nil {
-				_ = s.Close()
-			}
-		}
-	})
-	require.NoError(t, errors.Join(errs...))
-	return srvs
+	return servertest.OpenAll(t, cfgs)
 }
 
 // TestBrowser_ClusterBehindALoadBalancer: the page, served by three nodes behind a round-robin
