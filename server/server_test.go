@@ -19,7 +19,6 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
-	"github.com/taskhub/taskhub/internal/servertest"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -419,11 +418,29 @@ func TestServer_CloseTwice(t *testing.T) {
 	}
 }
 
-// openAll opens the servers of cfgs at once (see servertest.OpenAll), logging nowhere.
+// openAll opens a server for each of cfgs at once, as the nodes of a cluster must be (each waits
+// for the others before it serves), logging nowhere, and closes them when the test ends.
 func openAll(t *testing.T, cfgs []server.Config) []*server.Server {
 	t.Helper()
-	for i := range cfgs {
-		cfgs[i].Logger = cmp.Or(cfgs[i].Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srvs := make([]*server.Server, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			srvs[i], errs[i] = server.Open(ctx, cfg)
+		})
 	}
-	return servertest.OpenAll(t, cfgs)
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, s := range srvs {
+			if s != nil {
+				_ = s.Close()
+			}
+		}
+	})
+	require.NoError(t, errors.Join(errs...))
+	return srvs
 }

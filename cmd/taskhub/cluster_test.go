@@ -81,6 +81,7 @@ func (a *anyNode) RoundTrip(r *http.Request) (*http.Response, error) {
 		var res *http.Response
 		res, err = a.base.RoundTrip(r2)
 		if err == nil {
+			res.Header.Set(nodeHeader, u.Host) // for a failure's message (see resumer)
 			return res, nil
 		}
 		if r.Body != nil && r.GetBody == nil {
@@ -419,6 +420,9 @@ func TestCluster_KillNodes(t *testing.T) {
 	}
 }
 
+// nodeHeader is the response header in which the test's balancers say which node answered.
+const nodeHeader = "Test-Node"
+
 // roundRobin starts a reverse proxy that sends each request to the next node in turn, up or
 // not (a dead node's turn answers 502), and returns its URL.
 func roundRobin(t *testing.T, nodes []*child) string {
@@ -429,7 +433,11 @@ func roundRobin(t *testing.T, nodes []*child) string {
 			r.SetURL(u)
 		},
 		FlushInterval: -1, // stream messages go through as they are written
-		ErrorLog:      log.New(io.Discard, "", 0),
+		ModifyResponse: func(res *http.Response) error {
+			res.Header.Set(nodeHeader, res.Request.URL.Host)
+			return nil
+		},
+		ErrorLog: log.New(io.Discard, "", 0),
 	})
 	t.Cleanup(proxy.Close)
 	return proxy.URL

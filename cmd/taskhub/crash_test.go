@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -284,22 +285,29 @@ func verifyRun(t *testing.T, all []*taskhubv1.TaskEvent, led *ledger, watchers [
 	// Every watcher saw an in-order, duplicate-free stream with no event missing: all the log's
 	// events after its first snapshot but progress, which may be coalesced for a slow watcher
 	// (and lease renewals, which watchers are not sent).
+	// Every watcher is checked before the test fails, so that a failure shows which ones missed
+	// what, and on which nodes.
+	var missed []string
 	for i, w := range watchers {
 		w.mu.Lock()
-		require.Empty(t, w.violations, "watcher %d", i)
+		if len(w.violations) > 0 {
+			missed = append(missed, fmt.Sprintf("watcher %d: %s; its streams: %s", i, strings.Join(w.violations, ", "), strings.Join(w.history, "; ")))
+		}
 		seen := map[uint64]bool{}
 		for _, s := range w.seqs {
 			seen[s] = true
 		}
 		for _, e := range all {
-			if e.Seq > w.from && e.Kind != taskhubv1.EventKind_EVENT_KIND_PROGRESS && e.Kind != taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED {
-				require.True(t, seen[e.Seq], "watcher %d missed event %d (%s of %s); its streams: %s; seqs it got around it: %v",
-					i, e.Seq, e.Kind, e.Task.Id, strings.Join(w.history, "; "), around(w.seqs, e.Seq))
+			if e.Seq > w.from && e.Kind != taskhubv1.EventKind_EVENT_KIND_PROGRESS && e.Kind != taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED && !seen[e.Seq] {
+				missed = append(missed, fmt.Sprintf("watcher %d missed event %d (%s of %s); its streams: %s; seqs it got around it: %v",
+					i, e.Seq, e.Kind, e.Task.Id, strings.Join(w.history, "; "), around(w.seqs, e.Seq)))
+				break
 			}
 		}
 		t.Logf("watcher %d: %d events over %d resumes", i, len(w.seqs), w.resumes)
 		w.mu.Unlock()
 	}
+	require.Empty(t, missed, "every watcher sees every event once and in order")
 }
 
 // around returns the seqs of seqs within 5 of seq.
@@ -462,7 +470,8 @@ func (r *resumer) run(ctx context.Context) {
 		}
 		r.mu.Lock()
 		r.broke = time.Now()
-		r.history = append(r.history, fmt.Sprintf("stream after %d ended at last %d: %v", req.AfterSeq, r.last, stream.Err()))
+		r.history = append(r.history, fmt.Sprintf("stream after %d on %s ended at last %d: %v",
+			req.AfterSeq, cmp.Or(stream.ResponseHeader().Get(nodeHeader), "the node"), r.last, stream.Err()))
 		r.mu.Unlock()
 		stream.Close()
 		time.Sleep(50 * time.Millisecond)

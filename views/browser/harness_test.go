@@ -39,6 +39,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if cfg := os.Getenv(nodeEnv); cfg != "" {
+		os.Exit(runNode(cfg)) // a cluster node of TestBrowser_ClusterBehindALoadBalancer
+	}
 	// protoactor's dead-letter log throttle is a one-second timer goroutine that ends on its own.
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"))
 }
