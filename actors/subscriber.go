@@ -85,14 +85,20 @@ func (s *subscriber) start(clientEpoch string, after uint64) {
 		}
 		cancel()
 	}
+	behind := false // the client saw events of the log this hub has not applied yet
 	if clientEpoch == epoch && after > s.h.feed.position() {
-		// A client may have seen (on a page rendered from the log) events this hub has not
-		// applied yet: wait for them, briefly, rather than start it afresh.
-		ctx, cancel := context.WithTimeout(context.Background(), s.h.cfg.CallTimeout)
+		// It may have seen them on another node, or on a page rendered from the log: wait for
+		// them, briefly. A client whose seq is past the log's end is started afresh below.
+		ctx, cancel := context.WithTimeout(context.Background(), min(s.h.cfg.CallTimeout, clusterReadTimeout))
 		if _, last, err := s.h.log.Bounds(ctx); err == nil && after <= last {
-			s.h.feed.await(ctx, after, time.Second)
+			behind = !s.h.feed.await(ctx, after, clusterReadTimeout)
 		}
 		cancel()
+	}
+	if behind {
+		// A fresh snapshot from here would be older than what the client has seen.
+		out.close(taskhub.Errorf(taskhub.Unavailable, "this node has not caught up with the event log to seq %d yet; resume again, here or on another node", after))
+		return
 	}
 	pos, active := s.h.feed.subscribe(s.w.owner, s.w)
 	if s.h.closed.Load() {

@@ -360,6 +360,83 @@ func TestHub_WatchResume(t *testing.T) {
 	})
 }
 
+// followGate holds back, while shut, the entries its Follow passes on from seq from on: the
+// follower of a node that lags the log (its consumer's node died, say).
+type followGate struct {
+	actors.Log
+	mu   sync.Mutex
+	from uint64 // 0: open
+	held []func()
+}
+
+func (g *followGate) Follow(ctx context.Context, fn func(e *eventlog.Entry, pending uint64)) (func(), error) {
+	return g.Log.Follow(ctx, func(e *eventlog.Entry, pending uint64) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if (g.from != 0 && e.Seq >= g.from) || len(g.held) > 0 {
+			g.held = append(g.held, func() { fn(e, pending) })
+			return
+		}
+		fn(e, pending)
+	})
+}
+
+func (g *followGate) shut(from uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.from = from
+}
+
+// open passes on what was held, in order, and what comes from then on.
+func (g *followGate) open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, fn := range g.held {
+		fn()
+	}
+	g.held, g.from = nil, 0
+}
+
+// TestHub_WatchResumeOnANodeThatLags: a client that saw events on one node and resumes on
+// another whose follower lags behind them is told to retry, rather than given a snapshot older
+// than what it has seen; once the node catches up, the same resume recovers.
+func TestHub_WatchResumeOnANodeThatLags(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	a := b.hub
+	gate := &followGate{Log: b.log}
+	lagging, err := actors.Open(t.Context(), actors.Config{Log: gate, Shared: true, Logger: quiet(), Options: actors.Options{LeaseTimeout: 10 * time.Second}})
+	require.NoError(t, err)
+	t.Cleanup(func() { lagging.Close() }) // before the log closes: cleanups run last first
+
+	_, last, err := b.log.Bounds(t.Context())
+	require.NoError(t, err)
+	gate.shut(last + 1)
+	onA := watch(t, a, "alice", "", 0)
+	create(t, a, "alice", "one", "paint")
+	create(t, a, "alice", "two", "paint")
+	_, seen := onA.wait(2)
+	after := seen[1].Seq
+
+	w, err := lagging.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: lagging.Epoch(), AfterSeq: after})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	msgs, err := w.Next(ctx)
+	require.Equal(t, taskhub.Unavailable, codeOf(err), "a node behind the client's seq answered %v", msgs)
+	require.ErrorContains(t, err, "not caught up")
+	w.Close()
+
+	gate.open()
+	resumed := watch(t, lagging, "alice", lagging.Epoch(), after)
+	snap, _ := resumed.wait(0)
+	require.True(t, snap.Recovered)
+	require.Equal(t, after, snap.Seq)
+	three := create(t, a, "alice", "three", "paint")
+	_, events := resumed.wait(1)
+	require.Equal(t, three.Id, events[0].Task.Id, "what comes next, and nothing before it")
+}
+
 func TestHub_WatchResumeAcrossRestart(t *testing.T) {
 	t.Parallel()
 

@@ -169,7 +169,7 @@ func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64),
 	for i, e := range entries {
 		fn(e, uint64(len(entries)-1-i)+more)
 	}
-	cc, err := cons.Consume(handler)
+	cc, err := cons.Consume(handler, jetstream.PullHeartbeat(followHeartbeat))
 	if err != nil {
 		return nil, l.unavailable("follow", err)
 	}

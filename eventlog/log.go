@@ -585,6 +585,12 @@ func (l *Log) TaskIDs(ctx context.Context, owner string) ([]string, error) {
 	return ids, nil
 }
 
+// followHeartbeat is how often the server tells the follower that its consumer is alive. The
+// consumer lives on one node; after two missed heartbeats the follower makes a new one on a node
+// that is up. With the client's default (5 s), a node whose consumer lived on a node that died
+// gave its watchers no events for 10 s and more.
+const followHeartbeat = time.Second
+
 // Follow calls fn with the last event of every task that is active or not yet settled (see
 // Retire), in sequence order, then with every new event as it is appended, on one goroutine,
 // until the returned stop is called or the log is closed. Write probes come through as entries
@@ -634,7 +640,7 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 			}
 		}
 		fn(e, pending)
-	})
+	}, jetstream.PullHeartbeat(followHeartbeat))
 	if err != nil {
 		return nil, l.unavailable("follow", err)
 	}
