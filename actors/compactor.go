@@ -1,13 +1,16 @@
 package actors
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/eventlog"
 )
 
 // compactor removes the events of finished tasks once they are older than the retention, keeping
@@ -16,9 +19,11 @@ import (
 // compaction off, at once) it settles each finished task in the log (Retire), so that a start
 // reads the tasks that matter rather than every task ever.
 //
-// In a cluster every node compacts (a purge done twice is done once), and the watermark is
-// recorded in the log before the events go, never lowered: a node whose own rounds lag behind
-// another's reads it there before it relies on history (see floor).
+// In a cluster every node keeps the queue of finished tasks from its feed, but only the node
+// that leads (see Log.Lead) settles them; the others drop theirs as they come due. A node that
+// takes the lead over reads the live index for what the last leader left unsettled. The
+// watermark is recorded in the log before the events go, never lowered: a node reads it there
+// before it relies on history (see floor).
 //
 // Why the watermark is enough: a task's events are removed only when its final event (seq F) is
 // older than the retention. A watcher that has not seen F has not heard from the hub since
@@ -29,10 +34,11 @@ type compactor struct {
 	logger    *slog.Logger
 	retention time.Duration
 	now       func() time.Time
-	shared    bool // other nodes compact the log too: the recorded watermark may be ahead
+	shared    bool // other nodes share the log: only the one that leads settles tasks
 
-	mu    sync.Mutex
-	queue []finished // finished tasks not yet compacted, in seq order
+	mu      sync.Mutex
+	queue   []finished // finished tasks not yet compacted, in seq order
+	leading bool       // shared: this node led at its last round
 
 	watermark atomic.Uint64 // events at or below it may have been removed
 }
@@ -52,12 +58,20 @@ func (c *compactor) add(seq uint64, owner, id string, at time.Time) {
 	c.mu.Unlock()
 }
 
+// leadEvery is how often a node sharing the log renews or seeks the lead: well within the
+// lead timeout (10 s), so that a leader that stays up stays the leader.
+const leadEvery = 2 * time.Second
+
 // run compacts until ctx ends, looking a few times per retention period (at most every minute;
-// every second with compaction off).
+// every second with compaction off; at least every leadEvery when the log is shared).
 func (c *compactor) run(ctx context.Context) {
 	every := time.Second
 	if c.retention > 0 {
 		every = min(max(c.retention/4, 50*time.Millisecond), time.Minute)
+	}
+	if c.shared {
+		every = min(every, leadEvery)
+		c.leading = true // the feed has queued what the live index held at the start
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -72,14 +86,13 @@ func (c *compactor) run(ctx context.Context) {
 }
 
 // round compacts every task that finished more than the retention ago; with compaction off, it
-// retires every finished task at once.
+// retires every finished task at once. A node sharing the log that does not lead drops them.
 func (c *compactor) round(ctx context.Context) {
-	cutoff := c.now().Add(-max(c.retention, 0))
-	c.mu.Lock()
-	n := 0
-	for n < len(c.queue) && !c.queue[n].at.After(cutoff) {
-		n++
+	if c.shared && !c.lead(ctx) {
+		return
 	}
+	c.mu.Lock()
+	n := c.dueLocked()
 	batch := c.queue[:n:n]
 	c.mu.Unlock()
 	if n == 0 {
@@ -107,6 +120,64 @@ func (c *compactor) round(ctx context.Context) {
 	c.mu.Lock()
 	c.queue = c.queue[done:]
 	c.mu.Unlock()
+}
+
+// lead renews or seeks this node's lead and reports whether it leads. A node that does not lead
+// drops the tasks that are due: the leader settles them. One that takes the lead over queues
+// what the live index still holds of finished tasks: those its last leader did not settle.
+func (c *compactor) lead(ctx context.Context) bool {
+	call, cancel := context.WithTimeout(ctx, leadEvery)
+	defer cancel()
+	leads, err := c.log.Lead(call)
+	if err != nil {
+		c.logger.Debug("cannot renew or take the lead", "err", err)
+	}
+	if leads && !c.leading {
+		read, cancel := context.WithTimeout(ctx, time.Minute) // O(live tasks)
+		defer cancel()
+		entries, err := c.log.Unsettled(read)
+		if err != nil {
+			c.logger.Warn("cannot read the live index after taking the lead; will retry", "err", err)
+			return false
+		}
+		c.requeue(entries)
+		c.logger.Info("this node now settles finished tasks")
+	}
+	c.leading = leads
+	if !leads {
+		c.mu.Lock()
+		c.queue = c.queue[c.dueLocked():]
+		c.mu.Unlock()
+	}
+	return leads
+}
+
+// dueLocked is how many tasks at the head of the queue are due: finished more than the
+// retention ago. The caller holds c.mu.
+func (c *compactor) dueLocked() int {
+	cutoff := c.now().Add(-max(c.retention, 0))
+	n := 0
+	for n < len(c.queue) && !c.queue[n].at.After(cutoff) {
+		n++
+	}
+	return n
+}
+
+// requeue adds the finished tasks of entries that the queue lacks, keeping it in seq order.
+func (c *compactor) requeue(entries []*eventlog.Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	queued := make(map[string]bool, len(c.queue))
+	for _, f := range c.queue {
+		queued[f.id] = true
+	}
+	for _, e := range entries {
+		ev := e.Record.Event
+		if terminal(ev.Task.State) && !queued[ev.Task.Id] {
+			c.queue = append(c.queue, finished{seq: e.Seq, owner: ev.Task.Owner, id: ev.Task.Id, at: ev.Time.AsTime()})
+		}
+	}
+	slices.SortFunc(c.queue, func(a, b finished) int { return cmp.Compare(a.seq, b.seq) })
 }
 
 // floor returns the watermark a watch must respect: this node's, or in a cluster the one

@@ -90,6 +90,11 @@ type Watermark interface {
 	Compacted(ctx context.Context) (uint64, error)
 	// SetCompacted records the watermark.
 	SetCompacted(ctx context.Context, w uint64) error
+	// Lead reports whether this process leads those sharing the log, renewing its lead; the
+	// leader settles finished tasks. Call it more often than the lead timeout (10 s).
+	Lead(ctx context.Context) (bool, error)
+	// Unsettled returns the last event of every task in the live index, in seq order.
+	Unsettled(ctx context.Context) ([]*eventlog.Entry, error)
 }
 
 // Health says whether the log takes writes.

@@ -97,15 +97,10 @@ func (l *Log) orphan(ctx context.Context, m marker) bool {
 	return err == nil && time.Since(msg.Time) > orphanAge
 }
 
-// followLive is Follow from the live index: the last event of every marked task stored at or
-// before the stream's last sequence P when it begins, in sequence order, then every event after
-// P. A task whose last event is past P is left to those: each event carries the whole task.
-func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64), handler func(jetstream.Msg)) (stop func(), err error) {
-	info, err := l.events.Info(ctx)
-	if err != nil {
-		return nil, l.unavailable("follow", err)
-	}
-	p := info.State.LastSeq
+// Unsettled returns the last event of every task in the live index, in sequence order: the
+// active tasks, and the finished ones not yet settled (see Retire). A marker whose task was
+// never stored is left out, and removed once it is old enough.
+func (l *Log) Unsettled(ctx context.Context) ([]*Entry, error) {
 	markers, err := l.liveTasks(ctx)
 	if err != nil {
 		return nil, err
@@ -132,8 +127,6 @@ func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64),
 			entries[i] = nil
 		case err != nil:
 			return nil, err
-		case entries[i].Seq > p:
-			entries[i] = nil
 		}
 	}
 	for _, m := range orphans {
@@ -143,6 +136,23 @@ func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64),
 	}
 	entries = slices.DeleteFunc(entries, func(e *Entry) bool { return e == nil })
 	slices.SortFunc(entries, func(a, b *Entry) int { return cmp.Compare(a.Seq, b.Seq) })
+	return entries, nil
+}
+
+// followLive is Follow from the live index: the last event of every marked task stored at or
+// before the stream's last sequence P when it begins, in sequence order, then every event after
+// P. A task whose last event is past P is left to those: each event carries the whole task.
+func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64), handler func(jetstream.Msg)) (stop func(), err error) {
+	info, err := l.events.Info(ctx)
+	if err != nil {
+		return nil, l.unavailable("follow", err)
+	}
+	p := info.State.LastSeq
+	entries, err := l.Unsettled(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entries = slices.DeleteFunc(entries, func(e *Entry) bool { return e.Seq > p })
 	if len(entries) == 0 || entries[len(entries)-1].Seq < p {
 		// The position P, as a probe entry: the follower's position reaches it.
 		entries = append(entries, &Entry{Seq: p, Subject: probeEvents})

@@ -78,6 +78,9 @@ type Config struct {
 	QueueIdle time.Duration
 	// SessionTTL is how long a browser session lives [30 days].
 	SessionTTL time.Duration
+	// LeadTimeout is how long the leader of the processes sharing the log may go without
+	// renewing its lead before another takes it over (see Lead) [10s].
+	LeadTimeout time.Duration
 	// Logger receives the embedded server's warnings and errors [slog.Default()].
 	Logger *slog.Logger
 }
@@ -101,6 +104,7 @@ type Log struct {
 	consumers   map[string]jetstream.Consumer // the queue consumers this process knows exist, by mode
 
 	health    health
+	lead      lead
 	kick      chan struct{}   // cap 1: probe now
 	recovered chan struct{}   // cap 1
 	life      context.Context // ends with Close: the log's own goroutines and calls stop
@@ -119,6 +123,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	cfg.RestartAfter = cmp.Or(cfg.RestartAfter, 3*time.Second)
 	cfg.QueueIdle = cmp.Or(cfg.QueueIdle, time.Hour)
 	cfg.SessionTTL = cmp.Or(cfg.SessionTTL, 30*24*time.Hour)
+	cfg.LeadTimeout = cmp.Or(cfg.LeadTimeout, 10*time.Second)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	if cfg.URL == "" && cfg.Cluster.Enabled() {
 		if err := cfg.Cluster.validate(); err != nil {
@@ -244,7 +249,7 @@ func (l *Log) createStreams(ctx context.Context) error {
 
 	l.meta, err = l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              MetaStream,
-		Description:       "taskhub's own state: taskhub.compacted, the compaction watermark of " + EventStream + "; " + livePrefix + "<owner>.<task id>: the live index; " + probeMeta + ": write probes",
+		Description:       "taskhub's own state: taskhub.compacted, the compaction watermark of " + EventStream + "; " + livePrefix + "<owner>.<task id>: the live index; " + leadSubject + ": the node that settles finished tasks; " + probeMeta + ": write probes",
 		Subjects:          []string{"taskhub.>"},
 		Storage:           jetstream.FileStorage,
 		MaxMsgsPerSubject: 1,
