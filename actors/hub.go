@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -46,8 +47,9 @@ type Hub struct {
 	claims     *claims
 	compactor  *compactor
 	watches    watchCount
-	written    atomic.Uint64 // the highest sequence this hub's task actors appended
-	graceFrom  atomic.Int64  // unix ns: when the hub started, or its log last recovered (see leaseOver)
+	written    atomic.Uint64          // the highest sequence this hub's task actors appended
+	graceFrom  atomic.Int64           // unix ns: when the hub started, or its log last recovered (see leaseOver)
+	behind     atomic.Pointer[string] // why the feed is behind the log, or nil (see checkLag)
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup // the compactor, the heartbeats, the timers and reconciliation
 	closed     atomic.Bool
@@ -98,10 +100,14 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		system.Shutdown()
 		return nil, err
 	}
-	h.wg.Add(4)
+	h.wg.Add(5)
 	go func() {
 		defer h.wg.Done()
 		h.compactor.run(life)
+	}()
+	go func() {
+		defer h.wg.Done()
+		h.checkLag(life)
 	}()
 	go func() {
 		defer h.wg.Done()
@@ -141,7 +147,55 @@ func (h *Hub) Ready() error {
 	if err := h.log.Ready(); err != nil {
 		return taskhub.Errorf(taskhub.Unavailable, "%v", err)
 	}
+	if why := h.behind.Load(); why != nil {
+		return taskhub.Errorf(taskhub.Unavailable, "%s", *why)
+	}
 	return nil
+}
+
+// maxLag is how far behind the log the feed may fall before the hub says it is not ready: its
+// watchers would be sent nothing new, and a resume would be refused.
+const maxLag = 5 * time.Second
+
+// checkLag reads the log's last seq every second until ctx ends, and marks the hub behind
+// while its feed has not reached the last seq read maxLag ago. The log's write probes add an
+// entry every second, so a follower that stopped is found even when nothing else is written.
+func (h *Hub) checkLag(ctx context.Context) {
+	type sample struct {
+		last uint64
+		at   time.Time
+	}
+	var samples []sample
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		call, cancel := context.WithTimeout(ctx, time.Second)
+		_, last, err := h.log.Bounds(call)
+		cancel()
+		if err != nil {
+			continue // the log's own health says so
+		}
+		now := h.now()
+		samples = append(samples, sample{last, now})
+		i := 0
+		for i+1 < len(samples) && now.Sub(samples[i+1].at) >= maxLag {
+			i++ // keep the newest sample at least maxLag old, and those after it
+		}
+		samples = samples[i:]
+		if old := samples[0]; now.Sub(old.at) >= maxLag && h.feed.position() < old.last {
+			why := fmt.Sprintf("this node's feed is behind the event log: it has applied seq %d, the log held %d %v ago", h.feed.position(), old.last, now.Sub(old.at).Round(time.Second))
+			if h.behind.Swap(&why) == nil {
+				h.logger.Warn("the feed is behind the event log", "applied", h.feed.position(), "log", old.last, "since", now.Sub(old.at).Round(time.Second))
+			}
+		} else if h.behind.Swap(nil) != nil {
+			h.logger.Info("the feed has caught up with the event log")
+		}
+	}
 }
 
 // reconcile makes the queue agree with the event log, after a start or after the log recovered

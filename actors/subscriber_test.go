@@ -399,7 +399,8 @@ func (g *followGate) open() {
 
 // TestHub_WatchResumeOnANodeThatLags: a client that saw events on one node and resumes on
 // another whose follower lags behind them is told to retry, rather than given a snapshot older
-// than what it has seen; once the node catches up, the same resume recovers.
+// than what it has seen, and the lagging node is not ready; once it catches up, it is ready
+// and the same resume recovers.
 func TestHub_WatchResumeOnANodeThatLags(t *testing.T) {
 	t.Parallel()
 	b := setup(t, options{lease: 10 * time.Second})
@@ -426,8 +427,14 @@ func TestHub_WatchResumeOnANodeThatLags(t *testing.T) {
 	require.Equal(t, taskhub.Unavailable, codeOf(err), "a node behind the client's seq answered %v", msgs)
 	require.ErrorContains(t, err, "not caught up")
 	w.Close()
+	require.Eventually(t, func() bool {
+		err := lagging.Ready()
+		return err != nil && strings.Contains(err.Error(), "behind the event log")
+	}, 15*time.Second, 100*time.Millisecond, "a node whose feed lags says so in its readiness")
+	require.NoError(t, a.Ready())
 
 	gate.open()
+	require.Eventually(t, func() bool { return lagging.Ready() == nil }, 5*time.Second, 100*time.Millisecond, "and is ready once it caught up")
 	resumed := watch(t, lagging, "alice", lagging.Epoch(), after)
 	snap, _ := resumed.wait(0)
 	require.True(t, snap.Recovered)
