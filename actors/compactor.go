@@ -20,7 +20,7 @@ import (
 // reads the tasks that matter rather than every task ever.
 //
 // In a cluster every node keeps the queue of finished tasks from its feed, but only the node
-// that leads (see Log.Lead) settles them; the others drop theirs as they come due. A node that
+// that leads (see Log.Lead) settles them (and gathers the log's leaders: GatherLeaders); the others drop theirs as they come due. A node that
 // takes the lead over reads the live index for what the last leader left unsettled. The
 // watermark is recorded in the log before the events go, never lowered: a node reads it there
 // before it relies on history (see floor).
@@ -30,7 +30,10 @@ import (
 // before F, so a watcher resuming after N >= F lost nothing, and one resuming after N < F is
 // told to start afresh.
 type compactor struct {
-	log       Watermark
+	log interface {
+		Watermark
+		Leading
+	}
 	logger    *slog.Logger
 	retention time.Duration
 	now       func() time.Time
@@ -144,6 +147,14 @@ func (c *compactor) lead(ctx context.Context) bool {
 		c.logger.Info("this node now settles finished tasks")
 	}
 	c.leading = leads
+	if leads {
+		// The leader also keeps the log's other leaders on the event log leader's node.
+		gather, cancel := context.WithTimeout(ctx, leadEvery)
+		defer cancel()
+		if err := c.log.GatherLeaders(gather); err != nil {
+			c.logger.Debug("cannot gather the streams' leaders", "err", err)
+		}
+	}
 	if !leads {
 		c.mu.Lock()
 		c.queue = c.queue[c.dueLocked():]

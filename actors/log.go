@@ -16,6 +16,7 @@ type Log interface {
 	Events
 	Queue
 	Watermark
+	Leading
 	Health
 	// ClaimKey binds owner's idempotency key to the task id id, unless it is bound already
 	// (within the key window, 24 h), and returns the id it is bound to.
@@ -90,11 +91,18 @@ type Watermark interface {
 	Compacted(ctx context.Context) (uint64, error)
 	// SetCompacted records the watermark.
 	SetCompacted(ctx context.Context, w uint64) error
-	// Lead reports whether this process leads those sharing the log, renewing its lead; the
-	// leader settles finished tasks. Call it more often than the lead timeout (10 s).
+}
+
+// Leading picks, among the processes sharing a log, the one that does what must be done once.
+type Leading interface {
+	// Lead reports whether this process leads, renewing its lead. Call it more often than the
+	// lead timeout (10 s).
 	Lead(ctx context.Context) (bool, error)
 	// Unsettled returns the last event of every task in the live index, in seq order.
 	Unsettled(ctx context.Context) ([]*eventlog.Entry, error)
+	// GatherLeaders moves the leaders of the log's streams and queue consumers to the event
+	// stream leader's node: losing another node then pauses nothing.
+	GatherLeaders(ctx context.Context) error
 }
 
 // Health says whether the log takes writes.

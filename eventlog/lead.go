@@ -2,7 +2,10 @@ package eventlog
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,4 +63,56 @@ func (l *Log) Lead(ctx context.Context) (bool, error) {
 		return false, l.writeErr(ctx, "lead", err)
 	}
 	return true, nil
+}
+
+// GatherLeaders asks each stream and bucket of the log, and each queue consumer, whose leader
+// is not the event stream's leader to hand its leadership to that node's server. With every
+// leader on one node, losing any other node pauses nothing; losing that one pauses every write
+// for one election, as losing the event log's leader alone would. Each group elects its own
+// leader, so they drift apart as nodes come and go: the node that leads (Lead) calls this
+// every few seconds. A move is one request, and takes the group a moment.
+func (l *Log) GatherLeaders(ctx context.Context) error {
+	if l.cfg.Replicas == 1 {
+		return nil
+	}
+	leaders := l.Leaders(ctx)
+	want := leaders[EventStream]
+	if want == "" {
+		return nil // electing: next time
+	}
+	var errs []error
+	for name, leader := range leaders {
+		if leader == want {
+			continue
+		}
+		api := "$JS.API.STREAM.LEADER.STEPDOWN." + name
+		if stream, consumer, ok := strings.Cut(name, " consumer "); ok {
+			api = "$JS.API.CONSUMER.LEADER.STEPDOWN." + stream + "." + consumer
+		}
+		errs = append(errs, l.stepDown(ctx, api, want))
+	}
+	return errors.Join(errs...)
+}
+
+// stepDown asks the group of a stream or consumer (subject: its stepdown API) to make server
+// its leader.
+func (l *Log) stepDown(ctx context.Context, subject, server string) error {
+	req, err := json.Marshal(map[string]any{"placement": map[string]string{"preferred": server}})
+	if err != nil {
+		return err
+	}
+	msg, err := l.nc.RequestWithContext(ctx, subject, req)
+	if err != nil {
+		return fmt.Errorf("eventlog: %s: %w", subject, err)
+	}
+	var res struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &res); err != nil {
+		return fmt.Errorf("eventlog: %s: %w", subject, err)
+	}
+	if res.Error != nil {
+		return fmt.Errorf("eventlog: %s: %w", subject, res.Error)
+	}
+	return nil
 }

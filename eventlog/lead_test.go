@@ -52,3 +52,42 @@ func TestLead(t *testing.T) {
 		require.Equal(t, next, leaders(rest), "and keeps it")
 	}
 }
+
+// TestGatherLeaders: the streams, buckets and queue consumers of a replicated log elect their
+// leaders apart; GatherLeaders brings them all to the event stream leader's node, and again
+// after that node is gone and the rest elected new ones wherever they did.
+func TestGatherLeaders(t *testing.T) {
+	t.Parallel()
+	logs, _ := openCluster(t, 3)
+	require.NoError(t, logs[0].EnsureQueue(t.Context(), "paint"))
+	require.NoError(t, logs[0].EnsureQueue(t.Context(), "render"))
+	gathered := func(l *eventlog.Log) bool {
+		_ = l.GatherLeaders(t.Context()) // may fail while a group elects: tried again
+		leaders := l.Leaders(t.Context())
+		if len(leaders) < 7 { // five streams, two consumers
+			return false
+		}
+		for _, leader := range leaders {
+			if leader != leaders[eventlog.EventStream] {
+				t.Logf("not yet together: %v", leaders)
+				return false
+			}
+		}
+		return true
+	}
+	require.Eventually(t, func() bool { return gathered(logs[0]) }, 30*time.Second, 200*time.Millisecond)
+
+	// Their node goes; the others elect leaders, each group on its own.
+	leader := logs[0].Leaders(t.Context())[eventlog.EventStream]
+	gone := -1
+	for i, l := range logs {
+		if l.Node() == leader {
+			gone = i
+		}
+	}
+	require.NotEqual(t, -1, gone, "the leader %s is one of the nodes", leader)
+	logs[gone].Close()
+	rest := logs[(gone+1)%3]
+	require.Eventually(t, func() bool { return gathered(rest) }, 60*time.Second, 200*time.Millisecond)
+	require.NotEqual(t, leader, rest.Leaders(t.Context())[eventlog.EventStream])
+}

@@ -360,9 +360,10 @@ func (l *Log) Epoch() string { return l.epoch }
 // Node is this process's name among those that share the log (Config.Node).
 func (l *Log) Node() string { return l.node }
 
-// Leaders returns, for each stream the log uses (buckets by their streams' names), the node
-// whose server leads it; a stream whose leader cannot be read is left out. Empty without
-// replicas. Losing a node pauses the writes to the streams it leads while they elect another.
+// Leaders returns, for each stream the log uses (buckets by their streams' names) and each
+// queue consumer ("TASKQ consumer <name>"), the node whose server leads it; one whose leader
+// cannot be read is left out. Empty without replicas. Losing a node pauses the writes to the
+// streams it leads, and the claims of the consumers it leads, while they elect another.
 func (l *Log) Leaders(ctx context.Context) map[string]string {
 	out := map[string]string{}
 	if l.cfg.Replicas == 1 {
@@ -375,6 +376,12 @@ func (l *Log) Leaders(ctx context.Context) map[string]string {
 		}
 		if c := s.CachedInfo().Cluster; c != nil && c.Leader != "" {
 			out[name] = c.Leader
+		}
+	}
+	consumers := l.queue.ListConsumers(ctx)
+	for ci := range consumers.Info() {
+		if c := ci.Cluster; c != nil && c.Leader != "" {
+			out[QueueStream+" consumer "+ci.Name] = c.Leader
 		}
 	}
 	return out

@@ -341,7 +341,7 @@ func (s *Server) clusterStatus() []string {
 		lines = append(lines, "event log leader "+leader)
 	}
 	for _, name := range slices.Sorted(maps.Keys(leaders)) {
-		lines = append(lines, fmt.Sprintf("stream %s leader %s", name, leaders[name]))
+		lines = append(lines, fmt.Sprintf("%s leader %s", name, leaders[name]))
 	}
 	if diffs, err := s.settingsDiffer(ctx); err == nil {
 		for _, d := range diffs {
