@@ -200,11 +200,10 @@ func TestCluster_AnyNodeAnyCall(t *testing.T) {
 	require.Equal(t, 1, n, "three creates with one key made one task")
 }
 
-// leader returns the index of the node that leads the event log, as a live node's /readyz
-// names it.
-func leader(t *testing.T, nodes []*child) int {
-	t.Helper()
-	for range 100 {
+// eachReadyz calls fn with the /readyz body of each live node in turn, every 100 ms, until fn
+// returns true, and reports whether it did within timeout.
+func eachReadyz(nodes []*child, timeout time.Duration, fn func(body string) bool) bool {
+	for start := time.Now(); time.Since(start) < timeout; time.Sleep(100 * time.Millisecond) {
 		for _, n := range nodes {
 			if n.cmd == nil {
 				continue
@@ -215,19 +214,27 @@ func leader(t *testing.T, nodes []*child) int {
 			}
 			body, _ := io.ReadAll(res.Body)
 			res.Body.Close()
-			_, name, ok := strings.Cut(string(body), "event log leader node")
-			if !ok {
-				continue
-			}
-			var i int
-			if _, err := fmt.Sscanf(name, "%d", &i); err == nil && i >= 1 && i <= len(nodes) {
-				return i - 1
+			if fn(string(body)) {
+				return true
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatal("no node names the event log's leader")
-	return -1
+	return false
+}
+
+// leader returns the index of the node that leads the event log, as a live node's /readyz
+// names it.
+func leader(t *testing.T, nodes []*child) int {
+	t.Helper()
+	i := 0
+	if !eachReadyz(nodes, 10*time.Second, func(body string) bool {
+		_, name, ok := strings.Cut(body, "event log leader node")
+		_, err := fmt.Sscanf(name, "%d", &i)
+		return ok && err == nil && i >= 1 && i <= len(nodes)
+	}) {
+		t.Fatal("no node names the event log's leader")
+	}
+	return i - 1
 }
 
 // gathered waits until a live node's /readyz names one leader for every stream and queue
@@ -235,33 +242,20 @@ func leader(t *testing.T, nodes []*child) int {
 func gathered(t *testing.T, nodes []*child) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for time.Since(start) < 60*time.Second {
-		for _, n := range nodes {
-			if n.cmd == nil {
-				continue
-			}
-			res, err := http.Get(n.url + "/readyz")
-			if err != nil {
-				continue
-			}
-			body, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			leaders := map[string]bool{}
-			groups := 0
-			for line := range strings.Lines(string(body)) {
-				if _, who, ok := strings.Cut(strings.TrimSpace(line), " leader "); ok && !strings.HasPrefix(line, "event log") {
-					leaders[who] = true
-					groups++
-				}
-			}
-			if groups >= 5 && len(leaders) == 1 {
-				return time.Since(start)
+	if !eachReadyz(nodes, time.Minute, func(body string) bool {
+		leaders := map[string]bool{}
+		groups := 0
+		for line := range strings.Lines(body) {
+			if _, who, ok := strings.Cut(strings.TrimSpace(line), " leader "); ok && !strings.HasPrefix(line, "event log") {
+				leaders[who] = true
+				groups++
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
+		return groups >= 5 && len(leaders) == 1
+	}) {
+		t.Fatal("the leaders of the log's streams are not gathered on one node")
 	}
-	t.Fatal("the leaders of the log's streams are not gathered on one node")
-	return 0
+	return time.Since(start)
 }
 
 // pulse writes (creates a task, then cancels it) every 20ms until ctx ends, and keeps the times writes were
@@ -361,13 +355,13 @@ func TestCluster_KillNodes(t *testing.T) {
 	time.Sleep(time.Second)
 	var victims []int
 	for k := range kills {
+		// In a settled cluster the leader of the event log leads every stream and queue
+		// consumer too (see eventlog.Log.GatherLeaders): losing another node pauses nothing.
+		waited := gathered(t, nodes).Round(100 * time.Millisecond)
 		victim := leader(t, nodes)
-		role := "the event log's leader"
+		role := fmt.Sprintf("the event log's leader; leaders gathered %v after the last restart", waited)
 		if k%2 == 1 {
-			// In a steady cluster the leader of the event log leads every stream and queue
-			// consumer too (see eventlog.Log.GatherLeaders): losing another node pauses nothing.
-			waited := gathered(t, nodes)
-			victim, role = (leader(t, nodes)+1+rand.IntN(2))%3, fmt.Sprintf("a follower; leaders gathered %v after the last restart", waited.Round(100*time.Millisecond))
+			victim, role = (victim+1+rand.IntN(2))%3, fmt.Sprintf("a follower; leaders gathered %v after the last restart", waited)
 		}
 		victims = append(victims, victim)
 		at := time.Now()
