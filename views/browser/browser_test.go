@@ -7,10 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
 	"github.com/taskhub/taskhub/actors"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -360,10 +363,16 @@ func TestBrowser_NothingLostBetweenRenderAndConnect(t *testing.T) {
 func TestBrowser_LostHistoryWithALargeSnapshot(t *testing.T) {
 	e := setup(t, server.Config{Options: actors.Options{Heartbeat: time.Second, Retention: 300 * time.Millisecond}})
 	px := startProxy(t, e.cfg.Addr)
+	gone := e.createDemo("cancelled while the page is away", 1, 10_000)
 	p := e.tab()
 	p.open(px.url("/"))
+	p.waitCard(gone.Id, queued)
 
+	// While the page is away, a task ends and its history is compacted (retention 300 ms):
+	// the page can no longer resume after the seq it saw.
 	px.blackhole()
+	_, err := e.tasks.CancelTask(t.Context(), connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: gone.Id}))
+	require.NoError(t, err)
 	prompt := strings.Repeat("a long prompt ", 1100) // 15 KiB: 150 tasks make three parts
 	var newest struct {
 		Task struct{ ID string } `json:"task"`
@@ -377,5 +386,6 @@ func TestBrowser_LostHistoryWithALargeSnapshot(t *testing.T) {
 	p.waitCard(newest.Task.ID, queued)
 	p.waitLive()
 	p.waitToast("history was gone", "the reload toast")
-	require.Equal(t, 150, eval[int](p, `document.querySelectorAll("[data-task-id]").length`), "a card for every task created while away")
+	p.waitCard(gone.Id, cancelled)
+	require.Equal(t, 151, eval[int](p, `document.querySelectorAll("[data-task-id]").length`), "a card for every task created while away, and the cancelled one")
 }
