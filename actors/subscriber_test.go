@@ -397,6 +397,78 @@ func (g *followGate) open() {
 	g.held, g.from = nil, 0
 }
 
+// leaderBehind answers reads as an event log leader does that has not applied the events past
+// upTo yet (0: it has all), while the follower's replica has: in a cluster, the feed reads from
+// one replica and the replays from the leader.
+type leaderBehind struct {
+	actors.Log
+	upTo atomic.Uint64
+}
+
+func (l *leaderBehind) Bounds(ctx context.Context) (uint64, uint64, error) {
+	first, last, err := l.Log.Bounds(ctx)
+	if upTo := l.upTo.Load(); upTo != 0 {
+		last = min(last, upTo)
+	}
+	return first, last, err
+}
+
+func (l *leaderBehind) Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error) {
+	e, err := l.Log.Next(ctx, filter, from)
+	if upTo := l.upTo.Load(); err == nil && upTo != 0 && e.Seq > upTo {
+		return nil, eventlog.ErrNotFound
+	}
+	return e, err
+}
+
+// TestHub_WatchReplayWaitsForTheLeader: a resume on a node whose feed has applied events the
+// log's leader has not applied yet waits for the leader (or is told to resume again) rather
+// than reading the leader too early and missing them.
+func TestHub_WatchReplayWaitsForTheLeader(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	a := b.hub
+	behind := &leaderBehind{Log: b.log}
+	node, err := actors.Open(t.Context(), actors.Config{Log: behind, Shared: true, Logger: quiet(), Options: actors.Options{LeaseTimeout: 10 * time.Second}})
+	require.NoError(t, err)
+	t.Cleanup(func() { node.Close() })
+
+	live := watch(t, node, "alice", "", 0)
+	one := create(t, a, "alice", "one", "paint")
+	behind.upTo.Store(one.Seq)
+	two := create(t, a, "alice", "two", "paint")
+	three := create(t, a, "alice", "three", "paint")
+	live.wait(3) // the node's feed has them all
+
+	// The leader stays behind: the resume cannot be served in full, and says so.
+	w, err := node.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: node.Epoch(), AfterSeq: one.Seq})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var got []*taskhubv1.TaskEvent
+	for {
+		msgs, err := w.Next(ctx)
+		if err != nil {
+			require.Equal(t, taskhub.Unavailable, codeOf(err), "%v, after %v", err, got)
+			require.ErrorContains(t, err, "leader does not hold")
+			break
+		}
+		for _, m := range msgs {
+			if e := m.GetEvent(); e != nil {
+				got = append(got, e)
+			}
+		}
+	}
+	require.Empty(t, got, "no event is sent as if the ones before it did not exist")
+	w.Close()
+
+	// It catches up a moment after the resume began: the replay waits for it.
+	time.AfterFunc(300*time.Millisecond, func() { behind.upTo.Store(0) })
+	resumed := watch(t, node, "alice", node.Epoch(), one.Seq)
+	_, events := resumed.wait(2)
+	require.Equal(t, []string{two.Id, three.Id}, []string{events[0].Task.Id, events[1].Task.Id})
+}
+
 // TestHub_WatchResumeOnANodeThatLags: a client that saw events on one node and resumes on
 // another whose follower lags behind them is told to retry, rather than given a snapshot older
 // than what it has seen, and the lagging node is not ready; once it catches up, it is ready

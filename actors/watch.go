@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/protobuf/proto"
@@ -80,6 +81,10 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 			w.out.close(cmp.Or(err, errTooFarBehind))
 			return nil
 		}
+		if err := w.leaderHolds(ctx, work.to); err != nil {
+			w.out.close(err)
+			return nil
+		}
 		filter := eventlog.OwnerFilter(w.owner)
 		for seq := work.next; seq <= work.to; {
 			call, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
@@ -114,6 +119,34 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 	}
 	w.out.replayDone()
 	return nil
+}
+
+// leaderHolds waits, for at most clusterReadTimeout, until the log's reads (answered by its
+// leader) hold every event up to seq. In a cluster the feed reads from whichever replica its
+// consumer lives on, and a replica may have applied events the leader has not applied yet:
+// the leader has committed them, and applies them in order, but a busy leader can be a moment
+// behind. Read from it before then, a replay up to seq would find nothing past what it holds
+// and end there, and the client would miss the rest. A single node's feed reads the one
+// store the reads do.
+func (w *Watch) leaderHolds(ctx context.Context, seq uint64) error {
+	if !w.h.cfg.Shared {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, clusterReadTimeout)
+	defer cancel()
+	for {
+		_, last, err := w.h.log.Bounds(ctx)
+		switch {
+		case err == nil && last >= seq:
+			return nil
+		case ctx.Err() != nil:
+			return taskhub.Errorf(taskhub.Unavailable, "the event log's leader does not hold seq %d yet; resume with the last seq you saw", seq)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // floor is the compaction watermark the replay must respect, read within the call timeout.
