@@ -62,8 +62,13 @@ func (c *compactor) add(seq uint64, owner, id string, at time.Time) {
 }
 
 // leadEvery is how often a node sharing the log renews or seeks the lead: well within the
-// lead timeout (10 s), so that a leader that stays up stays the leader.
-const leadEvery = 2 * time.Second
+// lead timeout (10 s), so that a leader that stays up stays the leader. A renewal may take up
+// to leadCall: a busy cluster answers slowly, and a leader that gave up sooner would lose the
+// lead to one just as slow.
+const (
+	leadEvery = 2 * time.Second
+	leadCall  = 5 * time.Second
+)
 
 // run compacts until ctx ends, looking a few times per retention period (at most every minute;
 // every second with compaction off; at least every leadEvery when the log is shared).
@@ -129,7 +134,7 @@ func (c *compactor) round(ctx context.Context) {
 // drops the tasks that are due: the leader settles them. One that takes the lead over queues
 // what the live index still holds of finished tasks: those its last leader did not settle.
 func (c *compactor) lead(ctx context.Context) bool {
-	call, cancel := context.WithTimeout(ctx, leadEvery)
+	call, cancel := context.WithTimeout(ctx, leadCall)
 	defer cancel()
 	leads, err := c.log.Lead(call)
 	if err != nil {
@@ -149,7 +154,7 @@ func (c *compactor) lead(ctx context.Context) bool {
 	c.leading = leads
 	if leads {
 		// The leader also keeps the log's other leaders on the event log leader's node.
-		gather, cancel := context.WithTimeout(ctx, leadEvery)
+		gather, cancel := context.WithTimeout(ctx, leadCall)
 		defer cancel()
 		if err := c.log.GatherLeaders(gather); err != nil {
 			c.logger.Debug("cannot gather the streams' leaders", "err", err)

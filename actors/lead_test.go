@@ -16,7 +16,8 @@ import (
 	"github.com/taskhub/taskhub/internal/freeport"
 )
 
-// retireCount counts the tasks a hub retires, and fails them while failing is set.
+// retireCount counts the tasks a hub retires (a failed Retire is tried again: it does not
+// count), and fails them while failing is set.
 type retireCount struct {
 	actors.Log
 	n       atomic.Int64
@@ -27,8 +28,11 @@ func (r *retireCount) Retire(ctx context.Context, owner, id string) error {
 	if r.failing.Load() {
 		return eventlog.ErrUnavailable
 	}
-	r.n.Add(1)
-	return r.Log.Retire(ctx, owner, id)
+	err := r.Log.Retire(ctx, owner, id)
+	if err == nil {
+		r.n.Add(1)
+	}
+	return err
 }
 
 // openShared opens three hubs on the nodes of an embedded 3-node cluster, as the nodes of a
@@ -78,7 +82,9 @@ func TestHub_OneNodeSettlesFinishedTasks(t *testing.T) {
 	hubs, logs, counts := openShared(t)
 	live := func(l *eventlog.Log) []string {
 		ids, err := l.Live(t.Context())
-		require.NoError(t, err)
+		if err != nil {
+			return []string{err.Error()} // a busy cluster may not answer at once: ask again
+		}
 		return ids
 	}
 	total := func() int64 {
@@ -94,7 +100,7 @@ func TestHub_OneNodeSettlesFinishedTasks(t *testing.T) {
 		c := claim(t, hubs[(i+1)%3], "paint")
 		complete(t, hubs[(i+2)%3], c)
 	}
-	require.Eventually(t, func() bool { return len(live(logs[0])) == 0 }, 20*time.Second, 50*time.Millisecond, "every finished task is settled: %v left, retired %d %d %d", live(logs[0]), counts[0].n.Load(), counts[1].n.Load(), counts[2].n.Load())
+	require.Eventually(t, func() bool { return len(live(logs[0])) == 0 }, time.Minute, 50*time.Millisecond, "every finished task is settled: %v left, retired %d %d %d", live(logs[0]), counts[0].n.Load(), counts[1].n.Load(), counts[2].n.Load())
 	time.Sleep(3 * time.Second) // the other hubs' rounds
 	require.EqualValues(t, 6, total(), "each task retired once, not once per node")
 	leader := slices.IndexFunc(counts, func(c *retireCount) bool { return c.n.Load() > 0 })
@@ -106,7 +112,7 @@ func TestHub_OneNodeSettlesFinishedTasks(t *testing.T) {
 	c := claim(t, hubs[(leader+1)%3], "paint")
 	complete(t, hubs[(leader+1)%3], c)
 	time.Sleep(3 * time.Second) // due on every hub: the others drop it, the leader fails it
-	require.Equal(t, []string{c.Task.Id}, live(logs[(leader+1)%3]))
+	require.Eventually(t, func() bool { return slices.Equal([]string{c.Task.Id}, live(logs[(leader+1)%3])) }, 10*time.Second, 100*time.Millisecond)
 	hubs[leader].Close()
 	logs[leader].Close()
 
