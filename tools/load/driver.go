@@ -52,8 +52,8 @@ func newDriver(cfg config, prefix string, notes io.Writer) *driver {
 	hc := &http.Client{Transport: &http.Transport{Protocols: protocols}}
 	n := cfg.tasks
 	return &driver{
-		tasks:    taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false)...),
-		work:     taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false)...),
+		tasks:    taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false, codecProto)...),
+		work:     taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false, codecProto)...),
 		http:     hc,
 		mode:     cfg.mode,
 		prefix:   prefix,

@@ -37,7 +37,7 @@ func (l *load) run(ctx context.Context) (*report, error) {
 	cfg := l.cfg
 	rep := &report{
 		Command: cfg.cmd, URL: cfg.url, Watchers: cfg.watchers, Tasks: cfg.tasks, Rate: cfg.rate,
-		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip, HTTP1: cfg.http1,
+		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip, HTTP1: cfg.http1, Codec: cfg.codec,
 	}
 	if cfg.cmd == "push" {
 		rep.WatchClient = cfg.client
@@ -146,7 +146,7 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	defer fast.close()
 	defer slow.close()
 	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, started: make(chan struct{}), slowFor: cfg.slowFor}
-	opts := clientOptions(cfg.token, cfg.gzip)
+	opts := clientOptions(cfg.token, cfg.gzip, cfg.codec)
 	ws := make([]*watcher, cfg.watchers)
 	opens := make([]bool, cfg.watchers) // the watcher opens its HTTP/2 connection
 	for i := range ws {
@@ -179,6 +179,17 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	}
 	c.Connections = fast.conns.Load() + slow.conns.Load()
 	rep.Connect = c
+	if cfg.client == clientConnect {
+		// Each watcher noted it with its snapshot, before it was ready.
+		for _, w := range ws {
+			if rep.ContentType == "" {
+				rep.ContentType = w.contentType
+			}
+			if w.snapshot && w.contentType != rep.ContentType {
+				pr.addf("watcher %d: its stream is %s, another's %s", w.id, w.contentType, rep.ContentType)
+			}
+		}
+	}
 	if l.srv != nil {
 		time.Sleep(time.Second) // let the server's allocations settle
 		rss := l.rss()
@@ -376,7 +387,7 @@ func (l *load) poll(ctx context.Context, rep *report, pr *problems) error {
 	pool := newPool(cfg.watchers, cfg.perConn, nil, cfg.http1)
 	defer pool.close()
 	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks}
-	opts := clientOptions(cfg.token, cfg.gzip)
+	opts := clientOptions(cfg.token, cfg.gzip, cfg.codec)
 	ps := make([]*poller, cfg.watchers)
 	for i := range ps {
 		phase := cfg.pollInterval * time.Duration(i) / time.Duration(len(ps))

@@ -87,6 +87,7 @@ type config struct {
 	gzip         bool
 	http1        bool
 	client       string // how push's watchers read: clientRaw or clientConnect
+	codec        string // of the watchers' and pollers' messages: codecProto or codecJSON
 	json         bool
 }
 
@@ -94,6 +95,12 @@ type config struct {
 const (
 	clientRaw     = "raw"
 	clientConnect = "connect"
+)
+
+// The codecs the watchers and pollers may speak.
+const (
+	codecProto = "proto"
+	codecJSON  = "json"
 )
 
 // Bounds on what one run may ask for.
@@ -135,6 +142,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&cfg.http1, "http1", false, "one HTTP/1.1 connection per stream, as the page uses without TLS, instead of HTTP/2 (sets --streams-per-conn 1; a --slow watcher then stops reading its socket, and kernel buffers absorb megabytes first)")
 	fs.StringVar(&cfg.client, "client", clientRaw, "how the watchers read their streams (push): `raw`, one goroutine per HTTP/2 connection reads its frames with x/net/http2's Framer and decodes the Connect messages itself, lean enough that the tool's own queueing stays out of the latency it measures; or connect, the generated connect-go client over net/http's HTTP/2 transport, a goroutine per stream, as a Go program would watch. --http1 always uses connect")
 	fs.BoolVar(&cfg.gzip, "gzip", false, "accept gzip responses as a stock Go Connect client does (the server then compresses each message for each watcher)")
+	fs.StringVar(&cfg.codec, "codec", codecProto, "`codec` of the watchers' (and pollers') messages: proto, or json (application/connect+json, as curl and most scripts watch; needs --client connect, which it sets)")
 	fs.BoolVar(&cfg.json, "json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -156,9 +164,16 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, errors.New("--client is for push; poll always uses the connect-go client")
 	case clientSet && cfg.http1 && cfg.client == clientRaw:
 		return cfg, errors.New("--client raw speaks HTTP/2 only; --http1 uses --client connect")
+	case cfg.codec != codecProto && cfg.codec != codecJSON:
+		return cfg, fmt.Errorf("--codec must be %s or %s: got %q", codecProto, codecJSON, cfg.codec)
+	case clientSet && cfg.codec == codecJSON && cfg.client == clientRaw:
+		return cfg, errors.New("--client raw decodes proto only; --codec json uses --client connect")
 	}
 	if cfg.http1 {
 		cfg.perConn = 1
+		cfg.client = clientConnect
+	}
+	if cfg.codec == codecJSON {
 		cfg.client = clientConnect
 	}
 

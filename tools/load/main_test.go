@@ -134,6 +134,26 @@ func TestRun_PushHTTP1(t *testing.T) {
 	require.Equal(t, d.Expected, d.Received+d.Coalesced)
 }
 
+// TestRun_PushJSON: --codec json watches as curl does, with application/connect+json, one
+// HTTP/1.1 connection each with --http1; the deliveries are checked as with the binary codec.
+func TestRun_PushJSON(t *testing.T) {
+	t.Parallel()
+	srv := setup(t)
+	rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1", "--codec", "json")
+
+	require.Equal(t, codecJSON, rep.Codec)
+	require.Equal(t, "application/connect+json", rep.ContentType, "the server answered in JSON")
+	require.Equal(t, clientConnect, rep.WatchClient)
+	require.EqualValues(t, 10, rep.Connect.Connections)
+	d := rep.Deliveries
+	require.Equal(t, 10*rep.Events.Published, d.Expected)
+	require.Equal(t, d.Expected, d.Received+d.Coalesced)
+	require.GreaterOrEqual(t, d.Received, 10*rep.Events.Lifecycle)
+
+	proto := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1")
+	require.Equal(t, "application/connect+proto", proto.ContentType)
+}
+
 func TestRun_PushSlowWatchers(t *testing.T) {
 	t.Parallel()
 	for _, client := range clients {
@@ -213,9 +233,11 @@ func TestRun_RefusesOtherHosts(t *testing.T) {
 func TestRun_RefusesBadClients(t *testing.T) {
 	t.Parallel()
 	for args, want := range map[string]string{
-		"--client grpc":         "--client must be raw or connect",
-		"--client raw --http1":  "--client raw speaks HTTP/2 only",
-		"poll --client connect": "--client is for push",
+		"--client grpc":             "--client must be raw or connect",
+		"--client raw --http1":      "--client raw speaks HTTP/2 only",
+		"poll --client connect":     "--client is for push",
+		"--codec xml":               "--codec must be proto or json",
+		"--client raw --codec json": "--client raw decodes proto only",
 	} {
 		t.Run(args, func(t *testing.T) {
 			err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)

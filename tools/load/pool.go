@@ -97,10 +97,13 @@ func (c *countingConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// clientOptions are the Connect options of every client: the binary codec (the default),
-// gzip only when asked, and a bearer token when given.
-func clientOptions(token string, gzip bool) []connect.ClientOption {
+// clientOptions are the Connect options of every client: the codec asked for (the binary one
+// by default), gzip only when asked, and a bearer token when given.
+func clientOptions(token string, gzip bool, codec string) []connect.ClientOption {
 	var opts []connect.ClientOption
+	if codec == codecJSON {
+		opts = append(opts, connect.WithProtoJSON())
+	}
 	if !gzip {
 		// Connect's Go client accepts gzip by default, and Connect's handler then compresses
 		// every message; browsers' Connect clients do not ask for it.

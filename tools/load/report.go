@@ -19,7 +19,11 @@ type report struct {
 	DurationSec float64 `json:"duration_s"`
 	Gzip        bool    `json:"gzip"`
 	HTTP1       bool    `json:"http1"`
-	WatchClient string  `json:"watch_client,omitempty"` // push: raw or connect
+	Codec       string  `json:"codec"`
+	// ContentType is the media type of the watch streams as the server answered them
+	// (connect-go watchers; the raw client speaks application/connect+proto).
+	ContentType string `json:"content_type,omitempty"`
+	WatchClient string `json:"watch_client,omitempty"` // push: raw or connect
 
 	Connect    *connectStats  `json:"connect,omitempty"`
 	Events     *eventStats    `json:"events,omitempty"`

@@ -35,6 +35,7 @@ type watcher struct {
 	snapshot    bool   // the whole snapshot came
 	inSnapshot  bool   // a part of it came, and more follow
 	epoch       string // of the snapshot
+	contentType string // of the response, as the server answered (connect-go watchers)
 	lastSeq     uint64
 	heartbeats  int64
 	ids         map[string]int // task id -> load task index; -1 for others' tasks
@@ -101,6 +102,9 @@ func (w *watcher) run(ctx context.Context) {
 	defer stream.Close()
 	for stream.Receive() {
 		now := time.Now()
+		if w.contentType == "" {
+			w.contentType = stream.ResponseHeader().Get("Content-Type")
+		}
 		w.receive(stream.Msg(), now)
 		if w.stopsReading() {
 			// Stop reading: the stream's HTTP/2 window fills and the server must hold or
