@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -134,6 +135,21 @@ func TestCluster_Config(t *testing.T) {
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
+}
+
+// TestCluster_PortTaken: a node whose cluster port another process holds fails at once, and
+// says why, rather than waiting for a server that will never start.
+func TestCluster_PortTaken(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	addr := ln.Addr().String()
+	start := time.Now()
+	_, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler),
+		Cluster: eventlog.Cluster{Addr: addr, Peers: []string{addr, freeport.Addr(t)}}})
+	require.ErrorContains(t, err, "address already in use")
+	t.Logf("failed after %v", time.Since(start))
 }
 
 // TestCluster_RefusesASingleNodesDataDir: a single node's data dir given to a node of a cluster

@@ -52,11 +52,22 @@ func (e *embedded) start(ready time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("eventlog: embedded NATS server: %w", err)
 	}
-	ns.SetLoggerV2(natsLogger{e.logger.With("component", "nats")}, false, false, false)
+	fatal := make(chan string, 1)
+	ns.SetLoggerV2(natsLogger{log: e.logger.With("component", "nats"), fatal: fatal}, false, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(ready) {
-		ns.Shutdown()
-		return fmt.Errorf("eventlog: the embedded NATS server did not start within %v", ready)
+	// A server that cannot start (its cluster port is taken, say) says so in a fatal log line
+	// and never becomes ready: fail with that at once, rather than after waiting for ready.
+	for deadline := time.Now().Add(ready); !ns.ReadyForConnections(100 * time.Millisecond); {
+		select {
+		case why := <-fatal:
+			ns.Shutdown()
+			return fmt.Errorf("eventlog: the embedded NATS server did not start: %s", why)
+		default:
+		}
+		if time.Now().After(deadline) {
+			ns.Shutdown()
+			return fmt.Errorf("eventlog: the embedded NATS server did not start within %v", ready)
+		}
 	}
 	if !ns.JetStreamEnabled() {
 		ns.Shutdown()
@@ -112,7 +123,10 @@ func (e *embedded) InProcessConn() (net.Conn, error) {
 }
 
 // natsLogger passes the embedded server's warnings and errors to slog; its chatter is dropped.
-type natsLogger struct{ log *slog.Logger }
+type natsLogger struct {
+	log   *slog.Logger
+	fatal chan<- string // cap 1: the first fatal error, for start
+}
 
 func (n natsLogger) Noticef(string, ...any) {}
 func (n natsLogger) Debugf(string, ...any)  {}
@@ -124,5 +138,10 @@ func (n natsLogger) Errorf(format string, v ...any) {
 	n.log.Error(fmt.Sprintf(format, v...))
 }
 func (n natsLogger) Fatalf(format string, v ...any) {
-	n.log.Error(fmt.Sprintf(format, v...), "fatal", true)
+	msg := fmt.Sprintf(format, v...)
+	n.log.Error(msg, "fatal", true)
+	select {
+	case n.fatal <- msg:
+	default:
+	}
 }

@@ -203,12 +203,13 @@ func TestCluster_AnyNodeAnyCall(t *testing.T) {
 // eachReadyz calls fn with the /readyz body of each live node in turn, every 100 ms, until fn
 // returns true, and reports whether it did within timeout.
 func eachReadyz(nodes []*child, timeout time.Duration, fn func(body string) bool) bool {
+	hc := &http.Client{Timeout: 2 * time.Second}
 	for start := time.Now(); time.Since(start) < timeout; time.Sleep(100 * time.Millisecond) {
 		for _, n := range nodes {
 			if n.cmd == nil {
 				continue
 			}
-			res, err := http.Get(n.url + "/readyz")
+			res, err := hc.Get(n.url + "/readyz")
 			if err != nil {
 				continue
 			}

@@ -92,14 +92,18 @@ func (c *child) launch() error {
 		c.cmd.Env = append(os.Environ(), childArgsEnv+"="+c.args)
 	}
 	c.cmd.Stderr = os.Stderr
+	// A test binary that dies (a timeout's panic) takes its children with it.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return c.cmd.Start()
 }
 
 // waitUp waits up to timeout for the process to answer /healthz.
 func (c *child) waitUp(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	// A node listens before it serves: a request may wait, so each has a deadline of its own.
+	hc := &http.Client{Timeout: 2 * time.Second}
 	for {
-		res, err := http.Get(c.url + "/healthz")
+		res, err := hc.Get(c.url + "/healthz")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {

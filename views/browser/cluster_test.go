@@ -135,6 +135,7 @@ func startNodes(t *testing.T, n int) []*node {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), nodeEnv+"="+string(data))
 		cmd.Stdout, cmd.Stderr = out, out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test
 		require.NoError(t, cmd.Start())
 		out.Close()
 		nodes[i] = &node{url: "http://" + cfg.Addr, cmd: cmd}
@@ -148,8 +149,9 @@ func startNodes(t *testing.T, n int) []*node {
 	for i, nd := range nodes {
 		wg.Go(func() {
 			deadline := time.Now().Add(time.Minute)
+			hc := &http.Client{Timeout: 2 * time.Second} // a node listens before it serves
 			for {
-				res, err := http.Get(nd.url + "/healthz")
+				res, err := hc.Get(nd.url + "/healthz")
 				if err == nil {
 					res.Body.Close()
 					if res.StatusCode == http.StatusOK {
