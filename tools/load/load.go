@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -16,6 +17,10 @@ import (
 
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 )
+
+// saturated is the share of its cores above which a process is taken to have had no more to
+// give: the side that reaches it first is the bottleneck.
+const saturated = 0.9
 
 // load is one run of the tool.
 type load struct {
@@ -103,6 +108,11 @@ func (m *measure) stop() {
 func (m *measure) end(rep *report) {
 	window := time.Since(m.start)
 	rep.Client.CPUSec, rep.Client.WindowSec = (selfCPU() - m.self).Seconds(), window.Seconds()
+	rep.Client.Cores = runtime.NumCPU() // the cores it may run on: a taskset counts
+	rep.Client.CPUShare = rep.Client.CPUSec / rep.Client.WindowSec / float64(rep.Client.Cores)
+	if rep.Client.CPUShare >= saturated {
+		rep.Bottleneck = "tool"
+	}
 	if m.peak == nil {
 		return
 	}
@@ -115,6 +125,9 @@ func (m *measure) end(rep *report) {
 	s.CPUSec = (cpu - m.cpu).Seconds()
 	s.WindowSec = window.Seconds()
 	s.CPUShare = s.CPUSec / s.WindowSec
+	if s.Cores = m.l.srv.cores(); s.Cores > 0 && s.CPUShare/float64(s.Cores) >= saturated && rep.Bottleneck == "" {
+		rep.Bottleneck = "server"
+	}
 	s.PeakRSS = m.peak.end()
 	_, s.HWM, _ = m.l.srv.mem()
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -293,4 +294,25 @@ func TestPoller_Staleness(t *testing.T) {
 		sighting{at: at(55), task: 0, state: running, progress: 15})
 	p.staleness(d, nil, &pr)
 	require.Equal(t, 2, pr.n)
+}
+
+// TestProc_Cores: the cores a process may run on, as a taskset leaves them, are the ones Go
+// sees for this process.
+func TestProc_Cores(t *testing.T) {
+	require.Equal(t, runtime.NumCPU(), proc{os.Getpid()}.cores())
+	require.Zero(t, proc{-1}.cores())
+}
+
+// TestReport_SaysWhenTheToolIsTheBottleneck: a run in which the tool used all its cores says so,
+// and does not blame the server for a rate below what was asked.
+func TestReport_SaysWhenTheToolIsTheBottleneck(t *testing.T) {
+	rep := &report{Command: "push", Rate: 100, Watchers: 1000, Tasks: 10, OK: true, Bottleneck: "tool",
+		Events:  &eventStats{Published: 618, Progress: 588, Lifecycle: 30, ProgressPerSec: 58},
+		Client:  clientStats{CPUSec: 10.9, WindowSec: 11, Cores: 1, CPUShare: 0.99},
+		Latency: &dist{Count: 1, P99: 350}}
+	var out bytes.Buffer
+	require.NoError(t, rep.writeText(&out))
+	require.Contains(t, out.String(), "THIS TOOL: it used 99% of its 1 cores")
+	require.Contains(t, out.String(), "this tool could not ask faster")
+	require.NotContains(t, out.String(), "the server answered too slowly")
 }

@@ -12,6 +12,39 @@ import (
 	"time"
 )
 
+// cores is how many CPUs the process may run on (Cpus_allowed_list in /proc/<pid>/status: a
+// taskset pins it), or 0 when unknown.
+func (p proc) cores() int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(data)) {
+		list, ok := strings.CutPrefix(line, "Cpus_allowed_list:")
+		if !ok {
+			continue
+		}
+		n := 0
+		for r := range strings.SplitSeq(strings.TrimSpace(list), ",") {
+			lo, hi, isRange := strings.Cut(r, "-")
+			a, err1 := strconv.Atoi(lo)
+			b, err2 := strconv.Atoi(hi)
+			switch {
+			case err1 != nil:
+				return 0
+			case !isRange:
+				n++
+			case err2 == nil && b >= a:
+				n += b - a + 1
+			default:
+				return 0
+			}
+		}
+		return n
+	}
+	return 0
+}
+
 // proc reads a process's CPU time and memory from Linux's /proc.
 type proc struct{ pid int }
 

@@ -36,6 +36,11 @@ type report struct {
 	Server  *serverStats `json:"server,omitempty"`
 	Client  clientStats  `json:"client"`
 
+	// Bottleneck says which side used (nearly) all the cores it may run on: "tool", when this
+	// tool did (its latency and achieved rate are then its own limits, not the server's), or
+	// "server"; empty when neither did.
+	Bottleneck string `json:"bottleneck,omitempty"`
+
 	OK             bool     `json:"ok"`
 	ViolationCount int      `json:"violation_count"`
 	Violations     []string `json:"violations,omitempty"` // the first few
@@ -103,6 +108,7 @@ type serverStats struct {
 	PID        int     `json:"pid"`
 	CPUSec     float64 `json:"cpu_s"`      // user + system, from the first task to the end
 	CPUShare   float64 `json:"cpu_share"`  // of one core over WindowSec
+	Cores      int     `json:"cores"`      // it may run on; 0: unknown
 	WindowSec  float64 `json:"window_s"`   //
 	PeakRSS    int64   `json:"peak_rss"`   // VmRSS sampled every 100 ms over the window, bytes
 	HWM        int64   `json:"vm_hwm"`     // VmHWM at the end: the process's lifetime peak
@@ -114,6 +120,8 @@ type serverStats struct {
 type clientStats struct {
 	CPUSec    float64 `json:"cpu_s"` // this tool's, from the first task to the end
 	WindowSec float64 `json:"window_s"`
+	Cores     int     `json:"cores"`     // it may run on
+	CPUShare  float64 `json:"cpu_share"` // of those cores, over WindowSec
 }
 
 // dist summarises durations, in milliseconds.
@@ -182,7 +190,11 @@ func (r *report) writeText(w io.Writer) error {
 	if e := r.Events; e != nil {
 		row("events", "%d published: %d progress (%.1f/s) + %d lifecycle", e.Published, e.Progress, e.ProgressPerSec, e.Lifecycle)
 		if e.ProgressPerSec < 0.95*r.Rate {
-			row("", "the server answered too slowly for %g progress events/s: each task's reports are sequential", r.Rate)
+			why := "the server answered too slowly: each task's reports are sequential"
+			if r.Bottleneck == "tool" {
+				why = "this tool could not ask faster: it used all its cores"
+			}
+			row("", "below the %g progress events/s asked: %s", r.Rate, why)
 		}
 		if e.DriverErrors > 0 {
 			row("driver errors", "%d, the first: %s", e.DriverErrors, e.FirstError)
@@ -231,7 +243,13 @@ func (r *report) writeText(w io.Writer) error {
 				fmtBytes(s.RSSBefore), fmtBytes(s.RSSIdle), fmtBytes(int64(s.PerWatcher)))
 		}
 	}
-	row("this tool", "%.2f CPU s in %.1fs (%.0f%% of a core)", r.Client.CPUSec, r.Client.WindowSec, 100*r.Client.CPUSec/r.Client.WindowSec)
+	row("this tool", "%.2f CPU s in %.1fs (%.0f%% of its %d cores)", r.Client.CPUSec, r.Client.WindowSec, 100*r.Client.CPUShare, r.Client.Cores)
+	switch r.Bottleneck {
+	case "tool":
+		row("bottleneck", "THIS TOOL: it used %.0f%% of its %d cores, so the latency and rates above are its limits, not the server's; give it more cores or fewer watchers", 100*r.Client.CPUShare, r.Client.Cores)
+	case "server":
+		row("bottleneck", "the server: it used %.0f%% of its %d cores", 100*r.Server.CPUShare/float64(r.Server.Cores), r.Server.Cores)
+	}
 	switch {
 	case r.OK && r.Command == "poll":
 		row("result", "OK: every client's view only moved forward and ended with every task COMPLETED")
