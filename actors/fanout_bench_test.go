@@ -162,3 +162,48 @@ func heapInUse() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapInuse)
 }
+
+// BenchmarkHub_ReportProgress is the write path: progress reports on running tasks, each
+// stored in the real embedded event log before it is answered. Sequential: one report at a
+// time, round-robin over the tasks. Parallel: one reporter per task, 64 at once, as many
+// workers report. It reports events/s; run it under `taskset -c 0` with GOMAXPROCS=1 for the
+// CPU of one core per event (ns/op is then the CPU per event).
+func BenchmarkHub_ReportProgress(b *testing.B) {
+	for _, tc := range []struct {
+		name      string
+		reporters int
+	}{{"Sequential", 1}, {"Parallel64", 64}} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := benchHub(b)
+			ctx := b.Context()
+			claims := make([]*taskhub.Claim, tc.reporters)
+			for i := range claims {
+				if _, err := h.CreateTask(ctx, "bench", taskhub.TaskSpec{Prompt: "p", Mode: "bench"}); err != nil {
+					b.Fatal(err)
+				}
+				c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: []string{"bench"}, Wait: time.Second})
+				if err != nil || c == nil {
+					b.Fatal("claim", err)
+				}
+				claims[i] = c
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for _, c := range claims {
+				wg.Go(func() {
+					for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
+						if _, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken},
+							Progress: float64(n % 100), Message: "step"}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
