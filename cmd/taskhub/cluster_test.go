@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -409,6 +410,7 @@ func TestCluster_KillNodes(t *testing.T) {
 	// the cluster's history is whole, but may coalesce progress.
 	replayed := replayAll(t, nodes, epoch, start, ended.Msg.Task.Seq)
 	require.NotEmpty(t, replayed)
+	dumpIfMissed(t, nodes, watchers, replayed)
 
 	// Every event, read from the files of one node once the cluster has stopped.
 	for _, n := range nodes {
@@ -454,6 +456,34 @@ func TestCluster_KillNodes(t *testing.T) {
 
 // nodeHeader is the response header in which the test's balancers say which node answered.
 const nodeHeader = "Test-Node"
+
+// dumpIfMissed makes every live node print its goroutines (SIGQUIT: the stacks go to the test's
+// output, and the node exits) when a watcher missed an event the replay has, so that a failure
+// shows where the node's side of that watcher's stream was.
+func dumpIfMissed(t *testing.T, nodes []*child, watchers []*resumer, replayed []*taskhubv1.TaskEvent) {
+	for i, w := range watchers {
+		w.mu.Lock()
+		seen := map[uint64]bool{}
+		for _, s := range w.seqs {
+			seen[s] = true
+		}
+		missed := slices.ContainsFunc(replayed, func(e *taskhubv1.TaskEvent) bool {
+			return e.Seq > w.from && e.Kind != taskhubv1.EventKind_EVENT_KIND_PROGRESS && !seen[e.Seq]
+		})
+		w.mu.Unlock()
+		if !missed {
+			continue
+		}
+		t.Logf("watcher %d missed an event: every node prints its goroutines", i)
+		for _, n := range nodes {
+			if n.cmd != nil {
+				_ = n.cmd.Process.Signal(syscall.SIGQUIT)
+			}
+		}
+		time.Sleep(2 * time.Second)
+		return
+	}
+}
 
 // roundRobin starts a reverse proxy that sends each request to the next node in turn, up or
 // not (a dead node's turn answers 502), and returns its URL.
