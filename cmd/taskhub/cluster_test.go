@@ -402,7 +402,7 @@ func TestCluster_KillNodes(t *testing.T) {
 	require.NoError(t, err)
 	ended, err := tasks.CancelTask(t.Context(), connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: end.Msg.Task.Id}))
 	require.NoError(t, err)
-	time.Sleep(time.Second) // the watchers catch up
+	catchUp(t, watchers, ended.Msg.Task.Seq)
 	cancel()
 	wg.Wait()
 

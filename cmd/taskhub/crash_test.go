@@ -200,8 +200,19 @@ func TestCrash_KillNineAtRandomMoments(t *testing.T) {
 		}))
 		return err == nil && len(res.Msg.Tasks) == 0
 	}, 60*time.Second, 100*time.Millisecond, "tasks are still active")
-	// Watchers catch up to the end, then everything stops.
-	time.Sleep(500 * time.Millisecond)
+	// Watchers catch up to the last task event, then everything stops.
+	last, token := uint64(0), ""
+	for {
+		res, err := tasks.ListTasks(ctx, connect.NewRequest(&taskhubv1.ListTasksRequest{PageSize: 500, PageToken: token}))
+		require.NoError(t, err)
+		for _, task := range res.Msg.Tasks {
+			last = max(last, task.Seq)
+		}
+		if token = res.Msg.NextPageToken; token == "" {
+			break
+		}
+	}
+	catchUp(t, watchers, last)
 	cancel()
 	wg.Wait()
 	srv.stop()
@@ -479,6 +490,32 @@ func (r *resumer) run(ctx context.Context) {
 		r.mu.Unlock()
 		stream.Close()
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// catchUp waits, for up to a minute, until every watcher has seen seq (a watcher that resumed
+// late may still be replaying what it missed), and logs those that have not.
+func catchUp(t *testing.T, watchers []*resumer, seq uint64) {
+	t.Helper()
+	behind := func() []string {
+		var out []string
+		for i, w := range watchers {
+			w.mu.Lock()
+			if w.last < seq {
+				out = append(out, fmt.Sprintf("watcher %d at %d", i, w.last))
+			}
+			w.mu.Unlock()
+		}
+		return out
+	}
+	start := time.Now()
+	for time.Since(start) < time.Minute && len(behind()) > 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b := behind(); len(b) > 0 {
+		t.Logf("not caught up to seq %d after a minute: %s", seq, strings.Join(b, ", "))
+	} else {
+		t.Logf("every watcher had seq %d %v after the last write", seq, time.Since(start).Round(time.Millisecond))
 	}
 }
 
