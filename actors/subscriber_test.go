@@ -360,6 +360,17 @@ func TestHub_WatchResume(t *testing.T) {
 	})
 }
 
+// secondHub opens another hub on log, which a bundle's hub also writes: a second node of a
+// cluster, as far as the hub can tell (Shared). It closes before the log: cleanups run last
+// first.
+func secondHub(t *testing.T, log actors.Log) *actors.Hub {
+	t.Helper()
+	h, err := actors.Open(t.Context(), actors.Config{Log: log, Shared: true, Logger: quiet(), Options: actors.Options{LeaseTimeout: 10 * time.Second}})
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
 // followGate holds back, while shut, the entries its Follow passes on from seq from on: the
 // follower of a node that lags the log (its consumer's node died, say).
 type followGate struct {
@@ -429,9 +440,7 @@ func TestHub_WatchReplayWaitsForTheLeader(t *testing.T) {
 	b := setup(t, options{lease: 10 * time.Second})
 	a := b.hub
 	behind := &leaderBehind{Log: b.log}
-	node, err := actors.Open(t.Context(), actors.Config{Log: behind, Shared: true, Logger: quiet(), Options: actors.Options{LeaseTimeout: 10 * time.Second}})
-	require.NoError(t, err)
-	t.Cleanup(func() { node.Close() })
+	node := secondHub(t, behind)
 
 	live := watch(t, node, "alice", "", 0)
 	one := create(t, a, "alice", "one", "paint")
@@ -478,9 +487,7 @@ func TestHub_WatchResumeOnANodeThatLags(t *testing.T) {
 	b := setup(t, options{lease: 10 * time.Second})
 	a := b.hub
 	gate := &followGate{Log: b.log}
-	lagging, err := actors.Open(t.Context(), actors.Config{Log: gate, Shared: true, Logger: quiet(), Options: actors.Options{LeaseTimeout: 10 * time.Second}})
-	require.NoError(t, err)
-	t.Cleanup(func() { lagging.Close() }) // before the log closes: cleanups run last first
+	lagging := secondHub(t, gate)
 
 	_, last, err := b.log.Bounds(t.Context())
 	require.NoError(t, err)
