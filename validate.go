@@ -180,6 +180,12 @@ func StateName(s taskhubv1.TaskState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "TASK_STATE_"))
 }
 
+// Terminal reports whether a task in state s has ended: completed, failed or cancelled.
+func Terminal(s taskhubv1.TaskState) bool {
+	return s == taskhubv1.TaskState_TASK_STATE_COMPLETED || s == taskhubv1.TaskState_TASK_STATE_FAILED ||
+		s == taskhubv1.TaskState_TASK_STATE_CANCELLED
+}
+
 // NewTaskID returns a new task id: a ULID, so ids sort by creation time.
 func NewTaskID(now time.Time) string {
 	idMu.Lock()

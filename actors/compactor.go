@@ -189,7 +189,7 @@ func (c *compactor) requeue(entries []*eventlog.Entry) {
 	}
 	for _, e := range entries {
 		ev := e.Record.Event
-		if terminal(ev.Task.State) && !queued[ev.Task.Id] {
+		if taskhub.Terminal(ev.Task.State) && !queued[ev.Task.Id] {
 			c.queue = append(c.queue, finished{seq: e.Seq, owner: ev.Task.Owner, id: ev.Task.Id, at: ev.Time.AsTime()})
 		}
 	}

@@ -156,7 +156,7 @@ func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at t
 	}
 	tasks := f.active[t.Owner]
 	old := tasks[t.Id]
-	if terminal(t.State) {
+	if taskhub.Terminal(t.State) {
 		if old != nil {
 			delete(tasks, t.Id)
 			if len(tasks) == 0 {

@@ -312,7 +312,7 @@ func (a *taskActor) cancel(c *cancelCmd) *taskReply {
 	if a.task == nil || a.task.Owner != c.owner {
 		return &taskReply{err: notFound(a.id)}
 	}
-	if terminal(a.task.State) {
+	if taskhub.Terminal(a.task.State) {
 		return &taskReply{err: taskhub.Errorf(taskhub.FailedPrecondition, "task %s is already %s", a.id, taskhub.StateName(a.task.State))}
 	}
 	was := a.task.State
@@ -359,7 +359,7 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 		})
 	}
 	switch {
-	case a.task == nil || terminal(a.task.State):
+	case a.task == nil || taskhub.Terminal(a.task.State):
 		// A stale ticket: the task is gone or finished.
 		ack()
 		return &taskReply{}
@@ -555,7 +555,7 @@ func (a *taskActor) expire() *taskReply {
 
 // abort fails a task that is not finished, for a reason of the hub's own.
 func (a *taskActor) abort(c *abortCmd) *taskReply {
-	if a.task == nil || terminal(a.task.State) {
+	if a.task == nil || taskhub.Terminal(a.task.State) {
 		return &taskReply{task: a.task}
 	}
 	was := a.task.State
@@ -616,11 +616,6 @@ func backoff(attempt uint32) time.Duration {
 		return 0
 	}
 	return min(time.Second<<min(attempt-2, 5), 30*time.Second)
-}
-
-func terminal(s taskhubv1.TaskState) bool {
-	return s == taskhubv1.TaskState_TASK_STATE_COMPLETED || s == taskhubv1.TaskState_TASK_STATE_FAILED ||
-		s == taskhubv1.TaskState_TASK_STATE_CANCELLED
 }
 
 func requeuedOrFailed(s taskhubv1.TaskState) string {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -94,10 +95,10 @@ func (l *Log) GatherLeaders(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// stepDown asks the group of a stream or consumer (subject: its stepdown API) to make server
-// its leader.
-func (l *Log) stepDown(ctx context.Context, subject, server string) error {
-	req, err := json.Marshal(map[string]any{"placement": map[string]string{"preferred": server}})
+// stepDown asks the group of a stream or consumer (subject: its stepdown API) to make node's
+// server its leader.
+func (l *Log) stepDown(ctx context.Context, subject, node string) error {
+	req, err := json.Marshal(server.JSApiLeaderStepdownRequest{Placement: &server.Placement{Preferred: node}})
 	if err != nil {
 		return err
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub"
 )
 
 // The live index lets a process start in time proportional to the tasks that still matter, not
@@ -201,7 +201,7 @@ func (l *Log) fillLive(ctx context.Context) (fill func(*Entry), done func(), err
 			return
 		}
 		t := e.Record.Event.Task
-		if finished(t.State) && e.Seq <= watermark {
+		if taskhub.Terminal(t.State) && e.Seq <= watermark {
 			return
 		}
 		call, cancel := context.WithTimeout(context.Background(), l.cfg.Timeout)
@@ -247,9 +247,4 @@ func (l *Log) hasLiveIndex(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("%w: live index: %w", ErrUnavailable, err)
 	}
 	return true, nil
-}
-
-func finished(s taskhubv1.TaskState) bool {
-	return s == taskhubv1.TaskState_TASK_STATE_COMPLETED || s == taskhubv1.TaskState_TASK_STATE_FAILED ||
-		s == taskhubv1.TaskState_TASK_STATE_CANCELLED
 }
