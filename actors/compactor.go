@@ -20,10 +20,10 @@ import (
 // reads the tasks that matter rather than every task ever.
 //
 // In a cluster every node keeps the queue of finished tasks from its feed, but only the node
-// that leads (see Log.Lead) settles them (and gathers the log's leaders: GatherLeaders); the others drop theirs as they come due. A node that
-// takes the lead over reads the live index for what the last leader left unsettled. The
-// watermark is recorded in the log before the events go, never lowered: a node reads it there
-// before it relies on history (see floor).
+// that leads (see Log.Lead) settles them, and gathers the log's leaders (GatherLeaders); the
+// others drop theirs as they come due. A node that takes the lead over reads the live index
+// for what the last leader left unsettled. The watermark is recorded in the log before the
+// events go, never lowered: a node reads it there before it relies on history (see floor).
 //
 // Why the watermark is enough: a task's events are removed only when its final event (seq F) is
 // older than the retention. A watcher that has not seen F has not heard from the hub since

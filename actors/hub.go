@@ -202,9 +202,10 @@ func (h *Hub) checkLag(ctx context.Context) {
 // from a failure: a task stored as queued whose queue write was lost (the process died, or the
 // store failed, between the two) is queued again. (Queue consumers of modes nobody uses are left
 // to JetStream, which removes them after the queue's idle time: removing one here could race a
-// create of it on another node, which the server does not survive cleanly.) It runs beside serving: a start does not wait
-// for it, and it queues directly, in one pass, rather than waking an actor per task. It retries
-// every second until it has gone through without an error.
+// create of it on another node, which the server does not survive cleanly.) It runs beside
+// serving: a start does not wait for it, and it queues directly, in one pass, rather than
+// waking an actor per task. It retries every second until it has gone through without an
+// error.
 func (h *Hub) reconcile(ctx context.Context) {
 	for {
 		err := h.reconcileOnce(ctx)

@@ -50,9 +50,10 @@ type Events interface {
 	// TaskIDs returns the ids of every task of owner, in no particular order.
 	TaskIDs(ctx context.Context, owner string) ([]string, error)
 	// Follow calls fn on one goroutine with the last event of every task that is active or
-	// not yet settled (not Retired), in sequence order, then with every new event as it is stored (and write probes, as entries without a
-	// Record), until stop is called or the log closes. pending is how many messages are yet to
-	// come at that time: 0 means fn has seen every task.
+	// not yet settled (not Retired), in sequence order, then with every new event as it is
+	// stored (and write probes, as entries without a Record), until stop is called or the log
+	// closes. pending is how many messages are yet to come at that time: 0 means fn has seen
+	// every task.
 	Follow(ctx context.Context, fn func(e *eventlog.Entry, pending uint64)) (stop func(), err error)
 }
 
