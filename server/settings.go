@@ -19,7 +19,8 @@ const (
 )
 
 // sharedSettings are the options every node sharing a log must agree on, as flags: each node
-// runs lease expiry, stall marking and compaction, and admits tasks, with its own.
+// runs lease expiry and stall marking and admits tasks with its own, and the node that settles
+// finished tasks compacts them with its own retention.
 func sharedSettings(o actors.Options) map[string]string {
 	var modeAttempts []string
 	for _, m := range slices.Sorted(maps.Keys(o.ModeAttempts)) {
