@@ -24,16 +24,24 @@ func (l *Log) ClaimKey(ctx context.Context, owner, key, id string) (string, erro
 	if err := l.writable("idempotency key"); err != nil {
 		return "", err
 	}
-	if _, err := l.idempotency.Create(ctx, k, []byte(id)); err == nil {
-		return id, nil
-	} else if !errors.Is(err, jetstream.ErrKeyExists) {
-		return "", l.writeErr(ctx, "idempotency key", err)
+	// A key that exists may be gone when it is read: it expired in between. In an external
+	// cluster whose leaders were being moved, a read right after such a Create was also once
+	// answered "not found". Either way, try again.
+	var err error
+	for range 3 {
+		if _, err = l.idempotency.Create(ctx, k, []byte(id)); err == nil {
+			return id, nil
+		} else if !errors.Is(err, jetstream.ErrKeyExists) {
+			return "", l.writeErr(ctx, "idempotency key", err)
+		}
+		var e jetstream.KeyValueEntry
+		if e, err = l.idempotency.Get(ctx, k); err == nil {
+			return string(e.Value()), nil
+		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			break
+		}
 	}
-	e, err := l.idempotency.Get(ctx, k)
-	if err != nil {
-		return "", l.unavailable("idempotency key", err)
-	}
-	return string(e.Value()), nil
+	return "", l.unavailable("idempotency key", err)
 }
 
 func idempotencyKey(owner, key string) string {
