@@ -158,10 +158,13 @@ func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64),
 		entries = append(entries, &Entry{Seq: p, Subject: probeEvents})
 	}
 
+	// No filter: the stream holds only tasks.> and the probes, and the follower wants both. A
+	// filter of those two subjects would be the same messages at a far higher price: the server
+	// matches a consumer of several filters against every subject of a block for each message
+	// (29 % of a busy server's CPU with 1000 running tasks).
 	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"tasks.>", probeEvents},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    p + 1,
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   p + 1,
 	})
 	if err != nil {
 		return nil, l.unavailable("follow", err)

@@ -632,9 +632,9 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 	}
 	filling := true
 	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		// The probes too: the feed's position then reaches the stream's last sequence.
-		FilterSubjects: []string{"tasks.>", probeEvents},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+		// No filter: every subject, the probes too, so the feed's position reaches the stream's
+		// last sequence (and see followLive).
+		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {
 		return nil, l.unavailable("follow", err)
