@@ -11,6 +11,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -49,6 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg        server.Config
 		modes      string
 		secretFile string
+		debugAddr  string
 		logLevel   slog.Level
 	)
 	fs.StringVar(&cfg.Addr, "addr", server.DefaultAddr, "`host:port` to listen on; without --auth-file only loopback is allowed")
@@ -99,6 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", server.DefaultIdleTimeout, "how long an idle connection is kept")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM `file` of the TLS certificate: serve HTTPS (HTTP/1.1 and HTTP/2); needs --tls-key")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM `file` of the TLS certificate's private key")
+	fs.StringVar(&debugAddr, "debug-addr", "", "loopback `host:port` serving Go's profiles (/debug/pprof/), for measuring the server; off by default")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -133,6 +138,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	if debugAddr != "" {
+		stopDebug, err := serveDebug(debugAddr)
+		if err != nil {
+			return fmt.Errorf("--debug-addr: %w", err)
+		}
+		defer stopDebug()
+	}
 
 	s, err := server.Open(ctx, cfg)
 	if err != nil {
@@ -142,6 +154,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "taskhub shutting down")
 	return s.Close()
+}
+
+// serveDebug serves Go's profiles on addr, which must be a loopback address: a profile shows
+// the server's internals and costs CPU, so it is for whoever runs the machine.
+func serveDebug(addr string) (stop func(), err error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("%s is not a loopback address: profiles are only served to this machine", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return func() { srv.Close() }, nil
 }
 
 func dataWhere(cfg server.Config) string {
