@@ -34,9 +34,11 @@ type driver struct {
 	progress []int64           // accepted progress reports per task
 	final    []*taskhubv1.Task // as CompleteTask returned it
 
-	mu       sync.Mutex
-	failures int
-	firstErr error
+	mu        sync.Mutex
+	failures  int
+	firstErr  error
+	calls     []time.Duration // how long each accepted progress report took to answer
+	reportCPU time.Duration   // the server's CPU while the tasks reported; 0: unknown
 }
 
 // change is one change the driver made to a task, and when the call that made it returned.
@@ -46,14 +48,23 @@ type change struct {
 	progress float64
 }
 
+// newDriver makes the driver. Its calls speak cfg.codec: over one HTTP/2 cleartext connection,
+// as one Go program's workers share one; or with cfg.http1 over HTTP/1.1, a kept-alive
+// connection per task, as separate worker processes (or curl in a loop) report.
 func newDriver(cfg config, prefix string, notes io.Writer) *driver {
-	protocols := new(http.Protocols)
-	protocols.SetUnencryptedHTTP2(true)
-	hc := &http.Client{Transport: &http.Transport{Protocols: protocols}}
 	n := cfg.tasks
+	protocols := new(http.Protocols)
+	tr := &http.Transport{Protocols: protocols}
+	if cfg.http1 {
+		protocols.SetHTTP1(true)
+		tr.MaxIdleConnsPerHost = n + 1 // a task's reports are sequential: each keeps its connection
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
+	hc := &http.Client{Transport: tr}
 	return &driver{
-		tasks:    taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false, codecProto)...),
-		work:     taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false, codecProto)...),
+		tasks:    taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false, cfg.codec)...),
+		work:     taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false, cfg.codec)...),
 		http:     hc,
 		mode:     cfg.mode,
 		prefix:   prefix,
@@ -136,6 +147,7 @@ func (d *driver) drive(ctx context.Context, rate float64, dur time.Duration) {
 	perTask := int(float64(dur) / float64(time.Second) * rate / float64(n)) // at most this + 1 each
 	start := time.Now()
 	var wg sync.WaitGroup
+	calls := make([][]time.Duration, n)
 	for j := range n {
 		wg.Go(func() {
 			timer := time.NewTimer(0)
@@ -156,6 +168,7 @@ func (d *driver) drive(ctx context.Context, rate float64, dur time.Duration) {
 				}
 				// Strictly increasing and below 100, so a task's progress names its change.
 				p := 100 * float64(k+1) / float64(perTask+2)
+				asked := time.Now()
 				_, err := d.work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
 					TaskId: d.ids[j], LeaseToken: d.leases[j], Progress: p, Message: "step " + strconv.Itoa(k+1),
 				}))
@@ -166,12 +179,15 @@ func (d *driver) drive(ctx context.Context, rate float64, dur time.Duration) {
 					d.fail(fmt.Errorf("report progress on task %d: %w", j, err))
 					continue
 				}
+				now := time.Now()
 				d.progress[j]++
-				d.changes[j] = append(d.changes[j], change{at: time.Now(), state: taskhubv1.TaskState_TASK_STATE_RUNNING, progress: p})
+				d.changes[j] = append(d.changes[j], change{at: now, state: taskhubv1.TaskState_TASK_STATE_RUNNING, progress: p})
+				calls[j] = append(calls[j], now.Sub(asked))
 			}
 		})
 	}
 	wg.Wait()
+	d.calls = slices.Concat(calls...)
 }
 
 // complete completes every task.
@@ -270,6 +286,12 @@ func (d *driver) stats(took time.Duration, pr *problems) *eventStats {
 	e := &eventStats{
 		Published: progress + lifecycle, Progress: progress, Lifecycle: lifecycle,
 		ProgressPerSec: float64(progress) / took.Seconds(), DriverErrors: d.failures,
+		Calls: newDist(d.calls),
+	}
+	if d.reportCPU > 0 && progress > 0 {
+		e.ReportCPUSec = d.reportCPU.Seconds()
+		e.ReportCPUShare = e.ReportCPUSec / took.Seconds()
+		e.CPUPerProgressUs = 1e6 * e.ReportCPUSec / float64(progress)
 	}
 	if d.firstErr != nil {
 		e.FirstError = d.firstErr.Error()

@@ -385,9 +385,18 @@ func (l *load) drive(ctx context.Context, d *driver) (time.Duration, error) {
 	if err := d.claim(ctx); err != nil {
 		return 0, err
 	}
+	var cpu time.Duration
+	if l.srv != nil {
+		cpu, _ = l.srv.cpu()
+	}
 	start := time.Now()
 	d.drive(ctx, l.cfg.rate, l.cfg.duration)
 	took := time.Since(start)
+	if l.srv != nil {
+		if now, err := l.srv.cpu(); err == nil {
+			d.reportCPU = now - cpu
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}

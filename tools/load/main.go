@@ -139,10 +139,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.serverPID, "server-pid", 0, "`pid` of the server, for its CPU and memory (default: the process listening on the URL's port)")
 	fs.IntVar(&cfg.perConn, "streams-per-conn", 100, "watchers or clients sharing one HTTP/2 connection (Go's server allows 250)")
 	fs.DurationVar(&cfg.drain, "drain", 30*time.Second, "how long to wait after the last event (or the slow watchers' resume) for every watcher to have it")
-	fs.BoolVar(&cfg.http1, "http1", false, "one HTTP/1.1 connection per stream, as the page uses without TLS, instead of HTTP/2 (sets --streams-per-conn 1; a --slow watcher then stops reading its socket, and kernel buffers absorb megabytes first)")
+	fs.BoolVar(&cfg.http1, "http1", false, "one HTTP/1.1 connection per stream, as the page uses without TLS, instead of HTTP/2 (sets --streams-per-conn 1; a --slow watcher then stops reading its socket, and kernel buffers absorb megabytes first); the workers then report over HTTP/1.1 too, a kept-alive connection per task, as separate worker processes do, instead of sharing one HTTP/2 connection")
 	fs.StringVar(&cfg.client, "client", clientRaw, "how the watchers read their streams (push): `raw`, one goroutine per HTTP/2 connection reads its frames with x/net/http2's Framer and decodes the Connect messages itself, lean enough that the tool's own queueing stays out of the latency it measures; or connect, the generated connect-go client over net/http's HTTP/2 transport, a goroutine per stream, as a Go program would watch. --http1 always uses connect")
 	fs.BoolVar(&cfg.gzip, "gzip", false, "accept gzip responses as a stock Go Connect client does (the server then compresses each message for each watcher)")
-	fs.StringVar(&cfg.codec, "codec", codecProto, "`codec` of the watchers' (and pollers') messages: proto, or json (application/connect+json, as curl and most scripts watch; needs --client connect, which it sets)")
+	fs.StringVar(&cfg.codec, "codec", codecProto, "`codec` of the watchers', pollers' and workers' messages: proto, or json (application/connect+json, as curl and most scripts watch; needs --client connect, which it sets)")
 	fs.BoolVar(&cfg.json, "json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err

@@ -62,6 +62,14 @@ type eventStats struct {
 	ProgressPerSec float64 `json:"progress_per_s"` // achieved; below --rate when the server answers slower
 	DriverErrors   int     `json:"driver_errors"`
 	FirstError     string  `json:"first_error,omitempty"`
+	// Calls is how long the accepted ReportProgress calls took, from asking to the answer.
+	Calls *dist `json:"report_call_ms,omitempty"`
+	// The server's CPU while the tasks reported progress (not while they were created,
+	// claimed or completed, nor during the drain), and that per accepted progress report:
+	// the write path's cost, the event's deliveries to the watchers included.
+	ReportCPUSec     float64 `json:"report_cpu_s,omitempty"`
+	ReportCPUShare   float64 `json:"report_cpu_share,omitempty"` // of one core
+	CPUPerProgressUs float64 `json:"cpu_per_progress_us,omitempty"`
 }
 
 type deliveryStats struct {
@@ -195,6 +203,13 @@ func (r *report) writeText(w io.Writer) error {
 				why = "this tool could not ask faster: it used all its cores"
 			}
 			row("", "below the %g progress events/s asked: %s", r.Rate, why)
+		}
+		if e.Calls != nil {
+			row("report calls", "%s", e.Calls)
+		}
+		if e.ReportCPUSec > 0 {
+			row("while reporting", "server %.2f CPU s (%.0f%% of a core): %.1fµs per progress event, its deliveries included",
+				e.ReportCPUSec, 100*e.ReportCPUShare, e.CPUPerProgressUs)
 		}
 		if e.DriverErrors > 0 {
 			row("driver errors", "%d, the first: %s", e.DriverErrors, e.FirstError)
