@@ -96,6 +96,11 @@ func TestRun_Push(t *testing.T) {
 			require.Positive(t, rep.Server.CPUSec)
 			require.Positive(t, rep.Server.PeakRSS)
 			require.Positive(t, rep.Server.RSSIdle)
+			e := rep.Events
+			require.EqualValues(t, e.Progress, e.Calls.Count, "every accepted report's call is timed")
+			require.Positive(t, e.Calls.P50)
+			require.Positive(t, e.ReportCPUSec)
+			require.InDelta(t, 1e6*e.ReportCPUSec/float64(e.Progress), e.CPUPerProgressUs, 0.01)
 		})
 	}
 }
