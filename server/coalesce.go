@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
+	"crypto/tls"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -28,6 +31,35 @@ func (l coalescingListener) Accept() (net.Conn, error) {
 	return newCoalescingConn(c), nil
 }
 
+// directHTTP1 makes the connection of an HTTP/1.1 request write on the writer's goroutine:
+// such a connection carries one request at a time, so a flusher goroutine has nothing to
+// gather (coalescingConn.writeDirectly). HTTP/2 connections keep coalescing.
+func directHTTP1(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 1 {
+			if c, ok := r.Context().Value(connKey{}).(*coalescingConn); ok {
+				c.writeDirectly()
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// connKey is the context key of a request's coalescingConn (withConn).
+type connKey struct{}
+
+// withConn is the server's ConnContext: it keeps a connection's coalescingConn, beneath TLS if
+// any, in the context of its requests.
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	if cc, ok := c.(*coalescingConn); ok {
+		return context.WithValue(ctx, connKey{}, cc)
+	}
+	return ctx
+}
+
 // coalescingConn turns a connection's writes into fewer system calls. net/http's HTTP/2 server
 // writes each frame into its buffer and flushes it to the socket as soon as it has nothing else
 // queued; when an event fans out to many watch streams that share a connection, their frames
@@ -43,14 +75,17 @@ func (l coalescingListener) Accept() (net.Conn, error) {
 // kernel would write what is in its socket buffer: crypto/tls sets a deadline of now right after
 // queuing its close alert. Close bounds how long a peer that does not read can hold them.
 //
-// A connection with a single stream gains nothing and pays a goroutine start per flush: 1–2 µs
-// per delivery at 5000 one-stream connections, and a longer tail (README, Benchmarks).
+// A connection with a single stream gains nothing from a flusher goroutine and would pay its
+// start on every flush. An HTTP/1.1 connection carries one request at a time, so once it is
+// known to be one (writeDirectly), Write flushes on the writer's own goroutine, as an unwrapped
+// connection would.
 type coalescingConn struct {
 	net.Conn
 	mu       sync.Mutex
 	room     sync.Cond // pending shrank, the flusher stopped, or the connection failed
 	pending  *[]byte   // nil when nothing is queued: an idle connection holds no buffer
 	flushing bool
+	direct   bool        // Write flushes on its own goroutine (writeDirectly)
 	closing  bool        // Close came while flushing: the flusher closes the connection when done
 	deadline time.Time   // Write fails from then on (SetWriteDeadline)
 	timer    *time.Timer // wakes writers waiting for room at the deadline
@@ -89,9 +124,23 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	*c.pending = append(*c.pending, p...)
 	if !c.flushing {
 		c.flushing = true
-		go c.flush()
+		if !c.direct {
+			go c.flush()
+			return len(p), nil
+		}
+		if err := c.flushLocked(); err != nil {
+			return 0, err // p may be partly written: the connection is of no more use
+		}
 	}
 	return len(p), nil
+}
+
+// writeDirectly makes Write flush on the writer's goroutine, for a connection that carries one
+// stream at a time (HTTP/1.1).
+func (c *coalescingConn) writeDirectly() {
+	c.mu.Lock()
+	c.direct = true
+	c.mu.Unlock()
 }
 
 // SetWriteDeadline makes Write fail from t on (never, if t is zero), and a Write waiting for
@@ -127,12 +176,18 @@ func (c *coalescingConn) SetDeadline(t time.Time) error {
 func (c *coalescingConn) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	_ = c.flushLocked() // a later Write reports it
+}
+
+// flushLocked is flush with c.mu held, and released across each system call. It returns the
+// error of a write that failed.
+func (c *coalescingConn) flushLocked() (err error) {
 	for c.pending != nil {
 		b := c.pending
 		c.pending = nil
 		c.room.Broadcast() // room to queue behind this write
 		c.mu.Unlock()
-		_, err := c.Conn.Write(*b)
+		_, err = c.Conn.Write(*b)
 		c.mu.Lock()
 		recycle(b)
 		if err != nil {
@@ -151,6 +206,7 @@ func (c *coalescingConn) flush() {
 	if c.closing {
 		c.Conn.Close()
 	}
+	return err
 }
 
 func recycle(b *[]byte) {

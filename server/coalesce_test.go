@@ -289,3 +289,89 @@ func TestCoalescingConn_CloseWakesAWriterWaitingForRoom(t *testing.T) {
 		return errors.Is(err, io.ErrClosedPipe)
 	}, 10*closeFlushTimeout, 10*time.Millisecond, "the connection is closed within Close's bound")
 }
+
+// TestCoalescingConn_DirectWritesOnTheWritersGoroutine: a connection known to carry one stream
+// (HTTP/1.1) writes in Write itself: Write returns once the peer took the bytes, and a failed
+// write fails that Write.
+func TestCoalescingConn_DirectWritesOnTheWritersGoroutine(t *testing.T) {
+	a, b := net.Pipe() // a write returns once the other end has read it
+	c := newCoalescingConn(a)
+	c.writeDirectly()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write([]byte("hello"))
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		t.Fatalf("Write returned (%v) before the peer read: it queued instead of writing", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	got := make([]byte, 5)
+	_, err := io.ReadFull(b, got)
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(got))
+	require.NoError(t, <-wrote)
+
+	b.Close()
+	_, err = c.Write([]byte("lost"))
+	require.ErrorIs(t, err, io.ErrClosedPipe, "a direct write reports its own failure")
+	_, err = c.Write([]byte("x"))
+	require.ErrorIs(t, err, io.ErrClosedPipe)
+}
+
+// TestCoalescingConn_CloseEndsADirectWriteToAPeerThatDoesNotRead: the writer blocked on the
+// peer gets an error within closeFlushTimeout of Close, and the connection is closed.
+func TestCoalescingConn_CloseEndsADirectWriteToAPeerThatDoesNotRead(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newCoalescingConn(a)
+	c.writeDirectly()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, 1<<10))
+		wrote <- err
+	}()
+	require.Eventually(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.flushing }, 5*time.Second, time.Millisecond)
+	start := time.Now()
+	require.NoError(t, c.Close())
+	select {
+	case err := <-wrote:
+		require.Error(t, err)
+		require.Less(t, time.Since(start), 5*closeFlushTimeout)
+	case <-time.After(10 * closeFlushTimeout):
+		t.Fatal("the direct write was still blocked long after Close")
+	}
+	_, err := a.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.ErrClosedPipe, "the connection was closed")
+}
+
+// TestDirectHTTP1: the server's HTTP/1.1 connections write directly, its HTTP/2 ones coalesce.
+func TestDirectHTTP1(t *testing.T) {
+	srv := httptest.NewUnstartedServer(directHTTP1(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := r.Context().Value(connKey{}).(*coalescingConn)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		fmt.Fprintf(w, "%s direct=%v", r.Proto, c.direct)
+	})))
+	srv.Listener = coalescingListener{srv.Listener}
+	srv.Config.ConnContext = withConn
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+
+	get := func(client *http.Client) string {
+		res, err := client.Get(srv.URL)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		return string(b)
+	}
+	require.Equal(t, "HTTP/2.0 direct=false", get(srv.Client()))
+	h1 := srv.Client().Transport.(*http.Transport).Clone()
+	h1.Protocols = new(http.Protocols)
+	h1.Protocols.SetHTTP1(true)
+	h1.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	require.Equal(t, "HTTP/1.1 direct=true", get(&http.Client{Transport: h1}))
+}

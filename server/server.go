@@ -194,6 +194,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if !auth.Enabled() {
 		handler = loopbackHostsOnly(handler)
 	}
+	handler = directHTTP1(handler)
 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -211,6 +212,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		IdleTimeout:       limits.IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		ConnContext:       withConn,
 	}
 	go func() {
 		if s.tls {
