@@ -38,6 +38,24 @@ func newLoad(cfg config, notes io.Writer) *load {
 	return &load{cfg: cfg, notes: notes, prefix: fmt.Sprintf("taskhub-load %08x task ", rand.Uint32())}
 }
 
+// findServer sets l.srv to the server's process: --server-pid, or the process listening on
+// the URL's port; nil when it is not found.
+func (l *load) findServer() {
+	pid := l.cfg.serverPID
+	if pid == 0 {
+		var err error
+		if pid, err = findListener(l.cfg.port); err != nil {
+			l.notef("server CPU and memory unknown: %v", err)
+			return
+		}
+	}
+	l.srv = &proc{pid}
+	if _, err := l.srv.cpu(); err != nil {
+		l.notef("server CPU and memory unknown: %v", err)
+		l.srv = nil
+	}
+}
+
 func (l *load) run(ctx context.Context) (*report, error) {
 	cfg := l.cfg
 	rep := &report{
@@ -47,20 +65,7 @@ func (l *load) run(ctx context.Context) (*report, error) {
 	if cfg.cmd == "push" {
 		rep.WatchClient = cfg.client
 	}
-	pid := cfg.serverPID
-	if pid == 0 {
-		var err error
-		if pid, err = findListener(cfg.port); err != nil {
-			l.notef("server CPU and memory unknown: %v", err)
-		}
-	}
-	if pid != 0 {
-		l.srv = &proc{pid}
-		if _, err := l.srv.cpu(); err != nil {
-			l.notef("server CPU and memory unknown: %v", err)
-			l.srv = nil
-		}
-	}
+	l.findServer()
 	var pr problems
 	var err error
 	if cfg.cmd == "poll" {
@@ -149,10 +154,13 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	// stream window the client would buffer minutes of events and the server would never
 	// notice; with 64 KiB it must hold or drop this watcher's events within seconds.
 	var fast, slow *pool
-	if cfg.client == clientRaw {
+	switch {
+	case cfg.client == clientRaw && cfg.http1:
+		fast, slow = newPool(0, 1, nil, true), newPool(0, 1, nil, true) // for their dialers
+	case cfg.client == clientRaw:
 		fast = newRawPool(nFast, cfg.perConn, l.rawConfig(defaultStreamWindow))
 		slow = newRawPool(cfg.slow, cfg.perConn, l.rawConfig(slowStreamWindow))
-	} else {
+	default:
 		fast = newPool(nFast, cfg.perConn, nil, cfg.http1)
 		slow = newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: slowStreamWindow}, cfg.http1)
 	}
@@ -162,14 +170,18 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	opts := clientOptions(cfg.token, cfg.gzip, cfg.codec)
 	ws := make([]*watcher, cfg.watchers)
 	opens := make([]bool, cfg.watchers) // the watcher opens its HTTP/2 connection
+	h1 := map[*pool]*h1Config{fast: l.h1Config(fast), slow: l.h1Config(slow)}
 	for i := range ws {
 		p, k := fast, i
 		if i >= nFast {
 			p, k = slow, i-nFast
 		}
-		if cfg.client == clientRaw {
+		switch {
+		case cfg.client == clientRaw && cfg.http1:
+			ws[i] = newH1Watcher(i, h1[p], spec, i >= nFast)
+		case cfg.client == clientRaw:
 			ws[i] = newRawWatcher(i, p.rawConn(k), spec, i >= nFast)
-		} else {
+		default:
 			ws[i] = newWatcher(i, taskhubv1connect.NewTaskServiceClient(p.client(k), cfg.url, opts...), spec, i >= nFast)
 		}
 		opens[i] = k%cfg.perConn == 0
@@ -192,7 +204,7 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	}
 	c.Connections = fast.conns.Load() + slow.conns.Load()
 	rep.Connect = c
-	if cfg.client == clientConnect {
+	if cfg.client == clientConnect || cfg.http1 {
 		// Each watcher noted it with its snapshot, before it was ready.
 		for _, w := range ws {
 			if rep.ContentType == "" {
@@ -265,6 +277,15 @@ const (
 	defaultStreamWindow = 4 << 20
 	slowStreamWindow    = 64 << 10
 )
+
+// h1Config is the configuration of the HTTP/1.1 watchers whose connections p dials.
+func (l *load) h1Config(p *pool) *h1Config {
+	u, _ := url.Parse(l.cfg.url) // parseConfig checked it
+	return &h1Config{
+		addr: net.JoinHostPort(u.Hostname(), strconv.Itoa(l.cfg.port)), authority: u.Host,
+		token: l.cfg.token, codec: l.cfg.codec, dial: p.dial,
+	}
+}
 
 // rawConfig is the configuration of the rawConns of a pool whose streams get window bytes.
 func (l *load) rawConfig(window uint32) rawConfig {

@@ -1,7 +1,7 @@
 // Command taskhub-load puts a running taskhub under a bounded load and measures what its
 // watchers get: every event, in order, and how soon.
 //
-//	taskhub-load [push|poll] [flags]
+//	taskhub-load [push|poll|centrifugo] [flags]
 //
 // push (the default) opens --watchers WatchTasks streams (Connect, binary codec, HTTP/2
 // cleartext; read by the tool's own lean HTTP/2 client, or with --client connect by the
@@ -11,6 +11,8 @@
 // with every task COMPLETED. It reports delivery latency, coalescing, and the server's CPU and
 // memory. poll drives the same task load while as many clients poll ListTasks every
 // --poll-interval, and measures how stale their view is, so the saving of push is a number.
+// centrifugo puts the same shape of load on a local Centrifugo, the peer push is compared
+// with, and writes the same report (see centrifugo.go).
 //
 // It only targets a server on this machine, and exits non-zero when anything was lost.
 package main
@@ -48,7 +50,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rep, err := newLoad(cfg, stderr).run(ctx)
+	var rep *report
+	if cfg.cmd == "centrifugo" {
+		rep, err = newLoad(cfg, stderr).centrifugo(ctx)
+	} else {
+		rep, err = newLoad(cfg, stderr).run(ctx)
+	}
 	if err != nil {
 		return err
 	}
@@ -68,7 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // config is the parsed command line.
 type config struct {
-	cmd          string // push or poll
+	cmd          string // push, poll or centrifugo
 	url          string // base URL, without a trailing slash
 	port         int
 	watchers     int
@@ -89,6 +96,8 @@ type config struct {
 	client       string // how push's watchers read: clientRaw or clientConnect
 	codec        string // of the watchers' and pollers' messages: codecProto or codecJSON
 	json         bool
+	apiKey       string // centrifugo: of its server HTTP API
+	publishers   int    // centrifugo: goroutines publishing, each in order
 }
 
 // The clients a push's watchers read their streams with.
@@ -117,10 +126,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	cfg := config{cmd: "push"}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch args[0] {
-		case "push", "poll":
+		case "push", "poll", "centrifugo":
 			cfg.cmd, args = args[0], args[1:]
 		default:
-			return cfg, fmt.Errorf("unknown command %q: the commands are push and poll", args[0])
+			return cfg, fmt.Errorf("unknown command %q: the commands are push, poll and centrifugo", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("taskhub-load "+cfg.cmd, flag.ContinueOnError)
@@ -140,10 +149,12 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.perConn, "streams-per-conn", 100, "watchers or clients sharing one HTTP/2 connection (Go's server allows 250)")
 	fs.DurationVar(&cfg.drain, "drain", 30*time.Second, "how long to wait after the last event (or the slow watchers' resume) for every watcher to have it")
 	fs.BoolVar(&cfg.http1, "http1", false, "one HTTP/1.1 connection per stream, as the page uses without TLS, instead of HTTP/2 (sets --streams-per-conn 1; a --slow watcher then stops reading its socket, and kernel buffers absorb megabytes first); the workers then report over HTTP/1.1 too, a kept-alive connection per task, as separate worker processes do, instead of sharing one HTTP/2 connection")
-	fs.StringVar(&cfg.client, "client", clientRaw, "how the watchers read their streams (push): `raw`, one goroutine per HTTP/2 connection reads its frames with x/net/http2's Framer and decodes the Connect messages itself, lean enough that the tool's own queueing stays out of the latency it measures; or connect, the generated connect-go client over net/http's HTTP/2 transport, a goroutine per stream, as a Go program would watch. --http1 always uses connect")
+	fs.StringVar(&cfg.client, "client", clientRaw, "how the watchers read their streams (push): `raw`, one goroutine per HTTP/2 connection reads its frames with x/net/http2's Framer and decodes the Connect messages itself, lean enough that the tool's own queueing stays out of the latency it measures; or connect, the generated connect-go client over net/http's transport, a goroutine per stream, as a Go program would watch. With --http1, raw is a goroutine per connection that writes the request and reads the chunked response itself (proto or JSON)")
 	fs.BoolVar(&cfg.gzip, "gzip", false, "accept gzip responses as a stock Go Connect client does (the server then compresses each message for each watcher)")
-	fs.StringVar(&cfg.codec, "codec", codecProto, "`codec` of the watchers', pollers' and workers' messages: proto, or json (application/connect+json, as curl and most scripts watch; needs --client connect, which it sets)")
+	fs.StringVar(&cfg.codec, "codec", codecProto, "`codec` of the watchers', pollers' and workers' messages: proto, or json (application/connect+json, as curl and most scripts watch; over HTTP/2 it needs --client connect, which it sets)")
 	fs.BoolVar(&cfg.json, "json", false, "print the report as JSON")
+	fs.StringVar(&cfg.apiKey, "api-key", "", "`key` of Centrifugo's server HTTP API, its http_api.key (centrifugo)")
+	fs.IntVar(&cfg.publishers, "publishers", 4, "goroutines sharing --rate, each publishing its messages one after the other, in an order every watcher must keep (centrifugo)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -162,18 +173,19 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("--client must be %s or %s: got %q", clientRaw, clientConnect, cfg.client)
 	case clientSet && cfg.cmd != "push":
 		return cfg, errors.New("--client is for push; poll always uses the connect-go client")
-	case clientSet && cfg.http1 && cfg.client == clientRaw:
-		return cfg, errors.New("--client raw speaks HTTP/2 only; --http1 uses --client connect")
 	case cfg.codec != codecProto && cfg.codec != codecJSON:
 		return cfg, fmt.Errorf("--codec must be %s or %s: got %q", codecProto, codecJSON, cfg.codec)
-	case clientSet && cfg.codec == codecJSON && cfg.client == clientRaw:
-		return cfg, errors.New("--client raw decodes proto only; --codec json uses --client connect")
+	case clientSet && cfg.codec == codecJSON && cfg.client == clientRaw && !cfg.http1:
+		return cfg, errors.New("--client raw over HTTP/2 decodes proto only; --codec json uses --client connect there (or add --http1)")
+	case cfg.gzip && cfg.http1 && cfg.client == clientRaw:
+		return cfg, errors.New("--client raw over HTTP/1.1 does not decompress: drop --gzip, or use --client connect")
 	}
 	if cfg.http1 {
 		cfg.perConn = 1
-		cfg.client = clientConnect
-	}
-	if cfg.codec == codecJSON {
+		if !clientSet && cfg.gzip {
+			cfg.client = clientConnect
+		}
+	} else if cfg.codec == codecJSON {
 		cfg.client = clientConnect
 	}
 
@@ -202,6 +214,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("--streams-per-conn must be 1..250: got %d", cfg.perConn)
 	case cfg.drain <= 0 || cfg.drain > maxDuration:
 		return cfg, fmt.Errorf("--drain must be above 0 and at most %v: got %v", maxDuration, cfg.drain)
+	case cfg.cmd == "centrifugo" && cfg.apiKey == "":
+		return cfg, errors.New("centrifugo: pass --api-key, the http_api.key of Centrifugo's config")
+	case cfg.publishers < 1 || cfg.publishers > maxPublishers:
+		return cfg, fmt.Errorf("--publishers must be 1..%d: got %d", maxPublishers, cfg.publishers)
 	}
 	return cfg, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -129,35 +130,48 @@ func TestRun_PushGzip(t *testing.T) {
 func TestRun_PushHTTP1(t *testing.T) {
 	t.Parallel()
 	srv := setup(t)
-	rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1")
+	for _, client := range []string{clientRaw, clientConnect} {
+		t.Run(client, func(t *testing.T) {
+			rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1", "--client", client)
 
-	require.True(t, rep.HTTP1)
-	require.Equal(t, clientConnect, rep.WatchClient, "--http1 reads with connect-go")
-	require.Equal(t, 10, rep.Connect.Connected)
-	require.EqualValues(t, 10, rep.Connect.Connections, "one HTTP/1.1 connection per stream")
-	d := rep.Deliveries
-	require.Equal(t, 10*rep.Events.Published, d.Expected)
-	require.Equal(t, d.Expected, d.Received+d.Coalesced)
+			require.True(t, rep.HTTP1)
+			require.Equal(t, client, rep.WatchClient)
+			require.Equal(t, "application/connect+proto", rep.ContentType)
+			require.Equal(t, 10, rep.Connect.Connected)
+			require.EqualValues(t, 10, rep.Connect.Connections, "one HTTP/1.1 connection per stream")
+			d := rep.Deliveries
+			require.Equal(t, 10*rep.Events.Published, d.Expected)
+			require.Equal(t, d.Expected, d.Received+d.Coalesced)
+			require.Positive(t, d.BytesIn)
+		})
+	}
 }
 
-// TestRun_PushJSON: --codec json watches as curl does, with application/connect+json, one
-// HTTP/1.1 connection each with --http1; the deliveries are checked as with the binary codec.
+// TestRun_PushJSON: --codec json watches as curl does, with application/connect+json: over
+// HTTP/1.1, one connection each, read by the tool's lean reader; over HTTP/2 with connect-go.
+// The deliveries are checked as with the binary codec.
 func TestRun_PushJSON(t *testing.T) {
 	t.Parallel()
 	srv := setup(t)
-	rep := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1", "--codec", "json")
+	for _, http1 := range []bool{true, false} {
+		t.Run(fmt.Sprint("http1=", http1), func(t *testing.T) {
+			args := []string{"push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--codec", "json"}
+			client := clientConnect
+			if http1 {
+				args, client = append(args, "--http1"), clientRaw
+			}
+			rep := runLoad(t, args...)
 
-	require.Equal(t, codecJSON, rep.Codec)
-	require.Equal(t, "application/connect+json", rep.ContentType, "the server answered in JSON")
-	require.Equal(t, clientConnect, rep.WatchClient)
-	require.EqualValues(t, 10, rep.Connect.Connections)
-	d := rep.Deliveries
-	require.Equal(t, 10*rep.Events.Published, d.Expected)
-	require.Equal(t, d.Expected, d.Received+d.Coalesced)
-	require.GreaterOrEqual(t, d.Received, 10*rep.Events.Lifecycle)
-
-	proto := runLoad(t, "push", "--url", srv.URL(), "--watchers", "10", "--tasks", "2", "--rate", "100", "--duration", "1s", "--http1")
-	require.Equal(t, "application/connect+proto", proto.ContentType)
+			require.Equal(t, codecJSON, rep.Codec)
+			require.Equal(t, "application/connect+json", rep.ContentType, "the server answered in JSON")
+			require.Equal(t, client, rep.WatchClient)
+			d := rep.Deliveries
+			require.Equal(t, 10*rep.Events.Published, d.Expected)
+			require.Equal(t, d.Expected, d.Received+d.Coalesced)
+			require.GreaterOrEqual(t, d.Received, 10*rep.Events.Lifecycle)
+			require.Positive(t, rep.Events.Progress)
+		})
+	}
 }
 
 func TestRun_PushSlowWatchers(t *testing.T) {
@@ -239,11 +253,11 @@ func TestRun_RefusesOtherHosts(t *testing.T) {
 func TestRun_RefusesBadClients(t *testing.T) {
 	t.Parallel()
 	for args, want := range map[string]string{
-		"--client grpc":             "--client must be raw or connect",
-		"--client raw --http1":      "--client raw speaks HTTP/2 only",
-		"poll --client connect":     "--client is for push",
-		"--codec xml":               "--codec must be proto or json",
-		"--client raw --codec json": "--client raw decodes proto only",
+		"--client grpc":               "--client must be raw or connect",
+		"poll --client connect":       "--client is for push",
+		"--codec xml":                 "--codec must be proto or json",
+		"--client raw --codec json":   "--client raw over HTTP/2 decodes proto only",
+		"--client raw --http1 --gzip": "does not decompress",
 	} {
 		t.Run(args, func(t *testing.T) {
 			err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)

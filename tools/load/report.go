@@ -189,14 +189,25 @@ func (r *report) writeText(w io.Writer) error {
 	if r.WatchClient != "" {
 		how += ", " + r.WatchClient + " client"
 	}
-	fmt.Fprintf(tw, "taskhub-load %s: %d %s, %d tasks, %g progress events/s for %gs, against %s%s\n",
-		r.Command, r.Watchers, who, r.Tasks, r.Rate, r.DurationSec, r.URL, how)
+	if r.Command == "centrifugo" {
+		fmt.Fprintf(tw, "taskhub-load centrifugo: %d watchers (WebSocket, JSON), %d publishers, %g messages/s for %gs, against %s\n",
+			r.Watchers, r.Tasks, r.Rate, r.DurationSec, r.URL)
+	} else {
+		fmt.Fprintf(tw, "taskhub-load %s: %d %s, %d tasks, %g progress events/s for %gs, against %s%s\n",
+			r.Command, r.Watchers, who, r.Tasks, r.Rate, r.DurationSec, r.URL, how)
+	}
 	if c := r.Connect; c != nil {
 		row("watchers", "%d connected, %d failed, in %.2fs over %d connections; connect p50 %s, max %s",
 			c.Connected, c.Failed, c.Seconds, c.Connections, fmtMs(c.P50Ms), fmtMs(c.MaxMs))
 	}
 	if e := r.Events; e != nil {
-		row("events", "%d published: %d progress (%.1f/s) + %d lifecycle", e.Published, e.Progress, e.ProgressPerSec, e.Lifecycle)
+		calls, event := "report calls", "progress event"
+		if r.Command == "centrifugo" {
+			calls, event = "publish calls", "message"
+			row("messages", "%d published (%.1f/s)", e.Published, e.ProgressPerSec)
+		} else {
+			row("events", "%d published: %d progress (%.1f/s) + %d lifecycle", e.Published, e.Progress, e.ProgressPerSec, e.Lifecycle)
+		}
 		if e.ProgressPerSec < 0.95*r.Rate {
 			why := "the server answered too slowly: each task's reports are sequential"
 			if r.Bottleneck == "tool" {
@@ -205,19 +216,23 @@ func (r *report) writeText(w io.Writer) error {
 			row("", "below the %g progress events/s asked: %s", r.Rate, why)
 		}
 		if e.Calls != nil {
-			row("report calls", "%s", e.Calls)
+			row(calls, "%s", e.Calls)
 		}
 		if e.ReportCPUSec > 0 {
-			row("while reporting", "server %.2f CPU s (%.0f%% of a core): %.1fµs per progress event, its deliveries included",
-				e.ReportCPUSec, 100*e.ReportCPUShare, e.CPUPerProgressUs)
+			row("while publishing", "server %.2f CPU s (%.0f%% of a core): %.1fµs per %s, its deliveries included",
+				e.ReportCPUSec, 100*e.ReportCPUShare, e.CPUPerProgressUs, event)
 		}
 		if e.DriverErrors > 0 {
 			row("driver errors", "%d, the first: %s", e.DriverErrors, e.FirstError)
 		}
 	}
 	if d := r.Deliveries; d != nil {
-		row("deliveries", "%d expected, %d received, %d coalesced (progress only); %.0f/s, %s in",
-			d.Expected, d.Received, d.Coalesced, d.PerSec, fmtBytes(d.BytesIn))
+		lost := "coalesced (progress only)"
+		if r.Command == "centrifugo" {
+			lost = "missed"
+		}
+		row("deliveries", "%d expected, %d received, %d %s; %.0f/s, %s in",
+			d.Expected, d.Received, d.Coalesced, lost, d.PerSec, fmtBytes(d.BytesIn))
 		if d.Heartbeats > 0 {
 			row("heartbeats", "%d", d.Heartbeats)
 		}
@@ -266,6 +281,8 @@ func (r *report) writeText(w io.Writer) error {
 		row("bottleneck", "the server: it used %.0f%% of its %d cores", 100*r.Server.CPUShare/float64(r.Server.Cores), r.Server.Cores)
 	}
 	switch {
+	case r.OK && r.Command == "centrifugo":
+		row("result", "OK: every watcher got every publisher's messages, each once, in order")
 	case r.OK && r.Command == "poll":
 		row("result", "OK: every client's view only moved forward and ended with every task COMPLETED")
 	case r.OK && r.Tasks == 0:

@@ -20,6 +20,7 @@ type watcher struct {
 	id     int
 	client taskhubv1connect.TaskServiceClient // nil when conn reads the stream
 	conn   *rawConn
+	h1     *h1Config // set when the watcher reads its HTTP/1.1 stream itself
 	spec   *watchSpec
 	slow   bool // stops reading for spec.slowFor when spec.started closes
 
@@ -90,6 +91,10 @@ func newRawWatcher(id int, conn *rawConn, spec *watchSpec, slow bool) *watcher {
 func (w *watcher) run(ctx context.Context) {
 	if w.conn != nil {
 		w.conn.watch(ctx, w)
+		return
+	}
+	if w.h1 != nil {
+		w.runH1(ctx)
 		return
 	}
 	defer w.finish()

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fastjson"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+)
+
+func progressMessage() *taskhubv1.WatchTasksResponse {
+	at := timestamppb.New(time.Date(2026, 12, 6, 14, 0, 0, 123456789, time.UTC))
+	return &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: &taskhubv1.TaskEvent{
+		Kind: taskhubv1.EventKind_EVENT_KIND_PROGRESS, Seq: 1234567, Time: at,
+		Task: &taskhubv1.Task{
+			Id: "01JEXAMPLE0000000000000000", Owner: "local", Mode: "load", Prompt: "load-ab12-7",
+			State: taskhubv1.TaskState_TASK_STATE_RUNNING, Progress: 42.5, Message: "step 17",
+			Seq: 1234567, CreatedAt: at, UpdatedAt: at, StartedAt: at, ProgressedAt: at, WorkerId: "taskhub-load",
+		},
+	}}}
+}
+
+// TestDecodeMessage: a JSON progress event read into the fields the watcher checks says what
+// protojson says of them; any other message is read whole.
+func TestDecodeMessage(t *testing.T) {
+	var jp fastjson.Parser
+	full := progressMessage()
+	b, err := protojson.Marshal(full)
+	require.NoError(t, err)
+	got, err := decodeMessage(codecJSON, b, &jp)
+	require.NoError(t, err)
+	e, want := got.GetEvent(), full.GetEvent()
+	require.Equal(t, want.Kind, e.Kind)
+	require.Equal(t, want.Seq, e.Seq)
+	require.True(t, want.Time.AsTime().Equal(e.Time.AsTime()))
+	for _, f := range []struct{ got, want any }{
+		{e.Task.Id, want.Task.Id}, {e.Task.Mode, want.Task.Mode}, {e.Task.Prompt, want.Task.Prompt},
+		{e.Task.State, want.Task.State}, {e.Task.Progress, want.Task.Progress}, {e.Task.Seq, want.Task.Seq},
+	} {
+		require.Equal(t, f.want, f.got)
+	}
+
+	completed := proto.CloneOf(full)
+	completed.GetEvent().Kind = taskhubv1.EventKind_EVENT_KIND_COMPLETED
+	completed.GetEvent().Task.State = taskhubv1.TaskState_TASK_STATE_COMPLETED
+	b, err = protojson.Marshal(completed)
+	require.NoError(t, err)
+	got, err = decodeMessage(codecJSON, b, &jp)
+	require.NoError(t, err)
+	require.True(t, proto.Equal(completed, got), "a completion is read whole: the final task is compared")
+
+	b, err = proto.Marshal(full)
+	require.NoError(t, err)
+	got, err = decodeMessage(codecProto, b, &jp)
+	require.NoError(t, err)
+	require.True(t, proto.Equal(full, got))
+
+	_, err = decodeMessage(codecJSON, []byte(`{"event":`), &jp)
+	require.Error(t, err)
+}
+
+func BenchmarkDecodeMessage(b *testing.B) {
+	js, _ := protojson.Marshal(progressMessage())
+	b.Run("lean", func(b *testing.B) {
+		var jp fastjson.Parser
+		for b.Loop() {
+			if _, err := decodeMessage(codecJSON, js, &jp); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("protojson", func(b *testing.B) {
+		for b.Loop() {
+			if err := protojson.Unmarshal(js, &taskhubv1.WatchTasksResponse{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
