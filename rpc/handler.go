@@ -42,7 +42,7 @@ func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
 	)...)
 	errs := connect.NewErrorWriter(options...)
 	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
-	mux.Handle(path, auth.Gate(checkEnvelopes(h), errs))
+	mux.Handle(path, auth.Gate(batches(checkEnvelopes(h)), errs))
 	path, h = taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts)
 	mux.Handle(path, auth.Gate(checkEnvelopes(h), errs))
 }

@@ -64,17 +64,22 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 	// The stream's connection sends a *taskhub.Message in its shared encoding (messageCodec):
 	// a typed Send would take only the message it wraps.
 	conn := stream.Conn()
+	batch := batchOf(ctx)
 	for {
 		msgs, err := w.Next(ctx)
 		if err != nil {
 			return connectError(err)
 		}
-		// Connect flushes after each message; the connection coalesces what reaches the socket
-		// together (server.coalescingConn).
+		// What was queued leaves with one flush (batchWriter); a connection's streams'
+		// flushes that come together reach the socket together (server.coalescingConn).
+		batch.hold()
 		for _, m := range msgs {
 			if err := conn.Send(m); err != nil {
 				return err
 			}
+		}
+		if err := batch.release(); err != nil {
+			return err
 		}
 	}
 }
