@@ -43,7 +43,8 @@ type Hub struct {
 	root       *actor.RootContext
 	supervisor *actor.PID
 	feed       *feed
-	subscriber *actor.Props // shared by every subscriber: a watch's own data comes in a message
+	subscriber *actor.Props      // shared by every subscriber: a watch's own data comes in a message
+	dispatcher *workerDispatcher // runs the supervisor's and the task actors' mailboxes
 	claims     *claims
 	compactor  *compactor
 	watches    watchCount
@@ -121,8 +122,9 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	// message) costs less than the default ring buffer it would keep for each idle watch.
 	h.subscriber = actor.PropsFromProducer(func() actor.Actor { return &subscriber{h: h} },
 		actor.WithMailbox(actor.UnboundedLockfree()))
+	h.dispatcher = newWorkerDispatcher(mailboxThroughput)
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
-		actor.WithSupervisor(supervisorStrategy())))
+		actor.WithSupervisor(supervisorStrategy()), actor.WithDispatcher(h.dispatcher)))
 	go func() {
 		defer h.wg.Done()
 		h.reconcile(life)
@@ -274,6 +276,7 @@ func (h *Hub) Close() error {
 		h.claims.wait()
 		h.wg.Wait()
 		h.system.Shutdown()
+		h.dispatcher.stop()
 	})
 	return nil
 }

@@ -34,7 +34,7 @@ func supervisorStrategy() actor.SupervisorStrategy {
 func (s *supervisor) spawn(ctx actor.Context, id string) *actor.PID {
 	pid := ctx.Spawn(actor.PropsFromProducer(func() actor.Actor {
 		return &taskActor{h: s.h, id: id}
-	}, actor.WithReceiverMiddleware(replyOnPanic)))
+	}, actor.WithReceiverMiddleware(replyOnPanic), actor.WithDispatcher(s.h.dispatcher)))
 	s.children[id] = pid
 	s.ids[pid.Id] = id
 	return pid
