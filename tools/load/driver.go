@@ -24,7 +24,8 @@ type driver struct {
 	work   taskhubv1connect.WorkerServiceClient
 	http   *http.Client
 	mode   string
-	prefix string // of the prompts of this run's tasks
+	prefix string   // of the prompts of this run's tasks
+	users  []string // tokens: task j belongs to user j % len(users); nil: --token's user owns all
 	notes  io.Writer
 
 	ids      []string
@@ -51,7 +52,7 @@ type change struct {
 // newDriver makes the driver. Its calls speak cfg.codec: over one HTTP/2 cleartext connection,
 // as one Go program's workers share one; or with cfg.http1 over HTTP/1.1, a kept-alive
 // connection per task, as separate worker processes (or curl in a loop) report.
-func newDriver(cfg config, prefix string, notes io.Writer) *driver {
+func newDriver(cfg config, prefix string, users []string, notes io.Writer) *driver {
 	n := cfg.tasks
 	protocols := new(http.Protocols)
 	tr := &http.Transport{Protocols: protocols}
@@ -68,6 +69,7 @@ func newDriver(cfg config, prefix string, notes io.Writer) *driver {
 		http:     hc,
 		mode:     cfg.mode,
 		prefix:   prefix,
+		users:    users,
 		notes:    notes,
 		ids:      make([]string, n),
 		leases:   make([]string, n),
@@ -76,6 +78,14 @@ func newDriver(cfg config, prefix string, notes io.Writer) *driver {
 		progress: make([]int64, n),
 		final:    make([]*taskhubv1.Task, n),
 	}
+}
+
+// asOwner makes req a call of task j's user, with --users.
+func asOwner[T any](d *driver, j int, req *connect.Request[T]) *connect.Request[T] {
+	if d.users != nil {
+		req.Header().Set("Authorization", "Bearer "+d.users[j%len(d.users)])
+	}
+	return req
 }
 
 // taskIndex returns which of this run's tasks t is, from its prompt.
@@ -94,9 +104,9 @@ func taskIndex(t *taskhubv1.Task, mode, prefix string, n int) (int, bool) {
 // create creates the tasks, one after the other.
 func (d *driver) create(ctx context.Context) error {
 	for j := range d.ids {
-		res, err := d.tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{
+		res, err := d.tasks.CreateTask(ctx, asOwner(d, j, connect.NewRequest(&taskhubv1.CreateTaskRequest{
 			Prompt: d.prefix + strconv.Itoa(j), Mode: d.mode,
-		}))
+		})))
 		if err != nil {
 			return fmt.Errorf("create task %d: %w", j, err)
 		}
@@ -216,7 +226,7 @@ func (d *driver) abandon() {
 		case d.leases[j] != "":
 			d.work.FailTask(ctx, connect.NewRequest(&taskhubv1.FailTaskRequest{TaskId: id, LeaseToken: d.leases[j], Error: "the load run was stopped"}))
 		default:
-			d.tasks.CancelTask(ctx, connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: id}))
+			d.tasks.CancelTask(ctx, asOwner(d, j, connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: id})))
 		}
 	}
 }
@@ -230,6 +240,16 @@ func (d *driver) fail(err error) {
 		d.firstErr = err
 	}
 	d.failures++
+}
+
+// publishedOf is the number of events the driver made the hub publish on the tasks of user u
+// of users: those that user's watchers get.
+func (d *driver) publishedOf(u, users int) int64 {
+	var n int64
+	for j := u; j < len(d.ids); j += users {
+		n += int64(len(d.changes[j]))
+	}
+	return n
 }
 
 // published is the number of events the driver made the hub publish: created, started and

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+	"github.com/taskhub/taskhub/rpc"
 )
 
 // saturated is the share of its cores above which a process is taken to have had no more to
@@ -26,8 +27,9 @@ const saturated = 0.9
 type load struct {
 	cfg    config
 	notes  io.Writer
-	prefix string // of this run's task prompts
-	srv    *proc  // nil when the server's process is unknown
+	prefix string   // of this run's task prompts
+	srv    *proc    // nil when the server's process is unknown
+	users  []string // with --users, their tokens, from --auth-file
 }
 
 // connectParallel bounds the watchers connecting at once, so the connect time is that of a
@@ -56,6 +58,38 @@ func (l *load) findServer() {
 	}
 }
 
+// readUsers takes the tokens of the first --users users of the auth file, and of its first
+// worker unless --worker-token names one.
+func (l *load) readUsers() error {
+	f, err := rpc.ReadAuthFile(l.cfg.authFile)
+	if err != nil {
+		return err
+	}
+	if len(f.Users) < l.cfg.users {
+		return fmt.Errorf("--users %d: %s has %d users (taskhub-load users writes one with enough)", l.cfg.users, l.cfg.authFile, len(f.Users))
+	}
+	for _, u := range f.Users[:l.cfg.users] {
+		l.users = append(l.users, u.Token)
+	}
+	if l.cfg.workerToken == "" {
+		if len(f.Workers) == 0 {
+			return fmt.Errorf("%s has no worker, and no --worker-token was given", l.cfg.authFile)
+		}
+		l.cfg.workerToken = f.Workers[0].Token
+	}
+	return nil
+}
+
+// watchUser is whom watcher i watches as: without --users the one user of --token, else each
+// user in turn has --watchers-per-user watchers.
+func (l *load) watchUser(i int) watchUser {
+	if l.users == nil {
+		return watchUser{token: l.cfg.token}
+	}
+	u := i / l.cfg.perUser
+	return watchUser{index: u, token: l.users[u]}
+}
+
 func (l *load) run(ctx context.Context) (*report, error) {
 	cfg := l.cfg
 	rep := &report{
@@ -66,6 +100,11 @@ func (l *load) run(ctx context.Context) (*report, error) {
 		rep.WatchClient = cfg.client
 	}
 	l.findServer()
+	if cfg.users > 0 {
+		if err := l.readUsers(); err != nil {
+			return nil, err
+		}
+	}
 	var pr problems
 	var err error
 	if cfg.cmd == "poll" {
@@ -166,8 +205,7 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	}
 	defer fast.close()
 	defer slow.close()
-	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, started: make(chan struct{}), slowFor: cfg.slowFor}
-	opts := clientOptions(cfg.token, cfg.gzip, cfg.codec)
+	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, users: max(cfg.users, 1), started: make(chan struct{}), slowFor: cfg.slowFor}
 	ws := make([]*watcher, cfg.watchers)
 	opens := make([]bool, cfg.watchers) // the watcher opens its HTTP/2 connection
 	h1 := map[*pool]*h1Config{fast: l.h1Config(fast), slow: l.h1Config(slow)}
@@ -176,13 +214,15 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 		if i >= nFast {
 			p, k = slow, i-nFast
 		}
+		user := l.watchUser(i)
 		switch {
 		case cfg.client == clientRaw && cfg.http1:
-			ws[i] = newH1Watcher(i, h1[p], spec, i >= nFast)
+			ws[i] = newH1Watcher(i, h1[p], spec, user, i >= nFast)
 		case cfg.client == clientRaw:
-			ws[i] = newRawWatcher(i, p.rawConn(k), spec, i >= nFast)
+			ws[i] = newRawWatcher(i, p.rawConn(k), spec, user, i >= nFast)
 		default:
-			ws[i] = newWatcher(i, taskhubv1connect.NewTaskServiceClient(p.client(k), cfg.url, opts...), spec, i >= nFast)
+			opts := clientOptions(user.token, cfg.gzip, cfg.codec)
+			ws[i] = newWatcher(i, taskhubv1connect.NewTaskServiceClient(p.client(k), cfg.url, opts...), spec, user, i >= nFast)
 		}
 		opens[i] = k%cfg.perConn == 0
 	}
@@ -243,7 +283,7 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 		return nil
 	}
 
-	d := newDriver(cfg, l.prefix, l.notes)
+	d := newDriver(l.cfg, l.prefix, l.users, l.notes)
 	defer d.close()
 	close(spec.started)
 	l.notef("driving %d tasks at %g progress events/s for %v", cfg.tasks, cfg.rate, cfg.duration)
@@ -283,7 +323,7 @@ func (l *load) h1Config(p *pool) *h1Config {
 	u, _ := url.Parse(l.cfg.url) // parseConfig checked it
 	return &h1Config{
 		addr: net.JoinHostPort(u.Hostname(), strconv.Itoa(l.cfg.port)), authority: u.Host,
-		token: l.cfg.token, codec: l.cfg.codec, dial: p.dial,
+		codec: l.cfg.codec, dial: p.dial,
 	}
 }
 
@@ -292,7 +332,7 @@ func (l *load) rawConfig(window uint32) rawConfig {
 	u, _ := url.Parse(l.cfg.url) // parseConfig checked it
 	return rawConfig{
 		addr: net.JoinHostPort(u.Hostname(), strconv.Itoa(l.cfg.port)), authority: u.Host,
-		token: l.cfg.token, gzip: l.cfg.gzip, window: window,
+		gzip: l.cfg.gzip, window: window,
 	}
 }
 
@@ -360,12 +400,12 @@ func tallyPush(rep *report, ws []*watcher, d *driver, window time.Duration, pr *
 		if w.err != nil {
 			pr.addf("watcher %d: the stream failed: %v", w.id, w.err)
 		}
-		got := w.progress + w.lifecycle
-		del.Expected += rep.Events.Published
+		got, want := w.progress+w.lifecycle, d.publishedOf(w.user, w.spec.users)
+		del.Expected += want
 		del.Received += got
 		if w.slow {
 			s.Received += got
-			s.Coalesced += rep.Events.Published - got
+			s.Coalesced += want - got
 			s.StoppedSec = max(s.StoppedSec, w.stoppedFor.Seconds())
 			slowLat = append(slowLat, w.latency...)
 		} else {
@@ -373,6 +413,9 @@ func tallyPush(rep *report, ws []*watcher, d *driver, window time.Duration, pr *
 		}
 		w.latency = nil
 		for j, t := range w.tasks {
+			if j%w.spec.users != w.user {
+				continue
+			}
 			if t.created != 1 || t.started != 1 || t.completed != 1 {
 				pr.addf("watcher %d: task %d: %d CREATED, %d STARTED, %d COMPLETED events, want one each (lost or repeated)", w.id, j, t.created, t.started, t.completed)
 			}
@@ -429,7 +472,7 @@ func (l *load) poll(ctx context.Context, rep *report, pr *problems) error {
 	cfg := l.cfg
 	pool := newPool(cfg.watchers, cfg.perConn, nil, cfg.http1)
 	defer pool.close()
-	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks}
+	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, users: 1}
 	opts := clientOptions(cfg.token, cfg.gzip, cfg.codec)
 	ps := make([]*poller, cfg.watchers)
 	for i := range ps {
@@ -450,7 +493,7 @@ func (l *load) poll(ctx context.Context, rep *report, pr *problems) error {
 		go p.run(pctx)
 	}
 
-	d := newDriver(cfg, l.prefix, l.notes)
+	d := newDriver(cfg, l.prefix, nil, l.notes)
 	defer d.close()
 	l.notef("driving %d tasks at %g progress events/s for %v", cfg.tasks, cfg.rate, cfg.duration)
 	driveTime, err := l.drive(ctx, d)

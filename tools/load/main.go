@@ -1,7 +1,7 @@
 // Command taskhub-load puts a running taskhub under a bounded load and measures what its
 // watchers get: every event, in order, and how soon.
 //
-//	taskhub-load [push|poll|centrifugo] [flags]
+//	taskhub-load [push|poll|centrifugo|users] [flags]
 //
 // push (the default) opens --watchers WatchTasks streams (Connect, binary codec, HTTP/2
 // cleartext; read by the tool's own lean HTTP/2 client, or with --client connect by the
@@ -12,7 +12,8 @@
 // memory. poll drives the same task load while as many clients poll ListTasks every
 // --poll-interval, and measures how stale their view is, so the saving of push is a number.
 // centrifugo puts the same shape of load on a local Centrifugo, the peer push is compared
-// with, and writes the same report (see centrifugo.go).
+// with, and writes the same report (see centrifugo.go). users writes an auth file of many
+// users, for push --users: the tasks spread over users, each watched by its own devices.
 //
 // It only targets a server on this machine, and exits non-zero when anything was lost.
 package main
@@ -46,6 +47,9 @@ func main() {
 // run parses args, runs the load and writes the report to stdout and progress notes to stderr.
 // It fails when the load could not run or when a watcher or client lost anything.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "users" {
+		return runUsers(args[1:], stdout, stderr)
+	}
 	cfg, err := parseConfig(args, stderr)
 	if err != nil {
 		return err
@@ -96,6 +100,9 @@ type config struct {
 	client       string // how push's watchers read: clientRaw or clientConnect
 	codec        string // of the watchers' and pollers' messages: codecProto or codecJSON
 	json         bool
+	authFile     string // the server's, for --users' tokens
+	users        int    // users owning the tasks, each with perUser watchers; 0: --token's
+	perUser      int
 	apiKey       string // centrifugo: of its server HTTP API
 	publishers   int    // centrifugo: goroutines publishing, each in order
 }
@@ -115,7 +122,8 @@ const (
 // Bounds on what one run may ask for.
 const (
 	maxWatchers    = 50_000
-	maxTasks       = 1_000
+	maxUsers       = 50_000
+	maxTasks       = 10_000
 	maxPollTasks   = 500 // one ListTasks page
 	maxRate        = 50_000
 	maxDuration    = 10 * time.Minute
@@ -129,7 +137,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		case "push", "poll", "centrifugo":
 			cfg.cmd, args = args[0], args[1:]
 		default:
-			return cfg, fmt.Errorf("unknown command %q: the commands are push, poll and centrifugo", args[0])
+			return cfg, fmt.Errorf("unknown command %q: the commands are push, poll, centrifugo and users", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("taskhub-load "+cfg.cmd, flag.ContinueOnError)
@@ -141,7 +149,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to report progress")
 	fs.StringVar(&cfg.mode, "mode", "load", "task `mode`; no other worker may claim it")
 	fs.StringVar(&cfg.token, "token", "", "bearer `token` of a user, for TaskService (a server with --auth-file)")
-	fs.StringVar(&cfg.workerToken, "worker-token", "", "bearer `token` of a worker, for WorkerService")
+	fs.StringVar(&cfg.workerToken, "worker-token", "", "bearer `token` of a worker, for WorkerService (default with --users: the auth file's first worker)")
+	fs.IntVar(&cfg.users, "users", 0, "spread the tasks over this many users, each watched by --watchers-per-user watchers of their own, who must see their user's tasks only (push; needs --auth-file: the users are its first ones)")
+	fs.IntVar(&cfg.perUser, "watchers-per-user", 1, "watchers (devices) per user with --users; --watchers is then users x this")
+	fs.StringVar(&cfg.authFile, "auth-file", "", "the server's --auth-file, for --users' tokens (taskhub-load users writes one)")
 	fs.IntVar(&cfg.slow, "slow", 0, "how many watchers stop reading when the load starts (push)")
 	fs.DurationVar(&cfg.slowFor, "slow-for", 30*time.Second, "how long the --slow watchers stop reading")
 	fs.DurationVar(&cfg.pollInterval, "poll-interval", 10*time.Second, "how often each client polls ListTasks (poll)")
@@ -166,8 +177,11 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, err
 	}
 	cfg.url, cfg.port = base, port
-	clientSet := false
-	fs.Visit(func(f *flag.Flag) { clientSet = clientSet || f.Name == "client" })
+	clientSet, watchersSet := false, false
+	fs.Visit(func(f *flag.Flag) {
+		clientSet = clientSet || f.Name == "client"
+		watchersSet = watchersSet || f.Name == "watchers"
+	})
 	switch {
 	case cfg.client != clientRaw && cfg.client != clientConnect:
 		return cfg, fmt.Errorf("--client must be %s or %s: got %q", clientRaw, clientConnect, cfg.client)
@@ -177,8 +191,23 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("--codec must be %s or %s: got %q", codecProto, codecJSON, cfg.codec)
 	case clientSet && cfg.codec == codecJSON && cfg.client == clientRaw && !cfg.http1:
 		return cfg, errors.New("--client raw over HTTP/2 decodes proto only; --codec json uses --client connect there (or add --http1)")
+	case cfg.users < 0 || cfg.users > maxUsers:
+		return cfg, fmt.Errorf("--users must be 0..%d: got %d", maxUsers, cfg.users)
+	case cfg.users > 0 && cfg.cmd != "push":
+		return cfg, errors.New("--users is for push")
+	case cfg.users > 0 && cfg.authFile == "":
+		return cfg, errors.New("--users needs --auth-file, the server's, to take the users' tokens from")
+	case cfg.users > 0 && cfg.token != "":
+		return cfg, errors.New("--users and --token exclude each other: with --users each user's token comes from --auth-file")
+	case cfg.perUser < 1 || cfg.perUser > maxWatchers:
+		return cfg, fmt.Errorf("--watchers-per-user must be 1..%d: got %d", maxWatchers, cfg.perUser)
+	case cfg.users > 0 && watchersSet && cfg.watchers != cfg.users*cfg.perUser:
+		return cfg, fmt.Errorf("--watchers %d is not --users x --watchers-per-user (%d): leave it out", cfg.watchers, cfg.users*cfg.perUser)
 	case cfg.gzip && cfg.http1 && cfg.client == clientRaw:
 		return cfg, errors.New("--client raw over HTTP/1.1 does not decompress: drop --gzip, or use --client connect")
+	}
+	if cfg.users > 0 {
+		cfg.watchers = cfg.users * cfg.perUser
 	}
 	if cfg.http1 {
 		cfg.perConn = 1

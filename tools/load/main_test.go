@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -171,6 +172,51 @@ func TestRun_PushJSON(t *testing.T) {
 			require.GreaterOrEqual(t, d.Received, 10*rep.Events.Lifecycle)
 			require.Positive(t, rep.Events.Progress)
 		})
+	}
+}
+
+// TestRun_PushUsers: with --users the tasks spread over users, each watched by its own
+// watchers, who get their user's tasks' events and nothing of the others' (a watcher that saw
+// another user's task would be a violation). Over each kind of client.
+func TestRun_PushUsers(t *testing.T) {
+	t.Parallel()
+	authFile := filepath.Join(t.TempDir(), "auth.json")
+	var out bytes.Buffer
+	require.NoError(t, run(t.Context(), []string{"users", "--users", "4", "--out", authFile}, &out, io.Discard))
+	require.Contains(t, out.String(), "4 users")
+	require.Error(t, run(t.Context(), []string{"users", "--users", "4", "--out", authFile}, io.Discard, io.Discard), "it does not overwrite")
+
+	srv, err := server.Open(t.Context(), server.Config{
+		Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1, AuthFile: authFile,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+
+	for _, args := range [][]string{{"--client", clientRaw}, {"--client", clientConnect}, {"--http1", "--codec", "json"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			rep := runLoad(t, append([]string{"push", "--url", srv.URL(), "--users", "3", "--watchers-per-user", "2", "--auth-file", authFile,
+				"--tasks", "5", "--rate", "100", "--duration", "1s"}, args...)...)
+
+			require.Equal(t, 6, rep.Watchers)
+			require.Equal(t, 6, rep.Connect.Connected)
+			requireEvents(t, rep, 5, 100, time.Second)
+			d := rep.Deliveries
+			// Users 0 and 1 own two tasks each, user 2 one; each user has two watchers.
+			require.Equal(t, 2*rep.Events.Published, d.Expected)
+			require.Equal(t, d.Expected, d.Received+d.Coalesced)
+		})
+	}
+
+	for args, want := range map[string]string{
+		"--users 3":                                                 "--users needs --auth-file",
+		"--users 3 --auth-file x --token y":                         "exclude each other",
+		"--users 3 --auth-file x --watchers 5":                      "is not --users x --watchers-per-user",
+		"poll --users 3 --auth-file x":                              "--users is for push",
+		"--users 5 --auth-file " + authFile + " --url " + srv.URL(): "has 4 users",
+	} {
+		err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)
+		require.ErrorContains(t, err, want, args)
 	}
 }
 

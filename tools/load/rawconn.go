@@ -74,7 +74,6 @@ type rawConn struct {
 type rawConfig struct {
 	addr      string // host:port to dial
 	authority string
-	token     string
 	gzip      bool   // accept gzip-compressed messages
 	window    uint32 // each stream's receive window
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -209,8 +208,8 @@ func (c *rawConn) writeRequestLocked(s *rawStream) error {
 	if c.cfg.gzip {
 		fields = append(fields, hpack.HeaderField{Name: "connect-accept-encoding", Value: "gzip"})
 	}
-	if c.cfg.token != "" {
-		fields = append(fields, hpack.HeaderField{Name: "authorization", Value: "Bearer " + c.cfg.token, Sensitive: true})
+	if s.w.token != "" {
+		fields = append(fields, hpack.HeaderField{Name: "authorization", Value: "Bearer " + s.w.token, Sensitive: true})
 	}
 	for _, f := range fields {
 		if err := c.henc.WriteField(f); err != nil {

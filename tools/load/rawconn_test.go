@@ -27,6 +27,7 @@ import (
 type rawBundle struct {
 	conn *rawConn
 	spec *watchSpec
+	user watchUser // its watchers watch as
 	ln   net.Listener
 }
 
@@ -39,7 +40,7 @@ func setupRaw(t *testing.T, cfg rawConfig, tasks int) *rawBundle {
 	cfg.addr, cfg.authority, cfg.dial = ln.Addr().String(), ln.Addr().String(), d.DialContext
 	c := newRawConn(&cfg)
 	t.Cleanup(c.close)
-	spec := &watchSpec{mode: "m", prefix: "p ", tasks: tasks, started: make(chan struct{}), slowFor: time.Second}
+	spec := &watchSpec{mode: "m", prefix: "p ", tasks: tasks, users: 1, started: make(chan struct{}), slowFor: time.Second}
 	return &rawBundle{conn: c, spec: spec, ln: ln}
 }
 
@@ -48,7 +49,7 @@ func (b *rawBundle) watch(t *testing.T, n int, slow bool) ([]*watcher, *fakeH2) 
 	t.Helper()
 	ws := make([]*watcher, n)
 	for i := range ws {
-		ws[i] = newRawWatcher(i, b.conn, b.spec, slow)
+		ws[i] = newRawWatcher(i, b.conn, b.spec, b.user, slow)
 		ws[i].run(t.Context())
 	}
 	conn, err := b.ln.Accept()
@@ -299,7 +300,8 @@ func requireGot(t *testing.T, w *watcher, tasks, reports int, last uint64) {
 func TestRawConn_DeliversEverythingInOrder(t *testing.T) {
 	t.Parallel()
 	const tasks, reports = 2, 100
-	b := setupRaw(t, rawConfig{window: defaultStreamWindow, token: "tok"}, tasks)
+	b := setupRaw(t, rawConfig{window: defaultStreamWindow}, tasks)
+	b.user = watchUser{token: "tok"}
 	ws, f := b.watch(t, 2, false)
 	f.requireOpening(t, defaultStreamWindow, "tok", 2)
 
@@ -565,10 +567,10 @@ func TestRawConn_OverTheServersLimit(t *testing.T) {
 	cfg := rawConfig{addr: ln.Addr().String(), authority: ln.Addr().String(), dial: d.DialContext, window: defaultStreamWindow}
 	c := newRawConn(&cfg)
 	defer c.close()
-	spec := &watchSpec{mode: "m", prefix: "p ", tasks: 1, started: make(chan struct{}), slowFor: time.Second}
+	spec := &watchSpec{mode: "m", prefix: "p ", tasks: 1, users: 1, started: make(chan struct{}), slowFor: time.Second}
 	ws := make([]*watcher, 3)
 	for i := range ws {
-		ws[i] = newRawWatcher(i, c, spec, false)
+		ws[i] = newRawWatcher(i, c, spec, watchUser{}, false)
 		ws[i].run(t.Context())
 	}
 	waitClosed(t, ws[2].exited, "the third stream's end")

@@ -29,14 +29,13 @@ import (
 type h1Config struct {
 	addr      string // host:port to dial
 	authority string
-	token     string
 	codec     string // codecProto or codecJSON
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // newH1Watcher makes a watcher that reads its stream over HTTP/1.1 itself.
-func newH1Watcher(id int, cfg *h1Config, spec *watchSpec, slow bool) *watcher {
-	w := newWatcher(id, nil, spec, slow)
+func newH1Watcher(id int, cfg *h1Config, spec *watchSpec, user watchUser, slow bool) *watcher {
+	w := newWatcher(id, nil, spec, user, slow)
 	w.h1 = cfg
 	return w
 }
@@ -70,8 +69,8 @@ func (w *watcher) readH1(conn net.Conn) error {
 	req.WriteString("POST /taskhub.v1.TaskService/WatchTasks HTTP/1.1\r\nHost: " + cfg.authority +
 		"\r\nContent-Type: application/connect+" + cfg.codec +
 		"\r\nConnect-Protocol-Version: 1\r\nUser-Agent: taskhub-load\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n")
-	if cfg.token != "" {
-		req.WriteString("Authorization: Bearer " + cfg.token + "\r\n")
+	if w.token != "" {
+		req.WriteString("Authorization: Bearer " + w.token + "\r\n")
 	}
 	req.WriteString("\r\n")
 	req.Write(body)

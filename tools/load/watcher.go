@@ -22,7 +22,10 @@ type watcher struct {
 	conn   *rawConn
 	h1     *h1Config // set when the watcher reads its HTTP/1.1 stream itself
 	spec   *watchSpec
-	slow   bool // stops reading for spec.slowFor when spec.started closes
+	user   int    // which of the spec's users it watches as: it sees their tasks only
+	token  string // that user's bearer token; empty without auth
+	want   int    // the load tasks of its user
+	slow   bool   // stops reading for spec.slowFor when spec.started closes
 
 	ready  chan struct{} // closed when the snapshot came or the stream failed
 	done   chan struct{} // closed when every load task was seen COMPLETED or the stream ended
@@ -54,8 +57,18 @@ type watchSpec struct {
 	mode    string
 	prefix  string
 	tasks   int
+	users   int           // load task j belongs to user j % users; at least 1
 	started chan struct{} // closed when the load starts
 	slowFor time.Duration
+}
+
+// tasksOf is how many of the load tasks belong to user u.
+func (s *watchSpec) tasksOf(u int) int {
+	n := s.tasks / s.users
+	if u < s.tasks%s.users {
+		n++
+	}
+	return n
 }
 
 // watchedTask is what one watcher saw of one load task.
@@ -65,23 +78,30 @@ type watchedTask struct {
 	final                                 *taskhubv1.Task // of the COMPLETED event
 }
 
-// newWatcher makes a watcher that reads its stream through client.
-func newWatcher(id int, client taskhubv1connect.TaskServiceClient, spec *watchSpec, slow bool) *watcher {
+// newWatcher makes a watcher of user's tasks that reads its stream through client.
+func newWatcher(id int, client taskhubv1connect.TaskServiceClient, spec *watchSpec, user watchUser, slow bool) *watcher {
 	w := &watcher{
-		id: id, client: client, spec: spec, slow: slow,
+		id: id, client: client, spec: spec, slow: slow, user: user.index, token: user.token,
+		want:  spec.tasksOf(user.index),
 		ready: make(chan struct{}), done: make(chan struct{}), exited: make(chan struct{}),
 		ids:   map[string]int{},
 		tasks: make([]watchedTask, spec.tasks),
 	}
-	if spec.tasks == 0 {
+	if w.want == 0 {
 		w.markDone()
 	}
 	return w
 }
 
+// watchUser is who a watcher watches as: the index of a user of the spec, and their token.
+type watchUser struct {
+	index int
+	token string
+}
+
 // newRawWatcher makes a watcher that reads its stream through conn.
-func newRawWatcher(id int, conn *rawConn, spec *watchSpec, slow bool) *watcher {
-	w := newWatcher(id, nil, spec, slow)
+func newRawWatcher(id int, conn *rawConn, spec *watchSpec, user watchUser, slow bool) *watcher {
+	w := newWatcher(id, nil, spec, user, slow)
 	w.conn = conn
 	return w
 }
@@ -223,6 +243,10 @@ func (w *watcher) event(e *taskhubv1.TaskEvent, now time.Time) bool {
 	if j < 0 {
 		return false
 	}
+	if u := j % w.spec.users; u != w.user {
+		w.problems.addf("watcher %d (user %d) got task %d, of user %d", w.id, w.user, j, u)
+		return false
+	}
 	w.latency = append(w.latency, now.Sub(e.Time.AsTime()))
 	t := &w.tasks[j]
 	if e.Seq <= t.lastSeq {
@@ -248,7 +272,7 @@ func (w *watcher) event(e *taskhubv1.TaskEvent, now time.Time) bool {
 		t.final = e.Task
 		if t.completed == 1 {
 			w.completed++
-			return w.completed == w.spec.tasks
+			return w.completed == w.want
 		}
 		return false
 	default:

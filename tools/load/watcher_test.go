@@ -30,7 +30,7 @@ func isClosed(c chan struct{}) bool {
 func TestWatcher_SnapshotInParts(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
-	w := newWatcher(0, nil, &watchSpec{}, false)
+	w := newWatcher(0, nil, &watchSpec{users: 1}, watchUser{}, false)
 	w.receive(snapshotPart(7, true), now)
 	w.receive(snapshotPart(7, true), now)
 	require.False(t, isClosed(w.ready), "connected before the last part")
@@ -53,7 +53,7 @@ func TestWatcher_SnapshotInParts(t *testing.T) {
 		{"a second snapshot", []*taskhubv1.WatchTasksResponse{snapshotPart(7, false), snapshotPart(7, false)}, "watcher 0: a second snapshot (seq 7) after seq 7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWatcher(0, nil, &watchSpec{}, false)
+			w := newWatcher(0, nil, &watchSpec{users: 1}, watchUser{}, false)
 			for _, m := range tc.msgs {
 				w.receive(m, now)
 			}
