@@ -87,7 +87,7 @@ func (l *load) centrifugo(ctx context.Context) (*report, error) {
 	c := &centrifugoLoad{
 		load:    l,
 		channel: fmt.Sprintf("taskhub-load-%08x", rand.Uint32()),
-		sockets: newPool(1, 1, nil, true),
+		sockets: newPool(1, 1, nil, true, nil),
 		api:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.publishers}},
 	}
 	defer c.sockets.close()

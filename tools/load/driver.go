@@ -49,17 +49,21 @@ type change struct {
 	progress float64
 }
 
-// newDriver makes the driver. Its calls speak cfg.codec: over one HTTP/2 cleartext connection,
+// newDriver makes the driver. Its calls speak cfg.codec: over one HTTP/2 connection (TLS with an
+// https URL, else cleartext),
 // as one Go program's workers share one; or with cfg.http1 over HTTP/1.1, a kept-alive
 // connection per task, as separate worker processes (or curl in a loop) report.
 func newDriver(cfg config, prefix string, users []string, notes io.Writer) *driver {
 	n := cfg.tasks
 	protocols := new(http.Protocols)
-	tr := &http.Transport{Protocols: protocols}
-	if cfg.http1 {
+	tr := &http.Transport{Protocols: protocols, TLSClientConfig: cfg.tls}
+	switch {
+	case cfg.http1:
 		protocols.SetHTTP1(true)
 		tr.MaxIdleConnsPerHost = n + 1 // a task's reports are sequential: each keeps its connection
-	} else {
+	case cfg.tls != nil:
+		protocols.SetHTTP2(true)
+	default:
 		protocols.SetUnencryptedHTTP2(true)
 	}
 	hc := &http.Client{Transport: tr}

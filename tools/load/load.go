@@ -94,7 +94,7 @@ func (l *load) run(ctx context.Context) (*report, error) {
 	cfg := l.cfg
 	rep := &report{
 		Command: cfg.cmd, URL: cfg.url, Watchers: cfg.watchers, Tasks: cfg.tasks, Rate: cfg.rate,
-		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip, HTTP1: cfg.http1, Codec: cfg.codec,
+		DurationSec: cfg.duration.Seconds(), Gzip: cfg.gzip, HTTP1: cfg.http1, TLS: cfg.tls != nil, Codec: cfg.codec,
 	}
 	if cfg.cmd == "push" {
 		rep.WatchClient = cfg.client
@@ -195,13 +195,13 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 	var fast, slow *pool
 	switch {
 	case cfg.client == clientRaw && cfg.http1:
-		fast, slow = newPool(0, 1, nil, true), newPool(0, 1, nil, true) // for their dialers
+		fast, slow = newPool(0, 1, nil, true, cfg.tls), newPool(0, 1, nil, true, cfg.tls) // for their dialers
 	case cfg.client == clientRaw:
-		fast = newRawPool(nFast, cfg.perConn, l.rawConfig(defaultStreamWindow))
-		slow = newRawPool(cfg.slow, cfg.perConn, l.rawConfig(slowStreamWindow))
+		fast = newRawPool(nFast, cfg.perConn, l.rawConfig(defaultStreamWindow), cfg.tls)
+		slow = newRawPool(cfg.slow, cfg.perConn, l.rawConfig(slowStreamWindow), cfg.tls)
 	default:
-		fast = newPool(nFast, cfg.perConn, nil, cfg.http1)
-		slow = newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: slowStreamWindow}, cfg.http1)
+		fast = newPool(nFast, cfg.perConn, nil, cfg.http1, cfg.tls)
+		slow = newPool(cfg.slow, cfg.perConn, &http.HTTP2Config{MaxReceiveBufferPerStream: slowStreamWindow}, cfg.http1, cfg.tls)
 	}
 	defer fast.close()
 	defer slow.close()
@@ -323,7 +323,7 @@ func (l *load) h1Config(p *pool) *h1Config {
 	u, _ := url.Parse(l.cfg.url) // parseConfig checked it
 	return &h1Config{
 		addr: net.JoinHostPort(u.Hostname(), strconv.Itoa(l.cfg.port)), authority: u.Host,
-		codec: l.cfg.codec, dial: p.dial,
+		codec: l.cfg.codec, dial: p.dialFor("http/1.1"),
 	}
 }
 
@@ -470,7 +470,7 @@ func (l *load) drive(ctx context.Context, d *driver) (time.Duration, error) {
 // poll runs the polling clients against the task load.
 func (l *load) poll(ctx context.Context, rep *report, pr *problems) error {
 	cfg := l.cfg
-	pool := newPool(cfg.watchers, cfg.perConn, nil, cfg.http1)
+	pool := newPool(cfg.watchers, cfg.perConn, nil, cfg.http1, cfg.tls)
 	defer pool.close()
 	spec := &watchSpec{mode: cfg.mode, prefix: l.prefix, tasks: cfg.tasks, users: 1}
 	opts := clientOptions(cfg.token, cfg.gzip, cfg.codec)

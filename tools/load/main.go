@@ -20,6 +20,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -100,8 +102,9 @@ type config struct {
 	client       string // how push's watchers read: clientRaw or clientConnect
 	codec        string // of the watchers' and pollers' messages: codecProto or codecJSON
 	json         bool
-	authFile     string // the server's, for --users' tokens
-	users        int    // users owning the tasks, each with perUser watchers; 0: --token's
+	tls          *tls.Config // with an https URL: trusting --tls-ca
+	authFile     string      // the server's, for --users' tokens
+	users        int         // users owning the tasks, each with perUser watchers; 0: --token's
 	perUser      int
 	apiKey       string // centrifugo: of its server HTTP API
 	publishers   int    // centrifugo: goroutines publishing, each in order
@@ -141,6 +144,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		}
 	}
 	fs := flag.NewFlagSet("taskhub-load "+cfg.cmd, flag.ContinueOnError)
+	var tlsCA string
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.url, "url", "http://127.0.0.1:8080", "base `URL` of the taskhub server (loopback only)")
 	fs.IntVar(&cfg.watchers, "watchers", 100, "how many watch streams (push) or polling clients (poll)")
@@ -152,6 +156,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.workerToken, "worker-token", "", "bearer `token` of a worker, for WorkerService (default with --users: the auth file's first worker)")
 	fs.IntVar(&cfg.users, "users", 0, "spread the tasks over this many users, each watched by --watchers-per-user watchers of their own, who must see their user's tasks only (push; needs --auth-file: the users are its first ones)")
 	fs.IntVar(&cfg.perUser, "watchers-per-user", 1, "watchers (devices) per user with --users; --watchers is then users x this")
+	fs.StringVar(&tlsCA, "tls-ca", "", "PEM `file` of the certificate (or its authority) to trust for an https:// --url; with https each watcher has a TLS connection of its own (HTTP/2, or HTTP/1.1 with --http1), as a browser's page does, unless --streams-per-conn says otherwise")
 	fs.StringVar(&cfg.authFile, "auth-file", "", "the server's --auth-file, for --users' tokens (taskhub-load users writes one)")
 	fs.IntVar(&cfg.slow, "slow", 0, "how many watchers stop reading when the load starts (push)")
 	fs.DurationVar(&cfg.slowFor, "slow-for", 30*time.Second, "how long the --slow watchers stop reading")
@@ -177,10 +182,18 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, err
 	}
 	cfg.url, cfg.port = base, port
-	clientSet, watchersSet := false, false
+	if strings.HasPrefix(base, "https://") {
+		if cfg.tls, err = trusting(tlsCA); err != nil {
+			return cfg, err
+		}
+	} else if tlsCA != "" {
+		return cfg, errors.New("--tls-ca is for an https:// --url")
+	}
+	clientSet, watchersSet, perConnSet := false, false, false
 	fs.Visit(func(f *flag.Flag) {
 		clientSet = clientSet || f.Name == "client"
 		watchersSet = watchersSet || f.Name == "watchers"
+		perConnSet = perConnSet || f.Name == "streams-per-conn"
 	})
 	switch {
 	case cfg.client != clientRaw && cfg.client != clientConnect:
@@ -208,6 +221,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	if cfg.users > 0 {
 		cfg.watchers = cfg.users * cfg.perUser
+	}
+	if cfg.tls != nil && !perConnSet {
+		cfg.perConn = 1
 	}
 	if cfg.http1 {
 		cfg.perConn = 1
@@ -251,6 +267,22 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	return cfg, nil
 }
 
+// trusting is a TLS client configuration that trusts the certificates of the PEM file ca.
+func trusting(ca string) (*tls.Config, error) {
+	if ca == "" {
+		return nil, errors.New("an https:// --url needs --tls-ca, the PEM file of the server's certificate or its authority")
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in it", ca)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
 // loopbackURL checks that raw is an http URL of this machine and returns it without a trailing
 // slash, and its port. The tool makes heavy load; it must not be pointed at anyone else.
 func loopbackURL(raw string) (base string, port int, err error) {
@@ -258,14 +290,17 @@ func loopbackURL(raw string) (base string, port int, err error) {
 	if err != nil {
 		return "", 0, fmt.Errorf("--url: %w", err)
 	}
-	if u.Scheme != "http" {
-		return "", 0, fmt.Errorf("--url %s: only http:// is supported (HTTP/2 cleartext to a local server)", raw)
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", 0, fmt.Errorf("--url %s: want http:// or https:// (with --tls-ca)", raw)
 	}
 	host := u.Hostname()
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return "", 0, fmt.Errorf("--url %s: refusing a host that is not loopback (localhost, 127.0.0.0/8, ::1): this tool is a load generator", raw)
 	}
 	port = 80
+	if u.Scheme == "https" {
+		port = 443
+	}
 	if p := u.Port(); p != "" {
 		if _, err := fmt.Sscan(p, &port); err != nil || port < 1 || port > 65535 {
 			return "", 0, fmt.Errorf("--url %s: bad port %q", raw, p)

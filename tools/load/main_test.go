@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/internal/testcert"
 
 	"github.com/taskhub/taskhub/server"
 )
@@ -173,6 +174,41 @@ func TestRun_PushJSON(t *testing.T) {
 			require.Positive(t, rep.Events.Progress)
 		})
 	}
+}
+
+// TestRun_PushTLS: with an https URL every watcher has a TLS connection of its own, HTTP/2 (or
+// HTTP/1.1 with --http1), as a browser's page behind HTTPS; the workers report over TLS too.
+func TestRun_PushTLS(t *testing.T) {
+	t.Parallel()
+	certs := testcert.Write(t)
+	srv, err := server.Open(t.Context(), server.Config{
+		Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1, TLSCert: certs.Cert, TLSKey: certs.Key,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	require.True(t, strings.HasPrefix(srv.URL(), "https://"))
+
+	for _, args := range [][]string{{"--client", clientRaw}, {"--client", clientConnect}, {"--http1"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			rep := runLoad(t, append([]string{"push", "--url", srv.URL(), "--tls-ca", certs.CA,
+				"--watchers", "5", "--tasks", "2", "--rate", "100", "--duration", "1s"}, args...)...)
+
+			require.True(t, rep.TLS)
+			require.Equal(t, 5, rep.Connect.Connected)
+			require.EqualValues(t, 5, rep.Connect.Connections, "a connection per watcher")
+			requireEvents(t, rep, 2, 100, time.Second)
+			d := rep.Deliveries
+			require.Equal(t, 5*rep.Events.Published, d.Expected)
+			require.Equal(t, d.Expected, d.Received+d.Coalesced)
+		})
+	}
+
+	err = run(t.Context(), []string{"push", "--url", srv.URL()}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "needs --tls-ca")
+	other := testcert.Write(t) // an authority that did not sign the server's certificate
+	err = run(t.Context(), []string{"push", "--url", srv.URL(), "--tls-ca", other.CA, "--watchers", "1", "--tasks", "1", "--duration", "1s"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "certificate")
 }
 
 // TestRun_PushUsers: with --users the tasks spread over users, each watched by its own

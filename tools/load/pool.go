@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 // bytes its connections carry, framing and headers included.
 type pool struct {
 	perConn int
+	tls     *tls.Config // nil: cleartext
 	clients []*http.Client
 	raw     []*rawConn
 	dialer  net.Dialer
@@ -26,32 +29,69 @@ type pool struct {
 // newPool makes a pool of HTTP clients for streams streams. h2, when set, tunes the HTTP/2
 // client; http1 makes every stream an HTTP/1.1 request on a connection of its own, as a
 // browser's page does without TLS (perConn must then be 1).
-func newPool(streams, perConn int, h2 *http.HTTP2Config, http1 bool) *pool {
-	p := &pool{perConn: perConn, dialer: net.Dialer{Timeout: 10 * time.Second}}
+//
+// With tlsConf the connections are TLS: HTTP/2 (or HTTP/1.1 with http1) as a browser speaks
+// to a server behind HTTPS.
+func newPool(streams, perConn int, h2 *http.HTTP2Config, http1 bool, tlsConf *tls.Config) *pool {
+	p := &pool{perConn: perConn, tls: tlsConf, dialer: net.Dialer{Timeout: 10 * time.Second}}
 	for range (streams + perConn - 1) / perConn {
 		protocols := new(http.Protocols)
-		if http1 {
+		switch {
+		case http1:
 			protocols.SetHTTP1(true)
-		} else {
+		case tlsConf != nil:
+			protocols.SetHTTP2(true)
+		default:
 			protocols.SetUnencryptedHTTP2(true)
 		}
 		p.clients = append(p.clients, &http.Client{Transport: &http.Transport{
-			Protocols:   protocols,
-			HTTP2:       h2,
-			DialContext: p.dial,
+			Protocols:       protocols,
+			HTTP2:           h2,
+			DialContext:     p.dial,
+			TLSClientConfig: tlsConf,
 		}})
 	}
 	return p
 }
 
 // newRawPool makes a pool of rawConns for streams streams; cfg.dial is the pool's.
-func newRawPool(streams, perConn int, cfg rawConfig) *pool {
-	p := &pool{perConn: perConn, dialer: net.Dialer{Timeout: 10 * time.Second}}
-	cfg.dial = p.dial
+func newRawPool(streams, perConn int, cfg rawConfig, tlsConf *tls.Config) *pool {
+	p := &pool{perConn: perConn, tls: tlsConf, dialer: net.Dialer{Timeout: 10 * time.Second}}
+	cfg.dial = p.dialFor("h2")
 	for range (streams + perConn - 1) / perConn {
 		p.raw = append(p.raw, newRawConn(&cfg))
 	}
 	return p
+}
+
+// dialFor returns how the tool's own clients dial for protocol proto (an ALPN name): the
+// pool's dial, and a TLS handshake offering proto when the pool is TLS. The bytes counted
+// are those on the wire, TLS records included.
+func (p *pool) dialFor(proto string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if p.tls == nil {
+		return p.dial
+	}
+	conf := p.tls.Clone()
+	conf.NextProtos = []string{proto}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := p.dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		host, _, _ := net.SplitHostPort(addr)
+		withName := conf.Clone()
+		withName.ServerName = host
+		tc := tls.Client(c, withName)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		if got := tc.ConnectionState().NegotiatedProtocol; got != proto {
+			c.Close()
+			return nil, fmt.Errorf("the server chose protocol %q over TLS, not %q", got, proto)
+		}
+		return tc, nil
+	}
 }
 
 func (p *pool) dial(ctx context.Context, network, addr string) (net.Conn, error) {

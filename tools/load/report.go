@@ -19,6 +19,7 @@ type report struct {
 	DurationSec float64 `json:"duration_s"`
 	Gzip        bool    `json:"gzip"`
 	HTTP1       bool    `json:"http1"`
+	TLS         bool    `json:"tls"`
 	Codec       string  `json:"codec"`
 	// ContentType is the media type of the watch streams as the server answered them
 	// (connect-go watchers; the raw client speaks application/connect+proto).
@@ -185,6 +186,9 @@ func (r *report) writeText(w io.Writer) error {
 	}
 	if r.HTTP1 {
 		how += ", HTTP/1.1"
+	}
+	if r.TLS {
+		how += ", TLS"
 	}
 	if r.WatchClient != "" {
 		how += ", " + r.WatchClient + " client"
