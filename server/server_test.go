@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 
 // bundle is a real server on 127.0.0.1 and generated clients talking to it.
 type bundle struct {
-	t      *testing.T
+	t      testing.TB
 	cfg    server.Config
 	srv    *server.Server
 	tasks  taskhubv1connect.TaskServiceClient
@@ -40,7 +40,7 @@ type bundle struct {
 }
 
 // setup starts a server with its data in a temp dir. Demo workers are off unless cfg asks.
-func setup(t *testing.T, cfg server.Config) *bundle {
+func setup(t testing.TB, cfg server.Config) *bundle {
 	t.Helper()
 	cfg.Addr = "127.0.0.1:0"
 	if cfg.DataDir == "" {
