@@ -41,6 +41,7 @@ type Auth struct {
 	workers  map[[32]byte]string
 	sessions Sessions
 	origin   *http.CrossOriginProtection
+	jwt      *jwtVerifier // nil unless AcceptJWT
 }
 
 // SessionCookie is the name of a browser's session cookie. Its value is a random session id:
@@ -79,6 +80,9 @@ func ReadAuthFile(path string) (AuthFile, error) {
 	if _, err := NewAuth(f, nil); err != nil {
 		return AuthFile{}, fmt.Errorf("auth file %s: %w", path, err)
 	}
+	if len(f.Users) == 0 && len(f.Workers) == 0 {
+		return AuthFile{}, fmt.Errorf("auth file %s: no users or workers", path)
+	}
 	return f, nil
 }
 
@@ -112,10 +116,25 @@ func NewAuth(f AuthFile, sessions Sessions) (*Auth, error) {
 	if err := add("worker", f.Workers, a.workers); err != nil {
 		return nil, err
 	}
-	if len(a.users) == 0 && len(a.workers) == 0 {
-		return nil, fmt.Errorf("no users or workers")
-	}
 	return a, nil
+}
+
+// AcceptJWT makes the tokens an app mints for its users (JWTConfig) user tokens too. Close
+// stops the refreshing of the JWKS.
+func (a *Auth) AcceptJWT(cfg JWTConfig) error {
+	v, err := newJWTVerifier(cfg)
+	if err != nil {
+		return err
+	}
+	a.jwt = v
+	return nil
+}
+
+// Close stops what the Auth runs in the background.
+func (a *Auth) Close() {
+	if a != nil && a.jwt != nil {
+		a.jwt.stop()
+	}
 }
 
 // Enabled reports whether callers must authenticate.
@@ -128,20 +147,55 @@ func (a *Auth) User(r *http.Request) (string, error) {
 	if a == nil {
 		return LocalUser, nil
 	}
-	if _, ok := sessionCookieOf(r.Header); ok {
-		if err := a.origin.Check(r); err != nil {
-			return "", taskhub.Errorf(taskhub.Unauthenticated, "the session cookie is only accepted from this server's own pages")
-		}
+	if err := a.checkCookieOrigin(r); err != nil {
+		return "", err
 	}
 	return a.user(r.Context(), r.Header)
 }
 
+// checkCookieOrigin refuses a session cookie from anywhere but this server's own pages.
+func (a *Auth) checkCookieOrigin(r *http.Request) error {
+	if _, ok := sessionCookieOf(r.Header); ok {
+		if err := a.origin.Check(r); err != nil {
+			return taskhub.Errorf(taskhub.Unauthenticated, "the session cookie is only accepted from this server's own pages")
+		}
+	}
+	return nil
+}
+
 // user finds the user of a bearer token or, without one, of a session cookie.
 func (a *Auth) user(ctx context.Context, h http.Header) (string, error) {
+	id, err := a.userOf(ctx, h)
+	return id.user, err
+}
+
+// userOf is who a request acts as for TaskService: the user of its session cookie, of its
+// bearer token from the auth file, or of its minted token (JWTConfig), with what that allows.
+func (a *Auth) userOf(ctx context.Context, h http.Header) (identity, error) {
 	if cookie, ok := sessionCookieOf(h); ok {
-		return a.session(ctx, cookie)
+		u, err := a.session(ctx, cookie)
+		return identity{user: u}, err
 	}
-	return a.lookup(h, a.users, "a user")
+	if token, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer "); ok && a.jwt != nil && looksLikeJWT(token) {
+		if _, known := a.users[sha256.Sum256([]byte(token))]; !known {
+			u, err := a.jwt.verify(ctx, token)
+			return identity{user: u.name, scope: u.scope, expires: u.expires}, err
+		}
+	}
+	u, err := a.lookup(h, a.users, "a user")
+	return identity{user: u}, err
+}
+
+// allows reports whether id may call procedure: a watch-only token may only read.
+func (id identity) allows(procedure string) error {
+	if id.scope != ScopeWatch {
+		return nil
+	}
+	switch procedure {
+	case taskhubv1connect.TaskServiceGetTaskProcedure, taskhubv1connect.TaskServiceListTasksProcedure, taskhubv1connect.TaskServiceWatchTasksProcedure:
+		return nil
+	}
+	return taskhub.Errorf(taskhub.PermissionDenied, "this token may only watch (taskhub_scope %q): it cannot call %s", ScopeWatch, procedure)
 }
 
 // sessionCookieOf returns the session cookie of a request that has no Authorization header
@@ -242,13 +296,21 @@ func (a *Auth) lookup(h http.Header, names map[[32]byte]string, what string) (st
 	if _, other := a.workers[hash]; other {
 		return "", taskhub.Errorf(taskhub.PermissionDenied, "this is a worker's token; this service needs %s token", what)
 	}
+	if a.jwt != nil && looksLikeJWT(token) {
+		return "", taskhub.Errorf(taskhub.PermissionDenied, "minted tokens are users' tokens; this service needs %s token from the auth file", what)
+	}
 	return "", taskhub.Errorf(taskhub.Unauthenticated, "unknown token")
 }
 
 type identityKey struct{}
 
-// identity is who a call acts as: a user for TaskService, a worker for WorkerService.
-type identity struct{ user, worker string }
+// identity is who a call acts as: a user for TaskService, a worker for WorkerService. A
+// minted token may narrow what its user may do (scope), and ends at expires.
+type identity struct {
+	user, worker string
+	scope        string
+	expires      time.Time // zero: never
+}
 
 func identityFrom(ctx context.Context) identity {
 	id, _ := ctx.Value(identityKey{}).(identity)
@@ -273,8 +335,11 @@ func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter) http.Handler
 		var err error
 		if isWorkerProcedure(r.URL.Path) {
 			_, err = a.Worker(r.Header)
-		} else {
-			_, err = a.User(r)
+		} else if err = a.checkCookieOrigin(r); err == nil {
+			var id identity
+			if id, err = a.userOf(r.Context(), r.Header); err == nil {
+				err = id.allows(r.URL.Path)
+			}
 		}
 		if err != nil {
 			if r.ProtoMajor == 1 {
@@ -301,8 +366,8 @@ func (i authInterceptor) authenticate(ctx context.Context, procedure string, h h
 		id.worker, err = i.a.Worker(h)
 	} else if i.a == nil {
 		id.user = LocalUser
-	} else {
-		id.user, err = i.a.user(ctx, h)
+	} else if id, err = i.a.userOf(ctx, h); err == nil {
+		err = id.allows(procedure)
 	}
 	if err != nil {
 		return nil, connectError(err)

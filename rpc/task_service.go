@@ -2,6 +2,9 @@ package rpc
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -55,8 +58,18 @@ func (s *taskServer) CancelTask(ctx context.Context, req *connect.Request[taskhu
 	return connect.NewResponse(&taskhubv1.CancelTaskResponse{Task: t}), nil
 }
 
+var errTokenExpired = errors.New("the token expired")
+
 func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhubv1.WatchTasksRequest], stream *connect.ServerStream[taskhubv1.WatchTasksResponse]) error {
-	w, err := s.hub.Watch(ctx, taskhub.WatchQuery{Owner: identityFrom(ctx).user, Epoch: req.Msg.Epoch, AfterSeq: req.Msg.AfterSeq})
+	id := identityFrom(ctx)
+	if !id.expires.IsZero() {
+		// A minted token's stream ends when the token does: the client mints another and
+		// resumes after the last seq it saw.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadlineCause(ctx, id.expires, errTokenExpired)
+		defer cancel()
+	}
+	w, err := s.hub.Watch(ctx, taskhub.WatchQuery{Owner: id.user, Epoch: req.Msg.Epoch, AfterSeq: req.Msg.AfterSeq})
 	if err != nil {
 		return connectError(err)
 	}
@@ -68,6 +81,10 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 	for {
 		msgs, err := w.Next(ctx)
 		if err != nil {
+			if errors.Is(context.Cause(ctx), errTokenExpired) {
+				return connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("%w at %s: mint a new token and resume after the last seq you saw",
+					errTokenExpired, id.expires.UTC().Format(time.RFC3339)))
+			}
 			return connectError(err)
 		}
 		// What was queued leaves with one flush (batchWriter); a connection's streams'

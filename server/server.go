@@ -4,6 +4,7 @@
 package server
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
@@ -13,6 +14,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -59,6 +61,10 @@ type Config struct {
 	// AuthFile maps bearer tokens to users and workers; without it every caller is the local
 	// user, and the server refuses to listen on anything but loopback.
 	AuthFile string
+	// JWTSecretFile (HS256) and JWKSURL (RS256, ES256) make the tokens an app mints for its
+	// users user tokens too (rpc.JWTConfig), with JWTAudience their required aud when set. Either
+	// turns auth on, as AuthFile does.
+	JWTSecretFile, JWKSURL, JWTAudience string
 	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
 	// speaks HTTPS (HTTP/1.1 and HTTP/2), and browser sessions get Secure cookies.
 	TLSCert, TLSKey string
@@ -80,6 +86,7 @@ type Server struct {
 	log  *eventlog.Log
 	hub  *actors.Hub
 	demo *demo.Executor
+	auth *rpc.Auth // nil when auth is off
 	tls  bool
 	done chan error // Serve's result
 
@@ -118,6 +125,18 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		authFile = &f
 	}
+	jwtCfg := rpc.JWTConfig{JWKSURL: cfg.JWKSURL, Audience: cfg.JWTAudience}
+	if cfg.JWTSecretFile != "" {
+		b, err := os.ReadFile(cfg.JWTSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("jwt secret: %w", err)
+		}
+		jwtCfg.Secret = bytes.TrimSpace(b)
+	}
+	if cfg.JWTAudience != "" && !jwtCfg.Enabled() {
+		return nil, errors.New("a JWT audience without a JWT secret file or JWKS URL checks nothing")
+	}
+	authOn := authFile != nil || jwtCfg.Enabled()
 	var tlsConfig *tls.Config
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -130,8 +149,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
 		return nil, err
 	}
-	if tcp, ok := s.ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && authFile == nil {
-		return nil, fmt.Errorf("refusing to listen on %s without --auth-file: anyone who can reach it could read and forge tasks", s.ln.Addr())
+	if tcp, ok := s.ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && !authOn {
+		return nil, fmt.Errorf("refusing to listen on %s without --auth-file or minted tokens (--jwt-secret-file, --jwks-url): anyone who can reach it could read and forge tasks", s.ln.Addr())
 	}
 	s.ln = coalescingListener{newLimitedListener(s.ln, limits, cfg.Logger)}
 
@@ -176,9 +195,15 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 
 	var auth *rpc.Auth
-	if authFile != nil {
-		if auth, err = rpc.NewAuth(*authFile, s.log); err != nil {
+	if authOn {
+		if auth, err = rpc.NewAuth(*cmp.Or(authFile, &rpc.AuthFile{}), s.log); err != nil {
 			return nil, err
+		}
+		s.auth = auth
+		if jwtCfg.Enabled() {
+			if err := auth.AcceptJWT(jwtCfg); err != nil {
+				return nil, err
+			}
 		}
 	}
 	mux := http.NewServeMux()
@@ -263,6 +288,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	if s.hub != nil {
 		s.hub.Close() // ends the watch streams, so Shutdown does not wait for them
 	}
+	s.auth.Close()
 	var err error
 	if shut != nil {
 		if err := <-shut; errors.Is(err, context.DeadlineExceeded) {

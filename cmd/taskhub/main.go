@@ -71,6 +71,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "copies JetStream keeps of the event log (default: 3 in a cluster of three or more nodes, else 1; with --nats-url, at most its JetStream nodes)")
 	fs.BoolVar(&cfg.Fsync, "fsync", false, "fsync every write of the embedded event log (survives power loss; fewer writes per second)")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON `file` mapping bearer tokens to users and workers (see README)")
+	fs.StringVar(&cfg.JWTSecretFile, "jwt-secret-file", "", "`file` holding the secret (at least 32 bytes) of HS256 tokens your app mints for its users: such a token is a user token for its sub (see README)")
+	fs.StringVar(&cfg.JWKSURL, "jwks-url", "", "`URL` of the JWKS whose keys sign the RS256 or ES256 tokens your app mints for its users")
+	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "", "the aud minted tokens must name (default: aud is not checked)")
 	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", actors.DefaultLeaseTimeout, "how long a claimed task stays leased without a progress report")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", actors.DefaultMaxAttempts, "how many times a task may be claimed before it fails for good")
 	fs.Func("mode-attempts", "per-mode max attempts, as `mode=n,...` (overrides --max-attempts)", func(v string) error {
