@@ -60,7 +60,7 @@ func newDriver(cfg config, prefix string, users []string, notes io.Writer) *driv
 	switch {
 	case cfg.http1:
 		protocols.SetHTTP1(true)
-		tr.MaxIdleConnsPerHost = n + 1 // a task's reports are sequential: each keeps its connection
+		tr.MaxIdleConnsPerHost = n + 1       // a task's reports are sequential: each keeps its connection
 		tr.MaxConnsPerHost = cfg.workerConns // 0: no bound
 	case cfg.tls != nil:
 		protocols.SetHTTP2(true)
