@@ -149,3 +149,17 @@ type LeaseStatus struct {
 	// Expires is when the lease ends unless renewed (zero when cancelled).
 	Expires time.Time
 }
+
+type actorKey struct{}
+
+// WithActor marks ctx as a call a service makes on a user's behalf: the events it causes record
+// the service (TaskEvent.acted_by).
+func WithActor(ctx context.Context, service string) context.Context {
+	return context.WithValue(ctx, actorKey{}, service)
+}
+
+// ActorOf is the service a call acts for a user as (WithActor); "" for the user themself.
+func ActorOf(ctx context.Context) string {
+	s, _ := ctx.Value(actorKey{}).(string)
+	return s
+}

@@ -24,8 +24,11 @@ type passivate struct{ id string }
 
 // Commands to a task actor. Each is answered with a *taskReply when sent as a request.
 type (
-	createCmd struct{ task *taskhubv1.Task }
-	cancelCmd struct{ owner string }
+	createCmd struct {
+		task    *taskhubv1.Task
+		actedBy string // the service creating it on the owner's behalf
+	}
+	cancelCmd struct{ owner, actedBy string }
 	claimCmd  struct {
 		worker   string // the authenticated worker: the lease is theirs
 		workerID string // the name the task shows as its runner

@@ -241,9 +241,14 @@ func (a *taskActor) running() bool {
 
 // append writes the event that turns the task into t and makes t the current state.
 func (a *taskActor) append(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *storagev1.Lease) error {
+	return a.appendBy(kind, t, lease, "")
+}
+
+// appendBy is append of a change a service made on the owner's behalf (actedBy; "" for none).
+func (a *taskActor) appendBy(kind taskhubv1.EventKind, t *taskhubv1.Task, lease *storagev1.Lease, actedBy string) error {
 	now := timestamppb.New(a.h.now())
 	t.UpdatedAt = now
-	rec := &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: kind, Task: t, Time: now}, Lease: lease}
+	rec := &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: kind, Task: t, Time: now, ActedBy: actedBy}, Lease: lease}
 	ctx, cancel := a.ctx()
 	defer cancel()
 	seq, err := a.h.log.Append(ctx, rec, a.lastSeq)
@@ -273,7 +278,7 @@ func (a *taskActor) create(c *createCmd) *taskReply {
 		}
 		return &taskReply{task: a.task}
 	}
-	if err := a.append(taskhubv1.EventKind_EVENT_KIND_CREATED, c.task, nil); err != nil {
+	if err := a.appendBy(taskhubv1.EventKind_EVENT_KIND_CREATED, c.task, nil, c.actedBy); err != nil {
 		if taskhub.ErrorCode(err) == taskhub.DeadlineExceeded {
 			err = taskhub.Errorf(taskhub.DeadlineExceeded,
 				"the event log did not confirm in time whether task %s was created: get it to see, or retry with the same idempotency_key", c.task.Id)
@@ -319,7 +324,7 @@ func (a *taskActor) cancel(c *cancelCmd) *taskReply {
 	t := a.next()
 	t.State = taskhubv1.TaskState_TASK_STATE_CANCELLED
 	t.FinishedAt = timestamppb.New(a.h.now())
-	if err := a.append(taskhubv1.EventKind_EVENT_KIND_CANCELLED, t, a.lease); err != nil {
+	if err := a.appendBy(taskhubv1.EventKind_EVENT_KIND_CANCELLED, t, a.lease, c.actedBy); err != nil {
 		return &taskReply{err: err}
 	}
 	a.leaveQueue(was)

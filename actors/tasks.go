@@ -73,7 +73,7 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 		CreatedAt: ts,
 		UpdatedAt: ts,
 	}
-	r := h.ask(ctx, id, &createCmd{task: t})
+	r := h.ask(ctx, id, &createCmd{task: t, actedBy: taskhub.ActorOf(ctx)})
 	if r.err != nil {
 		h.feed.abandon(id)
 		return nil, r.err
@@ -208,7 +208,7 @@ func (h *Hub) CancelTask(ctx context.Context, owner, id string) (*taskhubv1.Task
 	if err := taskhub.ValidateTaskID(id); err != nil {
 		return nil, err
 	}
-	r := h.ask(ctx, id, &cancelCmd{owner: owner})
+	r := h.ask(ctx, id, &cancelCmd{owner: owner, actedBy: taskhub.ActorOf(ctx)})
 	return r.task, r.err
 }
 

@@ -39,6 +39,7 @@ type Sessions interface {
 type Auth struct {
 	users    map[[32]byte]string
 	workers  map[[32]byte]string
+	services map[[32]byte]string
 	sessions Sessions
 	origin   *http.CrossOriginProtection
 	jwt      *jwtVerifier // nil unless AcceptJWT
@@ -56,7 +57,13 @@ const SessionMaxAge = 30 * 24 * time.Hour
 type AuthFile struct {
 	Users   []Principal `json:"users"`
 	Workers []Principal `json:"workers"`
+	// Services are an app's backends: a service's token calls TaskService for the user named in
+	// the Taskhub-On-Behalf-Of header (OnBehalfOf), or without it as a user of its own name.
+	Services []Principal `json:"services,omitempty"`
 }
+
+// OnBehalfOf is the header in which a service names the user it acts for.
+const OnBehalfOf = "Taskhub-On-Behalf-Of"
 
 // Principal is a name and the bearer token that proves it.
 type Principal struct {
@@ -80,8 +87,8 @@ func ReadAuthFile(path string) (AuthFile, error) {
 	if _, err := NewAuth(f, nil); err != nil {
 		return AuthFile{}, fmt.Errorf("auth file %s: %w", path, err)
 	}
-	if len(f.Users) == 0 && len(f.Workers) == 0 {
-		return AuthFile{}, fmt.Errorf("auth file %s: no users or workers", path)
+	if len(f.Users) == 0 && len(f.Workers) == 0 && len(f.Services) == 0 {
+		return AuthFile{}, fmt.Errorf("auth file %s: no users, workers or services", path)
 	}
 	return f, nil
 }
@@ -89,7 +96,7 @@ func ReadAuthFile(path string) (AuthFile, error) {
 // NewAuth builds an Auth that keeps browser sessions in sessions. Names must be valid (they
 // become part of log subjects) and tokens at least 16 characters and unique.
 func NewAuth(f AuthFile, sessions Sessions) (*Auth, error) {
-	a := &Auth{users: map[[32]byte]string{}, workers: map[[32]byte]string{}, sessions: sessions,
+	a := &Auth{users: map[[32]byte]string{}, workers: map[[32]byte]string{}, services: map[[32]byte]string{}, sessions: sessions,
 		origin: http.NewCrossOriginProtection()}
 	add := func(kind string, ps []Principal, into map[[32]byte]string) error {
 		for _, p := range ps {
@@ -100,11 +107,10 @@ func NewAuth(f AuthFile, sessions Sessions) (*Auth, error) {
 				return fmt.Errorf("%s %s: the token must have at least 16 characters", kind, p.Name)
 			}
 			h := sha256.Sum256([]byte(p.Token))
-			if _, dup := a.users[h]; dup {
-				return fmt.Errorf("%s %s: the token is used twice", kind, p.Name)
-			}
-			if _, dup := a.workers[h]; dup {
-				return fmt.Errorf("%s %s: the token is used twice", kind, p.Name)
+			for _, m := range []map[[32]byte]string{a.users, a.workers, a.services} {
+				if _, dup := m[h]; dup {
+					return fmt.Errorf("%s %s: the token is used twice", kind, p.Name)
+				}
 			}
 			into[h] = p.Name
 		}
@@ -115,6 +121,16 @@ func NewAuth(f AuthFile, sessions Sessions) (*Auth, error) {
 	}
 	if err := add("worker", f.Workers, a.workers); err != nil {
 		return nil, err
+	}
+	if err := add("service", f.Services, a.services); err != nil {
+		return nil, err
+	}
+	for _, s := range f.Services {
+		for _, u := range f.Users {
+			if s.Name == u.Name {
+				return nil, fmt.Errorf("service %s: a user has that name too; a service acting as itself would share their tasks", s.Name)
+			}
+		}
 	}
 	return a, nil
 }
@@ -172,12 +188,36 @@ func (a *Auth) user(ctx context.Context, h http.Header) (string, error) {
 // userOf is who a request acts as for TaskService: the user of its session cookie, of its
 // bearer token from the auth file, or of its minted token (JWTConfig), with what that allows.
 func (a *Auth) userOf(ctx context.Context, h http.Header) (identity, error) {
+	id, err := a.userOrService(ctx, h)
+	if err != nil {
+		return identity{}, err
+	}
+	onBehalf := h.Get(OnBehalfOf)
+	switch {
+	case onBehalf == "":
+	case id.actedBy == "":
+		return identity{}, taskhub.Errorf(taskhub.PermissionDenied, "only a service's token may act on a user's behalf (%s)", OnBehalfOf)
+	default:
+		if err := taskhub.ValidateName(onBehalf); err != nil {
+			return identity{}, taskhub.Errorf(taskhub.Invalid, "%s: %v", OnBehalfOf, err)
+		}
+		id.user = onBehalf
+	}
+	return id, nil
+}
+
+// userOrService is who the credentials name: a user, or a service acting as itself.
+func (a *Auth) userOrService(ctx context.Context, h http.Header) (identity, error) {
 	if cookie, ok := sessionCookieOf(h); ok {
 		u, err := a.session(ctx, cookie)
 		return identity{user: u}, err
 	}
-	if token, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer "); ok && a.jwt != nil && looksLikeJWT(token) {
-		if _, known := a.users[sha256.Sum256([]byte(token))]; !known {
+	if token, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer "); ok {
+		hash := sha256.Sum256([]byte(token))
+		if s, ok := a.services[hash]; ok {
+			return identity{user: s, actedBy: s}, nil
+		}
+		if _, known := a.users[hash]; !known && a.jwt != nil && looksLikeJWT(token) {
 			u, err := a.jwt.verify(ctx, token)
 			return identity{user: u.name, scope: u.scope, expires: u.expires}, err
 		}
@@ -296,6 +336,9 @@ func (a *Auth) lookup(h http.Header, names map[[32]byte]string, what string) (st
 	if _, other := a.workers[hash]; other {
 		return "", taskhub.Errorf(taskhub.PermissionDenied, "this is a worker's token; this service needs %s token", what)
 	}
+	if _, other := a.services[hash]; other {
+		return "", taskhub.Errorf(taskhub.PermissionDenied, "this is a service's token; this service needs %s token", what)
+	}
 	if a.jwt != nil && looksLikeJWT(token) {
 		return "", taskhub.Errorf(taskhub.PermissionDenied, "minted tokens are users' tokens; this service needs %s token from the auth file", what)
 	}
@@ -308,6 +351,7 @@ type identityKey struct{}
 // minted token may narrow what its user may do (scope), and ends at expires.
 type identity struct {
 	user, worker string
+	actedBy      string // the service acting as user (itself, or on the user's behalf)
 	scope        string
 	expires      time.Time // zero: never
 }
@@ -371,6 +415,9 @@ func (i authInterceptor) authenticate(ctx context.Context, procedure string, h h
 	}
 	if err != nil {
 		return nil, connectError(err)
+	}
+	if id.actedBy != "" && id.actedBy != id.user {
+		ctx = taskhub.WithActor(ctx, id.actedBy)
 	}
 	return context.WithValue(ctx, identityKey{}, id), nil
 }

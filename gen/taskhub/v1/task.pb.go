@@ -378,7 +378,10 @@ type TaskEvent struct {
 	// The full task after the change.
 	Task *Task `protobuf:"bytes,3,opt,name=task,proto3" json:"task,omitempty"`
 	// When the hub accepted the change.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// The service (an auth file's "services" entry) that made this change on the owner's behalf;
+	// empty when the owner, the task's worker or taskhub made it.
+	ActedBy       string `protobuf:"bytes,5,opt,name=acted_by,json=actedBy,proto3" json:"acted_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -441,6 +444,13 @@ func (x *TaskEvent) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *TaskEvent) GetActedBy() string {
+	if x != nil {
+		return x.ActedBy
+	}
+	return ""
+}
+
 var File_taskhub_v1_task_proto protoreflect.FileDescriptor
 
 const file_taskhub_v1_task_proto_rawDesc = "" +
@@ -474,12 +484,13 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\rprogressed_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\fprogressedAt\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb9\x01\n" +
 	"\tTaskEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12)\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x15.taskhub.v1.EventKindR\x04kind\x12$\n" +
 	"\x04task\x18\x03 \x01(\v2\x10.taskhub.v1.TaskR\x04task\x12.\n" +
-	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\xa1\x01\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x19\n" +
+	"\bacted_by\x18\x05 \x01(\tR\aactedBy*\xa1\x01\n" +
 	"\tTaskState\x12\x1a\n" +
 	"\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n" +
