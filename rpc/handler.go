@@ -25,8 +25,9 @@ type Hub interface {
 }
 
 // Mount registers TaskService and WorkerService on mux, with auth (nil: off: see Auth.Gate),
-// panic recovery, the request size limit, bounded decompression and framing checks.
-func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
+// panic recovery, the request size limit, bounded decompression and framing checks. Pages of
+// origins (CheckOrigins) may call them (CORS).
+func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger, origins []string) {
 	options := append(codecs(), gzipCompression())
 	opts := connect.WithHandlerOptions(append(options,
 		// The first interceptor is the outermost: recovery wraps everything.
@@ -42,7 +43,7 @@ func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger) {
 	)...)
 	errs := connect.NewErrorWriter(options...)
 	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
-	mux.Handle(path, auth.Gate(batches(checkEnvelopes(h)), errs))
+	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h)), errs), origins))
 	path, h = taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts)
-	mux.Handle(path, auth.Gate(checkEnvelopes(h), errs))
+	mux.Handle(path, withCORS(auth.Gate(checkEnvelopes(h), errs), origins))
 }

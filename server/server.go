@@ -65,6 +65,9 @@ type Config struct {
 	// users user tokens too (rpc.JWTConfig), with JWTAudience their required aud when set. Either
 	// turns auth on, as AuthFile does.
 	JWTSecretFile, JWKSURL, JWTAudience string
+	// AllowedOrigins are the origins (scheme://host[:port]) whose pages may call the Connect API
+	// with a bearer token (CORS); taskhub's own pages need no entry.
+	AllowedOrigins []string
 	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
 	// speaks HTTPS (HTTP/1.1 and HTTP/2), and browser sessions get Secure cookies.
 	TLSCert, TLSKey string
@@ -137,6 +140,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, errors.New("a JWT audience without a JWT secret file or JWKS URL checks nothing")
 	}
 	authOn := authFile != nil || jwtCfg.Enabled()
+	if err := rpc.CheckOrigins(cfg.AllowedOrigins); err != nil {
+		return nil, err
+	}
 	var tlsConfig *tls.Config
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -207,7 +213,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	mux := http.NewServeMux()
-	rpc.Mount(mux, s.hub, auth, cfg.Logger)
+	rpc.Mount(mux, s.hub, auth, cfg.Logger, cfg.AllowedOrigins)
 	// Pages and assets are compressed here; Connect negotiates its own compression, and its
 	// streams must not wait in a compressor's buffer.
 	pages := views.NewHandler(views.Config{Hub: s.hub, Users: auth, Modes: cfg.Modes, Heartbeat: cfg.Heartbeat, Logger: cfg.Logger})

@@ -73,6 +73,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON `file` mapping bearer tokens to users and workers (see README)")
 	fs.StringVar(&cfg.JWTSecretFile, "jwt-secret-file", "", "`file` holding the secret (at least 32 bytes) of HS256 tokens your app mints for its users: such a token is a user token for its sub (see README)")
 	fs.StringVar(&cfg.JWKSURL, "jwks-url", "", "`URL` of the JWKS whose keys sign the RS256 or ES256 tokens your app mints for its users")
+	fs.Func("allowed-origins", "comma-separated `origins` (https://app.example) whose pages may call the API with a bearer token (CORS)", func(v string) error {
+		cfg.AllowedOrigins = append(cfg.AllowedOrigins, strings.Split(v, ",")...)
+		return nil
+	})
 	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "", "the aud minted tokens must name (default: aud is not checked)")
 	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", actors.DefaultLeaseTimeout, "how long a claimed task stays leased without a progress report")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", actors.DefaultMaxAttempts, "how many times a task may be claimed before it fails for good")
