@@ -15,7 +15,7 @@ run: ## run taskhub on 127.0.0.1:8080 with its data in ./data (ARGS="--flag valu
 
 .PHONY: build
 build: ## build bin/taskhub
-	go build -o bin/taskhub ./cmd/taskhub
+	go build -buildvcs=true -o bin/taskhub ./cmd/taskhub
 
 .PHONY: test
 test: ## run every test with the race detector (starts its own servers on 127.0.0.1), the load tool's too

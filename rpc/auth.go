@@ -397,6 +397,33 @@ func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter) http.Handler
 	})
 }
 
+// GateAny refuses a request without credentials a caller of the API may hold: a user's (a
+// session, a token of the auth file, a minted one), a worker's or a service's. It guards the
+// standard services (MountStandard).
+func (a *Auth) GateAny(next http.Handler, errors *connect.ErrorWriter) http.Handler {
+	if a == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := a.checkCookieOrigin(r)
+		if err == nil {
+			if _, err = a.userOf(r.Context(), r.Header); err != nil {
+				if _, werr := a.Worker(r.Header); werr == nil {
+					err = nil
+				}
+			}
+		}
+		if err != nil {
+			if r.ProtoMajor == 1 {
+				w.Header().Set("Connection", "close")
+			}
+			_ = errors.Write(w, r, connectError(err))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // Interceptor puts who a call acts as in its context, for the handlers. Gate has already
 // refused calls whose credentials do not hold.
 func (a *Auth) Interceptor() connect.Interceptor { return authInterceptor{a} }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 
@@ -150,6 +151,10 @@ func TestFaults_ExternalNATSRestarts(t *testing.T) {
 		res.Body.Close()
 		return res.StatusCode == http.StatusServiceUnavailable
 	}, 2*time.Second, 10*time.Millisecond)
+	health := grpchealth.NewClient(b.h2c, b.srv.URL(), connect.WithGRPC())
+	res, err := health.Check(ctx, &grpchealth.CheckRequest{})
+	require.NoError(t, err)
+	require.Equal(t, grpchealth.StatusNotServing, res.Status, "gRPC health agrees with /readyz")
 
 	ns = startNATS()
 	var after *taskhubv1.Task
@@ -160,6 +165,10 @@ func TestFaults_ExternalNATSRestarts(t *testing.T) {
 		}
 		return err == nil
 	}, 15*time.Second, 100*time.Millisecond, "creates did not work again after NATS came back")
+	require.Eventually(t, func() bool {
+		res, err := health.Check(ctx, &grpchealth.CheckRequest{})
+		return err == nil && res.Status == grpchealth.StatusServing
+	}, 5*time.Second, 20*time.Millisecond, "gRPC health serves again")
 
 	// The open watch carries on: the next event it gets is the new task, right after the first.
 	_, events := w.wait(2)

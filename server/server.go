@@ -214,6 +214,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	mux := http.NewServeMux()
 	rpc.Mount(mux, s.hub, auth, cfg.Logger, cfg.AllowedOrigins)
+	rpc.MountStandard(mux, auth, s.hub.Ready, cfg.AllowedOrigins)
 	// Pages and assets are compressed here; Connect negotiates its own compression, and its
 	// streams must not wait in a compressor's buffer.
 	pages := views.NewHandler(views.Config{Hub: s.hub, Users: auth, Modes: cfg.Modes, Heartbeat: cfg.Heartbeat, Logger: cfg.Logger})

@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,12 +39,16 @@ func main() {
 
 // run runs the command line args until ctx ends.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "version" || args[0] == "--version" || args[0] == "-version") {
+		fmt.Fprintln(stdout, version())
+		return nil
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch args[0] {
 		case "serve":
 			args = args[1:]
 		default:
-			return fmt.Errorf("unknown command %q: the only command is serve", args[0])
+			return fmt.Errorf("unknown command %q: the commands are serve (the default) and version", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("taskhub serve", flag.ContinueOnError)
@@ -112,6 +117,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM `file` of the TLS certificate's private key")
 	fs.StringVar(&debugAddr, "debug-addr", "", "loopback `host:port` serving Go's profiles (/debug/pprof/), for measuring the server; off by default")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
+	if err := fromEnv(fs); err != nil {
+		return err
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -161,6 +169,51 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "taskhub shutting down")
 	return s.Close()
+}
+
+// envPrefix makes a flag's environment variable: --lease-timeout is TASKHUB_LEASE_TIMEOUT.
+const envPrefix = "TASKHUB_"
+
+// fromEnv sets every flag of fs whose environment variable is set; the command line, parsed
+// after, wins.
+func fromEnv(fs *flag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok && err == nil {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s=%q: %w", name, v, serr)
+			}
+		}
+	})
+	return err
+}
+
+// version is the binary's version, from its build info: the module version (a tagged release,
+// or a pseudo-version for go install) and the commit it was built from.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "taskhub (no build info)"
+	}
+	v := "taskhub " + info.Main.Version
+	var rev, at, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = ", modified"
+			}
+		}
+	}
+	if rev != "" {
+		v += fmt.Sprintf(" (commit %.12s %s%s)", rev, at, modified)
+	}
+	return v + " " + info.GoVersion
 }
 
 // serveDebug serves Go's profiles on addr, which must be a loopback address: a profile shows
