@@ -48,6 +48,7 @@ type Hub struct {
 	claims     *claims
 	compactor  *compactor
 	watches    watchCount
+	counts     counters
 	written    atomic.Uint64          // the highest sequence this hub's task actors appended
 	graceFrom  atomic.Int64           // unix ns: when the hub started, or its log last recovered (see leaseOver)
 	behind     atomic.Pointer[string] // why the feed is behind the log, or nil (see checkLag)

@@ -13,7 +13,14 @@ type watchCount struct {
 	byUser map[string]int
 }
 
-func (c *watchCount) open(user string, max, maxPerUser int) error {
+// open is the watches open now.
+func (c *watchCount) open() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.total
+}
+
+func (c *watchCount) take(user string, max, maxPerUser int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
@@ -65,6 +66,8 @@ type outbox struct {
 	seen       uint64 // the last seq offered
 	held       []*item
 	lost       bool // held overflowed: once the replay is done, the outbox is behind
+
+	coalesced *atomic.Uint64 // counts the progress events replaced; nil: not counted
 
 	delivered uint64 // the seq of the last item taken
 	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano
@@ -202,6 +205,9 @@ func (o *outbox) pushLocked(it *item) bool {
 			o.items[i] = nil
 			o.n--
 			delete(o.progress, it.taskID)
+			if o.coalesced != nil {
+				o.coalesced.Add(1)
+			}
 		}
 	}
 	if o.n >= o.limit {

@@ -251,7 +251,9 @@ func (a *taskActor) appendBy(kind taskhubv1.EventKind, t *taskhubv1.Task, lease 
 	rec := &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: kind, Task: t, Time: now, ActedBy: actedBy}, Lease: lease}
 	ctx, cancel := a.ctx()
 	defer cancel()
+	began := time.Now()
 	seq, err := a.h.log.Append(ctx, rec, a.lastSeq)
+	a.h.counts.appendTime.observe(time.Since(began))
 	switch {
 	case errors.Is(err, eventlog.ErrConflict):
 		return err
@@ -262,6 +264,7 @@ func (a *taskActor) appendBy(kind taskhubv1.EventKind, t *taskhubv1.Task, lease 
 	case err != nil:
 		return taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
 	}
+	a.h.counts.appended[kind&15].Add(1)
 	t.Seq = seq // t is not shared yet: the record holding it was encoded above
 	a.task, a.lastSeq, a.lease, a.wrote = t, seq, lease, true
 	for w := a.h.written.Load(); seq > w && !a.h.written.CompareAndSwap(w, seq); w = a.h.written.Load() {
@@ -547,6 +550,7 @@ func (a *taskActor) expire() *taskReply {
 	if !a.running() || !a.h.leaseOver(a.lease) {
 		return &taskReply{task: a.task}
 	}
+	a.h.counts.expiries.Add(1)
 	reason := fmt.Sprintf("worker %q stopped reporting and its lease expired", a.task.WorkerId)
 	if int(a.task.Attempt) < a.h.maxAttempts(a.task.Mode) {
 		return a.requeue(reason)

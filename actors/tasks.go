@@ -222,11 +222,12 @@ func (h *Hub) Watch(ctx context.Context, q taskhub.WatchQuery) (taskhub.Watch, e
 	if err := taskhub.ValidateName(q.Owner); err != nil {
 		return nil, err
 	}
-	if err := h.watches.open(q.Owner, h.cfg.MaxWatches, h.cfg.MaxWatchesPerUser); err != nil {
+	if err := h.watches.take(q.Owner, h.cfg.MaxWatches, h.cfg.MaxWatchesPerUser); err != nil {
 		return nil, err
 	}
 	w := &Watch{h: h, owner: q.Owner}
 	w.out.init(h.cfg.WatchBuffer)
+	w.out.coalesced = &h.counts.coalesced
 	w.pid = h.root.Spawn(h.subscriber)
 	h.root.Send(w.pid, &startWatch{w: w, epoch: q.Epoch, after: q.AfterSeq})
 	return w, nil

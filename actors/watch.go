@@ -54,6 +54,7 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 				}
 			}
 			clear(items)
+			w.h.counts.watchMessages.Add(uint64(len(w.msgs)))
 			return w.msgs, nil
 		}
 		if err != nil {
@@ -107,6 +108,7 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 				seq = e.Seq + 1 // not for watchers (see feed.apply)
 				continue
 			}
+			w.h.counts.replays.Add(1)
 			if !w.out.replayed(eventItem(e)) {
 				return nil // the queue is full, or the watch closed: take first
 			}

@@ -24,10 +24,24 @@ type Hub interface {
 	taskhub.WorkerService
 }
 
-// Mount registers TaskService and WorkerService on mux, with auth (nil: off: see Auth.Gate),
-// panic recovery, the request size limit, bounded decompression and framing checks. Pages of
-// origins (CheckOrigins) may call them (CORS).
-func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger, origins []string) {
+// Options are how Mount serves the API.
+type Options struct {
+	Auth    *Auth // nil: off (see Auth.Gate)
+	Logger  *slog.Logger
+	Origins []string // whose pages may call the API (CORS; see CheckOrigins)
+	// Observe, when set, is told the outcome of every call past the token check: its
+	// procedure and its code (0 for success).
+	Observe func(procedure string, code connect.Code)
+}
+
+// Mount registers TaskService and WorkerService on mux, with auth, panic recovery, the request
+// size limit, bounded decompression and framing checks.
+func Mount(mux *http.ServeMux, hub Hub, o Options) {
+	auth, logger, origins := o.Auth, o.Logger, o.Origins
+	interceptors := []connect.Interceptor{auth.Interceptor()}
+	if o.Observe != nil {
+		interceptors = append([]connect.Interceptor{observer(o.Observe)}, interceptors...)
+	}
 	options := append(codecs(), gzipCompression())
 	opts := connect.WithHandlerOptions(append(options,
 		// The first interceptor is the outermost: recovery wraps everything.
@@ -35,7 +49,7 @@ func Mount(mux *http.ServeMux, hub Hub, auth *Auth, logger *slog.Logger, origins
 			logger.Error("handler panic", "procedure", spec.Procedure, "panic", p)
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error"))
 		}),
-		connect.WithInterceptors(auth.Interceptor()),
+		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(MaxRequestBytes),
 		// Events are a few hundred bytes: compressing each for every watcher that asks for
 		// gzip (as stock Go clients do) costs far more than the bytes it saves.

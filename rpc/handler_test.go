@@ -142,7 +142,7 @@ func setup(t *testing.T, f *rpc.AuthFile) *bundle {
 	}
 	hub := &fakeHub{task: &taskhubv1.Task{Id: "T", Owner: "o"}}
 	mux := http.NewServeMux()
-	rpc.Mount(mux, hub, auth, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	rpc.Mount(mux, hub, rpc.Options{Auth: auth, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	srv := httptest.NewUnstartedServer(mux)
 	srv.EnableHTTP2 = true
 	srv.StartTLS()

@@ -213,7 +213,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	mux := http.NewServeMux()
-	rpc.Mount(mux, s.hub, auth, cfg.Logger, cfg.AllowedOrigins)
+	metrics := newMetrics(s.hub, auth)
+	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe})
 	rpc.MountStandard(mux, auth, s.hub.Ready, cfg.AllowedOrigins)
 	// Pages and assets are compressed here; Connect negotiates its own compression, and its
 	// streams must not wait in a compressor's buffer.
@@ -222,6 +223,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	mux.Handle(assets.Prefix, gzhttp.GzipHandler(assets.Handler()))
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", metrics.handler())
 	handler := limitRequests(mux, limits, connect.NewErrorWriter())
 	if !auth.Enabled() {
 		handler = loopbackHostsOnly(handler)

@@ -1,0 +1,109 @@
+package server
+
+import (
+	"net/http"
+	"runtime/debug"
+	"strings"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub/rpc"
+)
+
+// metrics is what GET /metrics serves, in Prometheus' text format: the hub's counts (read at
+// each scrape, so that the delivery path pays an atomic add, not a metric's label lookup), the
+// API's calls by procedure and code, the build, and Go's and the process's own.
+type metrics struct {
+	registry *prometheus.Registry
+	calls    *prometheus.CounterVec
+	auth     *rpc.Auth
+}
+
+func newMetrics(hub *actors.Hub, auth *rpc.Auth) *metrics {
+	m := &metrics{registry: prometheus.NewRegistry(), auth: auth}
+	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "taskhub_rpc_calls_total",
+		Help: "Calls of the Connect API that passed the token check, by procedure and code (ok for success).",
+	}, []string{"procedure", "code"})
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "taskhub_build_info", Help: "The binary's version, commit and Go version: always 1.",
+	}, []string{"version", "revision", "goversion"})
+	if info, ok := debug.ReadBuildInfo(); ok {
+		rev := ""
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				rev = s.Value
+			}
+		}
+		build.WithLabelValues(info.Main.Version, rev, info.GoVersion).Set(1)
+	}
+	m.registry.MustRegister(m.calls, build, hubCollector{hub},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe counts a call (rpc.Options.Observe).
+func (m *metrics) observe(procedure string, code connect.Code) {
+	name := "ok"
+	if code != 0 {
+		name = code.String()
+	}
+	m.calls.WithLabelValues(strings.TrimPrefix(procedure, "/"), name).Inc()
+}
+
+// handler serves the metrics; with auth on, to a caller with any of the API's tokens (a
+// Prometheus scrape config's authorization).
+func (m *metrics) handler() http.Handler {
+	return m.auth.GateAny(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}), connect.NewErrorWriter())
+}
+
+// hubCollector reads the hub's counts at each scrape.
+type hubCollector struct{ hub *actors.Hub }
+
+var (
+	descAppended      = prometheus.NewDesc("taskhub_events_appended_total", "Events this node's task actors stored in the event log, by kind.", []string{"kind"}, nil)
+	descAppendSeconds = prometheus.NewDesc("taskhub_event_log_append_seconds", "How long this node's appends to the event log took, until JetStream acknowledged them.", nil, nil)
+	descExpiries      = prometheus.NewDesc("taskhub_lease_expiries_total", "Leases that ran out: each requeued or failed its task.", nil, nil)
+	descWatchMessages = prometheus.NewDesc("taskhub_watch_messages_total", "Messages handed to watch streams: events, snapshot parts, heartbeats.", nil, nil)
+	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
+	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
+	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
+	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state.", []string{"mode", "state"}, nil)
+)
+
+func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descReplayed, descWatches, descActive} {
+		ch <- d
+	}
+}
+
+func (c hubCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.hub.Stats()
+	for kind, n := range s.Appended {
+		ch <- prometheus.MustNewConstMetric(descAppended, prometheus.CounterValue, float64(n), eventKind(kind.String()))
+	}
+	buckets := map[float64]uint64{}
+	for i, le := range s.AppendSeconds.Buckets {
+		buckets[le] = s.AppendSeconds.Counts[i]
+	}
+	ch <- prometheus.MustNewConstHistogram(descAppendSeconds, s.AppendSeconds.Count, s.AppendSeconds.Sum, buckets)
+	ch <- prometheus.MustNewConstMetric(descExpiries, prometheus.CounterValue, float64(s.LeaseExpiries))
+	ch <- prometheus.MustNewConstMetric(descWatchMessages, prometheus.CounterValue, float64(s.WatchMessages))
+	ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(s.Coalesced))
+	ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(s.Replayed))
+	ch <- prometheus.MustNewConstMetric(descWatches, prometheus.GaugeValue, float64(s.OpenWatches))
+	for ms, n := range s.Active {
+		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), ms.Mode, eventKind(ms.State.String()))
+	}
+}
+
+// eventKind is an enum value's name without its prefix: EVENT_KIND_PROGRESS is progress,
+// TASK_STATE_RUNNING running.
+func eventKind(name string) string {
+	name = strings.TrimPrefix(strings.TrimPrefix(name, "EVENT_KIND_"), "TASK_STATE_")
+	return strings.ToLower(name)
+}

@@ -1,0 +1,100 @@
+package server_test
+
+import (
+	"net/http"
+	"testing"
+
+	"connectrpc.com/connect"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/require"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/server"
+)
+
+// TestMetrics: a scrape of /metrics, parsed with Prometheus' own text parser, counts what the
+// API and the hub did.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{AuthFile: writeAuthFile(t)})
+	ctx := t.Context()
+	w := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{}, aliceToken)
+	w.wait(0)
+	queued, err := b.tasks.CreateTask(ctx, as(&taskhubv1.CreateTaskRequest{Prompt: "stays queued", Mode: "later"}, aliceToken))
+	require.NoError(t, err)
+	_, err = b.tasks.CreateTask(ctx, as(&taskhubv1.CreateTaskRequest{Prompt: "done", Mode: "render"}, aliceToken))
+	require.NoError(t, err)
+	claim, err := b.work.ClaimTask(ctx, as(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"render"}, WaitSeconds: 5}, workerToken))
+	require.NoError(t, err)
+	lease := claim.Msg.LeaseToken
+	for _, p := range []float64{10, 50} {
+		_, err = b.work.ReportProgress(ctx, as(&taskhubv1.ReportProgressRequest{TaskId: claim.Msg.Task.Id, LeaseToken: lease, Progress: p}, workerToken))
+		require.NoError(t, err)
+	}
+	_, err = b.work.CompleteTask(ctx, as(&taskhubv1.CompleteTaskRequest{TaskId: claim.Msg.Task.Id, LeaseToken: lease, Result: "ok"}, workerToken))
+	require.NoError(t, err)
+	_, err = b.tasks.GetTask(ctx, as(&taskhubv1.GetTaskRequest{Id: "01JAAAAAAAAAAAAAAAAAAAAAAA"}, aliceToken))
+	require.Equal(t, connect.CodeNotFound, connect.CodeOf(err))
+	w.wait(6) // created x2, started, progress x2, completed
+
+	scrape := func(token string) (int, map[string]*dto.MetricFamily) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.srv.URL()+"/metrics", nil)
+		require.NoError(t, err)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		res, err := b.http.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return res.StatusCode, nil
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		families, err := parser.TextToMetricFamilies(res.Body)
+		require.NoError(t, err)
+		return res.StatusCode, families
+	}
+	code, _ := scrape("")
+	require.Equal(t, http.StatusUnauthorized, code, "no token, no metrics")
+	code, m := scrape(workerToken)
+	require.Equal(t, http.StatusOK, code)
+
+	value := func(name string, labels map[string]string) float64 {
+		t.Helper()
+		f := m[name]
+		require.NotNil(t, f, name)
+	next:
+		for _, metric := range f.Metric {
+			for _, l := range metric.Label {
+				if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
+					continue next
+				}
+			}
+			switch {
+			case metric.Counter != nil:
+				return metric.Counter.GetValue()
+			case metric.Gauge != nil:
+				return metric.Gauge.GetValue()
+			case metric.Histogram != nil:
+				return float64(metric.Histogram.GetSampleCount())
+			}
+		}
+		t.Fatalf("no %s with %v in %v", name, labels, f)
+		return 0
+	}
+	require.Equal(t, 2.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.TaskService/CreateTask", "code": "ok"}))
+	require.Equal(t, 2.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.WorkerService/ReportProgress", "code": "ok"}))
+	require.Equal(t, 1.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.TaskService/GetTask", "code": "not_found"}))
+	for kind, n := range map[string]float64{"created": 2, "started": 1, "progress": 2, "completed": 1} {
+		require.Equal(t, n, value("taskhub_events_appended_total", map[string]string{"kind": kind}), kind)
+	}
+	require.Equal(t, 6.0, value("taskhub_event_log_append_seconds", nil), "one observation per append")
+	require.Equal(t, 1.0, value("taskhub_watches_open", nil))
+	require.GreaterOrEqual(t, value("taskhub_watch_messages_total", nil), 7.0, "the snapshot and six events")
+	require.Equal(t, 1.0, value("taskhub_tasks_active", map[string]string{"mode": "later", "state": "queued"}))
+	require.NotNil(t, m["taskhub_build_info"])
+	require.NotNil(t, m["go_goroutines"])
+	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, queued.Msg.Task.State)
+}
