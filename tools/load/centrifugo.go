@@ -125,6 +125,7 @@ func (c *centrifugoLoad) run(ctx context.Context, rep *report, pr *problems) err
 	ws := make([]*centrifugoWatcher, cfg.watchers)
 	for i := range ws {
 		ws[i] = newCentrifugoWatcher(i, cfg.publishers)
+		ws[i].load = c
 	}
 	rssBefore := c.rss()
 	wctx, stopWatchers := context.WithCancel(ctx)
@@ -136,11 +137,12 @@ func (c *centrifugoLoad) run(ctx context.Context, rep *report, pr *problems) err
 		}
 	}()
 	c.notef("connecting %d watchers to channel %s", cfg.watchers, c.channel)
-	conn, n, err := c.connectAll(ctx, wctx, ws, pr)
+	conn, n, err := connectAll(ctx, wctx, ws, nil, pr)
 	started = n
 	if err != nil {
 		return err
 	}
+	conn.Connections = int64(conn.Connected) // one WebSocket each
 	rep.Connect = conn
 	if c.srv != nil {
 		time.Sleep(time.Second) // let the server's allocations settle
@@ -178,44 +180,6 @@ func (c *centrifugoLoad) run(ctx context.Context, rep *report, pr *problems) err
 	rep.Deliveries = &deliveryStats{BytesIn: c.sockets.in.Load()}
 	tallyCentrifugo(rep, ws, window, pr)
 	return nil
-}
-
-// connectAll starts the watchers on wctx, at most connectParallel connecting at once, and
-// waits until each has subscribed or failed. It returns how many it started, even on error.
-func (c *centrifugoLoad) connectAll(ctx, wctx context.Context, ws []*centrifugoWatcher, pr *problems) (_ *connectStats, started int, _ error) {
-	start := time.Now()
-	for i, w := range ws {
-		if i >= connectParallel {
-			select {
-			case <-ws[i-connectParallel].ready:
-			case <-ctx.Done():
-				return nil, started, ctx.Err()
-			}
-		}
-		go w.run(wctx, c)
-		started++
-	}
-	if !waitAll(ctx, ws, func(w *centrifugoWatcher) chan struct{} { return w.ready }, start.Add(2*time.Minute)) {
-		return nil, started, errors.Join(ctx.Err(), errors.New("the watchers did not connect within 2 minutes"))
-	}
-	s := &connectStats{Seconds: time.Since(start).Seconds()}
-	var times []time.Duration
-	for _, w := range ws {
-		if w.subscribed {
-			s.Connected++
-			times = append(times, w.connectTime)
-		} else {
-			s.Failed++
-			pr.addf("watcher %d did not connect: %v", w.id, w.err)
-		}
-	}
-	if s.Connected == 0 {
-		return nil, started, fmt.Errorf("no watcher connected; the first error: %v", ws[0].err)
-	}
-	s.Connections = int64(s.Connected) // one WebSocket each
-	d := newDist(times)
-	s.P50Ms, s.MaxMs = d.P50, d.Max
-	return s, started, nil
 }
 
 // drained waits until every subscribed watcher that is still connected has want
@@ -439,7 +403,8 @@ func appendPublication(b []byte, publisher int, k, t int64) []byte {
 // (id, subscribed, connectTime) or exited is (the others), except got.
 type centrifugoWatcher struct {
 	id     int
-	ready  chan struct{} // closed when it subscribed or failed to
+	load   *centrifugoLoad // its run's
+	ready  chan struct{}   // closed when it subscribed or failed to
 	exited chan struct{}
 	got    atomic.Int64 // publications received, for the drain to watch
 
@@ -463,6 +428,14 @@ func newCentrifugoWatcher(id, publishers int) *centrifugoWatcher {
 }
 
 // run connects, subscribes and reads until ctx ends or the connection fails.
+func (w *centrifugoWatcher) launch(ctx context.Context) { go w.run(ctx, w.load) }
+
+func (w *centrifugoWatcher) readyCh() chan struct{} { return w.ready }
+
+func (w *centrifugoWatcher) outcome() (bool, time.Duration, error) {
+	return w.subscribed, w.connectTime, w.err
+}
+
 func (w *centrifugoWatcher) run(ctx context.Context, c *centrifugoLoad) {
 	defer close(w.exited)
 	conn, rest, err := w.open(ctx, c)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -336,46 +337,58 @@ func (l *load) rawConfig(window uint32) rawConfig {
 	}
 }
 
+// connectee is a watcher connectAll starts: a push watcher, or a Centrifugo one.
+type connectee interface {
+	launch(ctx context.Context) // runs it on ctx, on goroutines of its own
+	readyCh() chan struct{}     // closed once it is connected or failed to
+	outcome() (ok bool, took time.Duration, err error)
+}
+
 // connectAll starts the watchers on wctx, at most connectParallel connecting at once, and
-// waits until each has its snapshot or failed. It returns how many it started, even on error.
-func connectAll(ctx, wctx context.Context, ws []*watcher, opens []bool, pr *problems) (_ *connectStats, started int, _ error) {
+// waits until each has connected (its snapshot or its subscription) or failed. A watcher whose
+// opens is true is waited for before the next starts (nil opens: none). It returns how many it
+// started, even on error.
+func connectAll[W connectee](ctx, wctx context.Context, ws []W, opens []bool, pr *problems) (_ *connectStats, started int, _ error) {
 	start := time.Now()
 	for i, w := range ws {
 		if i >= connectParallel {
 			select {
-			case <-ws[i-connectParallel].ready:
+			case <-ws[i-connectParallel].readyCh():
 			case <-ctx.Done():
 				return nil, started, ctx.Err()
 			}
 		}
-		go w.run(wctx)
+		w.launch(wctx)
 		started++
-		if opens[i] {
+		if opens != nil && opens[i] {
 			// Streams that start together on a transport without a connection each dial
 			// their own; the others wait for this one's.
 			select {
-			case <-w.ready:
+			case <-w.readyCh():
 			case <-ctx.Done():
 				return nil, started, ctx.Err()
 			}
 		}
 	}
-	if !waitAll(ctx, ws, func(w *watcher) chan struct{} { return w.ready }, start.Add(2*time.Minute)) {
+	if !waitAll(ctx, ws, func(w W) chan struct{} { return w.readyCh() }, start.Add(2*time.Minute)) {
 		return nil, started, errors.Join(ctx.Err(), errors.New("the watchers did not connect within 2 minutes"))
 	}
 	c := &connectStats{Seconds: time.Since(start).Seconds()}
 	var times []time.Duration
-	for _, w := range ws {
-		if w.snapshot {
+	var firstErr error
+	for i, w := range ws {
+		ok, took, err := w.outcome()
+		if ok {
 			c.Connected++
-			times = append(times, w.connectTime)
-		} else {
-			c.Failed++
-			pr.addf("watcher %d did not connect: %v", w.id, w.err)
+			times = append(times, took)
+			continue
 		}
+		c.Failed++
+		firstErr = cmp.Or(firstErr, err)
+		pr.addf("watcher %d did not connect: %v", i, err)
 	}
 	if c.Connected == 0 {
-		return nil, started, fmt.Errorf("no watcher connected; the first error: %v", ws[0].err)
+		return nil, started, fmt.Errorf("no watcher connected; the first error: %v", firstErr)
 	}
 	d := newDist(times)
 	c.P50Ms, c.MaxMs = d.P50, d.Max

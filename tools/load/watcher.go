@@ -185,6 +185,12 @@ func (w *watcher) receive(m *taskhubv1.WatchTasksResponse, now time.Time) {
 	}
 }
 
+func (w *watcher) launch(ctx context.Context) { go w.run(ctx) }
+
+func (w *watcher) readyCh() chan struct{} { return w.ready }
+
+func (w *watcher) outcome() (bool, time.Duration, error) { return w.snapshot, w.connectTime, w.err }
+
 // stopsReading reports whether w should stop reading now: it is slow, the load has started,
 // and it has not stopped before.
 func (w *watcher) stopsReading() bool {
