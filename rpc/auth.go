@@ -386,15 +386,20 @@ func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter) http.Handler
 			}
 		}
 		if err != nil {
-			if r.ProtoMajor == 1 {
-				// Not for HTTP/2, where it would end the connection's other streams too.
-				w.Header().Set("Connection", "close")
-			}
-			_ = errors.Write(w, r, connectError(err))
+			refuse(w, r, errors, err)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// refuse answers a request whose credentials do not hold with err. A refused HTTP/1.1
+// connection is closed rather than drained; not an HTTP/2 one, whose other streams it would end.
+func refuse(w http.ResponseWriter, r *http.Request, errors *connect.ErrorWriter, err error) {
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
+	_ = errors.Write(w, r, connectError(err))
 }
 
 // GateAny refuses a request without credentials a caller of the API may hold: a user's (a
@@ -414,10 +419,7 @@ func (a *Auth) GateAny(next http.Handler, errors *connect.ErrorWriter) http.Hand
 			}
 		}
 		if err != nil {
-			if r.ProtoMajor == 1 {
-				w.Header().Set("Connection", "close")
-			}
-			_ = errors.Write(w, r, connectError(err))
+			refuse(w, r, errors, err)
 			return
 		}
 		next.ServeHTTP(w, r)
