@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,8 +32,10 @@ import (
 // The crash tests run taskhub as a child process (this test binary, re-executed: see TestMain)
 // and kill it with SIGKILL.
 const (
-	childArgsEnv   = "TASKHUB_TEST_CHILD_ARGS"
-	childWorkerEnv = "TASKHUB_TEST_CHILD_WORKER"
+	childArgsEnv = "TASKHUB_TEST_CHILD_ARGS"
+	// childArgsJSONEnv runs the test binary as taskhub with the JSON array of arguments it holds.
+	childArgsJSONEnv = "TASKHUB_TEST_CHILD_ARGV"
+	childWorkerEnv   = "TASKHUB_TEST_CHILD_WORKER"
 )
 
 func TestMain(m *testing.M) {
@@ -41,6 +44,20 @@ func TestMain(m *testing.M) {
 	}
 	if url := os.Getenv(childAliceEnv); url != "" {
 		os.Exit(legitimateUser(url))
+	}
+	if args := os.Getenv(childArgsJSONEnv); args != "" {
+		var argv []string
+		if err := json.Unmarshal([]byte(args), &argv); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(2)
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		if err := run(ctx, argv, io.Discard, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(2)
+		}
+		os.Exit(0)
 	}
 	if args := os.Getenv(childArgsEnv); args != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)

@@ -2,6 +2,8 @@
 // executor, with NATS JetStream embedded (or external, with --nats-url).
 //
 //	taskhub [serve] [flags]
+//	taskhub worker --mode M [flags] -- COMMAND [ARGS...]
+//	taskhub version
 package main
 
 import (
@@ -47,8 +49,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		switch args[0] {
 		case "serve":
 			args = args[1:]
+		case "worker":
+			return runWorker(ctx, args[1:], stderr)
 		default:
-			return fmt.Errorf("unknown command %q: the commands are serve (the default) and version", args[0])
+			return fmt.Errorf("unknown command %q: the commands are serve (the default), worker and version", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("taskhub serve", flag.ContinueOnError)
