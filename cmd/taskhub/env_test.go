@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -56,4 +58,47 @@ func TestRun_FlagsFromEnvironment(t *testing.T) {
 	serves(fromEnv)
 	fromFlag := freeport.Addr(t)
 	serves(fromFlag, "--addr", fromFlag)
+}
+
+// TestRun_LogFormatJSON: --log-format json writes one JSON object a line, the start among them.
+func TestRun_LogFormatJSON(t *testing.T) {
+	t.Parallel()
+	require.ErrorContains(t, run(t.Context(), []string{"--log-format", "xml"}, io.Discard, io.Discard), "--log-format must be text or json")
+
+	addr := freeport.Addr(t)
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--addr", addr, "--data-dir", t.TempDir(), "--demo-workers", "0", "--log-format", "json"}, io.Discard, &logs)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "taskhub serving") }, 30*time.Second, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var entry map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &entry), line)
+		if entry["msg"] == "taskhub serving" {
+			require.Equal(t, "http://"+addr, entry["url"])
+			require.Equal(t, "INFO", entry["level"])
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer for one writer and one reader at a time.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		secretFile string
 		debugAddr  string
 		logLevel   slog.Level
+		logFormat  string
 	)
 	fs.StringVar(&cfg.Addr, "addr", server.DefaultAddr, "`host:port` to listen on; without --auth-file only loopback is allowed")
 	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir, "`directory` of the embedded event log")
@@ -121,6 +122,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM `file` of the TLS certificate's private key")
 	fs.StringVar(&debugAddr, "debug-addr", "", "loopback `host:port` serving Go's profiles (/debug/pprof/), for measuring the server; off by default")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text (key=value) or json (one object a line)")
 	if err := fromEnv(fs); err != nil {
 		return err
 	}
@@ -156,7 +158,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			*d = -1
 		}
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	logOpts := &slog.HandlerOptions{Level: logLevel}
+	switch logFormat {
+	case "text":
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, logOpts))
+	case "json":
+		cfg.Logger = slog.New(slog.NewJSONHandler(stderr, logOpts))
+	default:
+		return fmt.Errorf("--log-format must be text or json: got %q", logFormat)
+	}
 	if debugAddr != "" {
 		stopDebug, err := serveDebug(debugAddr)
 		if err != nil {
@@ -170,6 +180,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "taskhub serving on %s (data in %s)\n", s.URL(), dataWhere(cfg))
+	cfg.Logger.Info("taskhub serving", "url", s.URL(), "data", dataWhere(cfg), "version", version())
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "taskhub shutting down")
 	return s.Close()
