@@ -112,7 +112,16 @@ func TestHub_OneNodeSettlesFinishedTasks(t *testing.T) {
 	c := claim(t, hubs[(leader+1)%3], "paint")
 	complete(t, hubs[(leader+1)%3], c)
 	time.Sleep(3 * time.Second) // due on every hub: the others drop it, the leader fails it
-	require.Eventually(t, func() bool { return slices.Equal([]string{c.Task.Id}, live(logs[(leader+1)%3])) }, 10*time.Second, 100*time.Millisecond)
+	// On a machine busy enough that the leader missed renewing its lead for 10 s, another hub
+	// has taken the lead over already and settled the task from the live index: the same
+	// takeover, sooner.
+	require.Eventually(t, func() bool {
+		ids := live(logs[(leader+1)%3])
+		return slices.Equal([]string{c.Task.Id}, ids) || (len(ids) == 0 && total() == 7)
+	}, 10*time.Second, 100*time.Millisecond)
+	if total() == 7 {
+		t.Logf("the lead moved before the leader went away; the new leader settled the task")
+	}
 	hubs[leader].Close()
 	logs[leader].Close()
 
