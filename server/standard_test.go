@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"github.com/stretchr/testify/require"
 
+	"github.com/taskhub/taskhub/client"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/server"
 )
@@ -23,7 +23,7 @@ func TestStandard_Health(t *testing.T) {
 	b := setup(t, server.Config{AuthFile: writeAuthFile(t)})
 	ctx := t.Context()
 	bearerClient := func(token string) *grpchealth.Client {
-		return grpchealth.NewClient(b.h2c, b.srv.URL(), connect.WithGRPC(), connect.WithInterceptors(tokenInterceptor(token)))
+		return grpchealth.NewClient(b.h2c, b.srv.URL(), connect.WithGRPC(), connect.WithInterceptors(client.Bearer(token)))
 	}
 	for _, token := range []string{aliceToken, workerToken} {
 		for _, service := range []string{"", taskhubv1connect.TaskServiceName, taskhubv1connect.WorkerServiceName} {
@@ -69,22 +69,4 @@ func TestStandard_ReflectionWithBufCurl(t *testing.T) {
 	require.NoError(t, err, out)
 	require.Contains(t, out, "SERVING")
 	require.False(t, strings.Contains(out, "NOT_SERVING"))
-}
-
-// tokenInterceptor sends a bearer token on every call.
-type tokenInterceptor string
-
-func (t tokenInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("Authorization", "Bearer "+string(t))
-		return next(ctx, req)
-	}
-}
-
-func (t tokenInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (t tokenInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
 }

@@ -74,7 +74,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	var opts []connect.ClientOption
 	if token != "" {
-		opts = append(opts, connect.WithInterceptors(bearerToken(token)))
+		opts = append(opts, connect.WithInterceptors(client.Bearer(token)))
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	w := &client.Worker{
@@ -198,26 +198,4 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.TrimSpace(strings.ToValidUTF8(string(t.b), ""))
-}
-
-// bearerToken sends a token on every call.
-type bearerToken string
-
-func (b bearerToken) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("Authorization", "Bearer "+string(b))
-		return next(ctx, req)
-	}
-}
-
-func (b bearerToken) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
-		return conn
-	}
-}
-
-func (b bearerToken) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
 }
