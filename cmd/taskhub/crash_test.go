@@ -53,8 +53,12 @@ func TestMain(m *testing.M) {
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		defer stop()
-		if err := run(ctx, argv, io.Discard, os.Stderr); err != nil {
+		if err := run(ctx, argv, os.Stdout, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
+			var code exitCode
+			if errors.As(err, &code) {
+				os.Exit(code.code)
+			}
 			os.Exit(2)
 		}
 		os.Exit(0)

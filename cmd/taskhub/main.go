@@ -2,6 +2,7 @@
 // executor, with NATS JetStream embedded (or external, with --nats-url).
 //
 //	taskhub [serve] [flags]
+//	taskhub create PROMPT [--mode M] [--param k=v ...] [--wait] | get ID | list | cancel ID | watch [ID ...]
 //	taskhub worker --mode M [flags] -- COMMAND [ARGS...]
 //	taskhub version
 package main
@@ -35,6 +36,10 @@ func main() {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "taskhub:", err)
 		}
+		var code exitCode
+		if errors.As(err, &code) {
+			os.Exit(code.code)
+		}
 		os.Exit(2)
 	}
 }
@@ -51,8 +56,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			args = args[1:]
 		case "worker":
 			return runWorker(ctx, args[1:], stderr)
+		case "create", "get", "list", "cancel", "watch":
+			return runClient(ctx, args[0], args[1:], stdout, stderr)
 		default:
-			return fmt.Errorf("unknown command %q: the commands are serve (the default), worker and version", args[0])
+			return fmt.Errorf("unknown command %q: the commands are serve (the default), create, get, list, cancel, watch, worker and version", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("taskhub serve", flag.ContinueOnError)

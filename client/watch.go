@@ -1,0 +1,62 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"connectrpc.com/connect"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+)
+
+// Watch calls fn with every message of the caller's WatchTasks stream: a snapshot first, then
+// every event and heartbeat. When the stream drops it resumes after the last seq it saw (the
+// snapshot then says recovered, and the missed events follow), backing off from half a second
+// to 10 s while the server cannot be reached. It returns when ctx ends, fn returns an error
+// (which it returns), or the server refuses the watch for a reason retrying cannot mend
+// (a bad token, say).
+func Watch(ctx context.Context, tasks taskhubv1connect.TaskServiceClient, fn func(*taskhubv1.WatchTasksResponse) error) error {
+	var epoch string
+	var last uint64
+	backoff := 500 * time.Millisecond
+	for {
+		stream, err := tasks.WatchTasks(ctx, connect.NewRequest(&taskhubv1.WatchTasksRequest{Epoch: epoch, AfterSeq: last}))
+		if err == nil {
+			for stream.Receive() {
+				m := stream.Msg()
+				switch {
+				case m.GetSnapshot() != nil:
+					epoch, last = m.GetSnapshot().Epoch, m.GetSnapshot().Seq
+				case m.GetEvent() != nil:
+					last = m.GetEvent().Seq
+				case m.GetHeartbeat() != nil:
+					last = max(last, m.GetHeartbeat().Seq)
+				}
+				backoff = 500 * time.Millisecond // it works again
+				if err := fn(m); err != nil {
+					stream.Close()
+					return err
+				}
+			}
+			err = stream.Err()
+			stream.Close()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodeUnauthenticated, connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeResourceExhausted:
+			if !errors.Is(err, context.Canceled) {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
