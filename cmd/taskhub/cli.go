@@ -234,7 +234,7 @@ func (c *cli) watch(ctx context.Context, ids []string, until bool) error {
 	var bars *barSet
 	if c.tty && !c.json {
 		bars = newBars(c.out)
-		defer bars.wait()
+		defer bars.wait() // once only: wait is idempotent
 	}
 	var last *taskhubv1.Task
 	show := func(kind taskhubv1.EventKind, t *taskhubv1.Task) error {
@@ -298,7 +298,9 @@ func (c *cli) watch(ctx context.Context, ids []string, until bool) error {
 	}
 	if bars != nil {
 		bars.wait()
-		bars = nil
+		if last.State == taskhubv1.TaskState_TASK_STATE_COMPLETED {
+			fmt.Fprintln(c.out, last.Result)
+		}
 	}
 	switch last.State {
 	case taskhubv1.TaskState_TASK_STATE_FAILED:
@@ -320,6 +322,7 @@ type barSet struct {
 	p    *mpb.Progress
 	mu   sync.Mutex
 	bars map[string]*taskBar
+	done bool
 }
 
 type taskBar struct {
@@ -344,7 +347,8 @@ func (s *barSet) show(t *taskhubv1.Task) {
 				return fn(b.task)
 			})
 		}
-		b.bar = s.p.New(100, mpb.BarStyle(),
+		// A total above 100: a task at 100 % has not ended until its last event says so.
+		b.bar = s.p.New(101, mpb.BarStyle(),
 			mpb.PrependDecorators(text(func(t *taskhubv1.Task) string {
 				return fmt.Sprintf("%-24s %-9s", clip(t.Prompt, 24), taskhub.StateName(t.State))
 			})),
@@ -363,9 +367,14 @@ func (s *barSet) show(t *taskhubv1.Task) {
 	}
 }
 
-// wait waits until every bar is drawn for the last time.
+// wait waits until every bar is drawn for the last time. Later calls do nothing.
 func (s *barSet) wait() {
 	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return
+	}
+	s.done = true
 	for _, b := range s.bars {
 		if !b.bar.Completed() {
 			b.bar.Abort(false)
