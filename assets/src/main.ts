@@ -10,7 +10,7 @@ import { Board } from "./board";
 import { Feed } from "./feed";
 import { parseParams } from "./format";
 import { TaskService } from "./gen/taskhub/v1/task_service_pb";
-import { Connection, Page, reloadedKey } from "./page";
+import { callTimeoutMs, Connection, Page, reloadedKey } from "./page";
 import { Toaster } from "./toasts";
 
 type TaskClient = Client<typeof TaskService>;
@@ -88,7 +88,7 @@ function createForm(client: TaskClient, board: Board): void {
     busy = true;
     submit.disabled = true;
     try {
-      const res = await client.createTask({ prompt: prompt.value, mode: mode.value, params: p, idempotencyKey: draft });
+      const res = await client.createTask({ prompt: prompt.value, mode: mode.value, params: p, idempotencyKey: draft }, { timeoutMs: callTimeoutMs });
       if (res.task) board.apply(res.task, "always");
       fail("");
       prompt.value = "";
@@ -112,14 +112,14 @@ function cancel(e: SubmitEvent, client: TaskClient, board: Board, toasts: Toaste
   const id = form.closest<HTMLElement>('[data-testid="task-card"]')?.dataset.taskId;
   if (!id) return;
   board.cancelling(id, true);
-  client.cancelTask({ id }).then(
+  client.cancelTask({ id }, { timeoutMs: callTimeoutMs }).then(
     (res) => {
       if (res.task) board.apply(res.task);
     },
     async (err) => {
       board.cancelling(id, false);
       // It finished meanwhile: the stream brings its end, but show it at once.
-      const got = await client.getTask({ id }).catch(() => null);
+      const got = await client.getTask({ id }, { timeoutMs: callTimeoutMs }).catch(() => null);
       if (got?.task && board.apply(got.task)) return;
       toasts.show("cancel-" + id, "Could not cancel: " + message(err), "error");
     },
@@ -133,7 +133,7 @@ async function loadMore(e: MouseEvent, client: TaskClient, board: Board, toasts:
   if (link.getAttribute("aria-busy") === "true") return;
   link.setAttribute("aria-busy", "true");
   try {
-    const res = await client.listTasks({ pageSize: 50, pageToken: link.dataset.pageToken });
+    const res = await client.listTasks({ pageSize: 50, pageToken: link.dataset.pageToken }, { timeoutMs: callTimeoutMs });
     for (const t of res.tasks) board.apply(t, "always");
     if (res.nextPageToken) {
       link.dataset.pageToken = res.nextPageToken;

@@ -8,6 +8,13 @@ import type { Position, Status, Tab } from "./feed";
 import type { TaskService, WatchTasksResponse } from "./gen/taskhub/v1/task_service_pb";
 import type { Toaster } from "./toasts";
 
+/**
+ * callTimeoutMs bounds every unary call the page makes. A call that reuses a pooled connection
+ * the network silently dropped would otherwise wait forever; after it, the call is retried (or
+ * reported) and the browser dials afresh.
+ */
+export const callTimeoutMs = 10_000;
+
 /** The session storage key that tells a page it was reloaded because the event log was recreated. */
 export const reloadedKey = "taskhub:reloaded";
 
@@ -98,7 +105,7 @@ export class Page implements Tab {
       for (let attempt = 1; ; attempt++) {
         this.resyncAgain = false;
         try {
-          const res = await this.client.listTasks({ pageSize: 50 });
+          const res = await this.client.listTasks({ pageSize: 50 }, { timeoutMs: callTimeoutMs });
           const listed = new Set<string>();
           for (const t of res.tasks) {
             listed.add(t.id);
@@ -107,7 +114,7 @@ export class Page implements Tab {
           for (const id of this.board.ids(true)) {
             if (listed.has(id)) continue;
             try {
-              const got = await this.client.getTask({ id });
+              const got = await this.client.getTask({ id }, { timeoutMs: callTimeoutMs });
               if (got.task) this.board.apply(got.task);
             } catch (err) {
               if (ConnectError.from(err).code !== Code.NotFound) throw err;
