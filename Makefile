@@ -17,6 +17,13 @@ run: ## run taskhub on 127.0.0.1:8080 with its data in ./data (ARGS="--flag valu
 build: ## build bin/taskhub
 	go build -buildvcs=true -o bin/taskhub ./cmd/taskhub
 
+.PHONY: release
+release: ## static binaries for linux and darwin, amd64 and arm64, in dist/, stamped with the version and commit
+	@for os in linux darwin; do for arch in amd64 arm64; do \
+		echo "dist/taskhub-$$os-$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -buildvcs=true -o dist/taskhub-$$os-$$arch ./cmd/taskhub || exit 1; \
+	done; done
+
 .PHONY: test
 test: ## run every test with the race detector (starts its own servers on 127.0.0.1), the load tool's too
 	go test -race -timeout 10m ./...
