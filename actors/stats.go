@@ -26,6 +26,9 @@ type Stats struct {
 	OpenWatches int
 	// Active is the queued and running tasks now, by mode and state.
 	Active map[ModeState]int
+	// OldestQueued is, per mode with queued tasks, when its longest-waiting one was queued
+	// (created, or last requeued).
+	OldestQueued map[string]time.Time
 	// AppendSeconds is how long this node's appends took (the event log's round trip).
 	AppendSeconds Durations
 }
@@ -95,6 +98,7 @@ func (h *Hub) Stats() Stats {
 		Replayed:      c.replays.Load(),
 		OpenWatches:   h.watches.open(),
 		Active:        map[ModeState]int{},
+		OldestQueued:  map[string]time.Time{},
 		AppendSeconds: c.appendTime.read(),
 	}
 	for k := range c.appended {
@@ -104,6 +108,12 @@ func (h *Hub) Stats() Stats {
 	}
 	for _, t := range h.feed.activeTasks() {
 		s.Active[ModeState{Mode: t.Mode, State: t.State}]++
+		if t.State == taskhubv1.TaskState_TASK_STATE_QUEUED {
+			at := t.GetUpdatedAt().AsTime()
+			if old, ok := s.OldestQueued[t.Mode]; !ok || at.Before(old) {
+				s.OldestQueued[t.Mode] = at
+			}
+		}
 	}
 	return s
 }

@@ -370,8 +370,8 @@ func isWorkerProcedure(procedure string) bool {
 // open by sending its body slowly. A refused HTTP/1.1 connection is closed rather than drained.
 // Who the caller is reaches the handlers through the interceptor, which looks again: carrying it
 // from here would copy every request (about 300 bytes per open stream), where looking again is
-// a hash of the token.
-func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter) http.Handler {
+// a hash of the token. observe, when set, is told of each refusal.
+func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter, observe func(procedure string, code connect.Code)) http.Handler {
 	if a == nil {
 		return next
 	}
@@ -387,6 +387,9 @@ func (a *Auth) Gate(next http.Handler, errors *connect.ErrorWriter) http.Handler
 		}
 		if err != nil {
 			refuse(w, r, errors, err)
+			if observe != nil {
+				observe(r.URL.Path, connect.CodeOf(connectError(err)))
+			}
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -29,8 +29,8 @@ type Options struct {
 	Auth    *Auth // nil: off (see Auth.Gate)
 	Logger  *slog.Logger
 	Origins []string // whose pages may call the API (CORS; see CheckOrigins)
-	// Observe, when set, is told the outcome of every call past the token check: its
-	// procedure and its code (0 for success).
+	// Observe, when set, is told the outcome of every call: its procedure and its code (0 for
+	// success), the calls the token check refused included.
 	Observe func(procedure string, code connect.Code)
 }
 
@@ -57,7 +57,7 @@ func Mount(mux *http.ServeMux, hub Hub, o Options) {
 	)...)
 	errs := connect.NewErrorWriter(options...)
 	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
-	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h)), errs), origins))
+	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h)), errs, o.Observe), origins))
 	path, h = taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts)
-	mux.Handle(path, withCORS(auth.Gate(checkEnvelopes(h), errs), origins))
+	mux.Handle(path, withCORS(auth.Gate(checkEnvelopes(h), errs, o.Observe), origins))
 }

@@ -4,13 +4,16 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/taskhub/taskhub/actors"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/rpc"
 )
 
@@ -46,14 +49,35 @@ func newMetrics(hub *actors.Hub, auth *rpc.Auth) *metrics {
 	return m
 }
 
-// observe counts a call (rpc.Options.Observe).
+// observe counts a call (rpc.Options.Observe). A path that names no procedure of the API (a
+// refused request may ask for any) counts as "other": a label per path would let anyone grow
+// the metrics without bound.
 func (m *metrics) observe(procedure string, code connect.Code) {
 	name := "ok"
 	if code != 0 {
 		name = code.String()
 	}
+	if !procedures[procedure] {
+		procedure = "/other"
+	}
 	m.calls.WithLabelValues(strings.TrimPrefix(procedure, "/"), name).Inc()
 }
+
+// procedures are the API's procedures, such as /taskhub.v1.TaskService/CreateTask.
+var procedures = func() map[string]bool {
+	set := map[string]bool{}
+	services := taskhubv1.File_taskhub_v1_task_service_proto.Services()
+	workers := taskhubv1.File_taskhub_v1_worker_service_proto.Services()
+	for _, list := range []protoreflect.ServiceDescriptors{services, workers} {
+		for i := range list.Len() {
+			s := list.Get(i)
+			for j := range s.Methods().Len() {
+				set["/"+string(s.FullName())+"/"+string(s.Methods().Get(j).Name())] = true
+			}
+		}
+	}
+	return set
+}()
 
 // handler serves the metrics; with auth on, to a caller with any of the API's tokens (a
 // Prometheus scrape config's authorization).
@@ -72,11 +96,12 @@ var (
 	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
 	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
-	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state.", []string{"mode", "state"}, nil)
+	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state (queued: the mode's queue depth).", []string{"mode", "state"}, nil)
+	descOldestQueued  = prometheus.NewDesc("taskhub_queue_oldest_seconds", "How long the longest-waiting queued task of each mode has waited since it was queued or requeued.", []string{"mode"}, nil)
 )
 
 func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descReplayed, descWatches, descActive} {
+	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descReplayed, descWatches, descActive, descOldestQueued} {
 		ch <- d
 	}
 }
@@ -98,6 +123,9 @@ func (c hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWatches, prometheus.GaugeValue, float64(s.OpenWatches))
 	for ms, n := range s.Active {
 		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), ms.Mode, eventKind(ms.State.String()))
+	}
+	for mode, at := range s.OldestQueued {
+		ch <- prometheus.MustNewConstMetric(descOldestQueued, prometheus.GaugeValue, time.Since(at).Seconds(), mode)
 	}
 }
 

@@ -2,7 +2,9 @@ package server_test
 
 import (
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	dto "github.com/prometheus/client_model/go"
@@ -20,6 +22,7 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	b := setup(t, server.Config{AuthFile: writeAuthFile(t)})
 	ctx := t.Context()
+	start := time.Now()
 	w := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{}, aliceToken)
 	w.wait(0)
 	queued, err := b.tasks.CreateTask(ctx, as(&taskhubv1.CreateTaskRequest{Prompt: "stays queued", Mode: "later"}, aliceToken))
@@ -56,6 +59,13 @@ func TestMetrics(t *testing.T) {
 		require.NoError(t, err)
 		return res.StatusCode, families
 	}
+	// Refused calls count too, an unknown path as "other".
+	_, err = b.tasks.ListTasks(ctx, as(&taskhubv1.ListTasksRequest{}, "not-a-token-of-anyone"))
+	require.Equal(t, connect.CodeUnauthenticated, connect.CodeOf(err))
+	res, err := b.http.Post(b.srv.URL()+"/taskhub.v1.TaskService/NoSuchThing-a1b2c3", "application/json", strings.NewReader("{}"))
+	require.NoError(t, err)
+	res.Body.Close()
+
 	code, _ := scrape("")
 	require.Equal(t, http.StatusUnauthorized, code, "no token, no metrics")
 	code, m := scrape(workerToken)
@@ -87,6 +97,8 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, 2.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.TaskService/CreateTask", "code": "ok"}))
 	require.Equal(t, 2.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.WorkerService/ReportProgress", "code": "ok"}))
 	require.Equal(t, 1.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.TaskService/GetTask", "code": "not_found"}))
+	require.Equal(t, 1.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.TaskService/ListTasks", "code": "unauthenticated"}))
+	require.Equal(t, 1.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "other", "code": "unauthenticated"}))
 	for kind, n := range map[string]float64{"created": 2, "started": 1, "progress": 2, "completed": 1} {
 		require.Equal(t, n, value("taskhub_events_appended_total", map[string]string{"kind": kind}), kind)
 	}
@@ -94,6 +106,9 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, 1.0, value("taskhub_watches_open", nil))
 	require.GreaterOrEqual(t, value("taskhub_watch_messages_total", nil), 7.0, "the snapshot and six events")
 	require.Equal(t, 1.0, value("taskhub_tasks_active", map[string]string{"mode": "later", "state": "queued"}))
+	waited := value("taskhub_queue_oldest_seconds", map[string]string{"mode": "later"})
+	require.Greater(t, waited, 0.0)
+	require.Less(t, waited, time.Since(start).Seconds()+1, "the task queued during the test")
 	require.NotNil(t, m["taskhub_build_info"])
 	require.NotNil(t, m["go_goroutines"])
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, queued.Msg.Task.State)
