@@ -38,7 +38,7 @@ type Options struct {
 // size limit, bounded decompression and framing checks.
 func Mount(mux *http.ServeMux, hub Hub, o Options) {
 	auth, logger, origins := o.Auth, o.Logger, o.Origins
-	interceptors := []connect.Interceptor{auth.Interceptor()}
+	interceptors := []connect.Interceptor{callLog{logger}, auth.Interceptor()}
 	if o.Observe != nil {
 		interceptors = append([]connect.Interceptor{observer(o.Observe)}, interceptors...)
 	}

@@ -1,6 +1,7 @@
 package rpc_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -133,6 +134,11 @@ type bundle struct {
 
 // setup serves the handlers over a fake hub on 127.0.0.1, with auth when f is not nil.
 func setup(t *testing.T, f *rpc.AuthFile) *bundle {
+	return setupLogged(t, f, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// setupLogged is setup with the handlers logging to logger.
+func setupLogged(t *testing.T, f *rpc.AuthFile, logger *slog.Logger) *bundle {
 	t.Helper()
 	var auth *rpc.Auth
 	if f != nil {
@@ -142,7 +148,7 @@ func setup(t *testing.T, f *rpc.AuthFile) *bundle {
 	}
 	hub := &fakeHub{task: &taskhubv1.Task{Id: "T", Owner: "o"}}
 	mux := http.NewServeMux()
-	rpc.Mount(mux, hub, rpc.Options{Auth: auth, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	rpc.Mount(mux, hub, rpc.Options{Auth: auth, Logger: logger})
 	srv := httptest.NewUnstartedServer(mux)
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
@@ -284,4 +290,46 @@ func TestHandlers_WatchStreamsWhatTheWatchYields(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the watch was not closed")
 	}
+}
+
+// TestHandlers_LogCalls: an internal answer is logged with its cause; at debug level every call
+// is logged (the request log), and at info level none that went well.
+func TestHandlers_LogCalls(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	b := setupLogged(t, nil, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	_, err := b.tasks.GetTask(t.Context(), connect.NewRequest(&taskhubv1.GetTaskRequest{Id: "T"}))
+	require.NoError(t, err)
+	require.Contains(t, logs.String(), "msg=call procedure=/taskhub.v1.TaskService/GetTask")
+	require.Contains(t, logs.String(), "code=ok")
+
+	b.hub.err = taskhub.Errorf(taskhub.Internal, "the disk caught fire")
+	_, err = b.tasks.GetTask(t.Context(), connect.NewRequest(&taskhubv1.GetTaskRequest{Id: "T"}))
+	require.Equal(t, connect.CodeInternal, connect.CodeOf(err))
+	require.Contains(t, logs.String(), `level=ERROR msg="internal error" procedure=/taskhub.v1.TaskService/GetTask`)
+	require.Contains(t, logs.String(), "the disk caught fire")
+
+	var quiet syncBuffer
+	b = setupLogged(t, nil, slog.New(slog.NewTextHandler(&quiet, nil)))
+	_, err = b.tasks.GetTask(t.Context(), connect.NewRequest(&taskhubv1.GetTaskRequest{Id: "T"}))
+	require.NoError(t, err)
+	require.Empty(t, quiet.String(), "no request log above debug level")
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader at a time.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -2,6 +2,8 @@ package rpc
 
 import (
 	"context"
+	"log/slog"
+	"time"
 
 	"connectrpc.com/connect"
 )
@@ -35,4 +37,44 @@ func codeOf(err error) connect.Code {
 		return 0
 	}
 	return connect.CodeOf(err)
+}
+
+// callLog logs every call that answers internal, with its cause, and every call at debug
+// level: the request log.
+type callLog struct{ logger *slog.Logger }
+
+func (l callLog) log(ctx context.Context, procedure string, peer string, began time.Time, err error) {
+	code := codeOf(err)
+	switch {
+	case code == connect.CodeInternal:
+		l.logger.Error("internal error", "procedure", procedure, "peer", peer, "err", err)
+	case l.logger.Enabled(ctx, slog.LevelDebug):
+		name := "ok"
+		if code != 0 {
+			name = code.String()
+		}
+		l.logger.Debug("call", "procedure", procedure, "peer", peer, "code", name, "took", time.Since(began))
+	}
+}
+
+func (l callLog) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		began := time.Now()
+		res, err := next(ctx, req)
+		l.log(ctx, req.Spec().Procedure, req.Peer().Addr, began, err)
+		return res, err
+	}
+}
+
+func (l callLog) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (l callLog) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		began := time.Now()
+		err := next(ctx, conn)
+		l.log(ctx, conn.Spec().Procedure, conn.Peer().Addr, began, err)
+		return err
+	}
 }
