@@ -65,7 +65,19 @@ type marker struct{ owner, id string }
 
 // liveTasks reads the live index.
 func (l *Log) liveTasks(ctx context.Context) ([]marker, error) {
-	info, err := l.meta.Info(ctx, jetstream.WithSubjectFilter(livePrefix+">"))
+	// Attempts of 2 s, then 4, 8...: on a cluster that is forming or electing, a request may go
+	// unanswered, and waiting for it until ctx ends (a whole start's time) would be waiting for
+	// nothing. A large index that takes longer to read gets longer attempts.
+	var info *jetstream.StreamInfo
+	var err error
+	for wait := 2 * time.Second; ; wait *= 2 {
+		attempt, cancel := context.WithTimeout(ctx, wait)
+		info, err = l.meta.Info(attempt, jetstream.WithSubjectFilter(livePrefix+">"))
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, l.unavailable("live index", err)
 	}
