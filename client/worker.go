@@ -90,6 +90,9 @@ func (j *Job) after(err error, cancelled bool) error {
 	return err
 }
 
+// claimWait is how long a claim waits for a task to come.
+const claimWait = 5 * time.Second
+
 // Run claims and runs tasks until ctx ends; then it claims no more and waits for the tasks
 // under way to finish (a drain). It returns ctx's error.
 func (w *Worker) Run(ctx context.Context, handle Handler) error {
@@ -98,11 +101,16 @@ func (w *Worker) Run(ctx context.Context, handle Handler) error {
 	for range max(w.Concurrency, 1) {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				res, err := w.Work.ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{
-					WorkerId: w.ID, Modes: w.Modes, WaitSeconds: 20,
+				// The claim is not cancelled with ctx: a task the server granted as the drain
+				// began would be lost to this worker, and held by no one until its lease ran
+				// out. It waits claimWait at most, so a drain waits that long at most for it.
+				claim, cancel := context.WithTimeout(context.Background(), claimWait+10*time.Second)
+				res, err := w.Work.ClaimTask(claim, connect.NewRequest(&taskhubv1.ClaimTaskRequest{
+					WorkerId: w.ID, Modes: w.Modes, WaitSeconds: uint32(claimWait / time.Second),
 				}))
+				cancel()
 				switch {
-				case ctx.Err() != nil:
+				case err != nil && ctx.Err() != nil:
 					return
 				case err != nil:
 					logger.Warn("claim failed; trying again in 2 s", "err", err)
