@@ -119,16 +119,24 @@ func TestWorker_ShellScript(t *testing.T) {
 		echo "result imported $TASKHUB_PARAM_SIZE rows of $TASKHUB_PROMPT"
 		echo "a line after the result, not it"`)
 	got := events()
-	var kinds []taskhubv1.EventKind
-	for _, ev := range got {
-		kinds = append(kinds, ev.Kind)
+	// STARTED, the two progress reports (the first may be coalesced away by the watch, as a
+	// watcher that is behind gets only the latest progress), COMPLETED.
+	require.GreaterOrEqual(t, len(got), 3)
+	first, last := got[0], got[len(got)-1]
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_STARTED, first.Kind)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_COMPLETED, last.Kind)
+	progress := got[1 : len(got)-1]
+	require.NotEmpty(t, progress)
+	for _, ev := range progress {
+		require.Equal(t, taskhubv1.EventKind_EVENT_KIND_PROGRESS, ev.Kind)
 	}
-	require.Equal(t, []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_PROGRESS,
-		taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.EventKind_EVENT_KIND_COMPLETED}, kinds)
-	require.Equal(t, 10.0, got[1].Task.Progress)
-	require.Equal(t, "starting on users.csv", got[1].Task.Message)
-	require.Equal(t, "halfway", got[2].Task.Message)
-	require.Equal(t, "imported 3 rows of users.csv", got[3].Task.Result)
+	if len(progress) == 2 {
+		require.Equal(t, 10.0, progress[0].Task.Progress)
+		require.Equal(t, "starting on users.csv", progress[0].Task.Message)
+	}
+	require.Equal(t, 60.0, progress[len(progress)-1].Task.Progress)
+	require.Equal(t, "halfway", progress[len(progress)-1].Task.Message)
+	require.Equal(t, "imported 3 rows of users.csv", last.Task.Result)
 
 	// Without a result line the last line is the result.
 	id = e.create("sh-import", "second", nil)

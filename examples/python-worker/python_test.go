@@ -95,7 +95,15 @@ func TestPythonWorker(t *testing.T) {
 			kinds = append(kinds, line.Kind)
 		}
 	}
-	require.Equal(t, []string{"EVENT_KIND_STARTED", "EVENT_KIND_PROGRESS", "EVENT_KIND_PROGRESS", "EVENT_KIND_PROGRESS", "EVENT_KIND_COMPLETED"}, kinds)
+	// STARTED, up to three PROGRESS (a watcher that falls behind gets only the latest progress
+	// of a task), COMPLETED.
+	require.GreaterOrEqual(t, len(kinds), 3, "%v", kinds)
+	require.Equal(t, "EVENT_KIND_STARTED", kinds[0])
+	require.Equal(t, "EVENT_KIND_COMPLETED", kinds[len(kinds)-1])
+	require.LessOrEqual(t, len(kinds), 5)
+	for _, k := range kinds[1 : len(kinds)-1] {
+		require.Equal(t, "EVENT_KIND_PROGRESS", k)
+	}
 }
 
 // TestPythonWorker_Cancelled: a task cancelled while worker.py runs it is dropped at the next
