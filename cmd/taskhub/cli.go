@@ -74,7 +74,7 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 	if err := fromEnv(fs); err != nil {
 		return err
 	}
-	if err := fs.Parse(interleave(args)); err != nil {
+	if err := fs.Parse(interleave(fs, args)); err != nil {
 		return err
 	}
 	var opts []connect.ClientOption
@@ -155,8 +155,9 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 }
 
 // interleave lets flags follow the positional arguments (taskhub create "a prompt" --wait), as
-// the flag package stops at the first argument that is not one.
-func interleave(args []string) []string {
+// the flag package stops at the first argument that is not one. Whether a flag takes the next
+// argument as its value is fs's to say: its boolean flags do not.
+func interleave(fs *flag.FlagSet, args []string) []string {
 	var flags, positional []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -166,7 +167,7 @@ func interleave(args []string) []string {
 			i = len(args)
 		case strings.HasPrefix(a, "-") && len(a) > 1:
 			flags = append(flags, a)
-			if !strings.Contains(a, "=") && i+1 < len(args) && takesValue(a) {
+			if !strings.Contains(a, "=") && i+1 < len(args) && !isBool(fs, strings.TrimLeft(a, "-")) {
 				flags = append(flags, args[i+1])
 				i++
 			}
@@ -177,13 +178,14 @@ func interleave(args []string) []string {
 	return append(flags, positional...)
 }
 
-// takesValue reports whether the flag is one that needs a value (all but the booleans).
-func takesValue(flagName string) bool {
-	switch strings.TrimLeft(flagName, "-") {
-	case "json", "wait":
-		return false
+// isBool reports whether fs's flag name is a boolean one (it takes no value).
+func isBool(fs *flag.FlagSet, name string) bool {
+	f := fs.Lookup(name)
+	if f == nil {
+		return false // unknown: Parse says so
 	}
-	return true
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 // printTask prints a task: its JSON, or a line.
