@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,17 +50,36 @@ func start(t *testing.T) (*server.Server, taskhubv1connect.TaskServiceClient) {
 }
 
 // python starts a script with args; its stdout is collected, its stderr goes to the test log.
-func python(t *testing.T, script string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+func python(t *testing.T, script string, args ...string) (*exec.Cmd, *lockedBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, needPython(t), append([]string{script}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout = &out
+	out := &lockedBuffer{}
+	cmd.Stdout = out
 	cmd.Stderr = testWriter{t}
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return cmd, &out
+	return cmd, out
+}
+
+// lockedBuffer is a bytes.Buffer that a process writes while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// Bytes is a copy of what was written so far.
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.b.Bytes())
 }
 
 // TestPythonWorker: worker.py claims a task, reports progress and completes it; watch.py sees
@@ -74,6 +94,8 @@ func TestPythonWorker(t *testing.T) {
 	id := res.Msg.Task.Id
 
 	watcher, lines := python(t, "watch.py", "--server", srv.URL(), "--until-finished", id)
+	require.Eventually(t, func() bool { return bytes.Contains(lines.Bytes(), []byte(`"snapshot"`)) }, 30*time.Second, 10*time.Millisecond,
+		"the watcher has its snapshot before the worker claims")
 	worker, _ := python(t, "worker.py", "--server", srv.URL(), "--mode", "py-import", "--once", "--step-seconds", "0.05")
 	require.NoError(t, worker.Wait(), "the worker exits 0 after its one task")
 	require.NoError(t, watcher.Wait(), "the watcher exits once the task has finished")
@@ -84,7 +106,7 @@ func TestPythonWorker(t *testing.T) {
 	require.Equal(t, "did 3 steps for 'users.csv'", got.Msg.Task.Result)
 
 	var kinds []string
-	sc := bufio.NewScanner(lines)
+	sc := bufio.NewScanner(bytes.NewReader(lines.Bytes()))
 	for sc.Scan() {
 		var line struct {
 			Kind string `json:"kind"`
