@@ -174,13 +174,17 @@ func TestWorker_CancelKillsTheCommand(t *testing.T) {
 	id := e.create("sh-hang", "hangs", nil)
 	e.worker("sh-hang", `trap '' TERM; echo $$ > `+pidFile+`; echo "progress 5 working"; while true; do sleep 0.1; done; echo "result never"`, "--grace", "1s")
 	e.waitState(id, taskhubv1.TaskState_TASK_STATE_RUNNING)
-	require.Eventually(t, func() bool { _, err := os.Stat(pidFile); return err == nil }, 10*time.Second, 10*time.Millisecond)
-	b, err := os.ReadFile(pidFile)
-	require.NoError(t, err)
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	require.NoError(t, err)
+	var pid int
+	require.Eventually(t, func() bool { // the shell creates the file, then writes its pid
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond)
 
-	_, err = e.tasks.CancelTask(t.Context(), connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: id}))
+	_, err := e.tasks.CancelTask(t.Context(), connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: id}))
 	require.NoError(t, err)
 	// The next lease renewal (a third of the lease) learns it; SIGTERM, then SIGKILL a second later.
 	require.Eventually(t, func() bool { return syscall.Kill(pid, 0) != nil }, 10*time.Second, 20*time.Millisecond, "the command still runs")
