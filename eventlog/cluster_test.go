@@ -18,6 +18,7 @@ import (
 
 	"github.com/taskhub/taskhub/eventlog"
 	"github.com/taskhub/taskhub/internal/freeport"
+	"github.com/taskhub/taskhub/internal/natstest"
 	"github.com/taskhub/taskhub/internal/testcert"
 )
 
@@ -202,4 +203,71 @@ func TestCluster_TLSRoutes(t *testing.T) {
 	_, err = eventlog.Open(t.Context(), eventlog.Config{DataDir: t.TempDir(), Cluster: eventlog.Cluster{
 		Addr: "10.0.0.1:6222", Peers: []string{"10.0.0.2:6222"}, TLSCert: certs.Cert}})
 	require.ErrorContains(t, err, "cluster TLS needs")
+}
+
+// TestCluster_WritesThroughLeaderChanges: on an external 3-node NATS cluster whose streams'
+// leaders step down again and again, every append (creates included, with their live-index
+// mark) is answered OK within the caller's 10 s, and each lands once: a request the old leader
+// dropped unanswered is sent again, and the fence keeps a repeat from writing twice.
+func TestCluster_WritesThroughLeaderChanges(t *testing.T) {
+	t.Parallel()
+	nss, urls := natstest.Cluster(t, 3)
+	ctx := t.Context()
+	open, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	l, err := eventlog.Open(open, eventlog.Config{URL: urls[0], Replicas: 3, ProbeInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	stepdowns := 0
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			for _, ns := range nss {
+				for _, stream := range []string{eventlog.EventStream, eventlog.MetaStream} {
+					if ns.JetStreamIsStreamLeader("$G", stream) && ns.JetStreamStepdownStream("$G", stream) == nil {
+						stepdowns++
+					}
+				}
+			}
+		}
+	})
+	last := map[string]uint64{}
+	appends := 0
+	for i, end := 0, time.Now().Add(6*time.Second); time.Now().Before(end); i++ {
+		id := fmt.Sprintf("T%d", i%20)
+		kind := taskhubv1.EventKind_EVENT_KIND_PROGRESS
+		if last[id] == 0 {
+			kind = taskhubv1.EventKind_EVENT_KIND_CREATED
+		}
+		call, cancel := context.WithTimeout(ctx, 10*time.Second)
+		seq, err := l.Append(call, record(id, kind, taskhubv1.TaskState_TASK_STATE_QUEUED), last[id])
+		cancel()
+		require.NoError(t, err, "append %d to %s after seq %d", i, id, last[id])
+		last[id], appends = seq, appends+1
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d appends through %d leader step-downs", appends, stepdowns)
+	require.Positive(t, stepdowns)
+
+	stored := 0
+	for from := uint64(1); ; stored++ {
+		e, err := l.Next(ctx, "tasks.>", from)
+		if errors.Is(err, eventlog.ErrNotFound) {
+			break
+		}
+		require.NoError(t, err)
+		from = e.Seq + 1
+	}
+	require.Equal(t, appends, stored, "each acknowledged append is stored once")
+	live, err := l.Live(ctx)
+	require.NoError(t, err)
+	require.Len(t, live, len(last), "every created task is in the live index")
 }

@@ -41,7 +41,7 @@ func liveSubject(owner, id string) string { return livePrefix + owner + "." + id
 
 // markLive writes the live marker of a task about to be created.
 func (l *Log) markLive(ctx context.Context, owner, id string) error {
-	if _, err := l.js.Publish(ctx, liveSubject(owner, id), nil); err != nil {
+	if _, _, err := l.publish(ctx, liveSubject(owner, id), nil); err != nil {
 		_ = l.writeErr(ctx, "mark live", err) // a failed write, as any other
 		return l.unavailable("append", err)   // the create itself was not sent
 	}

@@ -508,24 +508,60 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 		}
 	}
 	subject := Subject(task.Owner, task.Id)
-	ack, err := l.js.Publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
+	// The fence makes a second attempt safe: if the first landed after all, the second is
+	// refused as a conflict, and the event found after expectLast is this one.
+	ack, attempts, err := l.publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
 	switch {
 	case err == nil:
 		return ack.Sequence, nil
 	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
+		if attempts > 1 {
+			if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
+				return seq, nil
+			}
+		}
 		return 0, ErrConflict
 	}
 	err = l.writeErr(ctx, "append", err)
 	if errors.Is(err, ErrUncertain) {
-		// See whether it landed after all: this task has one writer, so an event after
-		// expectLast with the same bytes is this one.
-		check, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(l.cfg.Timeout, 2*time.Second))
-		defer cancel()
-		if m, gerr := l.events.GetLastMsgForSubject(check, subject); gerr == nil && m.Sequence > expectLast && bytes.Equal(m.Data, data) {
-			return m.Sequence, nil
+		if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
+			return seq, nil
 		}
 	}
 	return 0, err
+}
+
+// landed returns the sequence of an append whose answer was lost, if it landed after all, or 0:
+// a task has one writer, so an event after expectLast with the same bytes is this one.
+func (l *Log) landed(ctx context.Context, subject string, expectLast uint64, data []byte) uint64 {
+	check, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(l.cfg.Timeout, 2*time.Second))
+	defer cancel()
+	if m, err := l.events.GetLastMsgForSubject(check, subject); err == nil && m.Sequence > expectLast && bytes.Equal(m.Data, data) {
+		return m.Sequence
+	}
+	return 0
+}
+
+// publish sends a write that is safe to send twice (fenced by an expected sequence, or one
+// whose repeat changes nothing) in attempts of 2 s, then 4, 8...  while ctx lasts: a stream
+// whose leader changes drops the requests in flight unanswered, and waiting for an answer until
+// ctx ends would fail a write the next attempt makes. A ctx without a deadline gets
+// Config.Timeout. It returns how many attempts it made.
+func (l *Log) publish(ctx context.Context, subject string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, int, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, l.cfg.Timeout) // as one request would be
+		defer cancel()
+	}
+	for n, wait := 1, min(2*time.Second, l.cfg.Timeout); ; n, wait = n+1, wait*2 {
+		attempt, cancel := context.WithTimeout(ctx, wait)
+		ack, err := l.js.Publish(attempt, subject, data, opts...)
+		timedOut := attempt.Err() == context.DeadlineExceeded
+		cancel()
+		if err == nil || !timedOut || ctx.Err() != nil {
+			return ack, n, err
+		}
+	}
 }
 
 // writeErr classifies the error of a write that JetStream did not acknowledge. An answer from

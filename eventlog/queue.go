@@ -45,7 +45,7 @@ func (l *Log) Enqueue(ctx context.Context, mode, id string) (added bool, err err
 	if err := l.EnsureQueue(ctx, mode); err != nil {
 		return false, err
 	}
-	if _, err := l.js.Publish(ctx, QueueSubject(mode, id), nil); err != nil {
+	if _, _, err := l.publish(ctx, QueueSubject(mode, id), nil); err != nil {
 		if hasCode(err, jsStoreFailed) && strings.Contains(err.Error(), "maximum messages per subject") {
 			return false, nil
 		}

@@ -1,59 +1,21 @@
 package server_test
 
 import (
-	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
-	"github.com/taskhub/taskhub/internal/freeport"
+	"github.com/taskhub/taskhub/internal/natstest"
 
 	"github.com/taskhub/taskhub/server"
 )
-
-// startNATSCluster starts n NATS servers with JetStream, clustered on loopback, and returns
-// them and their client URLs.
-func startNATSCluster(t *testing.T, n int) ([]*natsserver.Server, []string) {
-	t.Helper()
-	routes := make([]*url.URL, n)
-	routeAddrs := make([]string, n)
-	for i := range n {
-		routeAddrs[i] = freeport.Addr(t)
-		routes[i] = &url.URL{Scheme: "nats-route", Host: routeAddrs[i]}
-	}
-	nss := make([]*natsserver.Server, n)
-	urls := make([]string, n)
-	for i := range n {
-		host, port, _ := net.SplitHostPort(routeAddrs[i])
-		cport, _ := strconv.Atoi(port)
-		client := freeport.Addr(t)
-		_, clientPort, _ := net.SplitHostPort(client)
-		p, _ := strconv.Atoi(clientPort)
-		ns, err := natsserver.NewServer(&natsserver.Options{
-			ServerName: "nats" + strconv.Itoa(i+1), Host: "127.0.0.1", Port: p,
-			JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
-			Cluster: natsserver.ClusterOpts{Name: "external", Host: host, Port: cport},
-			Routes:  routes,
-		})
-		require.NoError(t, err)
-		ns.Start()
-		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-		nss[i], urls[i] = ns, "nats://"+client
-	}
-	for _, ns := range nss {
-		require.True(t, ns.ReadyForConnections(30*time.Second))
-	}
-	return nss, urls
-}
 
 // TestExternalCluster: taskhub nodes on an external 3-node NATS cluster (--nats-url,
 // --replicas 3, one NATS node each) are one hub, as embedded clustering makes them: a lease
@@ -62,7 +24,7 @@ func startNATSCluster(t *testing.T, n int) ([]*natsserver.Server, []string) {
 // through the others.
 func TestExternalCluster(t *testing.T) {
 	t.Parallel()
-	nss, urls := startNATSCluster(t, 3)
+	nss, urls := natstest.Cluster(t, 3)
 	var cfgs []server.Config
 	for i := range 3 {
 		cfgs = append(cfgs, server.Config{Addr: "127.0.0.1:0", NATSURL: urls[i], Replicas: 3, Node: "taskhub" + strconv.Itoa(i+1), DemoWorkers: -1})
