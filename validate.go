@@ -39,6 +39,8 @@ type TaskSpec struct {
 	Mode           string
 	Params         map[string]string
 	IdempotencyKey string
+	// Webhook, if set, is checked against the server's webhook settings (webhook.Sender.Check).
+	Webhook *taskhubv1.Webhook
 }
 
 // Validate checks every field of s. It does not check whether the mode is enabled.

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/eventlog"
 )
@@ -37,7 +39,9 @@ type compactor struct {
 	logger    *slog.Logger
 	retention time.Duration
 	now       func() time.Time
-	shared    bool // other nodes share the log: only the one that leads settles tasks
+	shared    bool   // other nodes share the log: only the one that leads settles tasks
+	hooks     *hooks // nil with webhooks off; else a task with one waits for its deliveries
+	active    func() []*taskhubv1.Task
 
 	mu      sync.Mutex
 	queue   []finished // finished tasks not yet compacted, in seq order
@@ -50,14 +54,15 @@ type finished struct {
 	seq       uint64
 	owner, id string
 	at        time.Time
+	hook      bool // it has a webhook: settled once its deliveries are done
 }
 
 // add records a task that finished with event seq at time at. Called in seq order. A task at or
 // below the watermark may be compacted already, but still in the live index (its node died in
 // between): compacting it again changes nothing and settles it.
-func (c *compactor) add(seq uint64, owner, id string, at time.Time) {
+func (c *compactor) add(seq uint64, owner, id string, at time.Time, hook bool) {
 	c.mu.Lock()
-	c.queue = append(c.queue, finished{seq: seq, owner: owner, id: id, at: at})
+	c.queue = append(c.queue, finished{seq: seq, owner: owner, id: id, at: at, hook: hook})
 	c.mu.Unlock()
 }
 
@@ -101,11 +106,18 @@ func (c *compactor) round(ctx context.Context) {
 	}
 	c.mu.Lock()
 	n := c.dueLocked()
-	batch := c.queue[:n:n]
+	batch := make([]finished, 0, n)
+	for _, f := range c.queue[:n] {
+		// A task whose webhook deliveries are not done keeps its history and stays unsettled.
+		if !f.hook || c.hooks == nil || c.hooks.settleable(f.owner, f.id) {
+			batch = append(batch, f)
+		}
+	}
 	c.mu.Unlock()
-	if n == 0 {
+	if len(batch) == 0 {
 		return
 	}
+	n = len(batch)
 	settle := c.log.Retire // compaction off: the history stays whole
 	if c.retention > 0 {
 		// Raise the watermark first, here and in the log: a watch that resumes from here on,
@@ -117,16 +129,19 @@ func (c *compactor) round(ctx context.Context) {
 		}
 		settle = c.log.Compact
 	}
-	done := 0
+	settled := map[string]bool{}
 	for _, f := range batch {
 		if err := settle(ctx, f.owner, f.id); err != nil {
 			c.logger.Warn("cannot settle a finished task's history; will retry", "task", f.id, "err", err)
 			break
 		}
-		done++
+		settled[f.id] = true
+		if f.hook && c.hooks != nil {
+			c.hooks.settled(f.id)
+		}
 	}
 	c.mu.Lock()
-	c.queue = c.queue[done:]
+	c.queue = slices.DeleteFunc(c.queue, func(f finished) bool { return settled[f.id] })
 	c.mu.Unlock()
 }
 
@@ -151,6 +166,9 @@ func (c *compactor) lead(ctx context.Context) bool {
 		c.requeue(entries)
 		c.logger.Info("this node now settles finished tasks")
 	}
+	if c.hooks != nil {
+		c.hooks.setLeading(leads, c.hooked())
+	}
 	c.leading = leads
 	if leads {
 		// The leader also keeps the log's other leaders on the event log leader's node.
@@ -166,6 +184,25 @@ func (c *compactor) lead(ctx context.Context) bool {
 		c.mu.Unlock()
 	}
 	return leads
+}
+
+// hooked returns the tasks that may have webhook deliveries left: the active ones with a webhook
+// and the finished ones with a webhook not yet settled.
+func (c *compactor) hooked() [][2]string {
+	var out [][2]string
+	for _, t := range c.active() {
+		if t.Webhook != nil {
+			out = append(out, [2]string{t.Owner, t.Id})
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range c.queue {
+		if f.hook {
+			out = append(out, [2]string{f.owner, f.id})
+		}
+	}
+	return out
 }
 
 // dueLocked is how many tasks at the head of the queue are due: finished more than the
@@ -190,7 +227,7 @@ func (c *compactor) requeue(entries []*eventlog.Entry) {
 	for _, e := range entries {
 		ev := e.Record.Event
 		if taskhub.Terminal(ev.Task.State) && !queued[ev.Task.Id] {
-			c.queue = append(c.queue, finished{seq: e.Seq, owner: ev.Task.Owner, id: ev.Task.Id, at: ev.Time.AsTime()})
+			c.queue = append(c.queue, finished{seq: e.Seq, owner: ev.Task.Owner, id: ev.Task.Id, at: ev.Time.AsTime(), hook: ev.Task.Webhook != nil})
 		}
 	}
 	slices.SortFunc(c.queue, func(a, b finished) int { return cmp.Compare(a.seq, b.seq) })

@@ -58,6 +58,8 @@ type feed struct {
 	compactor *compactor
 	queued    func(mode string) // called, outside the lock, when a task of mode is queued
 
+	hooks *hooks // told of each event of a task with a webhook; nil with webhooks off
+
 	mu       sync.Mutex
 	pos      uint64                                // the last sequence applied
 	active   map[string]map[string]*taskhubv1.Task // owner -> task id -> slim task
@@ -72,8 +74,9 @@ type feed struct {
 	stop     func()
 }
 
-func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger *slog.Logger, c *compactor, queued func(string)) (*feed, error) {
+func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger *slog.Logger, c *compactor, queued func(string), hooks *hooks) (*feed, error) {
 	f := &feed{
+		hooks:     hooks,
 		root:      root,
 		logger:    logger,
 		compactor: c,
@@ -115,7 +118,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 		it = eventItem(e) // a renewal is for the hub's timers alone
 	}
 	var due []func()
-	queuedMode := ""
+	queuedMode, hooked := "", false
 	f.mu.Lock()
 	if e.Seq > f.pos {
 		if e.Record != nil {
@@ -124,6 +127,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 			if f.track(ev.Task, e.Record.Lease, e.Seq, ev.Time.AsTime()) {
 				queuedMode = ev.Task.Mode
 			}
+			hooked = ev.Task.Webhook != nil && ev.Kind != taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED
 		}
 		if it != nil {
 			for w := range f.subs[it.msg.GetEvent().Task.Owner] {
@@ -139,6 +143,9 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	}
 	if queuedMode != "" && f.queued != nil {
 		f.queued(queuedMode)
+	}
+	if hooked && f.hooks != nil {
+		f.hooks.notify(e.Record.Event.Task.Owner, e.Record.Event.Task.Id)
 	}
 	if pending == 0 {
 		f.markReady()
@@ -168,7 +175,7 @@ func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at t
 			close(ch)
 		}
 		delete(f.ends, t.Id)
-		f.compactor.add(seq, t.Owner, t.Id, at)
+		f.compactor.add(seq, t.Owner, t.Id, at, t.Webhook != nil)
 		return false
 	}
 	if tasks == nil {
@@ -210,6 +217,7 @@ func slim(t *taskhubv1.Task) *taskhubv1.Task {
 		Seq:          t.Seq,
 		Stalled:      t.Stalled,
 		ProgressedAt: t.ProgressedAt,
+		Webhook:      t.Webhook,
 	}
 }
 

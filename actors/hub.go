@@ -46,6 +46,7 @@ type Hub struct {
 	subscriber *actor.Props      // shared by every subscriber: a watch's own data comes in a message
 	dispatcher *workerDispatcher // runs the supervisor's and the task actors' mailboxes
 	claims     *claims
+	hooks      *hooks // nil with webhooks off
 	compactor  *compactor
 	watches    watchCount
 	counts     counters
@@ -88,6 +89,13 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	}
 	h.graceFrom.Store(h.now().UnixNano())
 	h.compactor = &compactor{log: h.log, logger: h.logger, retention: cfg.Retention, now: h.now, shared: cfg.Shared}
+	if cfg.Webhooks != nil {
+		h.hooks = newHooks(life, h.log, cfg.Webhooks, h.logger)
+		h.compactor.hooks = h.hooks
+		if !cfg.Shared {
+			h.hooks.setLeading(true, nil) // the only node: the feed's start notifies each task
+		}
+	}
 	w, err := h.log.Compacted(ctx)
 	if err != nil {
 		cancel()
@@ -96,12 +104,13 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	}
 	h.compactor.watermark.Store(w)
 	h.claims = newClaims(life, h.log, h.logger, h.hasWork)
-	h.feed, err = startFeed(ctx, h.log, h.root, h.logger, h.compactor, h.claims.wake)
+	h.feed, err = startFeed(ctx, h.log, h.root, h.logger, h.compactor, h.claims.wake, h.hooks)
 	if err != nil {
 		cancel()
 		system.Shutdown()
 		return nil, err
 	}
+	h.compactor.active = h.feed.activeTasks
 	h.wg.Add(5)
 	go func() {
 		defer h.wg.Done()
@@ -276,6 +285,9 @@ func (h *Hub) Close() error {
 		_ = h.root.StopFuture(h.supervisor).Wait()
 		h.claims.wait()
 		h.wg.Wait()
+		if h.hooks != nil {
+			h.hooks.stop()
+		}
 		h.system.Shutdown()
 		h.dispatcher.stop()
 	})

@@ -21,6 +21,15 @@ type Log interface {
 	// ClaimKey binds owner's idempotency key to the task id id, unless it is bound already
 	// (within the key window, 24 h), and returns the id it is bound to.
 	ClaimKey(ctx context.Context, owner, key, id string) (string, error)
+	Cursors
+}
+
+// Cursors keep where each task's webhook deliveries are.
+type Cursors interface {
+	// WebhookCursor returns a task's cursor; ErrNotFound if none was written.
+	WebhookCursor(ctx context.Context, id string) (*storagev1.WebhookCursor, error)
+	// PutWebhookCursor records a task's cursor.
+	PutWebhookCursor(ctx context.Context, id string, c *storagev1.WebhookCursor) error
 }
 
 // Events is the event stream: one subject per task, whose messages are the task's events, each

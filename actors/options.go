@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/webhook"
 )
 
 // Defaults of Options: the one place each is written (the command line's flags use them).
@@ -59,6 +60,9 @@ type Options struct {
 	IdleTimeout time.Duration
 	// CallTimeout bounds each call into the actors and the log.
 	CallTimeout time.Duration
+	// Webhooks, when set, lets tasks ask for their events to be POSTed (see webhook); nil
+	// refuses a task with a webhook.
+	Webhooks *webhook.Sender
 }
 
 // WithDefaults returns o with its zero values replaced by the defaults.

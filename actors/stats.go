@@ -31,6 +31,11 @@ type Stats struct {
 	OldestQueued map[string]time.Time
 	// AppendSeconds is how long this node's appends took (the event log's round trip).
 	AppendSeconds Durations
+	// Webhook deliveries this node made, by result: "delivered" (a 2xx answer), "failed" (to
+	// be retried), "gave_up" (the last failure of a task whose deliveries stopped).
+	Webhooks map[string]uint64
+	// WebhooksFailing is the tasks whose next webhook delivery is failing now.
+	WebhooksFailing int
 }
 
 // ModeState is a mode and a state.
@@ -105,6 +110,10 @@ func (h *Hub) Stats() Stats {
 		if n := c.appended[k].Load(); n > 0 {
 			s.Appended[taskhubv1.EventKind(k)] = n
 		}
+	}
+	if k := h.hooks; k != nil {
+		s.Webhooks = map[string]uint64{"delivered": k.delivered.Load(), "failed": k.failed.Load(), "gave_up": k.gaveUp.Load()}
+		s.WebhooksFailing = int(k.failing.Load())
 	}
 	for _, t := range h.feed.activeTasks() {
 		s.Active[ModeState{Mode: t.Mode, State: t.State}]++

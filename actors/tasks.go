@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
@@ -35,6 +36,10 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 		if err := h.cfg.ParamCheck(spec.Mode, spec.Params); err != nil {
 			return nil, err
 		}
+	}
+	hook, err := h.cfg.Webhooks.Check(spec.Webhook)
+	if err != nil {
+		return nil, err
 	}
 	now := h.now()
 	id := taskhub.NewTaskID(now)
@@ -72,6 +77,7 @@ func (h *Hub) CreateTask(ctx context.Context, owner string, spec taskhub.TaskSpe
 		Attempt:   1,
 		CreatedAt: ts,
 		UpdatedAt: ts,
+		Webhook:   hook,
 	}
 	r := h.ask(ctx, id, &createCmd{task: t, actedBy: taskhub.ActorOf(ctx)})
 	if r.err != nil {
@@ -126,7 +132,19 @@ func (h *Hub) GetTask(ctx context.Context, owner, id string) (*taskhubv1.Task, e
 	if err != nil {
 		return nil, taskhub.Errorf(taskhub.Unavailable, "get task %s: %v", id, err)
 	}
-	return e.Record.Event.Task, nil
+	t := e.Record.Event.Task
+	if t.Webhook != nil {
+		t = proto.CloneOf(t)
+		t.WebhookStatus = &taskhubv1.WebhookStatus{}
+		c, err := h.log.WebhookCursor(ctx, id)
+		switch {
+		case err == nil:
+			t.WebhookStatus = c.Status
+		case !errors.Is(err, eventlog.ErrNotFound):
+			return nil, taskhub.Errorf(taskhub.Unavailable, "get task %s: its webhook's state: %v", id, err)
+		}
+	}
+	return t, nil
 }
 
 // ListTasks returns a page of the owner's tasks, newest first, in the given states (all if none).

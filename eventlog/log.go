@@ -98,6 +98,7 @@ type Log struct {
 	meta        jetstream.Stream
 	sessions    jetstream.KeyValue
 	idempotency jetstream.KeyValue
+	webhooks    jetstream.KeyValue
 	epoch       string
 
 	consumersMu sync.Mutex
@@ -284,6 +285,10 @@ func (l *Log) createStreams(ctx context.Context) error {
 		"taskhub idempotency keys: SHA-256 of owner and key -> the task id of the first create"); err != nil {
 		return err
 	}
+	if l.webhooks, err = l.bucket(ctx, webhookBucket, webhookTTL,
+		"taskhub webhook cursors: task id -> storage.v1.WebhookCursor, where its deliveries are"); err != nil {
+		return err
+	}
 	// A new log gets its live index complete (empty) from the start.
 	_, err = l.hasLiveIndex(ctx)
 	return err
@@ -369,7 +374,7 @@ func (l *Log) Leaders(ctx context.Context) map[string]string {
 	if l.cfg.Replicas == 1 {
 		return out
 	}
-	for _, name := range []string{EventStream, QueueStream, MetaStream, "KV_" + idempotencyBucket, "KV_" + sessionBucket} {
+	for _, name := range []string{EventStream, QueueStream, MetaStream, "KV_" + idempotencyBucket, "KV_" + sessionBucket, "KV_" + webhookBucket} {
 		s, err := l.js.Stream(ctx, name)
 		if err != nil {
 			continue

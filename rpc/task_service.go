@@ -25,7 +25,7 @@ func NewTaskServer(hub taskhub.TaskService) taskhubv1connect.TaskServiceHandler 
 func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[taskhubv1.CreateTaskRequest]) (*connect.Response[taskhubv1.CreateTaskResponse], error) {
 	m := req.Msg
 	t, err := s.hub.CreateTask(ctx, identityFrom(ctx).user, taskhub.TaskSpec{
-		Prompt: m.Prompt, Mode: m.Mode, Params: m.Params, IdempotencyKey: m.IdempotencyKey,
+		Prompt: m.Prompt, Mode: m.Mode, Params: m.Params, IdempotencyKey: m.IdempotencyKey, Webhook: m.Webhook,
 	})
 	if err != nil {
 		return nil, connectError(err)

@@ -98,10 +98,12 @@ var (
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
 	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state (queued: the mode's queue depth).", []string{"mode", "state"}, nil)
 	descOldestQueued  = prometheus.NewDesc("taskhub_queue_oldest_seconds", "How long the longest-waiting queued task of each mode has waited since it was queued or requeued.", []string{"mode"}, nil)
+	descWebhooks      = prometheus.NewDesc("taskhub_webhook_deliveries_total", "Webhook deliveries this node made, by result: delivered (2xx), failed (retried), gave_up (a task's deliveries stopped).", []string{"result"}, nil)
+	descHooksFailing  = prometheus.NewDesc("taskhub_webhooks_failing", "Tasks whose next webhook delivery is failing now (being retried).", nil, nil)
 )
 
 func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descReplayed, descWatches, descActive, descOldestQueued} {
+	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descReplayed, descWatches, descActive, descOldestQueued, descWebhooks, descHooksFailing} {
 		ch <- d
 	}
 }
@@ -121,6 +123,12 @@ func (c hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(s.Coalesced))
 	ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(s.Replayed))
 	ch <- prometheus.MustNewConstMetric(descWatches, prometheus.GaugeValue, float64(s.OpenWatches))
+	if s.Webhooks != nil {
+		for result, n := range s.Webhooks {
+			ch <- prometheus.MustNewConstMetric(descWebhooks, prometheus.CounterValue, float64(n), result)
+		}
+		ch <- prometheus.MustNewConstMetric(descHooksFailing, prometheus.GaugeValue, float64(s.WebhooksFailing))
+	}
 	for ms, n := range s.Active {
 		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), ms.Mode, eventKind(ms.State.String()))
 	}

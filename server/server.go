@@ -28,6 +28,7 @@ import (
 	"github.com/taskhub/taskhub/eventlog"
 	"github.com/taskhub/taskhub/rpc"
 	"github.com/taskhub/taskhub/views"
+	"github.com/taskhub/taskhub/webhook"
 )
 
 // Defaults of Config.
@@ -68,6 +69,11 @@ type Config struct {
 	// AllowedOrigins are the origins (scheme://host[:port]) whose pages may call the Connect API
 	// with a bearer token (CORS); taskhub's own pages need no entry.
 	AllowedOrigins []string
+	// WebhookSecretFile holds the Standard Webhooks secret (whsec_ and base64) that signs
+	// webhook deliveries; with Webhooks.Allow naming hosts, tasks may ask for webhooks.
+	WebhookSecretFile string
+	// Webhooks are the webhook settings: Allow from --webhook-allow, the rest for tests.
+	Webhooks webhook.Config
 	// TLSCert and TLSKey, when set, are PEM files of a certificate and its key: the server then
 	// speaks HTTPS (HTTP/1.1 and HTTP/2), and browser sessions get Secure cookies.
 	TLSCert, TLSKey string
@@ -140,6 +146,21 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, errors.New("a JWT audience without a JWT secret file or JWKS URL checks nothing")
 	}
 	authOn := authFile != nil || jwtCfg.Enabled()
+	switch {
+	case len(cfg.Webhooks.Allow) > 0 && cfg.WebhookSecretFile == "":
+		return nil, errors.New("--webhook-allow needs --webhook-secret-file: deliveries are signed")
+	case len(cfg.Webhooks.Allow) > 0:
+		b, err := os.ReadFile(cfg.WebhookSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("webhook secret: %w", err)
+		}
+		cfg.Webhooks.Secret = string(b)
+		if cfg.Options.Webhooks, err = webhook.New(cfg.Webhooks); err != nil {
+			return nil, err
+		}
+	case cfg.WebhookSecretFile != "":
+		return nil, errors.New("--webhook-secret-file without --webhook-allow: name the hosts webhooks may post to")
+	}
 	if err := rpc.CheckOrigins(cfg.AllowedOrigins); err != nil {
 		return nil, err
 	}

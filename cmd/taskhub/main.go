@@ -94,6 +94,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.AllowedOrigins = append(cfg.AllowedOrigins, strings.Split(v, ",")...)
 		return nil
 	})
+	fs.Func("webhook-allow", "comma-separated `hosts` (HOST for ports 80 and 443, or HOST:PORT) that tasks' webhooks may post to; none by default (webhooks off)", func(v string) error {
+		cfg.Webhooks.Allow = append(cfg.Webhooks.Allow, strings.Split(v, ",")...)
+		return nil
+	})
+	fs.StringVar(&cfg.WebhookSecretFile, "webhook-secret-file", "", "`file` holding the Standard Webhooks secret (whsec_ and base64) that signs webhook deliveries")
 	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "", "the aud minted tokens must name (default: aud is not checked)")
 	fs.DurationVar(&cfg.LeaseTimeout, "lease-timeout", actors.DefaultLeaseTimeout, "how long a claimed task stays leased without a progress report")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", actors.DefaultMaxAttempts, "how many times a task may be claimed before it fails for good")

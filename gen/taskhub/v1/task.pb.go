@@ -201,7 +201,11 @@ type Task struct {
 	// The running task made no progress for the stall timeout; its next progress clears this.
 	Stalled bool `protobuf:"varint,18,opt,name=stalled,proto3" json:"stalled,omitempty"`
 	// When the task last made progress: its last progress report, or its claim.
-	ProgressedAt  *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=progressed_at,json=progressedAt,proto3" json:"progressed_at,omitempty"`
+	ProgressedAt *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=progressed_at,json=progressedAt,proto3" json:"progressed_at,omitempty"`
+	// Where its events are POSTed, if its creator asked for that.
+	Webhook *Webhook `protobuf:"bytes,20,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	// How the webhook's deliveries are going: set by GetTask on a task with a webhook.
+	WebhookStatus *WebhookStatus `protobuf:"bytes,21,opt,name=webhook_status,json=webhookStatus,proto3" json:"webhook_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -369,6 +373,178 @@ func (x *Task) GetProgressedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Task) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+func (x *Task) GetWebhookStatus() *WebhookStatus {
+	if x != nil {
+		return x.WebhookStatus
+	}
+	return nil
+}
+
+// Webhook asks taskhub to POST a task's events to a URL: each event as JSON (the TaskEvent
+// shape of the stream), signed by the Standard Webhooks scheme, at least once and in order.
+type Webhook struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// http or https, on a host the server's --webhook-allow names; at most 2048 bytes.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The kinds of event to send: CREATED, STARTED, PROGRESS, COMPLETED, FAILED, CANCELLED,
+	// REQUEUED, STALLED. COMPLETED, FAILED and CANCELLED when empty.
+	Events []EventKind `protobuf:"varint,2,rep,packed,name=events,proto3,enum=taskhub.v1.EventKind" json:"events,omitempty"`
+	// At most one PROGRESS event per this many seconds (1..3600; 5 when 0): a task's progress
+	// in between is skipped, its latest progress is always sent.
+	ProgressIntervalSeconds uint32 `protobuf:"varint,3,opt,name=progress_interval_seconds,json=progressIntervalSeconds,proto3" json:"progress_interval_seconds,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *Webhook) Reset() {
+	*x = Webhook{}
+	mi := &file_taskhub_v1_task_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Webhook) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Webhook) ProtoMessage() {}
+
+func (x *Webhook) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_task_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
+func (*Webhook) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_task_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Webhook) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Webhook) GetEvents() []EventKind {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *Webhook) GetProgressIntervalSeconds() uint32 {
+	if x != nil {
+		return x.ProgressIntervalSeconds
+	}
+	return 0
+}
+
+// WebhookStatus is the state of a task's webhook deliveries.
+type WebhookStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The seq of the last event handled: delivered with a 2xx answer, or not one to send.
+	DeliveredSeq uint64 `protobuf:"varint,1,opt,name=delivered_seq,json=deliveredSeq,proto3" json:"delivered_seq,omitempty"`
+	// Failed attempts to deliver the next event; 0 while deliveries succeed.
+	FailedAttempts uint32 `protobuf:"varint,2,opt,name=failed_attempts,json=failedAttempts,proto3" json:"failed_attempts,omitempty"`
+	// The last failure: the answer's status, or why there was none.
+	LastError string `protobuf:"bytes,3,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// Set while the next event fails to be delivered: when its first attempt failed.
+	FailingSince *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=failing_since,json=failingSince,proto3" json:"failing_since,omitempty"`
+	// Deliveries stopped: an event failed for a day (or the URL is no longer allowed).
+	GaveUp bool `protobuf:"varint,5,opt,name=gave_up,json=gaveUp,proto3" json:"gave_up,omitempty"`
+	// Every event the webhook asks for, the final one included, has been handled.
+	Done          bool `protobuf:"varint,6,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebhookStatus) Reset() {
+	*x = WebhookStatus{}
+	mi := &file_taskhub_v1_task_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookStatus) ProtoMessage() {}
+
+func (x *WebhookStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_task_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookStatus.ProtoReflect.Descriptor instead.
+func (*WebhookStatus) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_task_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WebhookStatus) GetDeliveredSeq() uint64 {
+	if x != nil {
+		return x.DeliveredSeq
+	}
+	return 0
+}
+
+func (x *WebhookStatus) GetFailedAttempts() uint32 {
+	if x != nil {
+		return x.FailedAttempts
+	}
+	return 0
+}
+
+func (x *WebhookStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *WebhookStatus) GetFailingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailingSince
+	}
+	return nil
+}
+
+func (x *WebhookStatus) GetGaveUp() bool {
+	if x != nil {
+		return x.GaveUp
+	}
+	return false
+}
+
+func (x *WebhookStatus) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 // TaskEvent is one accepted change, as stored in the event log.
 type TaskEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -388,7 +564,7 @@ type TaskEvent struct {
 
 func (x *TaskEvent) Reset() {
 	*x = TaskEvent{}
-	mi := &file_taskhub_v1_task_proto_msgTypes[1]
+	mi := &file_taskhub_v1_task_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +576,7 @@ func (x *TaskEvent) String() string {
 func (*TaskEvent) ProtoMessage() {}
 
 func (x *TaskEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_task_proto_msgTypes[1]
+	mi := &file_taskhub_v1_task_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +589,7 @@ func (x *TaskEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
 func (*TaskEvent) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_task_proto_rawDescGZIP(), []int{1}
+	return file_taskhub_v1_task_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TaskEvent) GetSeq() uint64 {
@@ -456,7 +632,7 @@ var File_taskhub_v1_task_proto protoreflect.FileDescriptor
 const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"\x15taskhub/v1/task.proto\x12\n" +
-	"taskhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x05\n" +
+	"taskhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x06\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x16\n" +
@@ -481,10 +657,24 @@ const file_taskhub_v1_task_proto_rawDesc = "" +
 	"\tworker_id\x18\x10 \x01(\tR\bworkerId\x12\x10\n" +
 	"\x03seq\x18\x11 \x01(\x04R\x03seq\x12\x18\n" +
 	"\astalled\x18\x12 \x01(\bR\astalled\x12?\n" +
-	"\rprogressed_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\fprogressedAt\x1a9\n" +
+	"\rprogressed_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\fprogressedAt\x12-\n" +
+	"\awebhook\x18\x14 \x01(\v2\x13.taskhub.v1.WebhookR\awebhook\x12@\n" +
+	"\x0ewebhook_status\x18\x15 \x01(\v2\x19.taskhub.v1.WebhookStatusR\rwebhookStatus\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb9\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
+	"\aWebhook\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12-\n" +
+	"\x06events\x18\x02 \x03(\x0e2\x15.taskhub.v1.EventKindR\x06events\x12:\n" +
+	"\x19progress_interval_seconds\x18\x03 \x01(\rR\x17progressIntervalSeconds\"\xea\x01\n" +
+	"\rWebhookStatus\x12#\n" +
+	"\rdelivered_seq\x18\x01 \x01(\x04R\fdeliveredSeq\x12'\n" +
+	"\x0ffailed_attempts\x18\x02 \x01(\rR\x0efailedAttempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x03 \x01(\tR\tlastError\x12?\n" +
+	"\rfailing_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\ffailingSince\x12\x17\n" +
+	"\agave_up\x18\x05 \x01(\bR\x06gaveUp\x12\x12\n" +
+	"\x04done\x18\x06 \x01(\bR\x04done\"\xb9\x01\n" +
 	"\tTaskEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12)\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x15.taskhub.v1.EventKindR\x04kind\x12$\n" +
@@ -526,31 +716,37 @@ func file_taskhub_v1_task_proto_rawDescGZIP() []byte {
 }
 
 var file_taskhub_v1_task_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_taskhub_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_taskhub_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_taskhub_v1_task_proto_goTypes = []any{
 	(TaskState)(0),                // 0: taskhub.v1.TaskState
 	(EventKind)(0),                // 1: taskhub.v1.EventKind
 	(*Task)(nil),                  // 2: taskhub.v1.Task
-	(*TaskEvent)(nil),             // 3: taskhub.v1.TaskEvent
-	nil,                           // 4: taskhub.v1.Task.ParamsEntry
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*Webhook)(nil),               // 3: taskhub.v1.Webhook
+	(*WebhookStatus)(nil),         // 4: taskhub.v1.WebhookStatus
+	(*TaskEvent)(nil),             // 5: taskhub.v1.TaskEvent
+	nil,                           // 6: taskhub.v1.Task.ParamsEntry
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_taskhub_v1_task_proto_depIdxs = []int32{
-	4,  // 0: taskhub.v1.Task.params:type_name -> taskhub.v1.Task.ParamsEntry
+	6,  // 0: taskhub.v1.Task.params:type_name -> taskhub.v1.Task.ParamsEntry
 	0,  // 1: taskhub.v1.Task.state:type_name -> taskhub.v1.TaskState
-	5,  // 2: taskhub.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	5,  // 3: taskhub.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	5,  // 4: taskhub.v1.Task.started_at:type_name -> google.protobuf.Timestamp
-	5,  // 5: taskhub.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
-	5,  // 6: taskhub.v1.Task.progressed_at:type_name -> google.protobuf.Timestamp
-	1,  // 7: taskhub.v1.TaskEvent.kind:type_name -> taskhub.v1.EventKind
-	2,  // 8: taskhub.v1.TaskEvent.task:type_name -> taskhub.v1.Task
-	5,  // 9: taskhub.v1.TaskEvent.time:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 2: taskhub.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 3: taskhub.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	7,  // 4: taskhub.v1.Task.started_at:type_name -> google.protobuf.Timestamp
+	7,  // 5: taskhub.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
+	7,  // 6: taskhub.v1.Task.progressed_at:type_name -> google.protobuf.Timestamp
+	3,  // 7: taskhub.v1.Task.webhook:type_name -> taskhub.v1.Webhook
+	4,  // 8: taskhub.v1.Task.webhook_status:type_name -> taskhub.v1.WebhookStatus
+	1,  // 9: taskhub.v1.Webhook.events:type_name -> taskhub.v1.EventKind
+	7,  // 10: taskhub.v1.WebhookStatus.failing_since:type_name -> google.protobuf.Timestamp
+	1,  // 11: taskhub.v1.TaskEvent.kind:type_name -> taskhub.v1.EventKind
+	2,  // 12: taskhub.v1.TaskEvent.task:type_name -> taskhub.v1.Task
+	7,  // 13: taskhub.v1.TaskEvent.time:type_name -> google.protobuf.Timestamp
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_taskhub_v1_task_proto_init() }
@@ -564,7 +760,7 @@ func file_taskhub_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskhub_v1_task_proto_rawDesc), len(file_taskhub_v1_task_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

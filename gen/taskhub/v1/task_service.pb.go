@@ -31,8 +31,10 @@ type CreateTaskRequest struct {
 	Params map[string]string `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Optional; the same key from the same user returns the first task instead of making another.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Optional; POST the task's events to a URL (see Webhook).
+	Webhook       *Webhook `protobuf:"bytes,5,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateTaskRequest) Reset() {
@@ -91,6 +93,13 @@ func (x *CreateTaskRequest) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *CreateTaskRequest) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
 }
 
 type CreateTaskResponse struct {
@@ -716,12 +725,13 @@ var File_taskhub_v1_task_service_proto protoreflect.FileDescriptor
 const file_taskhub_v1_task_service_proto_rawDesc = "" +
 	"\n" +
 	"\x1dtaskhub/v1/task_service.proto\x12\n" +
-	"taskhub.v1\x1a\x15taskhub/v1/task.proto\"\xe6\x01\n" +
+	"taskhub.v1\x1a\x15taskhub/v1/task.proto\"\x95\x02\n" +
 	"\x11CreateTaskRequest\x12\x16\n" +
 	"\x06prompt\x18\x01 \x01(\tR\x06prompt\x12\x12\n" +
 	"\x04mode\x18\x02 \x01(\tR\x04mode\x12A\n" +
 	"\x06params\x18\x03 \x03(\v2).taskhub.v1.CreateTaskRequest.ParamsEntryR\x06params\x12'\n" +
-	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x1a9\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12-\n" +
+	"\awebhook\x18\x05 \x01(\v2\x13.taskhub.v1.WebhookR\awebhook\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
@@ -799,36 +809,38 @@ var file_taskhub_v1_task_service_proto_goTypes = []any{
 	(*Snapshot)(nil),           // 10: taskhub.v1.Snapshot
 	(*Heartbeat)(nil),          // 11: taskhub.v1.Heartbeat
 	nil,                        // 12: taskhub.v1.CreateTaskRequest.ParamsEntry
-	(*Task)(nil),               // 13: taskhub.v1.Task
-	(TaskState)(0),             // 14: taskhub.v1.TaskState
-	(*TaskEvent)(nil),          // 15: taskhub.v1.TaskEvent
+	(*Webhook)(nil),            // 13: taskhub.v1.Webhook
+	(*Task)(nil),               // 14: taskhub.v1.Task
+	(TaskState)(0),             // 15: taskhub.v1.TaskState
+	(*TaskEvent)(nil),          // 16: taskhub.v1.TaskEvent
 }
 var file_taskhub_v1_task_service_proto_depIdxs = []int32{
 	12, // 0: taskhub.v1.CreateTaskRequest.params:type_name -> taskhub.v1.CreateTaskRequest.ParamsEntry
-	13, // 1: taskhub.v1.CreateTaskResponse.task:type_name -> taskhub.v1.Task
-	13, // 2: taskhub.v1.GetTaskResponse.task:type_name -> taskhub.v1.Task
-	14, // 3: taskhub.v1.ListTasksRequest.states:type_name -> taskhub.v1.TaskState
-	13, // 4: taskhub.v1.ListTasksResponse.tasks:type_name -> taskhub.v1.Task
-	13, // 5: taskhub.v1.CancelTaskResponse.task:type_name -> taskhub.v1.Task
-	10, // 6: taskhub.v1.WatchTasksResponse.snapshot:type_name -> taskhub.v1.Snapshot
-	15, // 7: taskhub.v1.WatchTasksResponse.event:type_name -> taskhub.v1.TaskEvent
-	11, // 8: taskhub.v1.WatchTasksResponse.heartbeat:type_name -> taskhub.v1.Heartbeat
-	13, // 9: taskhub.v1.Snapshot.tasks:type_name -> taskhub.v1.Task
-	0,  // 10: taskhub.v1.TaskService.CreateTask:input_type -> taskhub.v1.CreateTaskRequest
-	2,  // 11: taskhub.v1.TaskService.GetTask:input_type -> taskhub.v1.GetTaskRequest
-	4,  // 12: taskhub.v1.TaskService.ListTasks:input_type -> taskhub.v1.ListTasksRequest
-	6,  // 13: taskhub.v1.TaskService.CancelTask:input_type -> taskhub.v1.CancelTaskRequest
-	8,  // 14: taskhub.v1.TaskService.WatchTasks:input_type -> taskhub.v1.WatchTasksRequest
-	1,  // 15: taskhub.v1.TaskService.CreateTask:output_type -> taskhub.v1.CreateTaskResponse
-	3,  // 16: taskhub.v1.TaskService.GetTask:output_type -> taskhub.v1.GetTaskResponse
-	5,  // 17: taskhub.v1.TaskService.ListTasks:output_type -> taskhub.v1.ListTasksResponse
-	7,  // 18: taskhub.v1.TaskService.CancelTask:output_type -> taskhub.v1.CancelTaskResponse
-	9,  // 19: taskhub.v1.TaskService.WatchTasks:output_type -> taskhub.v1.WatchTasksResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 1: taskhub.v1.CreateTaskRequest.webhook:type_name -> taskhub.v1.Webhook
+	14, // 2: taskhub.v1.CreateTaskResponse.task:type_name -> taskhub.v1.Task
+	14, // 3: taskhub.v1.GetTaskResponse.task:type_name -> taskhub.v1.Task
+	15, // 4: taskhub.v1.ListTasksRequest.states:type_name -> taskhub.v1.TaskState
+	14, // 5: taskhub.v1.ListTasksResponse.tasks:type_name -> taskhub.v1.Task
+	14, // 6: taskhub.v1.CancelTaskResponse.task:type_name -> taskhub.v1.Task
+	10, // 7: taskhub.v1.WatchTasksResponse.snapshot:type_name -> taskhub.v1.Snapshot
+	16, // 8: taskhub.v1.WatchTasksResponse.event:type_name -> taskhub.v1.TaskEvent
+	11, // 9: taskhub.v1.WatchTasksResponse.heartbeat:type_name -> taskhub.v1.Heartbeat
+	14, // 10: taskhub.v1.Snapshot.tasks:type_name -> taskhub.v1.Task
+	0,  // 11: taskhub.v1.TaskService.CreateTask:input_type -> taskhub.v1.CreateTaskRequest
+	2,  // 12: taskhub.v1.TaskService.GetTask:input_type -> taskhub.v1.GetTaskRequest
+	4,  // 13: taskhub.v1.TaskService.ListTasks:input_type -> taskhub.v1.ListTasksRequest
+	6,  // 14: taskhub.v1.TaskService.CancelTask:input_type -> taskhub.v1.CancelTaskRequest
+	8,  // 15: taskhub.v1.TaskService.WatchTasks:input_type -> taskhub.v1.WatchTasksRequest
+	1,  // 16: taskhub.v1.TaskService.CreateTask:output_type -> taskhub.v1.CreateTaskResponse
+	3,  // 17: taskhub.v1.TaskService.GetTask:output_type -> taskhub.v1.GetTaskResponse
+	5,  // 18: taskhub.v1.TaskService.ListTasks:output_type -> taskhub.v1.ListTasksResponse
+	7,  // 19: taskhub.v1.TaskService.CancelTask:output_type -> taskhub.v1.CancelTaskResponse
+	9,  // 20: taskhub.v1.TaskService.WatchTasks:output_type -> taskhub.v1.WatchTasksResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_taskhub_v1_task_service_proto_init() }

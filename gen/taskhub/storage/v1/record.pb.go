@@ -234,6 +234,61 @@ func (x *Session) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// WebhookCursor is where a task's webhook deliveries are: kept in a key-value bucket by task id,
+// written after each delivery, so that deliveries resume there after a restart or on another node.
+type WebhookCursor struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status *v1.WebhookStatus      `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// When the last PROGRESS event was sent: the next waits for the progress interval.
+	ProgressSentAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=progress_sent_at,json=progressSentAt,proto3" json:"progress_sent_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WebhookCursor) Reset() {
+	*x = WebhookCursor{}
+	mi := &file_taskhub_storage_v1_record_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookCursor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookCursor) ProtoMessage() {}
+
+func (x *WebhookCursor) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_storage_v1_record_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookCursor.ProtoReflect.Descriptor instead.
+func (*WebhookCursor) Descriptor() ([]byte, []int) {
+	return file_taskhub_storage_v1_record_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WebhookCursor) GetStatus() *v1.WebhookStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *WebhookCursor) GetProgressSentAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ProgressSentAt
+	}
+	return nil
+}
+
 var File_taskhub_storage_v1_record_proto protoreflect.FileDescriptor
 
 const file_taskhub_storage_v1_record_proto_rawDesc = "" +
@@ -256,7 +311,10 @@ const file_taskhub_storage_v1_record_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAtB\xcc\x01\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x88\x01\n" +
+	"\rWebhookCursor\x121\n" +
+	"\x06status\x18\x01 \x01(\v2\x19.taskhub.v1.WebhookStatusR\x06status\x12D\n" +
+	"\x10progress_sent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0eprogressSentAtB\xcc\x01\n" +
 	"\x16com.taskhub.storage.v1B\vRecordProtoP\x01Z;github.com/taskhub/taskhub/gen/taskhub/storage/v1;storagev1\xa2\x02\x03TSX\xaa\x02\x12Taskhub.Storage.V1\xca\x02\x12Taskhub\\Storage\\V1\xe2\x02\x1eTaskhub\\Storage\\V1\\GPBMetadata\xea\x02\x14Taskhub::Storage::V1b\x06proto3"
 
 var (
@@ -271,25 +329,29 @@ func file_taskhub_storage_v1_record_proto_rawDescGZIP() []byte {
 	return file_taskhub_storage_v1_record_proto_rawDescData
 }
 
-var file_taskhub_storage_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_taskhub_storage_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_taskhub_storage_v1_record_proto_goTypes = []any{
 	(*Record)(nil),                // 0: taskhub.storage.v1.Record
 	(*Lease)(nil),                 // 1: taskhub.storage.v1.Lease
 	(*Session)(nil),               // 2: taskhub.storage.v1.Session
-	(*v1.TaskEvent)(nil),          // 3: taskhub.v1.TaskEvent
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*WebhookCursor)(nil),         // 3: taskhub.storage.v1.WebhookCursor
+	(*v1.TaskEvent)(nil),          // 4: taskhub.v1.TaskEvent
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*v1.WebhookStatus)(nil),      // 6: taskhub.v1.WebhookStatus
 }
 var file_taskhub_storage_v1_record_proto_depIdxs = []int32{
-	3, // 0: taskhub.storage.v1.Record.event:type_name -> taskhub.v1.TaskEvent
+	4, // 0: taskhub.storage.v1.Record.event:type_name -> taskhub.v1.TaskEvent
 	1, // 1: taskhub.storage.v1.Record.lease:type_name -> taskhub.storage.v1.Lease
-	4, // 2: taskhub.storage.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 3: taskhub.storage.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	4, // 4: taskhub.storage.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	5, // 2: taskhub.storage.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	5, // 3: taskhub.storage.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	5, // 4: taskhub.storage.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	6, // 5: taskhub.storage.v1.WebhookCursor.status:type_name -> taskhub.v1.WebhookStatus
+	5, // 6: taskhub.storage.v1.WebhookCursor.progress_sent_at:type_name -> google.protobuf.Timestamp
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_taskhub_storage_v1_record_proto_init() }
@@ -303,7 +365,7 @@ func file_taskhub_storage_v1_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskhub_storage_v1_record_proto_rawDesc), len(file_taskhub_storage_v1_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskhub/v1/task.proto.
  */
 export const file_taskhub_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChV0YXNraHViL3YxL3Rhc2sucHJvdG8SCnRhc2todWIudjEiugQKBFRhc2sSCgoCaWQYASABKAkSDQoFb3duZXIYAiABKAkSDgoGcHJvbXB0GAMgASgJEgwKBG1vZGUYBCABKAkSLAoGcGFyYW1zGAUgAygLMhwudGFza2h1Yi52MS5UYXNrLlBhcmFtc0VudHJ5EiQKBXN0YXRlGAYgASgOMhUudGFza2h1Yi52MS5UYXNrU3RhdGUSEAoIcHJvZ3Jlc3MYByABKAESDwoHbWVzc2FnZRgIIAEoCRIOCgZyZXN1bHQYCSABKAkSDQoFZXJyb3IYCiABKAkSDwoHYXR0ZW1wdBgLIAEoDRIuCgpjcmVhdGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGBAgASgJEgsKA3NlcRgRIAEoBBIPCgdzdGFsbGVkGBIgASgIEjEKDXByb2dyZXNzZWRfYXQYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC1BhcmFtc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEimQEKCVRhc2tFdmVudBILCgNzZXEYASABKAQSIwoEa2luZBgCIAEoDjIVLnRhc2todWIudjEuRXZlbnRLaW5kEh4KBHRhc2sYAyABKAsyEC50YXNraHViLnYxLlRhc2sSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYWN0ZWRfYnkYBSABKAkqoQEKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRVEFTS19TVEFURV9RVUVVRUQQARIWChJUQVNLX1NUQVRFX1JVTk5JTkcQAhIYChRUQVNLX1NUQVRFX0NPTVBMRVRFRBADEhUKEVRBU0tfU1RBVEVfRkFJTEVEEAQSGAoUVEFTS19TVEFURV9DQU5DRUxMRUQQBSqKAgoJRXZlbnRLaW5kEhoKFkVWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIWChJFVkVOVF9LSU5EX0NSRUFURUQQARIWChJFVkVOVF9LSU5EX1NUQVJURUQQAhIXChNFVkVOVF9LSU5EX1BST0dSRVNTEAMSGAoURVZFTlRfS0lORF9DT01QTEVURUQQBBIVChFFVkVOVF9LSU5EX0ZBSUxFRBAFEhgKFEVWRU5UX0tJTkRfQ0FOQ0VMTEVEEAYSFwoTRVZFTlRfS0lORF9SRVFVRVVFRBAHEhYKEkVWRU5UX0tJTkRfU1RBTExFRBAIEhwKGEVWRU5UX0tJTkRfTEVBU0VfUkVORVdFRBAJQpkBCg5jb20udGFza2h1Yi52MUIJVGFza1Byb3RvUAFaM2dpdGh1Yi5jb20vdGFza2h1Yi90YXNraHViL2dlbi90YXNraHViL3YxO3Rhc2todWJ2MaICA1RYWKoCClRhc2todWIuVjHKAgpUYXNraHViXFYx4gIWVGFza2h1YlxWMVxHUEJNZXRhZGF0YeoCC1Rhc2todWI6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChV0YXNraHViL3YxL3Rhc2sucHJvdG8SCnRhc2todWIudjEikwUKBFRhc2sSCgoCaWQYASABKAkSDQoFb3duZXIYAiABKAkSDgoGcHJvbXB0GAMgASgJEgwKBG1vZGUYBCABKAkSLAoGcGFyYW1zGAUgAygLMhwudGFza2h1Yi52MS5UYXNrLlBhcmFtc0VudHJ5EiQKBXN0YXRlGAYgASgOMhUudGFza2h1Yi52MS5UYXNrU3RhdGUSEAoIcHJvZ3Jlc3MYByABKAESDwoHbWVzc2FnZRgIIAEoCRIOCgZyZXN1bHQYCSABKAkSDQoFZXJyb3IYCiABKAkSDwoHYXR0ZW1wdBgLIAEoDRIuCgpjcmVhdGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGBAgASgJEgsKA3NlcRgRIAEoBBIPCgdzdGFsbGVkGBIgASgIEjEKDXByb2dyZXNzZWRfYXQYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKB3dlYmhvb2sYFCABKAsyEy50YXNraHViLnYxLldlYmhvb2sSMQoOd2ViaG9va19zdGF0dXMYFSABKAsyGS50YXNraHViLnYxLldlYmhvb2tTdGF0dXMaLQoLUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJgCgdXZWJob29rEgsKA3VybBgBIAEoCRIlCgZldmVudHMYAiADKA4yFS50YXNraHViLnYxLkV2ZW50S2luZBIhChlwcm9ncmVzc19pbnRlcnZhbF9zZWNvbmRzGAMgASgNIqUBCg1XZWJob29rU3RhdHVzEhUKDWRlbGl2ZXJlZF9zZXEYASABKAQSFwoPZmFpbGVkX2F0dGVtcHRzGAIgASgNEhIKCmxhc3RfZXJyb3IYAyABKAkSMQoNZmFpbGluZ19zaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZ2F2ZV91cBgFIAEoCBIMCgRkb25lGAYgASgIIpkBCglUYXNrRXZlbnQSCwoDc2VxGAEgASgEEiMKBGtpbmQYAiABKA4yFS50YXNraHViLnYxLkV2ZW50S2luZBIeCgR0YXNrGAMgASgLMhAudGFza2h1Yi52MS5UYXNrEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGFjdGVkX2J5GAUgASgJKqEBCglUYXNrU3RhdGUSGgoWVEFTS19TVEFURV9VTlNQRUNJRklFRBAAEhUKEVRBU0tfU1RBVEVfUVVFVUVEEAESFgoSVEFTS19TVEFURV9SVU5OSU5HEAISGAoUVEFTS19TVEFURV9DT01QTEVURUQQAxIVChFUQVNLX1NUQVRFX0ZBSUxFRBAEEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAUqigIKCUV2ZW50S2luZBIaChZFVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSRVZFTlRfS0lORF9DUkVBVEVEEAESFgoSRVZFTlRfS0lORF9TVEFSVEVEEAISFwoTRVZFTlRfS0lORF9QUk9HUkVTUxADEhgKFEVWRU5UX0tJTkRfQ09NUExFVEVEEAQSFQoRRVZFTlRfS0lORF9GQUlMRUQQBRIYChRFVkVOVF9LSU5EX0NBTkNFTExFRBAGEhcKE0VWRU5UX0tJTkRfUkVRVUVVRUQQBxIWChJFVkVOVF9LSU5EX1NUQUxMRUQQCBIcChhFVkVOVF9LSU5EX0xFQVNFX1JFTkVXRUQQCUKZAQoOY29tLnRhc2todWIudjFCCVRhc2tQcm90b1ABWjNnaXRodWIuY29tL3Rhc2todWIvdGFza2h1Yi9nZW4vdGFza2h1Yi92MTt0YXNraHVidjGiAgNUWFiqAgpUYXNraHViLlYxygIKVGFza2h1YlxWMeICFlRhc2todWJcVjFcR1BCTWV0YWRhdGHqAgtUYXNraHViOjpWMWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Task is one long-running job and everything a watcher needs to show it.
@@ -147,6 +147,20 @@ export type Task = Message<"taskhub.v1.Task"> & {
    * @generated from field: google.protobuf.Timestamp progressed_at = 19;
    */
   progressedAt?: Timestamp | undefined;
+
+  /**
+   * Where its events are POSTed, if its creator asked for that.
+   *
+   * @generated from field: taskhub.v1.Webhook webhook = 20;
+   */
+  webhook?: Webhook | undefined;
+
+  /**
+   * How the webhook's deliveries are going: set by GetTask on a task with a webhook.
+   *
+   * @generated from field: taskhub.v1.WebhookStatus webhook_status = 21;
+   */
+  webhookStatus?: WebhookStatus | undefined;
 };
 
 /**
@@ -155,6 +169,100 @@ export type Task = Message<"taskhub.v1.Task"> & {
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
   messageDesc(file_taskhub_v1_task, 0);
+
+/**
+ * Webhook asks taskhub to POST a task's events to a URL: each event as JSON (the TaskEvent
+ * shape of the stream), signed by the Standard Webhooks scheme, at least once and in order.
+ *
+ * @generated from message taskhub.v1.Webhook
+ */
+export type Webhook = Message<"taskhub.v1.Webhook"> & {
+  /**
+   * http or https, on a host the server's --webhook-allow names; at most 2048 bytes.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * The kinds of event to send: CREATED, STARTED, PROGRESS, COMPLETED, FAILED, CANCELLED,
+   * REQUEUED, STALLED. COMPLETED, FAILED and CANCELLED when empty.
+   *
+   * @generated from field: repeated taskhub.v1.EventKind events = 2;
+   */
+  events: EventKind[];
+
+  /**
+   * At most one PROGRESS event per this many seconds (1..3600; 5 when 0): a task's progress
+   * in between is skipped, its latest progress is always sent.
+   *
+   * @generated from field: uint32 progress_interval_seconds = 3;
+   */
+  progressIntervalSeconds: number;
+};
+
+/**
+ * Describes the message taskhub.v1.Webhook.
+ * Use `create(WebhookSchema)` to create a new message.
+ */
+export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
+  messageDesc(file_taskhub_v1_task, 1);
+
+/**
+ * WebhookStatus is the state of a task's webhook deliveries.
+ *
+ * @generated from message taskhub.v1.WebhookStatus
+ */
+export type WebhookStatus = Message<"taskhub.v1.WebhookStatus"> & {
+  /**
+   * The seq of the last event handled: delivered with a 2xx answer, or not one to send.
+   *
+   * @generated from field: uint64 delivered_seq = 1;
+   */
+  deliveredSeq: bigint;
+
+  /**
+   * Failed attempts to deliver the next event; 0 while deliveries succeed.
+   *
+   * @generated from field: uint32 failed_attempts = 2;
+   */
+  failedAttempts: number;
+
+  /**
+   * The last failure: the answer's status, or why there was none.
+   *
+   * @generated from field: string last_error = 3;
+   */
+  lastError: string;
+
+  /**
+   * Set while the next event fails to be delivered: when its first attempt failed.
+   *
+   * @generated from field: google.protobuf.Timestamp failing_since = 4;
+   */
+  failingSince?: Timestamp | undefined;
+
+  /**
+   * Deliveries stopped: an event failed for a day (or the URL is no longer allowed).
+   *
+   * @generated from field: bool gave_up = 5;
+   */
+  gaveUp: boolean;
+
+  /**
+   * Every event the webhook asks for, the final one included, has been handled.
+   *
+   * @generated from field: bool done = 6;
+   */
+  done: boolean;
+};
+
+/**
+ * Describes the message taskhub.v1.WebhookStatus.
+ * Use `create(WebhookStatusSchema)` to create a new message.
+ */
+export const WebhookStatusSchema: GenMessage<WebhookStatus> = /*@__PURE__*/
+  messageDesc(file_taskhub_v1_task, 2);
 
 /**
  * TaskEvent is one accepted change, as stored in the event log.
@@ -202,7 +310,7 @@ export type TaskEvent = Message<"taskhub.v1.TaskEvent"> & {
  * Use `create(TaskEventSchema)` to create a new message.
  */
 export const TaskEventSchema: GenMessage<TaskEvent> = /*@__PURE__*/
-  messageDesc(file_taskhub_v1_task, 1);
+  messageDesc(file_taskhub_v1_task, 3);
 
 /**
  * TaskState is where a task is in its life. QUEUED and RUNNING are active;

@@ -1,0 +1,326 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/eventlog"
+	"github.com/taskhub/taskhub/webhook"
+)
+
+// maxPosts bounds the webhook deliveries in flight at once, over all tasks.
+const maxPosts = 64
+
+// hooks delivers the events of tasks with a webhook, from the event log: each such task has a
+// delivery loop that reads the task's events after its cursor, POSTs those its webhook asks
+// for, one at a time and in order, retrying a failure with backoff, and records the cursor in
+// the log's cursor bucket after each. Only the node that leads (the one that settles finished
+// tasks; any single node) delivers: when another takes the lead over, it starts a loop for
+// every task with a webhook that is active or unsettled, each resuming at its recorded cursor.
+// An event is delivered at least once: a node that dies between a delivery and its cursor's
+// write leaves the next node to deliver it again (with the same webhook-id).
+//
+// A finished task stays unsettled (its history whole, in the live index) until its deliveries
+// are done: its final event handled, or given up after failing for Config.GiveUpAfter.
+type hooks struct {
+	log interface {
+		Cursors
+		Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error)
+	}
+	sender *webhook.Sender
+	logger *slog.Logger
+	life   context.Context
+	posts  chan struct{} // a slot per delivery in flight
+
+	delivered, failed, gaveUp atomic.Uint64
+	failing                   atomic.Int64 // tasks whose next delivery is failing now
+
+	mu      sync.Mutex
+	leading bool
+	lead    context.Context // ends when this node stops leading
+	endLead context.CancelFunc
+	loops   map[string]*hookLoop // task id -> its delivery loop, while one runs
+	done    map[string]bool      // tasks whose deliveries are done, until they are settled
+	wg      sync.WaitGroup
+}
+
+type hookLoop struct {
+	owner, id string
+	wake      chan struct{} // a new event of the task
+	failing   bool          // counted in hooks.failing
+}
+
+// setFailing counts the loop among those whose next delivery fails, or not.
+func (k *hooks) setFailing(l *hookLoop, failing bool) {
+	if l.failing != failing {
+		l.failing = failing
+		k.failing.Add(map[bool]int64{true: 1, false: -1}[failing])
+	}
+}
+
+func newHooks(life context.Context, log Log, sender *webhook.Sender, logger *slog.Logger) *hooks {
+	return &hooks{log: log, sender: sender, logger: logger, life: life, posts: make(chan struct{}, maxPosts),
+		loops: map[string]*hookLoop{}, done: map[string]bool{}}
+}
+
+// setLeading starts or stops this node's deliveries. Taking the lead over starts a loop for
+// each task in tasks (owner, id) that might have events left to deliver.
+func (k *hooks) setLeading(leading bool, tasks [][2]string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if leading == k.leading {
+		return
+	}
+	k.leading = leading
+	if !leading {
+		k.endLead()
+		clear(k.done) // the next leader decides; this node may lead again later
+		return
+	}
+	k.lead, k.endLead = context.WithCancel(k.life)
+	for _, t := range tasks {
+		k.startLocked(t[0], t[1])
+	}
+}
+
+// notify tells the deliveries that a task with a webhook has a new event.
+func (k *hooks) notify(owner, id string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.leading {
+		k.startLocked(owner, id)
+	}
+}
+
+func (k *hooks) startLocked(owner, id string) {
+	if l := k.loops[id]; l != nil {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if k.done[id] {
+		return
+	}
+	l := &hookLoop{owner: owner, id: id, wake: make(chan struct{}, 1)}
+	k.loops[id] = l
+	k.wg.Go(func() { k.run(k.lead, l) })
+}
+
+// settleable reports whether a finished task's deliveries are done, so that its history may
+// go; if no loop is finding that out, it starts one. Only the leader asks.
+func (k *hooks) settleable(owner, id string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.done[id] {
+		return true
+	}
+	if k.leading {
+		k.startLocked(owner, id)
+	}
+	return false
+}
+
+// settled forgets a task that the compactor settled.
+func (k *hooks) settled(id string) {
+	k.mu.Lock()
+	delete(k.done, id)
+	k.mu.Unlock()
+}
+
+// idle ends a loop that has nothing to deliver, unless an event came meanwhile: then it goes on.
+func (k *hooks) idle(l *hookLoop, done bool) (ended bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !done {
+		select {
+		case <-l.wake:
+			return false
+		default:
+		}
+	}
+	delete(k.loops, l.id)
+	k.setFailing(l, false)
+	if done && k.leading {
+		k.done[l.id] = true
+	}
+	return true
+}
+
+// wait sleeps for d, or until the task has a new event (wake) or ctx ends; it reports whether
+// ctx is still alive.
+func wait(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-wake:
+	}
+	return true
+}
+
+// run is a task's delivery loop: see hooks.
+func (k *hooks) run(ctx context.Context, l *hookLoop) {
+	cur := k.cursor(ctx, l.id)
+	if cur == nil {
+		k.idle(l, false)
+		return
+	}
+	st := cur.Status
+	if st.Done {
+		k.idle(l, true)
+		return
+	}
+	cfg := k.sender.Config()
+	subject := eventlog.Subject(l.owner, l.id)
+	for ctx.Err() == nil {
+		e, err := k.log.Next(ctx, subject, st.DeliveredSeq+1)
+		if errors.Is(err, eventlog.ErrNotFound) {
+			if k.idle(l, false) {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			k.logger.Debug("webhook: cannot read the task's next event; will retry", "task", l.id, "err", err)
+			wait(ctx, time.Second, nil)
+			continue
+		}
+		ev := proto.CloneOf(e.Record.Event)
+		ev.Seq = e.Seq
+		wh, terminal := ev.Task.GetWebhook(), taskhub.Terminal(ev.Task.State)
+		send := wh != nil && webhook.Wants(wh, ev.Kind)
+		if send && ev.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS && cur.ProgressSentAt != nil {
+			next := cur.ProgressSentAt.AsTime().Add(webhook.ProgressInterval(wh))
+			if ev.Time.AsTime().Before(next) {
+				// Too soon after the last: skipped if a later event is stored; else sent when
+				// the interval is over, unless a later event comes first.
+				if _, err := k.log.Next(ctx, subject, e.Seq+1); err == nil {
+					send = false
+				} else if d := time.Until(next); d > 0 {
+					wait(ctx, d, l.wake)
+					continue
+				}
+			}
+		}
+		if send {
+			if !k.deliver(ctx, l, ev, cur, cfg) {
+				if st.GaveUp {
+					k.put(ctx, l.id, cur)
+					k.idle(l, true)
+					return
+				}
+				continue // retry, or the lead is gone
+			}
+		}
+		st.DeliveredSeq = e.Seq
+		if terminal {
+			st.Done = true
+		}
+		if send || terminal {
+			k.put(ctx, l.id, cur)
+		}
+		if terminal {
+			k.idle(l, true)
+			return
+		}
+	}
+	k.idle(l, false)
+}
+
+// deliver sends one event and records the outcome in cur; after a failure it waits out the
+// backoff. It reports whether the event was delivered.
+func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEvent, cur *storagev1.WebhookCursor, cfg webhook.Config) bool {
+	st := cur.Status
+	select {
+	case k.posts <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	err := k.sender.Send(ctx, ev)
+	<-k.posts
+	if err == nil {
+		k.setFailing(l, false)
+		st.FailedAttempts, st.LastError, st.FailingSince = 0, "", nil
+		if ev.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS {
+			cur.ProgressSentAt = ev.Time
+		}
+		k.delivered.Add(1)
+		return true
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	k.failed.Add(1)
+	now := time.Now()
+	if st.FailingSince == nil {
+		st.FailingSince = timestamppb.New(now)
+	}
+	k.setFailing(l, true)
+	st.FailedAttempts++
+	st.LastError = err.Error()
+	var refused *webhook.Refused
+	if errors.As(err, &refused) || now.Sub(st.FailingSince.AsTime()) >= cfg.GiveUpAfter {
+		st.GaveUp, st.Done = true, true
+		k.gaveUp.Add(1)
+		k.logger.Warn("webhook: gave up delivering a task's events", "task", l.id, "seq", ev.Seq, "attempts", st.FailedAttempts, "err", err)
+		return false
+	}
+	k.logger.Debug("webhook: delivery failed; will retry", "task", l.id, "seq", ev.Seq, "attempts", st.FailedAttempts, "err", err)
+	k.put(ctx, l.id, cur)
+	wait(ctx, k.sender.Backoff(st.FailedAttempts), nil)
+	return false
+}
+
+// cursor reads a task's cursor (a new one if none was written), retrying while the log is
+// unavailable; nil once ctx ends.
+func (k *hooks) cursor(ctx context.Context, id string) *storagev1.WebhookCursor {
+	for ctx.Err() == nil {
+		call, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, err := k.log.WebhookCursor(call, id)
+		cancel()
+		switch {
+		case errors.Is(err, eventlog.ErrNotFound):
+			return &storagev1.WebhookCursor{Status: &taskhubv1.WebhookStatus{}}
+		case err == nil:
+			if c.Status == nil {
+				c.Status = &taskhubv1.WebhookStatus{}
+			}
+			return c
+		}
+		k.logger.Debug("webhook: cannot read a cursor; will retry", "task", id, "err", err)
+		wait(ctx, time.Second, nil)
+	}
+	return nil
+}
+
+// put records a task's cursor, retrying while the log is unavailable and this node leads.
+func (k *hooks) put(ctx context.Context, id string, c *storagev1.WebhookCursor) {
+	for ctx.Err() == nil {
+		call, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := k.log.PutWebhookCursor(call, id, c)
+		cancel()
+		if err == nil {
+			return
+		}
+		k.logger.Debug("webhook: cannot record a cursor; will retry", "task", id, "err", err)
+		wait(ctx, time.Second, nil)
+	}
+}
+
+// stop waits for the delivery loops to end once the hub's life has ended.
+func (k *hooks) stop() { k.wg.Wait() }
