@@ -17,7 +17,7 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 
-import { TaskService, WatchTasksResponseSchema, type WatchTasksResponse } from "./gen/taskhub/v1/task_service_pb";
+import { TaskService, WatchTasksResponseSchema, type WatchTasksResponse } from "@taskhub/client";
 import { backoff } from "./format";
 
 /** Position is where a tab is in the event log: it has seen everything up to seq. */
