@@ -29,7 +29,7 @@ release: ## static binaries for linux and darwin, amd64 and arm64, in dist/, sta
 	done; done
 
 .PHONY: test
-test: ## run every test with the race detector (starts its own servers on 127.0.0.1), the load tool's too
+test: $(BUF) ## run every test with the race detector (starts its own servers on 127.0.0.1), the load tool's too
 	go test -race -timeout 10m ./...
 	go -C tools/load test -race -timeout 5m ./...
 
@@ -41,6 +41,8 @@ test/cluster: ## kill nodes of a 3-node cluster under load, leader and followers
 test/e2e: ## run only the end-to-end tests against a real server, the browser tests among them
 	go test -race -timeout 10m ./server/... ./views/browser/...
 
+# The pinned npm packages: the generators, tsc, and what the page and the TypeScript client's
+# test import (clients/ts/ts_test.go runs Node on them).
 $(BUF): tools/npm/package.json tools/npm/package-lock.json
 	npm ci --prefix tools/npm --no-audit --no-fund
 	@touch $(BUF)
