@@ -17,6 +17,10 @@ run: ## run taskhub on 127.0.0.1:8080 with its data in ./data (ARGS="--flag valu
 build: ## build bin/taskhub
 	go build -buildvcs=true -o bin/taskhub ./cmd/taskhub
 
+.PHONY: build/ts
+build/ts: $(BUF) ## build the TypeScript client package into clients/ts/dist
+	$(TSC) -p clients/ts
+
 .PHONY: release
 release: ## static binaries for linux and darwin, amd64 and arm64, in dist/, stamped with the version and commit
 	@for os in linux darwin; do for arch in amd64 arm64; do \
@@ -25,7 +29,7 @@ release: ## static binaries for linux and darwin, amd64 and arm64, in dist/, sta
 	done; done
 
 .PHONY: test
-test: ## run every test with the race detector (starts its own servers on 127.0.0.1), the load tool's too
+test: $(BUF) ## run every test with the race detector (starts its own servers on 127.0.0.1), the load tool's too
 	go test -race -timeout 10m ./...
 	go -C tools/load test -race -timeout 5m ./...
 
@@ -37,12 +41,14 @@ test/cluster: ## kill nodes of a 3-node cluster under load, leader and followers
 test/e2e: ## run only the end-to-end tests against a real server, the browser tests among them
 	go test -race -timeout 10m ./server/... ./views/browser/...
 
+# The pinned npm packages: the generators, tsc, and what the page and the TypeScript client's
+# test import (clients/ts/ts_test.go runs Node on them).
 $(BUF): tools/npm/package.json tools/npm/package-lock.json
 	npm ci --prefix tools/npm --no-audit --no-fund
 	@touch $(BUF)
 
 .PHONY: generate
-generate: $(BUF) ## regenerate gen/ and assets/src/gen/ (buf), views/*_templ.go (templ) and the page's script bundle
+generate: $(BUF) ## regenerate gen/ and clients/ts/src/gen/ (buf), views/*_templ.go (templ) and the page's script bundle
 	$(BUF) lint
 	$(BUF) generate
 	$(GOTOOL) templ generate -path views
@@ -51,9 +57,9 @@ generate: $(BUF) ## regenerate gen/ and assets/src/gen/ (buf), views/*_templ.go 
 
 .PHONY: checkgenerate
 checkgenerate: generate ## fail if generated code is not what make generate makes
-	@test -z "$$(git status --porcelain -- gen views assets)" || \
-		(git status --porcelain -- gen views assets; git --no-pager diff --stat -- gen views assets; \
-		 git --no-pager diff -- gen views assets/src | head -50; \
+	@test -z "$$(git status --porcelain -- gen views assets clients/ts/src)" || \
+		(git status --porcelain -- gen views assets clients/ts/src; git --no-pager diff --stat -- gen views assets clients/ts/src; \
+		 git --no-pager diff -- gen views assets/src clients/ts/src | head -50; \
 		 echo "generated code is stale: run make generate and commit"; exit 1)
 
 .PHONY: lint
@@ -64,6 +70,7 @@ lint: $(BUF) ## gofmt, go vet, buf lint and tsc
 	go -C tools/load vet ./...
 	$(BUF) lint
 	$(TSC) -p assets
+	$(TSC) -p clients/ts --noEmit
 
 .PHONY: bench
 bench: ## run the benchmarks (fan-out by subscriber count, create->complete throughput)
@@ -89,4 +96,4 @@ tidy: ## tidy go.mod, tools/go.mod and tools/load/go.mod
 
 .PHONY: clean
 clean: ## remove build output, the default data dir and installed generators
-	rm -rf bin data tools/npm/node_modules
+	rm -rf bin data tools/npm/node_modules clients/ts/dist

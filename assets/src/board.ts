@@ -6,7 +6,7 @@
 
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
-import { TaskState, type Task } from "./gen/taskhub/v1/task_pb";
+import { TaskState, type Task } from "@taskhub/client";
 import { clock, isImage, percent, timing, type Times } from "./format";
 
 const ms = (ts?: Timestamp) => (ts ? Number(ts.seconds) * 1000 + Math.floor(ts.nanos / 1e6) : 0);

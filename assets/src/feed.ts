@@ -10,15 +10,14 @@
 // reload its list when the ring does not reach back that far. Duplicates are harmless: cards
 // ignore states older than their own (see board.ts).
 //
-// The leader reconnects forever, waiting 1 s doubling to 30 s with jitter between attempts,
-// resumes from the last seq it saw, and takes a stream that is silent for two heartbeat
-// intervals and more as dead.
+// The leader's stream is the client package's watchTasks (clients/ts): it reconnects forever
+// (here even when signed out, since a sign-in in another tab mends that), waiting 1 s doubling to
+// 30 s with jitter between attempts, resumes from the last seq it saw, and takes a stream that is
+// silent for two heartbeat intervals and more as dead.
 
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
-
-import { TaskService, WatchTasksResponseSchema, type WatchTasksResponse } from "./gen/taskhub/v1/task_service_pb";
-import { backoff } from "./format";
+import { Code, type Client } from "@connectrpc/connect";
+import { watchTasks, WatchTasksResponseSchema, type TaskService, type TaskWatch, type WatchTasksResponse } from "@taskhub/client";
 
 /** Position is where a tab is in the event log: it has seen everything up to seq. */
 export interface Position {
@@ -73,8 +72,7 @@ export class Feed {
   private ring: { seq: bigint; data: Uint8Array }[] = [];
   private covered: Position = { epoch: "", seq: 0n };
   private current: Status = { state: "connecting" };
-  private abort: (() => void) | null = null;
-  private wake: (() => void) | null = null;
+  private watch: TaskWatch | null = null;
 
   constructor(
     private readonly client: Client<typeof TaskService>,
@@ -84,8 +82,13 @@ export class Feed {
   ) {}
 
   start(): void {
-    window.addEventListener("online", () => this.wake?.());
-    window.addEventListener("offline", () => this.abort?.());
+    // Back online: try at once rather than at the end of the wait. Gone offline: drop the
+    // stream now (the browser may keep a dead one for a long time); the attempt that follows
+    // fails, and the wait begins.
+    window.addEventListener("online", () => {
+      if (this.current.state !== "live") this.watch?.reconnect();
+    });
+    window.addEventListener("offline", () => this.watch?.reconnect());
     if (!navigator.locks || typeof BroadcastChannel === "undefined") {
       void this.lead();
       return;
@@ -163,7 +166,7 @@ export class Feed {
     this.post({ type: "msgs", data: [data] });
   }
 
-  private async lead(): Promise<never> {
+  private async lead(): Promise<void> {
     this.leading = true;
     this.tab.leading();
     this.covered = { ...this.tab.position() };
@@ -172,73 +175,47 @@ export class Feed {
     let failures = 0;
     let everLive = false;
     let downSince = Date.now();
-    for (;;) {
-      const controller = new AbortController();
-      this.abort = () => controller.abort();
-      let watchdog = 0;
-      const resetWatchdog = () => {
-        clearTimeout(watchdog);
-        watchdog = window.setTimeout(() => controller.abort(), this.heartbeatMs * 2 + 5000);
-      };
-      let reason = "the server ended the stream";
-      let signedOut = false;
-      try {
-        const from = this.tab.position();
-        resetWatchdog();
-        for await (const m of this.client.watchTasks({ epoch: from.epoch, afterSeq: from.seq }, { signal: controller.signal })) {
-          resetWatchdog();
-          if (m.message.case === "snapshot") {
-            const s = m.message.value;
-            if (!s.recovered || s.epoch !== this.covered.epoch) {
-              this.ring = [];
-              this.covered = { epoch: s.epoch, seq: s.seq };
-            }
-            this.publish(m);
-            if (s.more) continue; // live once the snapshot is whole
-            const note = everLive ? (s.recovered ? "recovered" : "reloaded") : failures > 0 ? "connected" : undefined;
-            everLive = true;
-            failures = 0;
-            this.setStatus({ state: "live", note });
-            continue;
-          }
-          this.publish(m);
+    const from = this.tab.position();
+    this.watch = watchTasks(
+      this.client,
+      { epoch: from.epoch, afterSeq: from.seq },
+      {
+        idleTimeoutMs: this.heartbeatMs * 2 + 5000,
+        retry: () => true,
+        onRetry: ({ error, delayMs }) => {
+          if (this.current.state === "live") downSince = Date.now();
+          failures++;
+          const signedOut = error.code === Code.Unauthenticated;
+          const offline = signedOut || !navigator.onLine || Date.now() - downSince >= offlineAfter;
+          this.setStatus({
+            state: offline ? "offline" : everLive ? "reconnecting" : "connecting",
+            retryAt: Date.now() + delayMs,
+            reason: signedOut
+              ? "signed out: sign in again"
+              : !navigator.onLine
+                ? "the browser is offline"
+                : error.rawMessage || "the connection failed",
+          });
+        },
+      },
+    );
+    for await (const m of this.watch) {
+      if (m.message.case === "snapshot") {
+        const s = m.message.value;
+        if (!s.recovered || s.epoch !== this.covered.epoch) {
+          this.ring = [];
+          this.covered = { epoch: s.epoch, seq: s.seq };
         }
-      } catch (err) {
-        const ce = ConnectError.from(err);
-        signedOut = ce.code === Code.Unauthenticated;
-        reason = controller.signal.aborted
-          ? navigator.onLine
-            ? "no heartbeat from the server"
-            : "the browser is offline"
-          : ce.rawMessage || "the connection failed";
-      } finally {
-        clearTimeout(watchdog);
-        this.abort = null;
+        this.publish(m);
+        if (s.more) continue; // live once the snapshot is whole
+        const note = everLive ? (s.recovered ? "recovered" : "reloaded") : failures > 0 ? "connected" : undefined;
+        everLive = true;
+        failures = 0;
+        this.setStatus({ state: "live", note });
+        continue;
       }
-      if (this.current.state === "live") downSince = Date.now();
-      failures++;
-      const delay = backoff(failures);
-      const offline = signedOut || !navigator.onLine || Date.now() - downSince >= offlineAfter;
-      this.setStatus({
-        state: offline ? "offline" : everLive ? "reconnecting" : "connecting",
-        retryAt: Date.now() + delay,
-        reason: signedOut ? "signed out: sign in again" : reason,
-      });
-      await this.sleep(delay);
+      this.publish(m);
     }
-  }
-
-  // sleep waits ms, or less when the browser comes back online.
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.wake = null;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.wake = done;
-    });
   }
 }
 

@@ -84,12 +84,6 @@ export function parseParams(s: string): Record<string, string> {
   return params;
 }
 
-/** backoff is the wait before reconnect attempt n (1, 2, ...): 1 s doubling up to 30 s, less up to half of it at random. */
-export function backoff(attempt: number, random: () => number = Math.random): number {
-  const cap = Math.min(30_000, 1000 * 2 ** Math.max(attempt - 1, 0));
-  return cap / 2 + (random() * cap) / 2;
-}
-
 /** clock formats a time as the cards show it, in the reader's time zone. */
 export function clock(ms: number): string {
   return new Date(ms).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });

@@ -5,11 +5,11 @@
 
 import { createClient, ConnectError, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { TaskService } from "@taskhub/client";
 
 import { Board } from "./board";
 import { Feed } from "./feed";
 import { parseParams } from "./format";
-import { TaskService } from "./gen/taskhub/v1/task_service_pb";
 import { callTimeoutMs, Connection, Page, reloadedKey } from "./page";
 import { Toaster } from "./toasts";
 

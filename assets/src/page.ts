@@ -2,10 +2,10 @@
 // connection indicator. The feed (feed.ts) delivers the shared stream's messages to it.
 
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import type { TaskService, WatchTasksResponse } from "@taskhub/client";
 
 import type { Board } from "./board";
 import type { Position, Status, Tab } from "./feed";
-import type { TaskService, WatchTasksResponse } from "./gen/taskhub/v1/task_service_pb";
 import type { Toaster } from "./toasts";
 
 /**
