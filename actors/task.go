@@ -50,8 +50,9 @@ type taskActor struct {
 	unsure      bool
 	passivating bool // it asked the supervisor to stop it
 
-	deadline  time.Time // of the caller's command being handled; zero for the actor's own
-	followups []func()  // work of the command that runs after its caller has been answered
+	deadline  time.Time       // of the caller's command being handled; zero for the actor's own
+	caller    context.Context // of the caller's command being handled; nil for the actor's own
+	followups []func()        // work of the command that runs after its caller has been answered
 }
 
 // errCancelled marks a lease check on a task its owner cancelled.
@@ -89,9 +90,9 @@ func (a *taskActor) Receive(ctx actor.Context) {
 			a.passivate(ctx, false)
 			return
 		}
-		a.deadline = m.deadline
+		a.deadline, a.caller = m.deadline, m.ctx
 		r := a.handle(m.cmd)
-		a.deadline = time.Time{}
+		a.deadline, a.caller = time.Time{}, nil
 		if ctx.Sender() != nil {
 			ctx.Respond(r)
 		}
@@ -210,10 +211,15 @@ func (a *taskActor) apply(cmd any) *taskReply {
 }
 
 // ctx bounds a call to the log: by the deadline of the caller's command being handled, or else
-// by the call timeout. It is not the caller's context: a write the caller left behind finishes.
+// by the call timeout. It carries the caller's values (its trace span, for the log's) but not
+// its cancellation: a write the caller left behind finishes.
 func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
 	if !a.deadline.IsZero() {
-		return context.WithDeadline(context.Background(), a.deadline)
+		parent := context.Background()
+		if a.caller != nil {
+			parent = context.WithoutCancel(a.caller)
+		}
+		return context.WithDeadline(parent, a.deadline)
 	}
 	return context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
 }

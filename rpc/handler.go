@@ -32,6 +32,9 @@ type Options struct {
 	// Observe, when set, is told the outcome of every call: its procedure and its code (0 for
 	// success), the calls the token check refused included.
 	Observe func(procedure string, code connect.Code)
+	// Trace, when set, is the outermost interceptor of every call the token check let
+	// through: a tracer's (server.Config.TracerProvider's, with otelconnect).
+	Trace connect.Interceptor
 }
 
 // Mount registers TaskService and WorkerService on mux, with auth, panic recovery, the request
@@ -41,6 +44,9 @@ func Mount(mux *http.ServeMux, hub Hub, o Options) {
 	interceptors := []connect.Interceptor{callLog{logger}, auth.Interceptor()}
 	if o.Observe != nil {
 		interceptors = append([]connect.Interceptor{observer(o.Observe)}, interceptors...)
+	}
+	if o.Trace != nil {
+		interceptors = append([]connect.Interceptor{o.Trace}, interceptors...)
 	}
 	options := append(codecs(), gzipCompression())
 	opts := connect.WithHandlerOptions(append(options,

@@ -21,6 +21,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/klauspost/compress/gzhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/taskhub/taskhub/actors"
 	"github.com/taskhub/taskhub/assets"
@@ -83,6 +84,11 @@ type Config struct {
 	Limits Limits
 	// Logger receives the server's logs [slog.Default()].
 	Logger *slog.Logger
+	// TracerProvider, when set, traces every call of the API (a span per call, continuing
+	// the trace of the caller's traceparent header) and each event log append a call makes (a
+	// child span). Nil: no tracing, and nothing on the calls' path pays for it. Its owner
+	// shuts it down after Close (cmd/taskhub reads it from the OTEL_* environment variables).
+	TracerProvider trace.TracerProvider
 	// Options are the hub's: leases, attempts, limits on tasks and watches, and so on.
 	actors.Options
 }
@@ -197,8 +203,16 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	demoOn := cfg.DemoWorkers > 0 && (len(cfg.Modes) == 0 || slices.Contains(cfg.Modes, demo.Mode))
+	var hubLog actors.Log = s.log
+	var tracer connect.Interceptor
+	if cfg.TracerProvider != nil {
+		hubLog = tracedLog{Log: s.log, tracer: cfg.TracerProvider.Tracer(TracerName)}
+		if tracer, err = traceInterceptor(cfg.TracerProvider); err != nil {
+			return nil, err
+		}
+	}
 	s.hub, err = actors.Open(ctx, actors.Config{
-		Log:     s.log,
+		Log:     hubLog,
 		Logger:  cfg.Logger,
 		Shared:  s.shared(),
 		Options: cfg.Options,
@@ -235,7 +249,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	mux := http.NewServeMux()
 	metrics := newMetrics(s.hub, auth)
-	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe})
+	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe, Trace: tracer})
 	rpc.MountStandard(mux, auth, s.hub.Ready, cfg.AllowedOrigins)
 	// Pages and assets are compressed here; Connect negotiates its own compression, and its
 	// streams must not wait in a compressor's buffer.

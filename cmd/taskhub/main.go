@@ -187,6 +187,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer stopDebug()
 	}
 
+	tp, err := openTracing(ctx, os.LookupEnv, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		cfg.TracerProvider = tp
+		cfg.Logger.Info("tracing: spans are exported over OTLP (OTEL_* environment variables)")
+		defer func() {
+			// After the server's Close: the spans of the calls it ended are sent too.
+			ctx, cancel := context.WithTimeout(context.Background(), tracingShutdown)
+			defer cancel()
+			if err := tp.Shutdown(ctx); err != nil {
+				cfg.Logger.Warn("tracing: spans not sent at shutdown", "err", err)
+			}
+		}()
+	}
 	s, err := server.Open(ctx, cfg)
 	if err != nil {
 		return err
@@ -214,6 +230,18 @@ func fromEnv(fs *flag.FlagSet) error {
 		}
 	})
 	return err
+}
+
+// tracingShutdown bounds the sending of the last spans at shutdown.
+const tracingShutdown = 5 * time.Second
+
+// moduleVersion is the module's version from the build info: a tagged release, a
+// pseudo-version, or (devel).
+func moduleVersion() string {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		return info.Main.Version
+	}
+	return "(devel)"
 }
 
 // version is the binary's version, from its build info: the module version (a tagged release,
