@@ -11,12 +11,12 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/internal/freeport"
+	"github.com/taskhub/taskhub/internal/natstest"
 
 	"github.com/taskhub/taskhub/server"
 )
@@ -121,13 +121,7 @@ func TestFaults_ExternalNATSRestarts(t *testing.T) {
 	storeDir, addr := t.TempDir(), freeport.Addr(t)
 	_, portStr, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portStr)
-	startNATS := func() *natsserver.Server {
-		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: storeDir, NoSigs: true, NoLog: true})
-		require.NoError(t, err)
-		ns.Start()
-		require.True(t, ns.ReadyForConnections(10*time.Second))
-		return ns
-	}
+	startNATS := natstest.Single(t, port, storeDir)
 	ns := startNATS()
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 

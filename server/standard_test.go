@@ -14,7 +14,6 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -22,6 +21,7 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/internal/freeport"
+	"github.com/taskhub/taskhub/internal/natstest"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -105,13 +105,7 @@ func TestStandard_GRPCTools(t *testing.T) {
 	storeDir, natsAddr := t.TempDir(), freeport.Addr(t)
 	_, portStr, _ := net.SplitHostPort(natsAddr)
 	port, _ := strconv.Atoi(portStr)
-	startNATS := func() *natsserver.Server {
-		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: storeDir, NoSigs: true, NoLog: true})
-		require.NoError(t, err)
-		ns.Start()
-		require.True(t, ns.ReadyForConnections(10*time.Second))
-		return ns
-	}
+	startNATS := natstest.Single(t, port, storeDir)
 	ns := startNATS()
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	b := setup(t, server.Config{AuthFile: writeAuthFile(t), NATSURL: "nats://" + natsAddr})

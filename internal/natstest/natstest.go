@@ -53,3 +53,21 @@ func Cluster(t testing.TB, n int) ([]*natsserver.Server, []string) {
 	}
 	return nss, urls
 }
+
+// Single returns a function that starts a NATS server with JetStream on 127.0.0.1:port, with its
+// store in dir, and waits until it is ready: called again after a Shutdown, it starts the server
+// again on the same port and store, as an operator restarting NATS would.
+func Single(t testing.TB, port int, dir string) func() *natsserver.Server {
+	return func() *natsserver.Server {
+		t.Helper()
+		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatalf("NATS server on port %d not ready in 10 s", port)
+		}
+		return ns
+	}
+}
