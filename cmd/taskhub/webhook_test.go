@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -100,4 +101,78 @@ func TestWebhook_DeliveredAfterKillNine(t *testing.T) {
 		}
 		require.Equal(t, fmt.Sprintf("%s %d", want, code), a, "every attempt is of the one event, the last one answered OK")
 	}
+}
+
+// TestWebhook_NodeLoss: in a 3-node cluster, the node delivering a task's webhook is killed
+// while its receiver fails; another node takes the deliveries over from the stored cursor and
+// delivers the completion once the receiver is back.
+func TestWebhook_NodeLoss(t *testing.T) {
+	t.Parallel()
+	const secret = "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+	verifier, err := standardwebhooks.NewWebhook(secret)
+	require.NoError(t, err)
+	var up atomic.Bool
+	var tries, oks atomic.Int32
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := verifier.Verify(body, r.Header); err != nil {
+			t.Errorf("signature: %v", err)
+		}
+		tries.Add(1)
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		oks.Add(1)
+	}))
+	t.Cleanup(rcv.Close)
+	u, _ := url.Parse(rcv.URL)
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(secretFile, []byte(secret), 0o600))
+	nodes := startCluster(t, 3, fmt.Sprintf("--webhook-allow %s --webhook-secret-file %s", u.Host, secretFile))
+
+	hc := &http.Client{Timeout: 10 * time.Second}
+	ctx := t.Context()
+	tasks := taskhubv1connect.NewTaskServiceClient(hc, nodes[0].url)
+	work := taskhubv1connect.NewWorkerServiceClient(hc, nodes[1].url)
+	res, err := tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "hooked", Mode: "render",
+		Webhook: &taskhubv1.Webhook{Url: rcv.URL}}))
+	require.NoError(t, err)
+	id := res.Msg.Task.Id
+	claim, err := work.ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"render"}, WaitSeconds: 5}))
+	require.NoError(t, err)
+	_, err = work.CompleteTask(ctx, connect.NewRequest(&taskhubv1.CompleteTaskRequest{TaskId: id, LeaseToken: claim.Msg.LeaseToken, Result: "made"}))
+	require.NoError(t, err)
+
+	// The node whose metrics count failed deliveries is the one delivering.
+	failedOn := func(c *child) bool {
+		res, err := hc.Get(c.url + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return regexp.MustCompile(`(?m)^taskhub_webhook_deliveries_total\{result="failed"\} [1-9]`).Match(body)
+	}
+	delivering := -1
+	require.Eventually(t, func() bool {
+		for i, c := range nodes {
+			if failedOn(c) {
+				delivering = i
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 50*time.Millisecond, "a node tries to deliver")
+	nodes[delivering].kill()
+	up.Store(true)
+
+	other := nodes[(delivering+1)%3]
+	tasks = taskhubv1connect.NewTaskServiceClient(hc, other.url)
+	require.Eventually(t, func() bool {
+		g, err := tasks.GetTask(ctx, connect.NewRequest(&taskhubv1.GetTaskRequest{Id: id}))
+		return err == nil && g.Msg.Task.WebhookStatus.GetDone()
+	}, 60*time.Second, 100*time.Millisecond, "another node delivers it")
+	require.Equal(t, int32(1), oks.Load(), "delivered once")
+	t.Logf("%d attempts before and after node %d was killed", tries.Load(), delivering+1)
 }
