@@ -2,31 +2,41 @@ package client
 
 import (
 	"context"
+	"net/http"
 
 	"connectrpc.com/connect"
 )
 
 // Bearer is a client interceptor that sends token as the bearer token of every call:
 // connect.WithInterceptors(client.Bearer(token)).
-func Bearer(token string) connect.Interceptor { return bearer(token) }
+func Bearer(token string) connect.Interceptor {
+	return headers{"Authorization": "Bearer " + token}
+}
 
-type bearer string
+// headers is a client interceptor that sets its headers on every call.
+type headers map[string]string
 
-func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+func (h headers) set(to http.Header) {
+	for k, v := range h {
+		to.Set(k, v)
+	}
+}
+
+func (h headers) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("Authorization", "Bearer "+string(b))
+		h.set(req.Header())
 		return next(ctx, req)
 	}
 }
 
-func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+func (h headers) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
 		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
+		h.set(conn.RequestHeader())
 		return conn
 	}
 }
 
-func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+func (h headers) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
 }

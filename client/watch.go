@@ -8,21 +8,21 @@ import (
 	"connectrpc.com/connect"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
-	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 )
 
 // Watch calls fn with every message of the caller's WatchTasks stream: a snapshot first, then
-// every event and heartbeat. When the stream drops it resumes after the last seq it saw (the
-// snapshot then says recovered, and the missed events follow), backing off from half a second
-// to 10 s while the server cannot be reached. It returns when ctx ends, fn returns an error
-// (which it returns), or the server refuses the watch for a reason retrying cannot mend
-// (a bad token, say).
-func Watch(ctx context.Context, tasks taskhubv1connect.TaskServiceClient, fn func(*taskhubv1.WatchTasksResponse) error) error {
-	var epoch string
-	var last uint64
+// every event and heartbeat. It starts where from says (its epoch and after_seq, from an
+// earlier snapshot, event or heartbeat; nil or zero: a fresh snapshot of the active tasks).
+// When the stream drops it resumes after the last seq it saw (the snapshot then says
+// recovered, and the missed events follow), backing off from half a second to 10 s while the
+// server cannot be reached. It returns when ctx ends (ctx's error), fn returns an error (which
+// it returns), or the server refuses the watch for a reason retrying cannot mend (a bad token,
+// say: that *connect.Error).
+func (c *Client) Watch(ctx context.Context, from *taskhubv1.WatchTasksRequest, fn func(*taskhubv1.WatchTasksResponse) error) error {
+	epoch, last := from.GetEpoch(), from.GetAfterSeq()
 	backoff := 500 * time.Millisecond
 	for {
-		stream, err := tasks.WatchTasks(ctx, connect.NewRequest(&taskhubv1.WatchTasksRequest{Epoch: epoch, AfterSeq: last}))
+		stream, err := c.tasks.WatchTasks(ctx, connect.NewRequest(&taskhubv1.WatchTasksRequest{Epoch: epoch, AfterSeq: last}))
 		if err == nil {
 			for stream.Receive() {
 				m := stream.Msg()

@@ -1,6 +1,3 @@
-// Package client is taskhub's Go client beside the generated code: a Worker that claims tasks
-// and runs a handler for each, keeping its lease alive and ending its context when the task is
-// cancelled or the lease is lost.
 package client
 
 import (

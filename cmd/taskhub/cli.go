@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -22,7 +21,6 @@ import (
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/client"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
-	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 )
 
 // The exit codes of create --wait, beside 0 for a completed task (and 2 for any error).
@@ -41,10 +39,10 @@ func (e exitCode) Error() string { return e.msg }
 
 // cli is what the client commands share: where the server is, who calls, how to print.
 type cli struct {
-	tasks taskhubv1connect.TaskServiceClient
-	json  bool
-	out   io.Writer
-	tty   bool // out is a terminal: draw progress bars
+	client *client.Client
+	json   bool
+	out    io.Writer
+	tty    bool // out is a terminal: draw progress bars
 }
 
 // clientFlags adds the flags every client command has to fs.
@@ -61,6 +59,7 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 	var server, token, mode, key, state string
 	var asJSON, wait bool
 	var params []string
+	var limit int
 	clientFlags(fs, &server, &token, &asJSON)
 	switch command {
 	case "create":
@@ -70,6 +69,7 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 		fs.BoolVar(&wait, "wait", false, "watch the task until it ends: exit 0 completed, 3 failed, 4 cancelled")
 	case "list":
 		fs.StringVar(&state, "state", "", "only tasks in this `state` (queued, running, completed, failed, cancelled)")
+		fs.IntVar(&limit, "limit", 100, "list at most `N` tasks, the newest; 0 lists them all")
 	}
 	if err := fromEnv(fs); err != nil {
 		return err
@@ -77,17 +77,11 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 	if err := fs.Parse(interleave(fs, args)); err != nil {
 		return err
 	}
-	var opts []connect.ClientOption
+	opts := []client.Option{client.WithToken(token)}
 	if asJSON {
-		opts = append(opts, connect.WithProtoJSON())
+		opts = append(opts, client.WithConnectOptions(connect.WithProtoJSON()))
 	}
-	if token != "" {
-		opts = append(opts, connect.WithInterceptors(client.Bearer(token)))
-	}
-	c := &cli{
-		tasks: taskhubv1connect.NewTaskServiceClient(http.DefaultClient, strings.TrimSuffix(server, "/"), opts...),
-		json:  asJSON, out: stdout, tty: isTerminal(stdout),
-	}
+	c := &cli{client: client.New(server, opts...), json: asJSON, out: stdout, tty: isTerminal(stdout)}
 	rest := fs.Args()
 	switch command {
 	case "create":
@@ -102,34 +96,31 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 			}
 			p[k] = v
 		}
-		res, err := c.tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: rest[0], Mode: mode, Params: p, IdempotencyKey: key}))
+		t, err := c.client.Create(ctx, &taskhubv1.CreateTaskRequest{Prompt: rest[0], Mode: mode, Params: p, IdempotencyKey: key})
 		if err != nil {
 			return err
 		}
 		if !wait {
-			return c.printTask(res.Msg.Task)
+			return c.printTask(t)
 		}
-		return c.watch(ctx, []string{res.Msg.Task.Id}, true)
+		return c.watch(ctx, []string{t.Id}, true)
 	case "get", "cancel":
 		if len(rest) != 1 {
 			return fmt.Errorf("%s: give the task's id", command)
 		}
-		var t *taskhubv1.Task
-		if command == "get" {
-			res, err := c.tasks.GetTask(ctx, connect.NewRequest(&taskhubv1.GetTaskRequest{Id: rest[0]}))
-			if err != nil {
-				return err
-			}
-			t = res.Msg.Task
-		} else {
-			res, err := c.tasks.CancelTask(ctx, connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: rest[0]}))
-			if err != nil {
-				return err
-			}
-			t = res.Msg.Task
+		call := c.client.Get
+		if command == "cancel" {
+			call = c.client.Cancel
+		}
+		t, err := call(ctx, rest[0])
+		if err != nil {
+			return err
 		}
 		return c.printTask(t)
 	case "list":
+		if limit < 0 {
+			return fmt.Errorf("list: --limit must be 0 or more: got %d", limit)
+		}
 		req := &taskhubv1.ListTasksRequest{PageSize: 100}
 		if state != "" {
 			s, ok := taskhubv1.TaskState_value["TASK_STATE_"+strings.ToUpper(state)]
@@ -138,14 +129,18 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 			}
 			req.States = []taskhubv1.TaskState{taskhubv1.TaskState(s)}
 		}
-		res, err := c.tasks.ListTasks(ctx, connect.NewRequest(req))
-		if err != nil {
-			return err
-		}
-		for _, t := range res.Msg.Tasks {
+		n := 0
+		for t, err := range c.client.List(ctx, req) {
+			if err != nil {
+				return err
+			}
+			if limit > 0 && n == limit {
+				break
+			}
 			if err := c.printTask(t); err != nil {
 				return err
 			}
+			n++
 		}
 		return nil
 	case "watch":
@@ -227,7 +222,7 @@ func clip(s string, n int) string {
 
 // watch prints the caller's tasks' events (only ids', when given) until ctx ends; with until,
 // until each of ids has ended, and the exit code then says how the last one ended. It resumes
-// across dropped connections (client.Watch).
+// across dropped connections (client.Client.Watch).
 func (c *cli) watch(ctx context.Context, ids []string, until bool) error {
 	want, open := map[string]bool{}, map[string]bool{}
 	for _, id := range ids {
@@ -262,7 +257,7 @@ func (c *cli) watch(ctx context.Context, ids []string, until bool) error {
 		return nil
 	}
 	errDone := errors.New("done")
-	err := client.Watch(ctx, c.tasks, func(m *taskhubv1.WatchTasksResponse) error {
+	err := c.client.Watch(ctx, nil, func(m *taskhubv1.WatchTasksResponse) error {
 		if s := m.GetSnapshot(); s != nil && !s.Recovered {
 			for _, t := range s.Tasks {
 				if err := show(taskhubv1.EventKind_EVENT_KIND_UNSPECIFIED, t); err != nil {
@@ -271,12 +266,12 @@ func (c *cli) watch(ctx context.Context, ids []string, until bool) error {
 			}
 			// A task that ended before the watch began is not among the snapshot's active ones.
 			for id := range open {
-				res, err := c.tasks.GetTask(ctx, connect.NewRequest(&taskhubv1.GetTaskRequest{Id: id}))
+				t, err := c.client.Get(ctx, id)
 				if err != nil {
 					return err
 				}
-				if taskhub.Terminal(res.Msg.Task.State) {
-					if err := show(taskhubv1.EventKind_EVENT_KIND_UNSPECIFIED, res.Msg.Task); err != nil {
+				if taskhub.Terminal(t.State) {
+					if err := show(taskhubv1.EventKind_EVENT_KIND_UNSPECIFIED, t); err != nil {
 						return err
 					}
 				}

@@ -120,7 +120,7 @@ func TestCLI_CreateWait(t *testing.T) {
 	require.Equal(t, exitCancelled, hung.exit(t))
 }
 
-// TestCLI_GetAndList: get and list print a task a line, or JSON.
+// TestCLI_GetAndList: get and list print a task a line, or JSON; list --limit N the newest N.
 func TestCLI_GetAndList(t *testing.T) {
 	t.Parallel()
 	e := newWorkerEnv(t, server.Config{})
@@ -139,6 +139,16 @@ func TestCLI_GetAndList(t *testing.T) {
 	require.NoError(t, run(t.Context(), []string{"list", "--server", e.url, "--state", "completed"}, &out, io.Discard))
 	require.Empty(t, out.String())
 	require.ErrorContains(t, run(t.Context(), []string{"list", "--server", e.url, "--state", "sleeping"}, &out, io.Discard), "want queued")
+
+	// --limit: the newest N.
+	newer := e.create("cli-list", "a newer one", nil)
+	out.Reset()
+	require.NoError(t, run(t.Context(), []string{"list", "--server", e.url, "--limit", "1"}, &out, io.Discard))
+	require.Equal(t, 1, strings.Count(out.String(), "\n"), "output: %s", out.String())
+	require.Contains(t, out.String(), newer)
+	out.Reset()
+	require.NoError(t, run(t.Context(), []string{"list", "--server", e.url, "--limit", "0"}, &out, io.Discard))
+	require.Equal(t, 2, strings.Count(out.String(), "\n"), "output: %s", out.String())
 	require.Equal(t, connect.CodeNotFound, connect.CodeOf(run(t.Context(), []string{"get", "01JAAAAAAAAAAAAAAAAAAAAAAA", "--server", e.url}, &out, io.Discard)))
 }
 
