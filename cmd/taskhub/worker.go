@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -19,11 +18,9 @@ import (
 	"syscall"
 	"time"
 
-	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/taskhub/taskhub/client"
-	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 )
 
 // exitPermanent is the exit code with which a command fails its task for good; any other
@@ -72,17 +69,10 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("taskhub-worker-%s-%d", host, os.Getpid())
 	}
-	var opts []connect.ClientOption
-	if token != "" {
-		opts = append(opts, connect.WithInterceptors(client.Bearer(token)))
-	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
-	w := &client.Worker{
-		Work: taskhubv1connect.NewWorkerServiceClient(http.DefaultClient, strings.TrimSuffix(server, "/"), opts...),
-		ID:   id, Modes: []string{mode}, Concurrency: concurrency, Logger: logger,
-	}
+	w := &client.Worker{Client: client.New(server, client.WithToken(token)), ID: id, Concurrency: concurrency, Logger: logger}
 	logger.Info("worker claiming", "mode", mode, "command", command)
-	err := w.Run(ctx, func(ctx context.Context, job *client.Job) (string, error) {
+	err := w.Run(ctx, []string{mode}, func(ctx context.Context, job *client.Job) (string, error) {
 		return runCommand(ctx, job, command, grace, stderr)
 	})
 	if errors.Is(err, context.Canceled) {
@@ -114,7 +104,7 @@ func runCommand(ctx context.Context, job *client.Job, command []string, grace ti
 		return "", err
 	}
 	if err := cmd.Start(); err != nil {
-		return "", fmt.Errorf("%w: cannot start %s: %v", client.ErrPermanent, command[0], err)
+		return "", client.Permanent(fmt.Errorf("cannot start %s: %w", command[0], err))
 	}
 	var result, last string
 	explicit := false
