@@ -1,11 +1,14 @@
 // Package demo is the built-in executor of mode "demo": it runs tasks in-process the way an AI
 // generation would, step by step with messages such as "denoising 12/50", and completes them with
-// a generated image (an SVG data URL). It claims and reports through the hub like any worker.
+// a generated image (an SVG data URL). It is a worker like any other, written on client.Worker:
+// it claims, reports and completes through the API.
 //
 // Params: steps (1..1000, default 20) and step_ms (0..60000, default 250). A prompt containing
-// "fail" fails part-way through. A cancelled task stops at once.
+// "fail" fails part-way through, for good. A cancelled task stops at once (with
+// Config.TaskEnded; else at the next step's report).
 //
-// An Executor's workers each run one task at a time; Stop waits for them to return.
+// An Executor's workers each run one task at a time; Stop drops the tasks under way (they go
+// back to the queue when their leases run out) and waits for the workers to return.
 package demo
 
 import (
@@ -22,9 +25,8 @@ import (
 	"sync"
 	"time"
 
-	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
-
 	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/client"
 )
 
 // Mode is the mode the demo executor runs.
@@ -38,97 +40,77 @@ const (
 	MaxStepMS     = 60000
 )
 
-// Hub is what the executor needs from the hub: the worker's side of it, and a way to hear at
-// once that a task ended (a cancel), which a remote worker learns at its next report.
-type Hub interface {
-	taskhub.WorkerService
-	TaskEnded(id string) (ended <-chan struct{}, release func())
+// Config is where an Executor finds its tasks and how many it runs at once.
+type Config struct {
+	// Client reaches the server's API, with a worker's token when auth is on.
+	Client *client.Client
+	// Workers is how many tasks run at once, each by a worker of its own (worker_id demo-1,
+	// demo-2, ...).
+	Workers int
+	// TaskEnded, when set, tells the workers at once that a task ended (client.Worker.TaskEnded),
+	// so that a cancelled task stops in the middle of a step.
+	TaskEnded func(id string) (ended <-chan struct{}, release func())
+	// Logger receives what goes wrong [slog.Default()].
+	Logger *slog.Logger
 }
 
 // Executor runs demo tasks.
 type Executor struct {
-	hub    Hub
 	logger *slog.Logger
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
-// Start starts n workers claiming demo tasks from hub.
-func Start(hub Hub, n int, logger *slog.Logger) *Executor {
+// Start starts cfg.Workers workers claiming demo tasks.
+func Start(cfg Config) *Executor {
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Executor{hub: hub, logger: cmp.Or(logger, slog.Default()), cancel: cancel}
-	for i := range n {
-		e.wg.Add(1)
-		go e.work(ctx, fmt.Sprintf("demo-%d", i+1))
+	e := &Executor{logger: cmp.Or(cfg.Logger, slog.Default()).With("executor", "demo"), cancel: cancel}
+	for i := range cfg.Workers {
+		w := &client.Worker{
+			Client: cfg.Client, ID: fmt.Sprintf("demo-%d", i+1), Concurrency: 1,
+			DrainTimeout: -1, // a demo task may take hours: Stop does not wait for it
+			Logger:       e.logger, TaskEnded: cfg.TaskEnded,
+		}
+		e.wg.Go(func() { _ = w.Run(ctx, []string{Mode}, e.run) })
 	}
 	return e
 }
 
-// Stop stops the workers. A task one of them was running keeps its lease until it expires, then
-// goes back to the queue.
+// Stop stops the workers and waits for them. A task one of them was running keeps its lease
+// until it expires, then goes back to the queue.
 func (e *Executor) Stop() {
 	e.cancel()
 	e.wg.Wait()
 }
 
-func (e *Executor) work(ctx context.Context, id string) {
-	defer e.wg.Done()
-	for ctx.Err() == nil {
-		c, err := e.hub.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: id, Modes: []string{Mode}, Wait: 30 * time.Second})
-		if err != nil {
-			if ctx.Err() == nil {
-				e.logger.Warn("demo executor: claim failed", "worker", id, "err", err)
-				sleep(ctx, nil, time.Second)
-			}
-			continue
-		}
-		if c != nil {
-			e.run(ctx, id, c)
-		}
-	}
-}
-
-// run executes one claimed task.
-func (e *Executor) run(ctx context.Context, worker string, c *taskhub.Claim) {
-	t := c.Task
-	lease := taskhub.Lease{TaskID: t.Id, Token: c.LeaseToken}
+// run executes one claimed task: client.Worker completes it with the result, or fails it with
+// the error; when ctx ends (a cancel, a lost lease, Stop) what it returns is dropped.
+func (e *Executor) run(ctx context.Context, job *client.Job) (string, error) {
+	t := job.Task
 	steps, stepMS, err := params(t.Params)
 	if err != nil { // checked at create; an older task may still have them wrong
-		e.finish(e.hub.FailTask(ctx, lease, taskhub.Failure{Error: err.Error()}))
-		return
+		return "", client.Permanent(err)
 	}
 	failAt := 0
 	if strings.Contains(strings.ToLower(t.Prompt), "fail") {
 		failAt = steps*6/10 + 1
 	}
-	ended, release := e.hub.TaskEnded(t.Id)
-	defer release()
 	for step := 1; step <= steps; step++ {
-		if !sleep(ctx, ended, time.Duration(stepMS)*time.Millisecond) {
-			return // stopping, or the task was cancelled
+		if !sleep(ctx, time.Duration(stepMS)*time.Millisecond) {
+			return "", ctx.Err() // cancelled, the lease lost, or stopping
 		}
 		if step == failAt {
-			e.finish(e.hub.FailTask(ctx, lease, taskhub.Failure{
-				Error: fmt.Sprintf("the demo model gave up at step %d of %d: the prompt asks it to fail", step, steps)}))
-			return
+			return "", client.Permanent(fmt.Errorf("the demo model gave up at step %d of %d: the prompt asks it to fail", step, steps))
 		}
-		st, err := e.hub.ReportProgress(ctx, taskhub.Report{Lease: lease,
-			Progress: math.Round(float64(step*1000)/float64(steps)) / 10, Message: fmt.Sprintf("denoising %d/%d", step, steps)})
-		if err != nil {
-			e.logger.Warn("demo executor: report failed; dropping the task", "task", t.Id, "worker", worker, "err", err)
-			return
+		err := job.Report(ctx, math.Round(float64(step*1000)/float64(steps))/10, fmt.Sprintf("denoising %d/%d", step, steps))
+		if ctx.Err() != nil {
+			return "", ctx.Err()
 		}
-		if st.CancelRequested {
-			return
+		if err != nil { // the worker keeps the lease meanwhile; the next report may get through
+			e.logger.Warn("demo executor: report failed", "task", t.Id, "err", err)
 		}
 	}
-	e.finish(e.hub.CompleteTask(ctx, lease, Render(t.Prompt)))
-}
-
-func (e *Executor) finish(_ *taskhubv1.Task, err error) {
-	if err != nil {
-		e.logger.Warn("demo executor: could not finish a task", "err", err)
-	}
+	return Render(t.Prompt), nil
 }
 
 // CheckParams validates the params of a demo task.
@@ -158,16 +140,14 @@ func intParam(p map[string]string, name string, def, lo, hi int) (int, error) {
 	return n, nil
 }
 
-// sleep waits for d and reports true, or reports false as soon as ctx ends or ended is closed.
-func sleep(ctx context.Context, ended <-chan struct{}, d time.Duration) bool {
+// sleep waits for d and reports true, or reports false as soon as ctx ends.
+func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
 	case <-ctx.Done():
-		return false
-	case <-ended:
 		return false
 	}
 }

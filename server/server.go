@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/taskhub/taskhub/actors"
 	"github.com/taskhub/taskhub/assets"
+	"github.com/taskhub/taskhub/client"
 	"github.com/taskhub/taskhub/demo"
 	"github.com/taskhub/taskhub/eventlog"
 	"github.com/taskhub/taskhub/rpc"
@@ -101,9 +103,12 @@ type Server struct {
 	log  *eventlog.Log
 	hub  *actors.Hub
 	demo *demo.Executor
-	auth *rpc.Auth // nil when auth is off
-	tls  bool
-	done chan error // Serve's result
+	// inproc serves the API to the demo executor over in-memory connections (pipeListener).
+	inproc          *http.Server
+	inprocTransport *http.Transport
+	auth            *rpc.Auth // nil when auth is off
+	tls             bool
+	done            chan error // Serve's result
 
 	status struct { // what /readyz last read of the cluster (see clusterStatus)
 		mu    sync.Mutex
@@ -226,9 +231,6 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if demoOn {
-		s.demo = demo.Start(s.hub, cfg.DemoWorkers, cfg.Logger)
-	}
 	var background context.Context
 	background, s.stopBackground = context.WithCancel(context.Background())
 	if s.shared() {
@@ -236,8 +238,15 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 
 	var auth *rpc.Auth
+	var demoToken string // the demo executor's worker token, with auth
 	if authOn {
-		if auth, err = rpc.NewAuth(*cmp.Or(authFile, &rpc.AuthFile{}), s.log); err != nil {
+		f := *cmp.Or(authFile, &rpc.AuthFile{})
+		if demoOn {
+			if f, demoToken, err = withDemoWorker(f); err != nil {
+				return nil, err
+			}
+		}
+		if auth, err = rpc.NewAuth(f, s.log); err != nil {
 			return nil, err
 		}
 		s.auth = auth
@@ -259,6 +268,9 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", metrics.handler())
+	if demoOn {
+		s.startDemo(mux, demoToken)
+	}
 	handler := limitRequests(mux, limits, connect.NewErrorWriter())
 	if !auth.Enabled() {
 		handler = loopbackHostsOnly(handler)
@@ -322,6 +334,10 @@ func (s *Server) shutdown(ctx context.Context) error {
 	if s.demo != nil {
 		s.demo.Stop()
 	}
+	if s.inproc != nil {
+		s.inproc.Close() // the demo executor, its only client, has stopped
+		s.inprocTransport.CloseIdleConnections()
+	}
 	var shut chan error
 	if s.srv != nil {
 		shut = make(chan error, 1)
@@ -354,6 +370,36 @@ func (s *Server) shutdown(ctx context.Context) error {
 		s.log.Close()
 	}
 	return err
+}
+
+// DemoWorker is the name of the worker identity the server gives its own demo executor when
+// auth is on: a worker of the auth file may not have it.
+const DemoWorker = "taskhub-demo"
+
+// withDemoWorker adds the demo executor's worker, with a token made for this run of the
+// process, to an auth file, and returns the token.
+func withDemoWorker(f rpc.AuthFile) (rpc.AuthFile, string, error) {
+	for _, w := range f.Workers {
+		if w.Name == DemoWorker {
+			return rpc.AuthFile{}, "", fmt.Errorf("auth file: the worker name %q is the built-in demo executor's; rename that worker, or turn the demo executor off (--demo-workers 0)", DemoWorker)
+		}
+	}
+	token := rand.Text()
+	f.Workers = append(slices.Clone(f.Workers), rpc.Principal{Name: DemoWorker, Token: token})
+	return f, token, nil
+}
+
+// startDemo starts the demo executor. It is a client of the API like any worker, on
+// connections in memory to mux (pipeListener): with auth on, as DemoWorker with token. It
+// hears of a cancel from the hub at once (client.Worker.TaskEnded), where a remote worker
+// learns it at its next report or lease renewal.
+func (s *Server) startDemo(mux http.Handler, token string) {
+	pipe := newPipeListener()
+	s.inproc = &http.Server{Handler: mux, ErrorLog: slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn)}
+	go s.inproc.Serve(pipe) // returns when Close closes pipe
+	s.inprocTransport = &http.Transport{DialContext: pipe.DialContext, MaxIdleConnsPerHost: 2 * s.cfg.DemoWorkers}
+	c := client.New("http://taskhub.in-process", client.WithHTTPClient(&http.Client{Transport: s.inprocTransport}), client.WithToken(token))
+	s.demo = demo.Start(demo.Config{Client: c, Workers: s.cfg.DemoWorkers, TaskEnded: s.hub.TaskEnded, Logger: s.cfg.Logger})
 }
 
 // shared reports whether other processes share the event log: nodes of a cluster, or taskhubs
