@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -487,4 +488,76 @@ func waitTask(t *testing.T, c *client.Client, id string, done func(*taskhubv1.Ta
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// cutAfter is a transport whose first WatchTasks response body fails once it has passed n
+// bytes: a connection dropped in the middle of a stream.
+type cutAfter struct {
+	base http.RoundTripper
+	n    int64
+	cut  atomic.Bool
+}
+
+func (c *cutAfter) RoundTrip(req *http.Request) (*http.Response, error) {
+	res, err := c.base.RoundTrip(req)
+	if err == nil && strings.HasSuffix(req.URL.Path, "/WatchTasks") && c.cut.CompareAndSwap(false, true) {
+		res.Body = &cutBody{ReadCloser: res.Body, left: c.n}
+	}
+	return res, err
+}
+
+type cutBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+// TestClient_WatchCutMidSnapshot: a snapshot too big for one message, whose stream is cut after
+// its first part, reaches fn whole, once, with every active task: the watch starts over rather
+// than resume from half a snapshot.
+func TestClient_WatchCutMidSnapshot(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	c := b.client()
+	ctx := t.Context()
+	want := map[string]bool{}
+	prompt := strings.Repeat("a long prompt ", 1000) // 14 KB: 80 tasks make two snapshot parts
+	for range 80 {
+		task, err := c.Create(ctx, &taskhubv1.CreateTaskRequest{Prompt: prompt, Mode: "import"})
+		require.NoError(t, err)
+		want[task.Id] = true
+	}
+	cutter := &cutAfter{base: &http.Transport{}, n: 1 << 20}
+	var snapshots []*taskhubv1.Snapshot
+	errDone := errors.New("done")
+	err := client.New(b.url, client.WithHTTPClient(&http.Client{Transport: cutter})).Watch(ctx, nil, func(m *taskhubv1.WatchTasksResponse) error {
+		if s := m.GetSnapshot(); s != nil {
+			snapshots = append(snapshots, s)
+			return errDone
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, errDone)
+	require.True(t, cutter.cut.Load(), "the first stream was cut")
+	require.Len(t, snapshots, 1)
+	s := snapshots[0]
+	require.False(t, s.More)
+	require.False(t, s.Recovered)
+	got := map[string]bool{}
+	for _, task := range s.Tasks {
+		require.False(t, got[task.Id], "a task once")
+		got[task.Id] = true
+	}
+	require.Equal(t, want, got, "every active task")
 }

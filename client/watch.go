@@ -11,7 +11,8 @@ import (
 )
 
 // Watch calls fn with every message of the caller's WatchTasks stream: a snapshot first, then
-// every event and heartbeat. It starts where from says (its epoch and after_seq, from an
+// every event and heartbeat. A snapshot the server sends in parts (more set) reaches fn whole,
+// as one message: a stream cut between its parts starts over, and fn never holds half of one. It starts where from says (its epoch and after_seq, from an
 // earlier snapshot, event or heartbeat; nil or zero: a fresh snapshot of the active tasks).
 // When the stream drops it resumes after the last seq it saw (the snapshot then says
 // recovered, and the missed events follow), backing off from half a second to 10 s while the
@@ -24,8 +25,16 @@ func (c *Client) Watch(ctx context.Context, from *taskhubv1.WatchTasksRequest, f
 	for {
 		stream, err := c.tasks.WatchTasks(ctx, connect.NewRequest(&taskhubv1.WatchTasksRequest{Epoch: epoch, AfterSeq: last}))
 		if err == nil {
+			var parts []*taskhubv1.Task // of a snapshot not yet whole
 			for stream.Receive() {
 				m := stream.Msg()
+				if s := m.GetSnapshot(); s != nil && s.More {
+					parts = append(parts, s.Tasks...)
+					continue
+				} else if s != nil && parts != nil {
+					s.Tasks = append(parts, s.Tasks...)
+					parts = nil
+				}
 				switch {
 				case m.GetSnapshot() != nil:
 					epoch, last = m.GetSnapshot().Epoch, m.GetSnapshot().Seq
