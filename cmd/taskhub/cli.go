@@ -56,7 +56,7 @@ func clientFlags(fs *flag.FlagSet, server, token *string, asJSON *bool) {
 func runClient(ctx context.Context, command string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("taskhub "+command, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var server, token, mode, key, state string
+	var server, token, mode, key, state, hookURL, hookEvents string
 	var asJSON, wait bool
 	var params []string
 	var limit int
@@ -67,6 +67,8 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 		fs.Func("param", "a `key=value` param (repeatable)", func(v string) error { params = append(params, v); return nil })
 		fs.StringVar(&key, "idempotency-key", "", "a `key` that makes a retried create return the first task")
 		fs.BoolVar(&wait, "wait", false, "watch the task until it ends: exit 0 completed, 3 failed, 4 cancelled")
+		fs.StringVar(&hookURL, "webhook", "", "POST the task's events to this `URL` (the server's --webhook-allow must name its host)")
+		fs.StringVar(&hookEvents, "webhook-events", "", "the `kinds` of event to POST, comma-separated: created, started, progress, completed, failed, cancelled, requeued, stalled (default: the last three)")
 	case "list":
 		fs.StringVar(&state, "state", "", "only tasks in this `state` (queued, running, completed, failed, cancelled)")
 		fs.IntVar(&limit, "limit", 100, "list at most `N` tasks, the newest; 0 lists them all")
@@ -96,7 +98,23 @@ func runClient(ctx context.Context, command string, args []string, stdout, stder
 			}
 			p[k] = v
 		}
-		t, err := c.client.Create(ctx, &taskhubv1.CreateTaskRequest{Prompt: rest[0], Mode: mode, Params: p, IdempotencyKey: key})
+		req := &taskhubv1.CreateTaskRequest{Prompt: rest[0], Mode: mode, Params: p, IdempotencyKey: key}
+		if hookURL != "" {
+			req.Webhook = &taskhubv1.Webhook{Url: hookURL}
+			for k := range strings.SplitSeq(hookEvents, ",") {
+				if k = strings.TrimSpace(k); k == "" {
+					continue
+				}
+				v, ok := taskhubv1.EventKind_value["EVENT_KIND_"+strings.ToUpper(k)]
+				if !ok {
+					return fmt.Errorf("create: --webhook-events: %q is not a kind of event", k)
+				}
+				req.Webhook.Events = append(req.Webhook.Events, taskhubv1.EventKind(v))
+			}
+		} else if hookEvents != "" {
+			return errors.New("create: --webhook-events without --webhook")
+		}
+		t, err := c.client.Create(ctx, req)
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/internal/freeport"
 	"github.com/taskhub/taskhub/server"
+	"github.com/taskhub/taskhub/webhook"
 )
 
 // cliProcess is a `taskhub <command>` process (this test binary, see TestMain).
@@ -200,4 +202,23 @@ func TestCLI_WatchJSONResumesAcrossARestart(t *testing.T) {
 	require.Less(t, got[0].Seq, got[1].Seq)
 	time.Sleep(300 * time.Millisecond)
 	require.Len(t, events(w), 2, "nothing repeated")
+}
+
+// TestCLI_CreateWithWebhook: create --webhook gives the task a webhook with the kinds of event
+// --webhook-events names; an unknown kind, or a host the server does not allow, is refused.
+func TestCLI_CreateWithWebhook(t *testing.T) {
+	t.Parallel()
+	secret := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(secret, []byte("whsec_"+"C2FVsBQIhrscChlQIMV+b5sSYspob7oD"), 0o600))
+	e := newWorkerEnv(t, server.Config{WebhookSecretFile: secret, Webhooks: webhook.Config{Allow: []string{"hooks.example:8443"}}})
+	var out bytes.Buffer
+	require.NoError(t, run(t.Context(), []string{"create", "hooked", "--mode", "cli-hook", "--server", e.url, "--json",
+		"--webhook", "https://hooks.example:8443/taskhub", "--webhook-events", "started, completed"}, &out, io.Discard))
+	var task taskhubv1.Task
+	require.NoError(t, protojson.Unmarshal(out.Bytes(), &task))
+	require.Equal(t, "https://hooks.example:8443/taskhub", task.Webhook.GetUrl())
+	require.Equal(t, []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_COMPLETED}, task.Webhook.Events)
+
+	require.ErrorContains(t, run(t.Context(), []string{"create", "p", "--server", e.url, "--webhook", "https://hooks.example:8443/", "--webhook-events", "done"}, &out, io.Discard), `"done" is not a kind of event`)
+	require.Equal(t, connect.CodeInvalidArgument, connect.CodeOf(run(t.Context(), []string{"create", "p", "--server", e.url, "--webhook", "https://other.example/"}, &out, io.Discard)))
 }
