@@ -13,6 +13,7 @@ import (
 
 	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/webhook"
 
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/eventlog"
@@ -127,7 +128,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 			if f.track(ev.Task, e.Record.Lease, e.Seq, ev.Time.AsTime()) {
 				queuedMode = ev.Task.Mode
 			}
-			hooked = ev.Task.Webhook != nil && ev.Kind != taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED
+			hooked = ev.Task.Webhook != nil && (webhook.Wants(ev.Task.Webhook, ev.Kind) || taskhub.Terminal(ev.Task.State))
 		}
 		if it != nil {
 			for w := range f.subs[it.msg.GetEvent().Task.Owner] {

@@ -22,6 +22,11 @@ import (
 // maxPosts bounds the webhook deliveries in flight at once, over all tasks.
 const maxPosts = 64
 
+// hookCall bounds each read and write of the deliveries: after a node's loss a request to a
+// stream electing a leader goes unanswered, and the next attempt, a second later, finds the
+// new one sooner than a long wait would.
+const hookCall = 3 * time.Second
+
 // hooks delivers the events of tasks with a webhook, from the event log: each such task has a
 // delivery loop that reads the task's events after its cursor, POSTs those its webhook asks
 // for, one at a time and in order, retrying a failure with backoff, and records the cursor in
@@ -50,8 +55,9 @@ type hooks struct {
 	leading bool
 	lead    context.Context // ends when this node stops leading
 	endLead context.CancelFunc
-	loops   map[string]*hookLoop // task id -> its delivery loop, while one runs
-	done    map[string]bool      // tasks whose deliveries are done, until they are settled
+	loops   map[string]*hookLoop                // task id -> its delivery loop, while one runs
+	cursors map[string]*storagev1.WebhookCursor // where loops that ran out of events left off
+	done    map[string]bool                     // tasks whose deliveries are done, until settled
 	wg      sync.WaitGroup
 }
 
@@ -71,7 +77,7 @@ func (k *hooks) setFailing(l *hookLoop, failing bool) {
 
 func newHooks(life context.Context, log Log, sender *webhook.Sender, logger *slog.Logger) *hooks {
 	return &hooks{log: log, sender: sender, logger: logger, life: life, posts: make(chan struct{}, maxPosts),
-		loops: map[string]*hookLoop{}, done: map[string]bool{}}
+		loops: map[string]*hookLoop{}, cursors: map[string]*storagev1.WebhookCursor{}, done: map[string]bool{}}
 }
 
 // setLeading starts or stops this node's deliveries. Taking the lead over starts a loop for
@@ -85,7 +91,10 @@ func (k *hooks) setLeading(leading bool, tasks [][2]string) {
 	k.leading = leading
 	if !leading {
 		k.endLead()
-		clear(k.done) // the next leader decides; this node may lead again later
+		// The next leader decides, from the stored cursors; the loops of this lead end.
+		clear(k.loops)
+		clear(k.cursors)
+		clear(k.done)
 		return
 	}
 	k.lead, k.endLead = context.WithCancel(k.life)
@@ -94,7 +103,8 @@ func (k *hooks) setLeading(leading bool, tasks [][2]string) {
 	}
 }
 
-// notify tells the deliveries that a task with a webhook has a new event.
+// notify tells the deliveries that a task with a webhook has a new event of a kind it sends, or
+// its final event. (The others are passed over when the next of those is delivered.)
 func (k *hooks) notify(owner, id string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -137,11 +147,14 @@ func (k *hooks) settleable(owner, id string) bool {
 func (k *hooks) settled(id string) {
 	k.mu.Lock()
 	delete(k.done, id)
+	delete(k.cursors, id)
 	k.mu.Unlock()
 }
 
 // idle ends a loop that has nothing to deliver, unless an event came meanwhile: then it goes on.
-func (k *hooks) idle(l *hookLoop, done bool) (ended bool) {
+// A loop that ends keeps its cursor in memory while this node leads: the next event of the
+// task starts a loop there, without reading it back.
+func (k *hooks) idle(l *hookLoop, done bool, cur *storagev1.WebhookCursor) (ended bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if !done {
@@ -151,10 +164,16 @@ func (k *hooks) idle(l *hookLoop, done bool) (ended bool) {
 		default:
 		}
 	}
-	delete(k.loops, l.id)
 	k.setFailing(l, false)
-	if done && k.leading {
+	if k.loops[l.id] != l {
+		return true // a loop of a lead this node lost
+	}
+	delete(k.loops, l.id)
+	switch {
+	case done:
 		k.done[l.id] = true
+	case cur != nil:
+		k.cursors[l.id] = cur
 	}
 	return true
 }
@@ -175,22 +194,30 @@ func wait(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 
 // run is a task's delivery loop: see hooks.
 func (k *hooks) run(ctx context.Context, l *hookLoop) {
-	cur := k.cursor(ctx, l.id)
+	k.mu.Lock()
+	cur := k.cursors[l.id]
+	delete(k.cursors, l.id)
+	k.mu.Unlock()
 	if cur == nil {
-		k.idle(l, false)
+		cur = k.cursor(ctx, l.id)
+	}
+	if cur == nil {
+		k.idle(l, false, nil)
 		return
 	}
 	st := cur.Status
 	if st.Done {
-		k.idle(l, true)
+		k.idle(l, true, cur)
 		return
 	}
 	cfg := k.sender.Config()
 	subject := eventlog.Subject(l.owner, l.id)
 	for ctx.Err() == nil {
-		e, err := k.log.Next(ctx, subject, st.DeliveredSeq+1)
+		call, cancel := context.WithTimeout(ctx, hookCall)
+		e, err := k.log.Next(call, subject, st.DeliveredSeq+1)
+		cancel()
 		if errors.Is(err, eventlog.ErrNotFound) {
-			if k.idle(l, false) {
+			if k.idle(l, false, cur) {
 				return
 			}
 			continue
@@ -209,7 +236,10 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 			if ev.Time.AsTime().Before(next) {
 				// Too soon after the last: skipped if a later event is stored; else sent when
 				// the interval is over, unless a later event comes first.
-				if _, err := k.log.Next(ctx, subject, e.Seq+1); err == nil {
+				call, cancel := context.WithTimeout(ctx, hookCall)
+				_, err := k.log.Next(call, subject, e.Seq+1)
+				cancel()
+				if err == nil {
 					send = false
 				} else if d := time.Until(next); d > 0 {
 					wait(ctx, d, l.wake)
@@ -221,7 +251,7 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 			if !k.deliver(ctx, l, ev, cur, cfg) {
 				if st.GaveUp {
 					k.put(ctx, l.id, cur)
-					k.idle(l, true)
+					k.idle(l, true, cur)
 					return
 				}
 				continue // retry, or the lead is gone
@@ -235,11 +265,11 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 			k.put(ctx, l.id, cur)
 		}
 		if terminal {
-			k.idle(l, true)
+			k.idle(l, true, cur)
 			return
 		}
 	}
-	k.idle(l, false)
+	k.idle(l, false, nil)
 }
 
 // deliver sends one event and records the outcome in cur; after a failure it waits out the
@@ -290,7 +320,7 @@ func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEven
 // unavailable; nil once ctx ends.
 func (k *hooks) cursor(ctx context.Context, id string) *storagev1.WebhookCursor {
 	for ctx.Err() == nil {
-		call, cancel := context.WithTimeout(ctx, 10*time.Second)
+		call, cancel := context.WithTimeout(ctx, hookCall)
 		c, err := k.log.WebhookCursor(call, id)
 		cancel()
 		switch {
@@ -311,7 +341,7 @@ func (k *hooks) cursor(ctx context.Context, id string) *storagev1.WebhookCursor 
 // put records a task's cursor, retrying while the log is unavailable and this node leads.
 func (k *hooks) put(ctx context.Context, id string, c *storagev1.WebhookCursor) {
 	for ctx.Err() == nil {
-		call, cancel := context.WithTimeout(ctx, 10*time.Second)
+		call, cancel := context.WithTimeout(ctx, hookCall)
 		err := k.log.PutWebhookCursor(call, id, c)
 		cancel()
 		if err == nil {
