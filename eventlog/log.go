@@ -548,11 +548,17 @@ func (l *Log) landed(ctx context.Context, subject string, expectLast uint64, dat
 }
 
 // publish sends a write that is safe to send twice (fenced by an expected sequence, or one
-// whose repeat changes nothing) in attempts of 2 s, then 4, 8...  while ctx lasts: a stream
-// whose leader changes drops the requests in flight unanswered, and waiting for an answer until
+// whose repeat changes nothing) in attempts of 2 s, then 4, 8...  while ctx lasts: a replicated
+// stream whose leader changes drops the requests in flight unanswered, and waiting for an answer until
 // ctx ends would fail a write the next attempt makes. A ctx without a deadline gets
 // Config.Timeout. It returns how many attempts it made.
 func (l *Log) publish(ctx context.Context, subject string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, int, error) {
+	if l.cfg.Replicas == 1 {
+		// One replica: its leader never changes, and the attempts' contexts would cost every
+		// write (3 % of an in-process progress report) for nothing.
+		ack, err := l.js.Publish(ctx, subject, data, opts...)
+		return ack, 1, err
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, l.cfg.Timeout) // as one request would be
