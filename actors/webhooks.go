@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,8 +20,12 @@ import (
 	"github.com/taskhub/taskhub/webhook"
 )
 
-// maxPosts bounds the webhook deliveries in flight at once, over all tasks.
-const maxPosts = 64
+// maxPosts bounds the webhook deliveries in flight at once, over all tasks; maxPostsPerHost
+// those to one host, so that a receiver that answers slowly leaves the others their turn.
+const (
+	maxPosts        = 64
+	maxPostsPerHost = 8
+)
 
 // hookCall bounds each read and write of the deliveries: after a node's loss a request to a
 // stream electing a leader goes unanswered, and the next attempt, a second later, finds the
@@ -47,6 +52,9 @@ type hooks struct {
 	logger *slog.Logger
 	life   context.Context
 	posts  chan struct{} // a slot per delivery in flight
+
+	hostsMu sync.Mutex
+	hosts   map[string]chan struct{} // host -> its slots; hosts are the allow-list's, so few
 
 	delivered, failed, gaveUp atomic.Uint64
 	failing                   atomic.Int64 // tasks whose next delivery is failing now
@@ -76,7 +84,7 @@ func (k *hooks) setFailing(l *hookLoop, failing bool) {
 }
 
 func newHooks(life context.Context, log Log, sender *webhook.Sender, logger *slog.Logger) *hooks {
-	return &hooks{log: log, sender: sender, logger: logger, life: life, posts: make(chan struct{}, maxPosts),
+	return &hooks{log: log, sender: sender, logger: logger, life: life, posts: make(chan struct{}, maxPosts), hosts: map[string]chan struct{}{},
 		loops: map[string]*hookLoop{}, cursors: map[string]*storagev1.WebhookCursor{}, done: map[string]bool{}}
 }
 
@@ -276,13 +284,21 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 // backoff. It reports whether the event was delivered.
 func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEvent, cur *storagev1.WebhookCursor, cfg webhook.Config) bool {
 	st := cur.Status
+	host := k.hostSlots(ev.Task.GetWebhook().GetUrl())
+	select {
+	case host <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
 	select {
 	case k.posts <- struct{}{}:
 	case <-ctx.Done():
+		<-host
 		return false
 	}
 	err := k.sender.Send(ctx, ev)
 	<-k.posts
+	<-host
 	if err == nil {
 		k.setFailing(l, false)
 		st.FailedAttempts, st.LastError, st.FailingSince = 0, "", nil
@@ -314,6 +330,22 @@ func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEven
 	k.put(ctx, l.id, cur)
 	wait(ctx, k.sender.Backoff(st.FailedAttempts), nil)
 	return false
+}
+
+// hostSlots returns the delivery slots of a URL's host.
+func (k *hooks) hostSlots(raw string) chan struct{} {
+	host := raw
+	if u, err := url.Parse(raw); err == nil {
+		host = u.Host
+	}
+	k.hostsMu.Lock()
+	defer k.hostsMu.Unlock()
+	slots := k.hosts[host]
+	if slots == nil {
+		slots = make(chan struct{}, maxPostsPerHost)
+		k.hosts[host] = slots
+	}
+	return slots
 }
 
 // cursor reads a task's cursor (a new one if none was written), retrying while the log is

@@ -311,3 +311,53 @@ func scrape(t *testing.T, base string) map[string]float64 {
 	}
 	return out
 }
+
+// TestWebhooks_SlowHostWaitsAlone: a receiver that hangs holds at most 8 deliveries at once,
+// however many of its tasks wait, and another host's deliveries go on meanwhile.
+func TestWebhooks_SlowHostWaitsAlone(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var mu sync.Mutex
+	inFlight, most := 0, 0
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) })
+	fast := newReceiver(t, always(http.StatusOK))
+	su, _ := url.Parse(slow.URL)
+	b := setup(t, server.Config{WebhookSecretFile: webhookSecretFile(t),
+		Webhooks: webhook.Config{Allow: []string{su.Host, fast.host()}, Timeout: time.Minute}})
+	ctx := t.Context()
+	created := []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_CREATED}
+	for range 70 { // more than all hosts' deliveries in flight together (64)
+		_, err := b.tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "slow", Mode: "render",
+			Webhook: &taskhubv1.Webhook{Url: slow.URL, Events: created}}))
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return inFlight == 8
+	}, 20*time.Second, 10*time.Millisecond, "the slow host gets its share")
+	res, err := b.tasks.CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "fast", Mode: "render",
+		Webhook: &taskhubv1.Webhook{Url: fast.srv.URL, Events: created}}))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		d := fast.deliveries()
+		return len(d) == 1 && d[0].event.Task.Id == res.Msg.Task.Id
+	}, 20*time.Second, 10*time.Millisecond, "the other host is delivered to meanwhile")
+	mu.Lock()
+	require.Equal(t, 8, most, "never more than 8 at once to one host")
+	mu.Unlock()
+}
