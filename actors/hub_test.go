@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/webhook"
 
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/actors"
@@ -44,6 +45,7 @@ type options struct {
 	maxModes  int
 	modes     []string
 
+	webhooks  *webhook.Sender
 	logConfig func(*eventlog.Config) // changes to the event log's config
 	wrap      func(actors.Log) actors.Log
 }
@@ -83,6 +85,7 @@ func (b *bundle) open(t *testing.T, o options) {
 		MaxActiveTasksPerUser: o.active,
 		MaxModes:              o.maxModes,
 		Modes:                 o.modes,
+		Webhooks:              o.webhooks,
 	}})
 	require.NoError(t, err)
 }

@@ -3,14 +3,21 @@ package actors_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/webhook"
 
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/actors"
@@ -344,4 +351,58 @@ func TestHub_StartReadsTheTasksThatMatter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHub_WebhookHoldsCompaction: a finished task whose webhook deliveries are not done keeps
+// its whole history past the retention, so that the events still to send are there to send;
+// once they are delivered, it is compacted as any other.
+func TestHub_WebhookHoldsCompaction(t *testing.T) {
+	t.Parallel()
+	var up atomic.Bool
+	var mu sync.Mutex
+	var got []string
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		ev := &taskhubv1.TaskEvent{}
+		require.NoError(t, protojson.Unmarshal(body, ev))
+		mu.Lock()
+		got = append(got, ev.Kind.String())
+		mu.Unlock()
+	}))
+	t.Cleanup(rcv.Close)
+	u, _ := url.Parse(rcv.URL)
+	sender, err := webhook.New(webhook.Config{Allow: []string{u.Host}, Secret: "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+		RetryMin: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond})
+	require.NoError(t, err)
+	b := setup(t, options{lease: 10 * time.Second, retention: 100 * time.Millisecond, webhooks: sender})
+	h, ctx := b.hub, t.Context()
+
+	task, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "x", Mode: "paint", Webhook: &taskhubv1.Webhook{Url: rcv.URL,
+		Events: []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_COMPLETED}}})
+	require.NoError(t, err)
+	c := claim(t, h, "paint")
+	for p := 10.0; p <= 30; p += 10 {
+		_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: p})
+		require.NoError(t, err)
+	}
+	done, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, "done")
+	require.NoError(t, err)
+
+	time.Sleep(time.Second) // ten retentions, while every delivery fails
+	first, err := b.log.Next(ctx, "tasks.alice.>", 1)
+	require.NoError(t, err)
+	require.Equal(t, task.Seq, first.Seq, "the history is whole while deliveries are pending")
+
+	up.Store(true)
+	require.Eventually(t, func() bool {
+		e, err := b.log.Next(ctx, "tasks.alice.>", 1)
+		return err == nil && e.Seq == done.Seq
+	}, 10*time.Second, 20*time.Millisecond, "compacted once delivered")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []string{"EVENT_KIND_STARTED", "EVENT_KIND_COMPLETED"}, got)
 }
