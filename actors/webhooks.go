@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,13 +17,6 @@ import (
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/eventlog"
 	"github.com/taskhub/taskhub/webhook"
-)
-
-// maxPosts bounds the webhook deliveries in flight at once, over all tasks; maxPostsPerHost
-// those to one host, so that a receiver that answers slowly leaves the others their turn.
-const (
-	maxPosts        = 64
-	maxPostsPerHost = 8
 )
 
 // hookCall bounds each read and write of the deliveries: after a node's loss a request to a
@@ -51,10 +43,6 @@ type hooks struct {
 	sender *webhook.Sender
 	logger *slog.Logger
 	life   context.Context
-	posts  chan struct{} // a slot per delivery in flight
-
-	hostsMu sync.Mutex
-	hosts   map[string]chan struct{} // host -> its slots; hosts are the allow-list's, so few
 
 	delivered, failed, gaveUp atomic.Uint64
 	failing                   atomic.Int64 // tasks whose next delivery is failing now
@@ -79,12 +67,16 @@ type hookLoop struct {
 func (k *hooks) setFailing(l *hookLoop, failing bool) {
 	if l.failing != failing {
 		l.failing = failing
-		k.failing.Add(map[bool]int64{true: 1, false: -1}[failing])
+		if failing {
+			k.failing.Add(1)
+		} else {
+			k.failing.Add(-1)
+		}
 	}
 }
 
 func newHooks(life context.Context, log Log, sender *webhook.Sender, logger *slog.Logger) *hooks {
-	return &hooks{log: log, sender: sender, logger: logger, life: life, posts: make(chan struct{}, maxPosts), hosts: map[string]chan struct{}{},
+	return &hooks{log: log, sender: sender, logger: logger, life: life,
 		loops: map[string]*hookLoop{}, cursors: map[string]*storagev1.WebhookCursor{}, done: map[string]bool{}}
 }
 
@@ -186,18 +178,15 @@ func (k *hooks) idle(l *hookLoop, done bool, cur *storagev1.WebhookCursor) (ende
 	return true
 }
 
-// wait sleeps for d, or until the task has a new event (wake) or ctx ends; it reports whether
-// ctx is still alive.
-func wait(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
+// wait sleeps for d, or until the task has a new event (wake) or ctx ends.
+func wait(ctx context.Context, d time.Duration, wake <-chan struct{}) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return false
 	case <-t.C:
 	case <-wake:
 	}
-	return true
 }
 
 // run is a task's delivery loop: see hooks.
@@ -218,7 +207,6 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 		k.idle(l, true, cur)
 		return
 	}
-	cfg := k.sender.Config()
 	subject := eventlog.Subject(l.owner, l.id)
 	for ctx.Err() == nil {
 		call, cancel := context.WithTimeout(ctx, hookCall)
@@ -256,7 +244,7 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 			}
 		}
 		if send {
-			if !k.deliver(ctx, l, ev, cur, cfg) {
+			if !k.deliver(ctx, l, ev, cur) {
 				if st.GaveUp {
 					k.put(ctx, l.id, cur)
 					k.idle(l, true, cur)
@@ -282,23 +270,9 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 
 // deliver sends one event and records the outcome in cur; after a failure it waits out the
 // backoff. It reports whether the event was delivered.
-func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEvent, cur *storagev1.WebhookCursor, cfg webhook.Config) bool {
+func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEvent, cur *storagev1.WebhookCursor) bool {
 	st := cur.Status
-	host := k.hostSlots(ev.Task.GetWebhook().GetUrl())
-	select {
-	case host <- struct{}{}:
-	case <-ctx.Done():
-		return false
-	}
-	select {
-	case k.posts <- struct{}{}:
-	case <-ctx.Done():
-		<-host
-		return false
-	}
 	err := k.sender.Send(ctx, ev)
-	<-k.posts
-	<-host
 	if err == nil {
 		k.setFailing(l, false)
 		st.FailedAttempts, st.LastError, st.FailingSince = 0, "", nil
@@ -320,7 +294,7 @@ func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEven
 	st.FailedAttempts++
 	st.LastError = err.Error()
 	var refused *webhook.Refused
-	if errors.As(err, &refused) || now.Sub(st.FailingSince.AsTime()) >= cfg.GiveUpAfter {
+	if errors.As(err, &refused) || now.Sub(st.FailingSince.AsTime()) >= k.sender.Config().GiveUpAfter {
 		st.GaveUp, st.Done = true, true
 		k.gaveUp.Add(1)
 		k.logger.Warn("webhook: gave up delivering a task's events", "task", l.id, "seq", ev.Seq, "attempts", st.FailedAttempts, "err", err)
@@ -330,22 +304,6 @@ func (k *hooks) deliver(ctx context.Context, l *hookLoop, ev *taskhubv1.TaskEven
 	k.put(ctx, l.id, cur)
 	wait(ctx, k.sender.Backoff(st.FailedAttempts), nil)
 	return false
-}
-
-// hostSlots returns the delivery slots of a URL's host.
-func (k *hooks) hostSlots(raw string) chan struct{} {
-	host := raw
-	if u, err := url.Parse(raw); err == nil {
-		host = u.Host
-	}
-	k.hostsMu.Lock()
-	defer k.hostsMu.Unlock()
-	slots := k.hosts[host]
-	if slots == nil {
-		slots = make(chan struct{}, maxPostsPerHost)
-		k.hosts[host] = slots
-	}
-	return slots
 }
 
 // cursor reads a task's cursor (a new one if none was written), retrying while the log is

@@ -7,6 +7,7 @@ package webhook
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
@@ -31,6 +33,12 @@ const (
 	MaxURLBytes             = 2048
 	DefaultProgressInterval = 5 * time.Second
 	MaxProgressInterval     = time.Hour
+)
+
+// MaxPosts bounds the deliveries in flight at once; MaxPostsPerHost those to one host.
+const (
+	MaxPosts        = 64
+	MaxPostsPerHost = 8
 )
 
 // Defaults of Config.
@@ -63,6 +71,10 @@ type Sender struct {
 	allow  map[string]bool // host:port
 	signer *standardwebhooks.Webhook
 	client *http.Client
+	posts  chan struct{} // a slot per delivery in flight
+
+	hostsMu sync.Mutex
+	hosts   map[string]chan struct{} // host:port -> its slots
 }
 
 // New returns a Sender, or an error that says what is wrong with cfg.
@@ -74,11 +86,12 @@ func New(cfg Config) (*Sender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("webhook: the secret must be a Standard Webhooks secret (whsec_ and base64): %w", err)
 	}
-	cfg.Timeout = cmpOr(cfg.Timeout, DefaultTimeout)
-	cfg.RetryMin = cmpOr(cfg.RetryMin, DefaultRetryMin)
-	cfg.RetryMax = max(cmpOr(cfg.RetryMax, DefaultRetryMax), cfg.RetryMin)
-	cfg.GiveUpAfter = cmpOr(cfg.GiveUpAfter, DefaultGiveUpAfter)
-	s := &Sender{cfg: cfg, allow: map[string]bool{}, signer: signer}
+	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultTimeout)
+	cfg.RetryMin = cmp.Or(cfg.RetryMin, DefaultRetryMin)
+	cfg.RetryMax = max(cmp.Or(cfg.RetryMax, DefaultRetryMax), cfg.RetryMin)
+	cfg.GiveUpAfter = cmp.Or(cfg.GiveUpAfter, DefaultGiveUpAfter)
+	s := &Sender{cfg: cfg, allow: map[string]bool{}, signer: signer,
+		posts: make(chan struct{}, MaxPosts), hosts: map[string]chan struct{}{}}
 	for _, a := range cfg.Allow {
 		a = strings.ToLower(strings.TrimSpace(a))
 		if a == "" || strings.ContainsAny(a, "/@?#") {
@@ -105,49 +118,36 @@ func New(cfg Config) (*Sender, error) {
 	return s, nil
 }
 
-func cmpOr(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
-}
-
 // Config returns the sender's configuration, defaults filled in.
 func (s *Sender) Config() Config { return s.cfg }
 
 // allowed reports whether a URL may be posted to: http or https, no user info, and a host and
-// port the allow-list names.
-func (s *Sender) allowed(raw string) error {
+// port the allow-list names; it returns that host:port.
+func (s *Sender) allowed(raw string) (string, error) {
 	if len(raw) > MaxURLBytes {
-		return fmt.Errorf("webhook url is %d bytes; at most %d", len(raw), MaxURLBytes)
+		return "", fmt.Errorf("webhook url is %d bytes; at most %d", len(raw), MaxURLBytes)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("webhook url: %v", err)
+		return "", fmt.Errorf("webhook url: %v", err)
 	}
 	port := u.Port()
 	switch u.Scheme {
 	case "http":
-		port = cmpStr(port, "80")
+		port = cmp.Or(port, "80")
 	case "https":
-		port = cmpStr(port, "443")
+		port = cmp.Or(port, "443")
 	default:
-		return fmt.Errorf("webhook url %q: the scheme must be http or https", clip(raw))
+		return "", fmt.Errorf("webhook url %q: the scheme must be http or https", clip(raw))
 	}
 	if u.User != nil || u.Hostname() == "" {
-		return fmt.Errorf("webhook url %q: want http(s)://HOST[:PORT]/PATH without user info", clip(raw))
+		return "", fmt.Errorf("webhook url %q: want http(s)://HOST[:PORT]/PATH without user info", clip(raw))
 	}
-	if !s.allow[net.JoinHostPort(strings.ToLower(u.Hostname()), port)] {
-		return fmt.Errorf("webhook url %q: host %s is not in this server's --webhook-allow", clip(raw), net.JoinHostPort(u.Hostname(), port))
+	host := net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+	if !s.allow[host] {
+		return "", fmt.Errorf("webhook url %q: host %s is not in this server's --webhook-allow", clip(raw), net.JoinHostPort(u.Hostname(), port))
 	}
-	return nil
-}
-
-func cmpStr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
+	return host, nil
 }
 
 func clip(s string) string {
@@ -174,7 +174,7 @@ func (s *Sender) Check(w *taskhubv1.Webhook) (*taskhubv1.Webhook, error) {
 	if s == nil {
 		return nil, taskhub.Errorf(taskhub.Invalid, "webhooks are not enabled on this server (see --webhook-allow)")
 	}
-	if err := s.allowed(w.Url); err != nil {
+	if _, err := s.allowed(w.Url); err != nil {
 		return nil, taskhub.Errorf(taskhub.Invalid, "%v", err)
 	}
 	out := &taskhubv1.Webhook{Url: w.Url, ProgressIntervalSeconds: w.ProgressIntervalSeconds}
@@ -212,11 +212,19 @@ func ProgressInterval(w *taskhubv1.Webhook) time.Duration {
 
 // Send POSTs an event to its task's webhook and returns nil if the receiver answered 2xx. The
 // webhook-id, "<task id>.<seq>", is the same on every attempt, so a receiver can drop repeats.
+// It first waits for a slot: at most MaxPostsPerHost deliveries are in flight to one host and
+// MaxPosts in all, so that a receiver that answers slowly leaves the others their turn.
 func (s *Sender) Send(ctx context.Context, e *taskhubv1.TaskEvent) error {
 	w := e.GetTask().GetWebhook()
-	if err := s.allowed(w.GetUrl()); err != nil {
+	host, err := s.allowed(w.GetUrl())
+	if err != nil {
 		return &Refused{err}
 	}
+	release, err := s.slot(ctx, host)
+	if err != nil {
+		return err
+	}
+	defer release()
 	body, err := protojson.Marshal(e)
 	if err != nil {
 		return &Refused{err}
@@ -249,6 +257,29 @@ func (s *Sender) Send(ctx context.Context, e *taskhubv1.TaskEvent) error {
 		return fmt.Errorf("the receiver answered %s", res.Status)
 	}
 	return nil
+}
+
+// slot waits for a delivery slot to host and returns its release.
+func (s *Sender) slot(ctx context.Context, host string) (release func(), err error) {
+	s.hostsMu.Lock()
+	slots := s.hosts[host]
+	if slots == nil {
+		slots = make(chan struct{}, MaxPostsPerHost)
+		s.hosts[host] = slots // hosts are the allow-list's: few
+	}
+	s.hostsMu.Unlock()
+	select {
+	case slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case s.posts <- struct{}{}:
+	case <-ctx.Done():
+		<-slots
+		return nil, ctx.Err()
+	}
+	return func() { <-s.posts; <-slots }, nil
 }
 
 // Refused is a delivery that cannot succeed however often it is tried: its URL is no longer
