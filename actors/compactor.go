@@ -105,9 +105,9 @@ func (c *compactor) round(ctx context.Context) {
 		return
 	}
 	c.mu.Lock()
-	n := c.dueLocked()
-	batch := make([]finished, 0, n)
-	for _, f := range c.queue[:n] {
+	due := c.dueLocked()
+	batch := make([]finished, 0, due)
+	for _, f := range c.queue[:due] {
 		// A task whose webhook deliveries are not done keeps its history and stays unsettled.
 		if !f.hook || c.hooks == nil || c.hooks.settleable(f.owner, f.id) {
 			batch = append(batch, f)
@@ -117,7 +117,7 @@ func (c *compactor) round(ctx context.Context) {
 	if len(batch) == 0 {
 		return
 	}
-	n = len(batch)
+	n := len(batch)
 	settle := c.log.Retire // compaction off: the history stays whole
 	if c.retention > 0 {
 		// Raise the watermark first, here and in the log: a watch that resumes from here on,
@@ -140,8 +140,17 @@ func (c *compactor) round(ctx context.Context) {
 			c.hooks.settled(f.id)
 		}
 	}
+	// Drop the settled from the queue's head (the due tasks, which feed.add, appending, left
+	// where they were), keeping the others in order: O(due), not O(queue).
 	c.mu.Lock()
-	c.queue = slices.DeleteFunc(c.queue, func(f finished) bool { return settled[f.id] })
+	kept := due
+	for i := due - 1; i >= 0; i-- {
+		if !settled[c.queue[i].id] {
+			kept--
+			c.queue[kept] = c.queue[i]
+		}
+	}
+	c.queue = c.queue[kept:]
 	c.mu.Unlock()
 }
 
