@@ -71,6 +71,12 @@ type Watch interface {
 	// slice is valid until the next call. It fails when ctx ends, or the watch ends
 	// (Unavailable: resume from the last sequence seen).
 	Next(ctx context.Context) ([]*Message, error)
+	// Deliver makes the watch hand its messages to send by itself, as Next would return them,
+	// on a goroutine that runs only while it has something to hand: an idle watch holds no
+	// goroutine. send is called one batch at a time, in order; an error from it ends the
+	// watch. When the watch ends (ctx ends, it is closed, or send fails), it is closed and
+	// done is called once with the error. Use either Next or Deliver, not both.
+	Deliver(ctx context.Context, send func([]*Message) error, done func(error))
 	// Close ends the watch and frees its place under the limits.
 	Close()
 }

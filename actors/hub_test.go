@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,40 +137,65 @@ func watch(t *testing.T, h *actors.Hub, owner, epoch string, after uint64) *watc
 	require.NoError(t, err)
 	r := &watcher{t: t, w: w, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		defer close(r.done)
-		for {
-			msgs, err := w.Next(ctx)
+	// A test's watchers take turns at the two ways to read a watch, so that tests that compare
+	// watchers compare the two.
+	n, _ := watchesOf.LoadOrStore(t.Name(), new(atomic.Int32))
+	if n.(*atomic.Int32).Add(1)%2 == 0 {
+		w.Deliver(ctx, func(msgs []*taskhub.Message) error {
 			r.mu.Lock()
-			if err != nil {
-				r.err = err
-				r.mu.Unlock()
-				return
-			}
-			for _, m := range msgs {
-				switch {
-				case m.GetSnapshot() != nil:
-					if r.snap != nil {
-						r.err = errors.New("a second snapshot")
-					}
-					r.snap = m.GetSnapshot()
-				case m.GetEvent() != nil:
-					if r.snap == nil {
-						r.err = errors.New("an event before the snapshot")
-					}
-					r.events = append(r.events, m.GetEvent())
-				case m.GetHeartbeat() != nil:
-					r.beats = append(r.beats, m.GetHeartbeat().Seq)
-				}
-			}
+			defer r.mu.Unlock()
+			r.take(msgs)
+			return nil
+		}, func(err error) {
+			r.mu.Lock()
+			r.err = err
 			r.mu.Unlock()
-		}
-	}()
+			close(r.done)
+		})
+	} else {
+		go func() {
+			defer close(r.done)
+			for {
+				msgs, err := w.Next(ctx)
+				r.mu.Lock()
+				if err != nil {
+					r.err = err
+					r.mu.Unlock()
+					return
+				}
+				r.take(msgs)
+				r.mu.Unlock()
+			}
+		}()
+	}
 	t.Cleanup(func() { r.stop(); cancel(); <-r.done })
 	// The watch starts on its subscriber actor: until its snapshot is here, a task created now
 	// may be in the snapshot rather than among the events.
 	r.wait(0)
 	return r
+}
+
+// watchesOf counts each test's watchers (watch).
+var watchesOf sync.Map
+
+// take keeps what a watcher got. The caller holds r.mu.
+func (r *watcher) take(msgs []*taskhub.Message) {
+	for _, m := range msgs {
+		switch {
+		case m.GetSnapshot() != nil:
+			if r.snap != nil {
+				r.err = errors.New("a second snapshot")
+			}
+			r.snap = m.GetSnapshot()
+		case m.GetEvent() != nil:
+			if r.snap == nil {
+				r.err = errors.New("an event before the snapshot")
+			}
+			r.events = append(r.events, m.GetEvent())
+		case m.GetHeartbeat() != nil:
+			r.beats = append(r.beats, m.GetHeartbeat().Seq)
+		}
+	}
 }
 
 func (r *watcher) stop() { r.w.Close() }

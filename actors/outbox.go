@@ -58,6 +58,7 @@ type outbox struct {
 	err      error           // why the outbox was closed
 	waiter   context.Context // the context of the Next that takes from it (see Watch.watchCtx)
 	signal   chan struct{}   // cap 1: something to take, or the outbox was closed
+	notify   func()          // when set (Watch.Deliver), called instead of signalling
 
 	state      deliveryState
 	cursor     uint64 // see the type's doc
@@ -230,6 +231,10 @@ func (o *outbox) pushLocked(it *item) bool {
 
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {
+	if o.notify != nil {
+		o.notify()
+		return
+	}
 	select {
 	case o.signal <- struct{}{}:
 	default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -982,4 +983,125 @@ func TestHub_WatchStartOverflowReplays(t *testing.T) {
 		}
 	}
 	require.Equal(t, during, created)
+}
+
+// deliverGoroutines counts the goroutines of this process that run a watch's delivery.
+func deliverGoroutines(t *testing.T) int {
+	var buf strings.Builder
+	require.NoError(t, pprof.Lookup("goroutine").WriteTo(&buf, 2))
+	return strings.Count(buf.String(), "actors.(*Watch).deliver(")
+}
+
+// TestWatch_DeliverHoldsNoGoroutineWhileIdle: a watch that delivers by itself runs a goroutine
+// only while it has something to hand over; its messages come in order, once each, and its end
+// (ctx over, or the watch closed) reaches done once.
+func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
+	b := setup(t, options{lease: 10 * time.Second, heartbeat: 8 * time.Second})
+	h := b.hub
+	const watches = 50
+	type got struct {
+		mu    sync.Mutex
+		snaps int
+		seqs  []uint64
+		ends  []error
+	}
+	gots := make([]*got, watches)
+	cancels := make([]context.CancelFunc, watches)
+	ws := make([]taskhub.Watch, watches)
+	for i := range watches {
+		g := &got{}
+		gots[i] = g
+		w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
+		require.NoError(t, err)
+		ws[i] = w
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[i] = cancel
+		w.Deliver(ctx, func(msgs []*taskhub.Message) error {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			for _, m := range msgs {
+				if m.GetSnapshot() != nil {
+					g.snaps++
+				}
+				if e := m.GetEvent(); e != nil {
+					g.seqs = append(g.seqs, e.Seq)
+				}
+			}
+			return nil
+		}, func(err error) {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			g.ends = append(g.ends, err)
+		})
+	}
+	for i := range 5 {
+		create(t, h, "alice", fmt.Sprint("task ", i), "paint")
+	}
+	require.Eventually(t, func() bool {
+		for _, g := range gots {
+			g.mu.Lock()
+			n := len(g.seqs)
+			g.mu.Unlock()
+			if n < 5 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return deliverGoroutines(t) == 0 }, 5*time.Second, 5*time.Millisecond,
+		"idle delivering watches hold no goroutine")
+	for i, g := range gots {
+		g.mu.Lock()
+		require.Equal(t, 1, g.snaps, "watch %d", i)
+		require.Len(t, g.seqs, 5, "watch %d", i)
+		require.True(t, slices.IsSorted(g.seqs), "watch %d: %v", i, g.seqs)
+		require.Equal(t, gots[0].seqs, g.seqs)
+		require.Empty(t, g.ends)
+		g.mu.Unlock()
+	}
+
+	// Its end: the context's (seen within a tick of the heartbeat loop), or Close.
+	cancels[0]()
+	ws[1].Close()
+	require.Eventually(t, func() bool {
+		for _, g := range gots[:2] {
+			g.mu.Lock()
+			n := len(g.ends)
+			g.mu.Unlock()
+			if n == 0 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 5*time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // a second call of done would come now
+	require.Len(t, gots[0].ends, 1)
+	require.ErrorIs(t, gots[0].ends[0], context.Canceled)
+	require.Len(t, gots[1].ends, 1)
+	require.Equal(t, taskhub.Unavailable, codeOf(gots[1].ends[0]), gots[1].ends[0])
+	for _, w := range ws {
+		w.Close()
+	}
+}
+
+// TestWatch_DeliverPanicEndsTheWatch: a panic while a watch delivers by itself (no handler's
+// recovery is around it) ends that watch with Internal; the hub serves the others.
+func TestWatch_DeliverPanicEndsTheWatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h := b.hub
+	other := watch(t, h, "alice", "", 0)
+	w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
+	require.NoError(t, err)
+	ended := make(chan error, 2)
+	w.Deliver(t.Context(), func([]*taskhub.Message) error { panic("injected: send panics") }, func(err error) { ended <- err })
+	select {
+	case err := <-ended:
+		require.Equal(t, taskhub.Internal, codeOf(err), err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch did not end")
+	}
+	create(t, h, "alice", "one", "paint")
+	other.wait(1)
+	require.Empty(t, ended, "done is called once")
 }

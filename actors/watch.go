@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -29,6 +31,12 @@ type Watch struct {
 	msgs      []*taskhub.Message
 	waitDone  <-chan struct{} // ctx.Done() of the context in out.waiter
 	closeOnce sync.Once
+
+	// Set by Deliver.
+	pushCtx    context.Context
+	send       func([]*taskhub.Message) error
+	done       func(error)
+	delivering atomic.Int32 // deliverIdle, ...
 }
 
 // Next waits for the next messages to send: queued events, or a heartbeat when the watch has
@@ -37,6 +45,18 @@ type Watch struct {
 // within a second) or the watch is closed (the error is Unavailable when the hub is shutting
 // down).
 func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
+	for {
+		msgs, err := w.poll(ctx)
+		if msgs != nil || err != nil {
+			return msgs, err
+		}
+		<-w.out.signal
+	}
+}
+
+// poll is Next without the wait: nil messages and a nil error when there is nothing to send
+// yet. The outbox wakes the watch (its signal, or Deliver's goroutine) when there is.
+func (w *Watch) poll(ctx context.Context) ([]*taskhub.Message, error) {
 	clear(w.msgs) // sent: do not keep them (a snapshot can be large) while the watch idles
 	w.msgs = w.msgs[:0]
 	for {
@@ -66,10 +86,90 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 			}
 			continue
 		}
-		if err := w.watchCtx(ctx); err != nil {
-			return nil, err
+		return nil, w.watchCtx(ctx)
+	}
+}
+
+// Deliver makes the watch hand its messages to send by itself, as Next would return them, on a
+// goroutine that runs only while the watch has something to hand: an idle watch holds no
+// goroutine (nor its stack), where a Next that waits holds one. send is called one batch at a
+// time, in order; an error from it ends the watch. When the watch ends (ctx ends, the watch is
+// closed, or send fails) done is called once with the error (send's, or the one Next would
+// have returned), and the watch is closed. Use either Next or Deliver, not both.
+func (w *Watch) Deliver(ctx context.Context, send func([]*taskhub.Message) error, done func(error)) {
+	w.pushCtx, w.send, w.done = ctx, send, done
+	w.out.mu.Lock()
+	w.out.notify = w.kick
+	w.out.mu.Unlock()
+	w.kick() // for what was queued before
+}
+
+// The states of a delivering watch's goroutine.
+const (
+	deliverIdle    int32 = iota // none runs
+	deliverRunning              // one runs
+	deliverAgain                // one runs, and was woken meanwhile: it looks again
+	deliverEnded                // the watch ended
+)
+
+// kick wakes the delivering goroutine, starting one if none runs. The outbox calls it under its
+// lock, so it must not take the lock.
+func (w *Watch) kick() {
+	for {
+		switch s := w.delivering.Load(); s {
+		case deliverIdle:
+			if w.delivering.CompareAndSwap(s, deliverRunning) {
+				go w.deliver()
+				return
+			}
+		case deliverRunning:
+			if w.delivering.CompareAndSwap(s, deliverAgain) {
+				return
+			}
+		default:
+			return
 		}
-		<-w.out.signal
+	}
+}
+
+// deliver sends what the watch has, until it has nothing or it ends. A panic ends the watch
+// with Internal, and is logged, rather than ending the process: no stream's handler is there
+// to recover it.
+func (w *Watch) deliver() {
+	var ended bool
+	end := func(err error) {
+		w.delivering.Store(deliverEnded)
+		clear(w.msgs)
+		w.Close()
+		if !ended {
+			ended = true
+			w.done(err)
+		}
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			w.h.logger.Error("watch delivery panic", "owner", w.owner, "panic", p, "stack", string(debug.Stack()))
+			end(taskhub.Errorf(taskhub.Internal, "internal error"))
+		}
+	}()
+	for {
+		w.delivering.Store(deliverRunning)
+		for {
+			msgs, err := w.poll(w.pushCtx)
+			if err == nil && msgs == nil {
+				break
+			}
+			if err == nil {
+				err = w.send(msgs)
+			}
+			if err != nil {
+				end(err)
+				return
+			}
+		}
+		if w.delivering.CompareAndSwap(deliverRunning, deliverIdle) {
+			return
+		}
 	}
 }
 

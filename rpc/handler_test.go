@@ -123,6 +123,22 @@ func (w *fakeWatch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 	return []*taskhub.Message{m}, nil
 }
 
+func (w *fakeWatch) Deliver(ctx context.Context, send func([]*taskhub.Message) error, done func(error)) {
+	go func() {
+		for {
+			msgs, err := w.Next(ctx)
+			if err == nil {
+				err = send(msgs)
+			}
+			if err != nil {
+				w.Close()
+				done(err)
+				return
+			}
+		}
+	}()
+}
+
 func (w *fakeWatch) Close() { close(w.closed) }
 
 type bundle struct {
