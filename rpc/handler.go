@@ -63,7 +63,7 @@ func Mount(mux *http.ServeMux, hub Hub, o Options) {
 	)...)
 	errs := connect.NewErrorWriter(options...)
 	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
-	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h)), errs, o.Observe), origins))
+	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h), observer(o.Observe), callLog{logger}), errs, o.Observe), origins))
 	path, h = taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts)
 	mux.Handle(path, withCORS(auth.Gate(checkEnvelopes(h), errs, o.Observe), origins))
 }

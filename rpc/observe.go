@@ -26,7 +26,9 @@ func (o observer) WrapStreamingClient(next connect.StreamingClientFunc) connect.
 func (o observer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		err := next(ctx, conn)
-		o(conn.Spec().Procedure, codeOf(err))
+		if !handedOff(ctx) { // a stream handed off reports its own end (http1Stream.end)
+			o(conn.Spec().Procedure, codeOf(err))
+		}
 		return err
 	}
 }
@@ -74,7 +76,9 @@ func (l callLog) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		began := time.Now()
 		err := next(ctx, conn)
-		l.log(ctx, conn.Spec().Procedure, conn.Peer().Addr, began, err)
+		if !handedOff(ctx) {
+			l.log(ctx, conn.Spec().Procedure, conn.Peer().Addr, began, err)
+		}
 		return err
 	}
 }

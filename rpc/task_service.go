@@ -62,14 +62,14 @@ var errTokenExpired = errors.New("the token expired")
 
 func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhubv1.WatchTasksRequest], stream *connect.ServerStream[taskhubv1.WatchTasksResponse]) error {
 	id := identityFrom(ctx)
-	if !id.expires.IsZero() {
-		// A minted token's stream ends when the token does: the client mints another and
-		// resumes after the last seq it saw.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadlineCause(ctx, id.expires, errTokenExpired)
-		defer cancel()
+	q := taskhub.WatchQuery{Owner: id.user, Epoch: req.Msg.Epoch, AfterSeq: req.Msg.AfterSeq}
+	if h := handOff(ctx); h != nil {
+		h.serve(s.hub, q, id) // its own connection: it goes on by itself
+		return nil
 	}
-	w, err := s.hub.Watch(ctx, taskhub.WatchQuery{Owner: id.user, Epoch: req.Msg.Epoch, AfterSeq: req.Msg.AfterSeq})
+	ctx, cancel := id.streamContext(ctx)
+	defer cancel()
+	w, err := s.hub.Watch(ctx, q)
 	if err != nil {
 		return connectError(err)
 	}
@@ -81,11 +81,7 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 	for {
 		msgs, err := w.Next(ctx)
 		if err != nil {
-			if errors.Is(context.Cause(ctx), errTokenExpired) {
-				return connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("%w at %s: mint a new token and resume after the last seq you saw",
-					errTokenExpired, id.expires.UTC().Format(time.RFC3339)))
-			}
-			return connectError(err)
+			return id.streamEnd(ctx, err)
 		}
 		// What was queued leaves with one flush (batchWriter); a connection's streams'
 		// flushes that come together reach the socket together (server.coalescingConn).
@@ -99,4 +95,22 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 			return err
 		}
 	}
+}
+
+// streamContext is a stream's context: a minted token's stream ends when the token does, and
+// the client mints another and resumes after the last seq it saw (see streamEnd).
+func (id identity) streamContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if id.expires.IsZero() {
+		return context.WithCancel(ctx)
+	}
+	return context.WithDeadlineCause(ctx, id.expires, errTokenExpired)
+}
+
+// streamEnd is the error a stream with context ctx ends with, for the watch's err.
+func (id identity) streamEnd(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), errTokenExpired) {
+		return connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("%w at %s: mint a new token and resume after the last seq you saw",
+			errTokenExpired, id.expires.UTC().Format(time.RFC3339)))
+	}
+	return connectError(err)
 }

@@ -13,7 +13,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/internal/clientaddr"
+	"github.com/taskhub/taskhub/rpc"
 )
 
 // Defaults of Limits.
@@ -192,7 +194,14 @@ func limitRequests(next http.Handler, l Limits, errs *connect.ErrorWriter) http.
 			}
 			return
 		}
-		defer reqs.give(ip)
+		if r.ProtoMajor == 1 && r.URL.Path == taskhubv1connect.TaskServiceWatchTasksProcedure {
+			// The stream may outlive the handler, keeping its place (rpc.Slot).
+			ctx, slot := rpc.WithSlot(r.Context(), func() { reqs.give(ip) })
+			defer slot.Release()
+			r = r.WithContext(ctx)
+		} else {
+			defer reqs.give(ip)
+		}
 		if r.Body != nil && r.Body != http.NoBody {
 			// For the whole body, not per read: a trickle does not keep it alive. Reading the
 			// body to its end clears the deadline (net/http does for HTTP/1.1; on HTTP/2 it

@@ -1,0 +1,253 @@
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+)
+
+// A WatchTasks stream on an HTTP/1.1 connection of its own (a browser's page without TLS, curl,
+// most scripts) is handed the connection once connect has read and checked its request: the
+// stream then writes its messages to the socket itself, each batch one write(2), and holds no
+// goroutine while it is idle. Served by net/http and connect, such a stream held two
+// goroutines for its life (the connection's, whose stack runs through every handler and
+// interceptor, and its background reader) and net/http's buffers: 37 KB of server memory per
+// idle watcher, over half of it stacks (docs/benchmarks.md). Handed off, it holds its
+// connection, a goroutine blocked in a one-byte read that notices the client leave, and its
+// watch; a goroutine runs only while there is something to send (taskhub.Watch.Deliver).
+//
+// Only the Connect protocol is handed off (application/connect+proto and +json, which is what
+// browsers, curl and the clients here speak over HTTP/1.1); gRPC-Web and HTTP/2 streams stay
+// with connect. The response is the one connect would send: the same headers, the same
+// enveloped messages, the same end-of-stream message, then the connection is closed (the
+// response says so: "Connection: close"), since net/http cannot take a connection back.
+
+// handOff takes the connection of the WatchTasks call whose context is ctx when the call is
+// Connect's protocol over HTTP/1.1, writes the response's head, and returns the stream that now
+// owns it; nil when the call stays with connect. The stream's context keeps ctx's values and
+// deadline, not its cancellation: net/http cancels that when the handler returns.
+func handOff(ctx context.Context) *http1Stream {
+	b := batchOf(ctx)
+	if b == nil || !b.http1 {
+		return nil
+	}
+	ct := b.Header().Get("Content-Type")
+	if !strings.HasPrefix(ct, "application/connect+") {
+		return nil
+	}
+	conn, _, err := http.NewResponseController(b.ResponseWriter).Hijack()
+	if err != nil {
+		return nil
+	}
+	b.handedOff = true
+	s := &http1Stream{conn: conn, observe: b.observe, log: b.log, began: time.Now(), release: keepSlot(ctx)}
+	s.codec = messageCodec{binaryCodec{}, false}
+	if strings.HasPrefix(ct, "application/connect+json") {
+		s.codec = messageCodec{strictJSON{"json"}, true}
+	}
+	base := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok { // Connect-Timeout-Ms
+		s.ctx, s.cancel = context.WithDeadline(base, d)
+	} else {
+		s.ctx, s.cancel = context.WithCancel(base)
+	}
+	head := s.head(b.Header())
+	_, s.headErr = conn.Write(head)
+	putBuffer(head)
+	return s
+}
+
+// http1Stream is a handed-off WatchTasks stream (see handOff).
+type http1Stream struct {
+	conn    net.Conn
+	ctx     context.Context // ends with the stream
+	cancel  context.CancelFunc
+	id      identity
+	codec   messageCodec
+	watch   taskhub.Watch
+	gone    atomic.Bool // the client closed its side, or sent more than its request
+	headErr error       // the head could not be written: the client is gone
+	began   time.Time
+	observe observer
+	log     callLog
+	release func() // the request's place under the limit per address
+}
+
+// serve runs the watch q for the caller id until it ends; it returns at once.
+func (s *http1Stream) serve(hub taskhub.TaskService, q taskhub.WatchQuery, id identity) {
+	s.id = id
+	var cancel context.CancelFunc
+	s.ctx, cancel = id.streamContext(s.ctx)
+	parent := s.cancel
+	s.cancel = func() { cancel(); parent() }
+	if s.headErr != nil {
+		s.end(s.headErr)
+		return
+	}
+	w, err := hub.Watch(s.ctx, q)
+	if err != nil {
+		s.end(err)
+		return
+	}
+	s.watch = w
+	go s.read()
+	w.Deliver(s.ctx, s.send, s.end)
+}
+
+// read waits for the client to close the connection: a server-streaming call's request is all
+// it sends, so anything it reads (EOF, an error, or bytes) ends the stream. A goroutine with a
+// small stack, as net/http's background reader is.
+func (s *http1Stream) read() {
+	var one [1]byte
+	_, _ = s.conn.Read(one[:])
+	s.gone.Store(true)
+	s.cancel()
+	s.watch.Close()
+}
+
+// send writes messages as one chunk of the response's body, with one write(2).
+func (s *http1Stream) send(msgs []*taskhub.Message) error {
+	n := 0
+	for _, m := range msgs {
+		b, err := m.Encoded(s.codec.json, s.codec.encode)
+		if err != nil {
+			return connect.NewError(connect.CodeInternal, err)
+		}
+		n += 5 + len(b)
+	}
+	buf := getBuffer()
+	defer putBuffer(buf)
+	buf = strconv.AppendInt(buf, int64(n), 16)
+	buf = append(buf, "\r\n"...)
+	for _, m := range msgs {
+		b, _ := m.Encoded(s.codec.json, s.codec.encode)
+		buf = append(buf, 0)
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(b)))
+		buf = append(buf, b...)
+	}
+	buf = append(buf, "\r\n"...)
+	_, err := s.conn.Write(buf)
+	return err
+}
+
+// endWriteTimeout bounds how long the end of a stream waits for a client that does not read.
+const endWriteTimeout = 2 * time.Second
+
+// end ends the stream with err: it sends the end-of-stream message (with the error, if any) and
+// the body's last chunk, closes the connection, and reports the call.
+func (s *http1Stream) end(err error) {
+	gone := s.gone.Load()
+	if gone {
+		err = context.Canceled // the client left: its watch was closed for that
+	}
+	err = s.id.streamEnd(s.ctx, err)
+	if !gone && s.headErr == nil {
+		buf := appendEndStream(getBuffer(), err)
+		buf = append(buf, "0\r\n\r\n"...)
+		_ = s.conn.SetWriteDeadline(time.Now().Add(endWriteTimeout))
+		_, _ = s.conn.Write(buf)
+		putBuffer(buf)
+	}
+	_ = s.conn.Close()
+	s.cancel()
+	s.release()
+	if s.observe != nil {
+		s.observe(taskhubv1connect.TaskServiceWatchTasksProcedure, codeOf(err))
+	}
+	s.log.log(s.ctx, taskhubv1connect.TaskServiceWatchTasksProcedure, s.conn.RemoteAddr().String(), s.began, err)
+}
+
+// head is the response's status line and headers: those connect and the handlers before it
+// set, for a chunked body on a connection that closes after it.
+func (s *http1Stream) head(h http.Header) []byte {
+	buf := bytes.NewBuffer(getBuffer())
+	buf.WriteString("HTTP/1.1 200 OK\r\n")
+	_ = h.WriteSubset(buf, map[string]bool{"Content-Length": true, "Transfer-Encoding": true, "Connection": true, "Date": true})
+	buf.WriteString("Date: " + time.Now().UTC().Format(http.TimeFormat) + "\r\n")
+	buf.WriteString("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+	return buf.Bytes()
+}
+
+// appendEndStream appends the chunk of Connect's end-of-stream message for err (nil: success).
+func appendEndStream(dst []byte, err error) []byte {
+	type wireError struct {
+		Code    string `json:"code"`
+		Message string `json:"message,omitempty"`
+	}
+	var end struct {
+		Error *wireError `json:"error,omitempty"`
+	}
+	if err != nil {
+		var ce *connect.Error
+		if !errors.As(connectError(err), &ce) {
+			ce = connect.NewError(connect.CodeUnknown, err)
+		}
+		end.Error = &wireError{Code: ce.Code().String(), Message: ce.Message()}
+	}
+	body, _ := json.Marshal(end)
+	dst = strconv.AppendInt(dst, int64(5+len(body)), 16)
+	dst = append(dst, "\r\n\x02"...)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(body)))
+	dst = append(dst, body...)
+	return append(dst, "\r\n"...)
+}
+
+// buffers holds the streams' write buffers between writes: an idle stream holds none.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+func getBuffer() []byte { return (*buffers.Get().(*[]byte))[:0] }
+
+// putBuffer keeps buf for another write, unless it grew large (a snapshot's).
+func putBuffer(buf []byte) {
+	if cap(buf) <= 64<<10 {
+		buffers.Put(&buf)
+	}
+}
+
+// A Slot is the place a request holds under the server's limit of requests per address while
+// its handler runs. A WatchTasks stream that outlives its handler (handOff) keeps it until the
+// stream ends.
+type Slot struct {
+	give func()
+	kept bool
+}
+
+type slotKey struct{}
+
+// WithSlot returns ctx with a slot that give frees, and the slot. The limit calls Release when
+// the request's handler returns.
+func WithSlot(ctx context.Context, give func()) (context.Context, *Slot) {
+	s := &Slot{give: give}
+	return context.WithValue(ctx, slotKey{}, s), s
+}
+
+// Release frees the slot, unless a stream kept it.
+func (s *Slot) Release() {
+	if !s.kept {
+		s.give()
+	}
+}
+
+// keepSlot keeps the slot of ctx's request past its handler's return, and returns what frees it.
+func keepSlot(ctx context.Context) func() {
+	s, _ := ctx.Value(slotKey{}).(*Slot)
+	if s == nil {
+		return func() {}
+	}
+	s.kept = true
+	return s.give
+}
