@@ -20,6 +20,7 @@ type batchWriter struct {
 	handedOff        bool
 	observe          observer // nil: none
 	log              callLog
+	streams          *Streams // nil: none
 }
 
 // Write writes, unless the connection was handed off.
@@ -75,10 +76,10 @@ type batchKey struct{}
 
 // batches gives WatchTasks streams a batchWriter, in the request's context. observe and log are
 // told of the end of a stream that was handed off, which the interceptors no longer see.
-func batches(next http.Handler, observe observer, log callLog) http.Handler {
+func batches(next http.Handler, observe observer, log callLog, streams *Streams) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == taskhubv1connect.TaskServiceWatchTasksProcedure {
-			b := &batchWriter{ResponseWriter: w, http1: r.ProtoMajor == 1, observe: observe, log: log}
+			b := &batchWriter{ResponseWriter: w, http1: r.ProtoMajor == 1, observe: observe, log: log, streams: streams}
 			w, r = b, r.WithContext(context.WithValue(r.Context(), batchKey{}, b))
 		}
 		next.ServeHTTP(w, r)

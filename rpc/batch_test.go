@@ -24,7 +24,7 @@ func TestBatchWriter(t *testing.T) {
 	h := batches(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen = batchOf(r.Context())
 		require.Same(t, seen, w, "the handler writes through the batchWriter of its context")
-	}), nil, callLog{slog.Default()})
+	}), nil, callLog{slog.Default()}, nil)
 	h.ServeHTTP(under, httptest.NewRequest(http.MethodPost, "/taskhub.v1.TaskService/WatchTasks", nil))
 	require.NotNil(t, seen)
 	b := seen
@@ -52,6 +52,6 @@ func TestBatchWriter(t *testing.T) {
 	other := batches(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		require.Nil(t, batchOf(r.Context()), "only watch streams batch")
 		require.Same(t, under, w)
-	}), nil, callLog{slog.Default()})
+	}), nil, callLog{slog.Default()}, nil)
 	other.ServeHTTP(under, httptest.NewRequest(http.MethodPost, "/taskhub.v1.TaskService/GetTask", nil))
 }

@@ -35,6 +35,9 @@ type Options struct {
 	// Trace, when set, is the outermost interceptor of every call the token check let
 	// through: a tracer's (server.Config.TracerProvider's, with otelconnect).
 	Trace connect.Interceptor
+	// Streams, when set, keeps the WatchTasks streams that own their connections, for Cut at
+	// shutdown.
+	Streams *Streams
 }
 
 // Mount registers TaskService and WorkerService on mux, with auth, panic recovery, the request
@@ -63,7 +66,7 @@ func Mount(mux *http.ServeMux, hub Hub, o Options) {
 	)...)
 	errs := connect.NewErrorWriter(options...)
 	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
-	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h), observer(o.Observe), callLog{logger}), errs, o.Observe), origins))
+	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h), observer(o.Observe), callLog{logger}, o.Streams), errs, o.Observe), origins))
 	path, h = taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts)
 	mux.Handle(path, withCORS(auth.Gate(checkEnvelopes(h), errs, o.Observe), origins))
 }

@@ -54,7 +54,10 @@ func handOff(ctx context.Context) *http1Stream {
 		return nil
 	}
 	b.handedOff = true
-	s := &http1Stream{conn: conn, observe: b.observe, log: b.log, began: time.Now(), release: keepSlot(ctx)}
+	s := &http1Stream{conn: conn, w: conn, observe: b.observe, log: b.log, began: time.Now(), release: keepSlot(ctx), streams: b.streams}
+	if d, ok := conn.(interface{ DirectConn() net.Conn }); ok {
+		s.w = d.DirectConn() // nothing is queued above it: net/http wrote its last byte
+	}
 	s.codec = messageCodec{binaryCodec{}, false}
 	if strings.HasPrefix(ct, "application/connect+json") {
 		s.codec = messageCodec{strictJSON{"json"}, true}
@@ -66,14 +69,16 @@ func handOff(ctx context.Context) *http1Stream {
 		s.ctx, s.cancel = context.WithCancel(base)
 	}
 	head := s.head(b.Header())
-	_, s.headErr = conn.Write(head)
+	_, s.headErr = s.w.Write(head)
 	putBuffer(head)
 	return s
 }
 
 // http1Stream is a handed-off WatchTasks stream (see handOff).
 type http1Stream struct {
-	conn    net.Conn
+	conn    net.Conn        // closed at the end
+	w       net.Conn        // written to: conn, or the connection beneath its write coalescing
+	streams *Streams        // nil: not tracked
 	ctx     context.Context // ends with the stream
 	cancel  context.CancelFunc
 	id      identity
@@ -104,6 +109,7 @@ func (s *http1Stream) serve(hub taskhub.TaskService, q taskhub.WatchQuery, id id
 		return
 	}
 	s.watch = w
+	s.streams.add(s)
 	go s.read()
 	w.Deliver(s.ctx, s.send, s.end)
 }
@@ -140,7 +146,7 @@ func (s *http1Stream) send(msgs []*taskhub.Message) error {
 		buf = append(buf, b...)
 	}
 	buf = append(buf, "\r\n"...)
-	_, err := s.conn.Write(buf)
+	_, err := s.w.Write(buf)
 	return err
 }
 
@@ -158,13 +164,14 @@ func (s *http1Stream) end(err error) {
 	if !gone && s.headErr == nil {
 		buf := appendEndStream(getBuffer(), err)
 		buf = append(buf, "0\r\n\r\n"...)
-		_ = s.conn.SetWriteDeadline(time.Now().Add(endWriteTimeout))
-		_, _ = s.conn.Write(buf)
+		_ = s.w.SetWriteDeadline(time.Now().Add(endWriteTimeout))
+		_, _ = s.w.Write(buf)
 		putBuffer(buf)
 	}
 	_ = s.conn.Close()
 	s.cancel()
 	s.release()
+	s.streams.remove(s)
 	if s.observe != nil {
 		s.observe(taskhubv1connect.TaskServiceWatchTasksProcedure, codeOf(err))
 	}
@@ -250,4 +257,40 @@ func keepSlot(ctx context.Context) func() {
 	}
 	s.kept = true
 	return s.give
+}
+
+// Streams are the WatchTasks streams that own their connections (handOff), for the server's
+// shutdown: the hub's ends them all, except one blocked on a client that stopped reading.
+type Streams struct {
+	mu   sync.Mutex
+	open map[*http1Stream]struct{}
+}
+
+// NewStreams returns an empty set of streams, for Options.Streams.
+func NewStreams() *Streams { return &Streams{open: map[*http1Stream]struct{}{}} }
+
+func (ss *Streams) add(s *http1Stream) {
+	if ss != nil {
+		ss.mu.Lock()
+		ss.open[s] = struct{}{}
+		ss.mu.Unlock()
+	}
+}
+
+func (ss *Streams) remove(s *http1Stream) {
+	if ss != nil {
+		ss.mu.Lock()
+		delete(ss.open, s)
+		ss.mu.Unlock()
+	}
+}
+
+// Cut makes every open stream's writes fail d from now: a stream that a client which stopped
+// reading holds in a write then ends, and closes its connection.
+func (ss *Streams) Cut(d time.Duration) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for s := range ss.open {
+		_ = s.w.SetWriteDeadline(time.Now().Add(d))
+	}
 }

@@ -143,11 +143,22 @@ func (c *coalescingConn) writeDirectly() {
 	c.mu.Unlock()
 }
 
+// DirectConn is the connection beneath, for a writer that owns the connection (an HTTP/1.1
+// watch stream that took it over, see rpc.handOff): its writes skip the copy into the queue,
+// and its deadlines hold for a write(2) that blocks.
+func (c *coalescingConn) DirectConn() net.Conn { return c.Conn }
+
 // SetWriteDeadline makes Write fail from t on (never, if t is zero), and a Write waiting for
-// room give up at t. What Write accepted before is still written.
+// room give up at t. What Write accepted before is still written. On a connection that writes
+// on the writer's goroutine (writeDirectly), t bounds the write(2) too.
 func (c *coalescingConn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.direct {
+		if err := c.Conn.SetWriteDeadline(t); err != nil {
+			return err
+		}
+	}
 	c.deadline = t
 	if c.timer != nil {
 		c.timer.Stop()

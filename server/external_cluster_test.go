@@ -42,9 +42,14 @@ func TestExternalCluster(t *testing.T) {
 
 	// A lease from one node holds on the others.
 	created := createTask(t, tasks[0], "external", "render")
-	claim := claimTask(t, work[1], "w1", "render")
+	// A long poll: on a cluster just formed, the queue's consumer may still be electing its
+	// leader, and a busy machine makes that take seconds.
+	res, err := work[1].ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w1", Modes: []string{"render"}, WaitSeconds: 30}))
+	require.NoError(t, err)
+	claim := res.Msg
+	require.NotNil(t, claim.Task, "nothing to claim")
 	require.Equal(t, created.Id, claim.Task.Id)
-	_, err := work[2].ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
+	_, err = work[2].ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
 		TaskId: claim.Task.Id, LeaseToken: claim.LeaseToken, Progress: 50, Message: "half"}))
 	require.NoError(t, err)
 	got, err := tasks[0].GetTask(ctx, connect.NewRequest(&taskhubv1.GetTaskRequest{Id: created.Id}))

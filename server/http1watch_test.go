@@ -3,13 +3,18 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"runtime/pprof"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/stretchr/testify/require"
 
+	"github.com/taskhub/taskhub"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/server"
@@ -79,4 +84,37 @@ func TestHTTP1Watch_OwnsItsConnection(t *testing.T) {
 	for _, s := range streams[1:] {
 		requireCode(t, s.end(), connect.CodeUnavailable, "shutting down")
 	}
+}
+
+// TestHTTP1Watch_ShutdownCutsAClientThatStoppedReading: a watcher on its own HTTP/1.1
+// connection that stopped reading holds its stream in a write; when the server shuts down, that
+// write is cut within a second, so no stream outlives the server, whatever its client does.
+func TestHTTP1Watch_ShutdownCutsAClientThatStoppedReading(t *testing.T) {
+	b := setup(t, server.Config{})
+	prompt := strings.Repeat("a lighthouse at dawn ", taskhub.MaxPromptBytes/25)
+	for range 600 { // a snapshot of about 8 MB: more than the socket buffers take
+		createTask(t, b.tasks, prompt, "render")
+	}
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", hostOf(b))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/connect+proto\r\nContent-Length: 5\r\n\r\n\x00\x00\x00\x00\x00",
+		taskhubv1connect.TaskServiceWatchTasksProcedure, hostOf(b))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return sendingStreams(t) == 1 }, 5*time.Second, 10*time.Millisecond,
+		"the stream blocks in a write to the client that does not read")
+
+	b.stop()
+	require.Eventually(t, func() bool { return sendingStreams(t) == 0 }, 3*time.Second, 10*time.Millisecond,
+		"the server's shutdown cut the stream's write")
+}
+
+// sendingStreams counts the handed-off streams that are writing to their clients.
+func sendingStreams(t *testing.T) int {
+	var buf bytes.Buffer
+	require.NoError(t, pprof.Lookup("goroutine").WriteTo(&buf, 2))
+	return bytes.Count(buf.Bytes(), []byte("rpc.(*http1Stream).send("))
 }

@@ -106,7 +106,8 @@ type Server struct {
 	// inproc serves the API to the demo executor over in-memory connections (pipeListener).
 	inproc          *http.Server
 	inprocTransport *http.Transport
-	auth            *rpc.Auth // nil when auth is off
+	auth            *rpc.Auth    // nil when auth is off
+	streams         *rpc.Streams // the watch streams that own their connections
 	tls             bool
 	done            chan error // Serve's result
 
@@ -258,7 +259,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	mux := http.NewServeMux()
 	metrics := newMetrics(s.hub, auth)
-	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe, Trace: tracer})
+	s.streams = rpc.NewStreams()
+	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe, Trace: tracer, Streams: s.streams})
 	rpc.MountStandard(mux, auth, s.hub.Ready, cfg.AllowedOrigins)
 	// Pages and assets are compressed here; Connect negotiates its own compression, and its
 	// streams must not wait in a compressor's buffer.
@@ -347,6 +349,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 	}
 	if s.hub != nil {
 		s.hub.Close() // ends the watch streams, so Shutdown does not wait for them
+	}
+	if s.streams != nil {
+		s.streams.Cut(time.Second) // those whose clients stopped reading, on their own connections
 	}
 	s.auth.Close()
 	var err error
