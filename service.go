@@ -71,14 +71,22 @@ type Watch interface {
 	// slice is valid until the next call. It fails when ctx ends, or the watch ends
 	// (Unavailable: resume from the last sequence seen).
 	Next(ctx context.Context) ([]*Message, error)
-	// Deliver makes the watch hand its messages to send by itself, as Next would return them,
-	// on a goroutine that runs only while it has something to hand: an idle watch holds no
-	// goroutine. send is called one batch at a time, in order; an error from it ends the
-	// watch. When the watch ends (ctx ends, it is closed, or send fails), it is closed and
-	// done is called once with the error. Use either Next or Deliver, not both.
-	Deliver(ctx context.Context, send func([]*Message) error, done func(error))
+	// Deliver makes the watch hand its messages to to by itself, as Next would return them,
+	// with no goroutine held while it is idle. Use either Next or Deliver, not both.
+	Deliver(ctx context.Context, to Sink)
 	// Close ends the watch and frees its place under the limits.
 	Close()
+}
+
+// Sink is where a watch delivers its messages by itself (Watch.Deliver).
+type Sink struct {
+	// Send sends a batch of messages; it may block. The watch calls it one batch at a time, in
+	// order, on a goroutine that runs only while there is something to send. An error from it
+	// ends the watch.
+	Send func([]*Message) error
+	// Done is called once when the watch ends (its context ends, it is closed, or Send
+	// fails), after it was closed, with why.
+	Done func(error)
 }
 
 // ListQuery asks for a page of an owner's tasks.

@@ -141,16 +141,19 @@ func watch(t *testing.T, h *actors.Hub, owner, epoch string, after uint64) *watc
 	// watchers compare the two.
 	n, _ := watchesOf.LoadOrStore(t.Name(), new(atomic.Int32))
 	if n.(*atomic.Int32).Add(1)%2 == 0 {
-		w.Deliver(ctx, func(msgs []*taskhub.Message) error {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.take(msgs)
-			return nil
-		}, func(err error) {
-			r.mu.Lock()
-			r.err = err
-			r.mu.Unlock()
-			close(r.done)
+		w.Deliver(ctx, taskhub.Sink{
+			Send: func(msgs []*taskhub.Message) error {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				r.take(msgs)
+				return nil
+			},
+			Done: func(err error) {
+				r.mu.Lock()
+				r.err = err
+				r.mu.Unlock()
+				close(r.done)
+			},
 		})
 	} else {
 		go func() {

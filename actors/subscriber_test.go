@@ -1016,7 +1016,7 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 		ws[i] = w
 		ctx, cancel := context.WithCancel(t.Context())
 		cancels[i] = cancel
-		w.Deliver(ctx, func(msgs []*taskhub.Message) error {
+		w.Deliver(ctx, taskhub.Sink{Send: func(msgs []*taskhub.Message) error {
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			for _, m := range msgs {
@@ -1028,11 +1028,11 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 				}
 			}
 			return nil
-		}, func(err error) {
+		}, Done: func(err error) {
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			g.ends = append(g.ends, err)
-		})
+		}})
 	}
 	for i := range 5 {
 		create(t, h, "alice", fmt.Sprint("task ", i), "paint")
@@ -1094,7 +1094,7 @@ func TestWatch_DeliverPanicEndsTheWatch(t *testing.T) {
 	w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
 	require.NoError(t, err)
 	ended := make(chan error, 2)
-	w.Deliver(t.Context(), func([]*taskhub.Message) error { panic("injected: send panics") }, func(err error) { ended <- err })
+	w.Deliver(t.Context(), taskhub.Sink{Send: func([]*taskhub.Message) error { panic("injected: send panics") }, Done: func(err error) { ended <- err }})
 	select {
 	case err := <-ended:
 		require.Equal(t, taskhub.Internal, codeOf(err), err)

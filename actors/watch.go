@@ -34,8 +34,7 @@ type Watch struct {
 
 	// Set by Deliver.
 	pushCtx    context.Context
-	send       func([]*taskhub.Message) error
-	done       func(error)
+	sink       taskhub.Sink
 	delivering atomic.Int32 // deliverIdle, ...
 }
 
@@ -90,14 +89,12 @@ func (w *Watch) poll(ctx context.Context) ([]*taskhub.Message, error) {
 	}
 }
 
-// Deliver makes the watch hand its messages to send by itself, as Next would return them, on a
-// goroutine that runs only while the watch has something to hand: an idle watch holds no
-// goroutine (nor its stack), where a Next that waits holds one. send is called one batch at a
-// time, in order; an error from it ends the watch. When the watch ends (ctx ends, the watch is
-// closed, or send fails) done is called once with the error (send's, or the one Next would
-// have returned), and the watch is closed. Use either Next or Deliver, not both.
-func (w *Watch) Deliver(ctx context.Context, send func([]*taskhub.Message) error, done func(error)) {
-	w.pushCtx, w.send, w.done = ctx, send, done
+// Deliver makes the watch hand its messages to to by itself, as Next would return them (see
+// taskhub.Sink), on a goroutine that runs only while there is something to send: an idle
+// watch holds no goroutine (nor its stack), where a Next that waits holds one. Use either Next
+// or Deliver, not both.
+func (w *Watch) Deliver(ctx context.Context, to taskhub.Sink) {
+	w.pushCtx, w.sink = ctx, to
 	w.out.mu.Lock()
 	w.out.notify = w.kick
 	w.out.mu.Unlock()
@@ -143,7 +140,7 @@ func (w *Watch) deliver() {
 		w.Close()
 		if !ended {
 			ended = true
-			w.done(err)
+			w.sink.Done(err)
 		}
 	}
 	defer func() {
@@ -160,7 +157,7 @@ func (w *Watch) deliver() {
 				break
 			}
 			if err == nil {
-				err = w.send(msgs)
+				err = w.sink.Send(msgs)
 			}
 			if err != nil {
 				end(err)

@@ -123,16 +123,16 @@ func (w *fakeWatch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 	return []*taskhub.Message{m}, nil
 }
 
-func (w *fakeWatch) Deliver(ctx context.Context, send func([]*taskhub.Message) error, done func(error)) {
+func (w *fakeWatch) Deliver(ctx context.Context, to taskhub.Sink) {
 	go func() {
 		for {
 			msgs, err := w.Next(ctx)
 			if err == nil {
-				err = send(msgs)
+				err = to.Send(msgs)
 			}
 			if err != nil {
 				w.Close()
-				done(err)
+				to.Done(err)
 				return
 			}
 		}

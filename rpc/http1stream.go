@@ -111,7 +111,7 @@ func (s *http1Stream) serve(hub taskhub.TaskService, q taskhub.WatchQuery, id id
 	s.watch = w
 	s.streams.add(s)
 	go s.read()
-	w.Deliver(s.ctx, s.send, s.end)
+	w.Deliver(s.ctx, taskhub.Sink{Send: s.send, Done: s.end})
 }
 
 // read waits for the client to close the connection: a server-streaming call's request is all
