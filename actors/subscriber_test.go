@@ -1034,6 +1034,18 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 			g.ends = append(g.ends, err)
 		}})
 	}
+	// Until its snapshot is sent, a task created may be in the snapshot rather than an event.
+	require.Eventually(t, func() bool {
+		for _, g := range gots {
+			g.mu.Lock()
+			n := g.snaps
+			g.mu.Unlock()
+			if n == 0 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 5*time.Millisecond)
 	for i := range 5 {
 		create(t, h, "alice", fmt.Sprint("task ", i), "paint")
 	}
