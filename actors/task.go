@@ -39,6 +39,8 @@ type taskActor struct {
 	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
 	// lease is the last lease granted, as stored: while the task runs, the live one.
 	lease *storagev1.Lease
+	// queueRenewed is when this actor last extended the lease's queue delivery (renewQueue).
+	queueRenewed time.Time
 
 	retryTimer *time.Timer // fires recheck
 
@@ -393,7 +395,7 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 			// the lease did, for example across a restart): keep the lease, follow the delivery.
 			lease := proto.CloneOf(a.lease)
 			lease.AckSubject = d.AckSubject
-			a.lease = lease
+			a.lease, a.queueRenewed = lease, a.h.now()
 			a.then(func() { _ = a.h.log.Renew(d.AckSubject) })
 		} else {
 			ack()
@@ -419,6 +421,7 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_STARTED, t, lease); err != nil {
 		return &taskReply{err: err}
 	}
+	a.queueRenewed = now // a new delivery: its whole ack wait is ahead
 	return &taskReply{task: a.task, claimed: true, leaseToken: token, leaseExpires: expires}
 }
 
@@ -469,7 +472,7 @@ func (a *taskActor) report(c *reportCmd) *taskReply {
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_PROGRESS, t, lease); err != nil {
 		return &taskReply{err: err}
 	}
-	_ = a.h.log.Renew(lease.AckSubject)
+	a.renewQueue(now)
 	return &taskReply{task: a.task, leaseExpires: expires}
 }
 
@@ -482,14 +485,30 @@ func (a *taskActor) renew(c *renewCmd) *taskReply {
 		}
 		return &taskReply{err: err}
 	}
-	expires := a.h.now().Add(a.h.cfg.LeaseTimeout)
+	now := a.h.now()
+	expires := now.Add(a.h.cfg.LeaseTimeout)
 	lease := proto.CloneOf(a.lease)
 	lease.ExpiresAt = timestamppb.New(expires)
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED, a.next(), lease); err != nil {
 		return &taskReply{err: err}
 	}
-	_ = a.h.log.Renew(lease.AckSubject)
+	a.renewQueue(now)
 	return &taskReply{task: a.task, leaseExpires: expires}
+}
+
+// renewQueue extends the running task's queue delivery, which JetStream redelivers after its
+// ack wait (the lease timeout and some) unless renewed, at most every quarter of the lease
+// timeout: a worker reporting ten times a second would otherwise send the queue ten renewals a
+// second, each parsed and applied by JetStream, where one every few seconds keeps the delivery
+// as surely. The lease itself is renewed by every report (it is in the event). An actor that
+// was stopped and started again renews at its first report; a delivery that ran out anyway
+// comes back to a claim that follows it (see claim).
+func (a *taskActor) renewQueue(now time.Time) {
+	if now.Sub(a.queueRenewed) < a.h.cfg.LeaseTimeout/4 {
+		return
+	}
+	a.queueRenewed = now
+	_ = a.h.log.Renew(a.lease.AckSubject)
 }
 
 // stall marks a running task that made no progress for the stall timeout.
