@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskhub/taskhub/internal/natstest"
+
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -24,7 +26,7 @@ import (
 
 func TestMain(m *testing.M) {
 	// protoactor's dead-letter log throttle is a one-second timer goroutine that ends on its own.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"))
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
 type bundle struct {

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskhub/taskhub/internal/natstest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -15,7 +17,7 @@ import (
 	"github.com/taskhub/taskhub/eventlog"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, natstest.LeakOptions()...) }
 
 func open(t *testing.T, dir string) *eventlog.Log {
 	t.Helper()

@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskhub/taskhub/internal/natstest"
+
 	"connectrpc.com/connect"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -36,7 +38,7 @@ import (
 
 func TestMain(m *testing.M) {
 	// protoactor's dead-letter log throttle is a one-second timer goroutine that ends on its own.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"))
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
 // npmModules is where make installs the pinned npm packages.

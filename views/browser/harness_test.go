@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskhub/taskhub/internal/natstest"
+
 	"connectrpc.com/connect"
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
@@ -43,7 +45,7 @@ func TestMain(m *testing.M) {
 		os.Exit(runNode(cfg)) // a cluster node of TestBrowser_ClusterBehindALoadBalancer
 	}
 	// protoactor's dead-letter log throttle is a one-second timer goroutine that ends on its own.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"))
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
 var chromiumPath = sync.OnceValue(func() string {
