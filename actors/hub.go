@@ -58,6 +58,10 @@ type Hub struct {
 	closed     atomic.Bool
 	closeOnce  sync.Once
 	now        func() time.Time
+	// queueRenewEvery spaces a running task's queue renewals (taskActor.renewQueue): a quarter
+	// of the lease timeout, and no more than the ack wait's margin over it, so that the queue
+	// never delivers a task again while its lease holds.
+	queueRenewEvery time.Duration
 }
 
 // Open starts the hub: it reads the active tasks from the log, then resumes what they were
@@ -88,6 +92,7 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		now:    time.Now,
 	}
 	h.graceFrom.Store(h.now().UnixNano())
+	h.queueRenewEvery = min(cfg.LeaseTimeout/4, cfg.Log.AckWait()-cfg.LeaseTimeout)
 	h.compactor = &compactor{log: h.log, logger: h.logger, retention: cfg.Retention, now: h.now, shared: cfg.Shared}
 	if cfg.Webhooks != nil {
 		h.hooks = newHooks(life, h.log, cfg.Webhooks, h.logger)

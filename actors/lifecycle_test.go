@@ -406,3 +406,53 @@ func TestHub_WebhookHoldsCompaction(t *testing.T) {
 	defer mu.Unlock()
 	require.Equal(t, []string{"EVENT_KIND_STARTED", "EVENT_KIND_COMPLETED"}, got)
 }
+
+// renewals records when the task actors renew queue deliveries.
+type renewals struct {
+	actors.Log
+	mu    sync.Mutex
+	start time.Time
+	at    []time.Duration
+}
+
+func (r *renewals) Renew(ackSubject string) error {
+	r.mu.Lock()
+	r.at = append(r.at, time.Since(r.start))
+	r.mu.Unlock()
+	return r.Log.Renew(ackSubject)
+}
+
+// TestHub_QueueKeepsARunningTaskWhileItsLeaseHolds: a running task's queue delivery is renewed
+// often enough that JetStream never delivers the task again while its lease holds, though
+// reports renew it at most so often. The ack wait here exceeds the lease by half a second (as
+// the server's 5 s over 30 s, scaled down): a report 0.7 s after the claim must renew the
+// delivery, or it runs out 0.2 s before the lease does and a waiting claim is handed it (which
+// the claim then follows, renewing it: that renewal is what this test sees).
+func TestHub_QueueKeepsARunningTaskWhileItsLeaseHolds(t *testing.T) {
+	t.Parallel()
+	const lease = 3 * time.Second
+	r := &renewals{}
+	b := setup(t, options{lease: lease,
+		logConfig: func(c *eventlog.Config) { c.AckWait = lease + 500*time.Millisecond },
+		wrap:      func(l actors.Log) actors.Log { r.Log = l; return r }})
+	h := b.hub
+	create(t, h, "alice", "render me", "render")
+	r.mu.Lock()
+	r.start = time.Now()
+	r.mu.Unlock()
+	c := claim(t, h, "render")
+	time.Sleep(700 * time.Millisecond)
+	st, err := h.ReportProgress(t.Context(), taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 10})
+	require.NoError(t, err)
+	leaseEnds := time.Until(st.Expires)
+
+	// The worker goes silent; another waits for work until just before the lease ends.
+	other, err := h.ClaimTask(t.Context(), taskhub.ClaimParams{WorkerID: "w2", Modes: []string{"render"}, Wait: leaseEnds - 50*time.Millisecond})
+	require.NoError(t, err)
+	require.Nil(t, other, "nothing to claim while the lease holds")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, at := range r.at {
+		require.Less(t, at, time.Second, "a renewal while the worker was silent is the queue delivering the task again: %v", r.at)
+	}
+}

@@ -86,6 +86,9 @@ type Queue interface {
 	// Renew extends a delivery's lease, Release hands it back (to come again after delay), Ack
 	// ends it. They do not wait for an answer.
 	Renew(ackSubject string) error
+	// AckWait is how long a delivery stays leased without a renewal before it is delivered
+	// again.
+	AckWait() time.Duration
 	Release(ackSubject string, delay time.Duration) error
 	Ack(ctx context.Context, ackSubject string) error
 }

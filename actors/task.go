@@ -497,14 +497,13 @@ func (a *taskActor) renew(c *renewCmd) *taskReply {
 }
 
 // renewQueue extends the running task's queue delivery, which JetStream redelivers after its
-// ack wait (the lease timeout and some) unless renewed, at most every quarter of the lease
-// timeout: a worker reporting ten times a second would otherwise send the queue ten renewals a
-// second, each parsed and applied by JetStream, where one every few seconds keeps the delivery
-// as surely. The lease itself is renewed by every report (it is in the event). An actor that
-// was stopped and started again renews at its first report; a delivery that ran out anyway
-// comes back to a claim that follows it (see claim).
+// ack wait unless renewed, at most every queueRenewEvery: a worker reporting ten times a second
+// would otherwise send the queue ten renewals a second, each parsed and applied by JetStream,
+// where one every few seconds keeps the delivery as surely. The lease itself is renewed by
+// every report (it is in the event). An actor that was stopped and started again renews at its
+// first report.
 func (a *taskActor) renewQueue(now time.Time) {
-	if now.Sub(a.queueRenewed) < a.h.cfg.LeaseTimeout/4 {
+	if now.Sub(a.queueRenewed) < a.h.queueRenewEvery {
 		return
 	}
 	a.queueRenewed = now

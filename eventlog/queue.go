@@ -214,6 +214,10 @@ func (l *Log) Renew(ackSubject string) error {
 	return l.ackOp(ackSubject, "+WPI")
 }
 
+// AckWait is how long a delivery stays leased without a renewal before JetStream delivers it
+// again (Config.AckWait).
+func (l *Log) AckWait() time.Duration { return l.cfg.AckWait }
+
 // Release hands a delivery back to the queue, to be delivered again after delay.
 func (l *Log) Release(ackSubject string, delay time.Duration) error {
 	if delay <= 0 {
