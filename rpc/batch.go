@@ -79,7 +79,9 @@ type batchKey struct{}
 func batches(next http.Handler, observe observer, log callLog, streams *Streams) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == taskhubv1connect.TaskServiceWatchTasksProcedure {
-			b := &batchWriter{ResponseWriter: w, http1: r.ProtoMajor == 1, observe: observe, log: log, streams: streams}
+			// Only HTTP/1.1 is handed off: an HTTP/1.0 client cannot read the chunked body.
+			http1 := r.ProtoMajor == 1 && r.ProtoMinor >= 1
+			b := &batchWriter{ResponseWriter: w, http1: http1, observe: observe, log: log, streams: streams}
 			w, r = b, r.WithContext(context.WithValue(r.Context(), batchKey{}, b))
 		}
 		next.ServeHTTP(w, r)

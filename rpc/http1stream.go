@@ -85,6 +85,7 @@ type http1Stream struct {
 	codec   messageCodec
 	watch   taskhub.Watch
 	gone    atomic.Bool // the client closed its side, or sent more than its request
+	cut     atomic.Bool // a write failed, maybe part-way: nothing more may follow it
 	headErr error       // the head could not be written: the client is gone
 	began   time.Time
 	observe observer
@@ -121,6 +122,7 @@ func (s *http1Stream) read() {
 	var one [1]byte
 	_, _ = s.conn.Read(one[:])
 	s.gone.Store(true)
+	_ = s.w.SetWriteDeadline(time.Now()) // a write blocked on a client that left ends now
 	s.cancel()
 	s.watch.Close()
 }
@@ -147,6 +149,9 @@ func (s *http1Stream) send(msgs []*taskhub.Message) error {
 	}
 	buf = append(buf, "\r\n"...)
 	_, err := s.w.Write(buf)
+	if err != nil {
+		s.cut.Store(true)
+	}
 	return err
 }
 
@@ -161,7 +166,7 @@ func (s *http1Stream) end(err error) {
 		err = context.Canceled // the client left: its watch was closed for that
 	}
 	err = s.id.streamEnd(s.ctx, err)
-	if !gone && s.headErr == nil {
+	if !gone && !s.cut.Load() && s.headErr == nil {
 		buf := appendEndStream(getBuffer(), err)
 		buf = append(buf, "0\r\n\r\n"...)
 		_ = s.w.SetWriteDeadline(time.Now().Add(endWriteTimeout))
@@ -292,5 +297,20 @@ func (ss *Streams) Cut(d time.Duration) {
 	defer ss.mu.Unlock()
 	for s := range ss.open {
 		_ = s.w.SetWriteDeadline(time.Now().Add(d))
+	}
+}
+
+// Wait waits until every stream has ended, for at most d, and reports whether they have.
+func (ss *Streams) Wait(d time.Duration) bool {
+	for deadline := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
+		ss.mu.Lock()
+		n := len(ss.open)
+		ss.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
 	}
 }

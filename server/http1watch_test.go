@@ -1,10 +1,13 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -108,8 +111,27 @@ func TestHTTP1Watch_ShutdownCutsAClientThatStoppedReading(t *testing.T) {
 		"the stream blocks in a write to the client that does not read")
 
 	b.stop()
-	require.Eventually(t, func() bool { return sendingStreams(t) == 0 }, 3*time.Second, 10*time.Millisecond,
-		"the server's shutdown cut the stream's write")
+	require.Zero(t, sendingStreams(t), "the server's shutdown cut the stream's write before it returned")
+}
+
+// TestHTTP1Watch_HTTP10: an HTTP/1.0 client, which cannot read a chunked body, is not handed
+// off: net/http answers it with a body that ends when the connection closes.
+func TestHTTP1Watch_HTTP10(t *testing.T) {
+	b := setup(t, server.Config{})
+	c := dialFrom(t, "127.0.0.1", hostOf(b))
+	_, err := fmt.Fprintf(c, "POST %s HTTP/1.0\r\nHost: %s\r\nContent-Type: application/connect+json\r\nContent-Length: 7\r\n\r\n\x00\x00\x00\x00\x02{}",
+		taskhubv1connect.TaskServiceWatchTasksProcedure, hostOf(b))
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Empty(t, res.TransferEncoding, "no chunked body for HTTP/1.0")
+	head := make([]byte, 5)
+	_, err = io.ReadFull(res.Body, head)
+	require.NoError(t, err)
+	require.Zero(t, head[0], "an enveloped message: the snapshot")
 }
 
 // sendingStreams counts the handed-off streams that are writing to their clients.

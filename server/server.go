@@ -351,7 +351,13 @@ func (s *Server) shutdown(ctx context.Context) error {
 		s.hub.Close() // ends the watch streams, so Shutdown does not wait for them
 	}
 	if s.streams != nil {
-		s.streams.Cut(time.Second) // those whose clients stopped reading, on their own connections
+		// The hub's close ends the watch streams that own their connections; those whose
+		// clients stopped reading end when their writes are cut. They end before the log
+		// closes under them.
+		s.streams.Cut(time.Second)
+		if !s.streams.Wait(3 * time.Second) {
+			s.cfg.Logger.Warn("watch streams still open at shutdown")
+		}
 	}
 	s.auth.Close()
 	var err error
