@@ -137,15 +137,11 @@ func (s *http1Stream) send(msgs []*taskhub.Message) error {
 		}
 		n += 5 + len(b)
 	}
-	buf := getBuffer()
+	buf := appendChunkSize(getBuffer(), n)
 	defer putBuffer(buf)
-	buf = strconv.AppendInt(buf, int64(n), 16)
-	buf = append(buf, "\r\n"...)
 	for _, m := range msgs {
 		b, _ := m.Encoded(s.codec.json, s.codec.encode)
-		buf = append(buf, 0)
-		buf = binary.BigEndian.AppendUint32(buf, uint32(len(b)))
-		buf = append(buf, b...)
+		buf = appendEnvelope(buf, 0, b)
 	}
 	buf = append(buf, "\r\n"...)
 	_, err := s.w.Write(buf)
@@ -211,11 +207,24 @@ func appendEndStream(dst []byte, err error) []byte {
 		end.Error = &wireError{Code: ce.Code().String(), Message: ce.Message()}
 	}
 	body, _ := json.Marshal(end)
-	dst = strconv.AppendInt(dst, int64(5+len(body)), 16)
-	dst = append(dst, "\r\n\x02"...)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(body)))
-	dst = append(dst, body...)
+	dst = appendEnvelope(appendChunkSize(dst, 5+len(body)), connectEndStream, body)
 	return append(dst, "\r\n"...)
+}
+
+// connectEndStream flags the envelope of Connect's end-of-stream message.
+const connectEndStream = 0x02
+
+// appendChunkSize appends the line that opens a chunk of n bytes of a chunked body; the
+// chunk's bytes and a CRLF follow it.
+func appendChunkSize(dst []byte, n int) []byte {
+	return append(strconv.AppendInt(dst, int64(n), 16), "\r\n"...)
+}
+
+// appendEnvelope appends message b in its envelope: a flags byte, its big-endian length.
+func appendEnvelope(dst []byte, flags byte, b []byte) []byte {
+	dst = append(dst, flags)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(b)))
+	return append(dst, b...)
 }
 
 // buffers holds the streams' write buffers between writes: an idle stream holds none.
