@@ -54,6 +54,10 @@ type WorkerService interface {
 	// PermissionDenied: not the lease holder; FailedPrecondition: the lease expired, or the
 	// task finished. A cancelled task answers CancelRequested instead of an error.
 	ReportProgress(ctx context.Context, r Report) (LeaseStatus, error)
+	// BatchReportProgress applies each report as ReportProgress would, on its own, and
+	// answers a result per report, in their order; a task's reports are applied in their
+	// order. Invalid, applying none: no reports, or more than MaxBatchReports.
+	BatchReportProgress(ctx context.Context, rs []Report) ([]ReportResult, error)
 	// RenewLease renews the lease without recording progress; errors as ReportProgress.
 	RenewLease(ctx context.Context, l Lease) (LeaseStatus, error)
 	// CompleteTask finishes the task with its result; errors as ReportProgress, and
@@ -147,6 +151,12 @@ type Report struct {
 	Lease
 	Progress float64 // 0..100
 	Message  string
+}
+
+// ReportResult answers one report of a batch: what ReportProgress would have answered.
+type ReportResult struct {
+	LeaseStatus
+	Err error // nil: recorded (or, with CancelRequested, the task was cancelled)
 }
 
 // Failure says why a task failed.

@@ -28,6 +28,7 @@ const (
 	MaxNameLen             = 64
 	MaxClaimModes          = 16
 	MaxClaimWait           = 60 * time.Second
+	MaxBatchReports        = 1000
 )
 
 // DefaultMode is the mode of a task created without one: the built-in demo executor runs it.
@@ -125,6 +126,14 @@ func ValidateProgress(progress float64, message string) error {
 		return Errorf(Invalid, "progress must be 0..100: got %v", progress)
 	}
 	return validateText("message", message, MaxMessageBytes)
+}
+
+// ValidateBatch checks the number of reports of a batch.
+func ValidateBatch(n int) error {
+	if n < 1 || n > MaxBatchReports {
+		return Errorf(Invalid, "a batch has 1..%d reports: got %d", MaxBatchReports, n)
+	}
+	return nil
 }
 
 // ValidateResult checks a completed task's result.

@@ -397,18 +397,39 @@ const answerMargin = 3 * time.Second
 // became of it. Only an actor that does not answer by the deadline and the margin leaves the
 // outcome unknown: DeadlineExceeded.
 func (h *Hub) ask(ctx context.Context, id string, cmd any) *taskReply {
+	return h.send(ctx, id, cmd).reply()
+}
+
+// send is the first half of ask: it hands cmd to the task's actor and returns at once, so that
+// a caller can have several tasks' actors at work together (BatchReportProgress). Commands a
+// caller sends to one task are handled in the order sent.
+func (h *Hub) send(ctx context.Context, id string, cmd any) asked {
 	if h.closed.Load() {
-		return &taskReply{err: errShuttingDown}
+		return asked{id: id, failed: &taskReply{err: errShuttingDown}}
 	}
 	deadline := time.Now().Add(h.cfg.CallTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	f := h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline}, time.Until(deadline)+answerMargin)
-	res, err := f.Result()
+	return asked{id: id, f: h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline}, time.Until(deadline)+answerMargin)}
+}
+
+// asked is a command sent to a task's actor, whose reply is yet to come.
+type asked struct {
+	id     string
+	f      *actor.Future
+	failed *taskReply // the reply when it could not be sent
+}
+
+// reply waits for the actor's reply.
+func (a asked) reply() *taskReply {
+	if a.failed != nil {
+		return a.failed
+	}
+	res, err := a.f.Result()
 	if err != nil {
 		return &taskReply{err: taskhub.Errorf(taskhub.DeadlineExceeded,
-			"task %s: the hub did not answer before the call's deadline; the change may or may not have been made: get the task to see", id)}
+			"task %s: the hub did not answer before the call's deadline; the change may or may not have been made: get the task to see", a.id)}
 	}
 	return res.(*taskReply)
 }

@@ -69,6 +69,36 @@ func (h *Hub) ReportProgress(ctx context.Context, r taskhub.Report) (taskhub.Lea
 	return taskhub.LeaseStatus{CancelRequested: reply.cancelRequested, Expires: reply.leaseExpires}, reply.err
 }
 
+// BatchReportProgress applies each report as ReportProgress does, the tasks' actors at work
+// together: a worker running many tasks sends their reports in one call rather than one call
+// each. A task's reports are applied in their order.
+func (h *Hub) BatchReportProgress(ctx context.Context, rs []taskhub.Report) ([]taskhub.ReportResult, error) {
+	if err := taskhub.ValidateBatch(len(rs)); err != nil {
+		return nil, err
+	}
+	out := make([]taskhub.ReportResult, len(rs))
+	sent := make([]asked, len(rs))
+	for i, r := range rs {
+		if err := checkWork(r.Lease); err != nil {
+			out[i].Err = err
+			continue
+		}
+		if err := taskhub.ValidateProgress(r.Progress, r.Message); err != nil {
+			out[i].Err = err
+			continue
+		}
+		sent[i] = h.send(ctx, r.TaskID, &reportCmd{worker: r.Worker, token: r.Token, progress: r.Progress, message: r.Message})
+	}
+	for i, a := range sent {
+		if out[i].Err != nil {
+			continue
+		}
+		reply := a.reply()
+		out[i] = taskhub.ReportResult{LeaseStatus: taskhub.LeaseStatus{CancelRequested: reply.cancelRequested, Expires: reply.leaseExpires}, Err: reply.err}
+	}
+	return out, nil
+}
+
 // TaskEnded returns a channel that is closed once the task has ended (completed, failed or
 // cancelled), for in-process executors that want to stop at once when their task is cancelled,
 // and a function to release it. It only speeds things up: a task that ended before the call

@@ -85,6 +85,23 @@ func (f *fakeHub) ReportProgress(_ context.Context, r taskhub.Report) (taskhub.L
 	return taskhub.LeaseStatus{CancelRequested: true}, f.record(r)
 }
 
+// BatchReportProgress answers the first report recorded, the second cancelled, and the rest
+// not found.
+func (f *fakeHub) BatchReportProgress(_ context.Context, rs []taskhub.Report) ([]taskhub.ReportResult, error) {
+	out := make([]taskhub.ReportResult, len(rs))
+	for i := range out {
+		switch i {
+		case 0:
+			out[i].Expires = time.Unix(300, 0)
+		case 1:
+			out[i].CancelRequested = true
+		default:
+			out[i].Err = taskhub.Errorf(taskhub.NotFound, "task %s not found", rs[i].TaskID)
+		}
+	}
+	return out, f.record(rs)
+}
+
 func (f *fakeHub) RenewLease(_ context.Context, l taskhub.Lease) (taskhub.LeaseStatus, error) {
 	return taskhub.LeaseStatus{Expires: time.Unix(200, 0)}, f.record(l)
 }
@@ -210,6 +227,21 @@ func TestHandlers_MapRequestsToTheHub(t *testing.T) {
 	require.True(t, rep.Msg.CancelRequested)
 	require.Nil(t, rep.Msg.LeaseExpiresAt, "a cancelled task has no lease to renew")
 	require.Equal(t, taskhub.Report{Lease: lease, Progress: 40, Message: "m"}, b.hub.last())
+
+	batch, err := b.work.BatchReportProgress(ctx, connect.NewRequest(&taskhubv1.BatchReportProgressRequest{Reports: []*taskhubv1.ReportProgressRequest{
+		{TaskId: "T", LeaseToken: "lt", Progress: 1, Message: "a"}, {TaskId: "U", LeaseToken: "lu", Progress: 2}, {TaskId: "V", LeaseToken: "lv", Progress: 3},
+	}}))
+	require.NoError(t, err)
+	require.Equal(t, []taskhub.Report{{Lease: lease, Progress: 1, Message: "a"}, {Lease: taskhub.Lease{TaskID: "U", Token: "lu"}, Progress: 2},
+		{Lease: taskhub.Lease{TaskID: "V", Token: "lv"}, Progress: 3}}, b.hub.last())
+	require.Len(t, batch.Msg.Results, 3)
+	require.Equal(t, int64(300), batch.Msg.Results[0].LeaseExpiresAt.GetSeconds())
+	require.Nil(t, batch.Msg.Results[0].Error)
+	require.True(t, batch.Msg.Results[1].CancelRequested)
+	require.Nil(t, batch.Msg.Results[1].Error)
+	require.Equal(t, "not_found", batch.Msg.Results[2].Error.GetCode())
+	require.Equal(t, "task V not found", batch.Msg.Results[2].Error.GetMessage())
+	require.Nil(t, batch.Msg.Results[2].LeaseExpiresAt)
 
 	renew, err := b.grpc.RenewLease(ctx, connect.NewRequest(&taskhubv1.RenewLeaseRequest{TaskId: "T", LeaseToken: "lt"}))
 	require.NoError(t, err)

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"connectrpc.com/connect"
@@ -48,6 +49,31 @@ func (s *workerServer) ReportProgress(ctx context.Context, req *connect.Request[
 	res := &taskhubv1.ReportProgressResponse{CancelRequested: st.CancelRequested}
 	if !st.Expires.IsZero() {
 		res.LeaseExpiresAt = timestamppb.New(st.Expires)
+	}
+	return connect.NewResponse(res), nil
+}
+
+func (s *workerServer) BatchReportProgress(ctx context.Context, req *connect.Request[taskhubv1.BatchReportProgressRequest]) (*connect.Response[taskhubv1.BatchReportProgressResponse], error) {
+	rs := make([]taskhub.Report, len(req.Msg.Reports))
+	for i, m := range req.Msg.Reports {
+		rs[i] = taskhub.Report{Lease: lease(ctx, m.TaskId, m.LeaseToken), Progress: m.Progress, Message: m.Message}
+	}
+	results, err := s.hub.BatchReportProgress(ctx, rs)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	res := &taskhubv1.BatchReportProgressResponse{Results: make([]*taskhubv1.ReportProgressResult, len(results))}
+	for i, r := range results {
+		out := &taskhubv1.ReportProgressResult{CancelRequested: r.CancelRequested}
+		switch {
+		case r.Err != nil:
+			var ce *connect.Error
+			errors.As(connectError(r.Err), &ce)
+			out.Error = &taskhubv1.ReportError{Code: ce.Code().String(), Message: ce.Message()}
+		case !r.Expires.IsZero():
+			out.LeaseExpiresAt = timestamppb.New(r.Expires)
+		}
+		res.Results[i] = out
 	}
 	return connect.NewResponse(res), nil
 }

@@ -271,6 +271,214 @@ func (x *ReportProgressResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type BatchReportProgressRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1..1000 reports.
+	Reports       []*ReportProgressRequest `protobuf:"bytes,1,rep,name=reports,proto3" json:"reports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchReportProgressRequest) Reset() {
+	*x = BatchReportProgressRequest{}
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchReportProgressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchReportProgressRequest) ProtoMessage() {}
+
+func (x *BatchReportProgressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchReportProgressRequest.ProtoReflect.Descriptor instead.
+func (*BatchReportProgressRequest) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BatchReportProgressRequest) GetReports() []*ReportProgressRequest {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
+type BatchReportProgressResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per report, in the request's order.
+	Results       []*ReportProgressResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchReportProgressResponse) Reset() {
+	*x = BatchReportProgressResponse{}
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchReportProgressResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchReportProgressResponse) ProtoMessage() {}
+
+func (x *BatchReportProgressResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchReportProgressResponse.ProtoReflect.Descriptor instead.
+func (*BatchReportProgressResponse) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *BatchReportProgressResponse) GetResults() []*ReportProgressResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type ReportProgressResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task was cancelled: stop working on it.
+	CancelRequested bool `protobuf:"varint,1,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	// Absent when error is set.
+	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
+	// Why this report was not recorded, with the code ReportProgress would have failed with;
+	// absent when it was recorded (or the task was cancelled).
+	Error         *ReportError `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportProgressResult) Reset() {
+	*x = ReportProgressResult{}
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportProgressResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportProgressResult) ProtoMessage() {}
+
+func (x *ReportProgressResult) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportProgressResult.ProtoReflect.Descriptor instead.
+func (*ReportProgressResult) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReportProgressResult) GetCancelRequested() bool {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return false
+}
+
+func (x *ReportProgressResult) GetLeaseExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpiresAt
+	}
+	return nil
+}
+
+func (x *ReportProgressResult) GetError() *ReportError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type ReportError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A Connect error code, as in Connect's JSON errors: "not_found", "permission_denied",
+	// "failed_precondition", "invalid_argument", "unavailable", "deadline_exceeded"...
+	Code          string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportError) Reset() {
+	*x = ReportError{}
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportError) ProtoMessage() {}
+
+func (x *ReportError) ProtoReflect() protoreflect.Message {
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportError.ProtoReflect.Descriptor instead.
+func (*ReportError) Descriptor() ([]byte, []int) {
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReportError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ReportError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type RenewLeaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -281,7 +489,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -293,7 +501,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[4]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -306,7 +514,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{4}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RenewLeaseRequest) GetTaskId() string {
@@ -334,7 +542,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +554,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[5]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +567,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{5}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RenewLeaseResponse) GetCancelRequested() bool {
@@ -388,7 +596,7 @@ type CompleteTaskRequest struct {
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +608,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[6]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +621,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{6}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -446,7 +654,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +666,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[7]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +679,7 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{7}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CompleteTaskResponse) GetTask() *Task {
@@ -495,7 +703,7 @@ type FailTaskRequest struct {
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[8]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +715,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[8]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +728,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{8}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -560,7 +768,7 @@ type FailTaskResponse struct {
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[9]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +780,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskhub_v1_worker_service_proto_msgTypes[9]
+	mi := &file_taskhub_v1_worker_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +793,7 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{9}
+	return file_taskhub_v1_worker_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FailTaskResponse) GetTask() *Task {
@@ -618,7 +826,18 @@ const file_taskhub_v1_worker_service_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\x89\x01\n" +
 	"\x16ReportProgressResponse\x12)\n" +
 	"\x10cancel_requested\x18\x01 \x01(\bR\x0fcancelRequested\x12D\n" +
-	"\x10lease_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\"M\n" +
+	"\x10lease_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\"Y\n" +
+	"\x1aBatchReportProgressRequest\x12;\n" +
+	"\areports\x18\x01 \x03(\v2!.taskhub.v1.ReportProgressRequestR\areports\"Y\n" +
+	"\x1bBatchReportProgressResponse\x12:\n" +
+	"\aresults\x18\x01 \x03(\v2 .taskhub.v1.ReportProgressResultR\aresults\"\xb6\x01\n" +
+	"\x14ReportProgressResult\x12)\n" +
+	"\x10cancel_requested\x18\x01 \x01(\bR\x0fcancelRequested\x12D\n" +
+	"\x10lease_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12-\n" +
+	"\x05error\x18\x03 \x01(\v2\x17.taskhub.v1.ReportErrorR\x05error\";\n" +
+	"\vReportError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"M\n" +
 	"\x11RenewLeaseRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n" +
 	"\vlease_token\x18\x02 \x01(\tR\n" +
@@ -640,10 +859,11 @@ const file_taskhub_v1_worker_service_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1c\n" +
 	"\tretryable\x18\x04 \x01(\bR\tretryable\"8\n" +
 	"\x10FailTaskResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.taskhub.v1.TaskR\x04task2\x99\x03\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.taskhub.v1.TaskR\x04task2\x81\x04\n" +
 	"\rWorkerService\x12H\n" +
 	"\tClaimTask\x12\x1c.taskhub.v1.ClaimTaskRequest\x1a\x1d.taskhub.v1.ClaimTaskResponse\x12W\n" +
-	"\x0eReportProgress\x12!.taskhub.v1.ReportProgressRequest\x1a\".taskhub.v1.ReportProgressResponse\x12K\n" +
+	"\x0eReportProgress\x12!.taskhub.v1.ReportProgressRequest\x1a\".taskhub.v1.ReportProgressResponse\x12f\n" +
+	"\x13BatchReportProgress\x12&.taskhub.v1.BatchReportProgressRequest\x1a'.taskhub.v1.BatchReportProgressResponse\x12K\n" +
 	"\n" +
 	"RenewLease\x12\x1d.taskhub.v1.RenewLeaseRequest\x1a\x1e.taskhub.v1.RenewLeaseResponse\x12Q\n" +
 	"\fCompleteTask\x12\x1f.taskhub.v1.CompleteTaskRequest\x1a .taskhub.v1.CompleteTaskResponse\x12E\n" +
@@ -664,43 +884,53 @@ func file_taskhub_v1_worker_service_proto_rawDescGZIP() []byte {
 	return file_taskhub_v1_worker_service_proto_rawDescData
 }
 
-var file_taskhub_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_taskhub_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_taskhub_v1_worker_service_proto_goTypes = []any{
-	(*ClaimTaskRequest)(nil),       // 0: taskhub.v1.ClaimTaskRequest
-	(*ClaimTaskResponse)(nil),      // 1: taskhub.v1.ClaimTaskResponse
-	(*ReportProgressRequest)(nil),  // 2: taskhub.v1.ReportProgressRequest
-	(*ReportProgressResponse)(nil), // 3: taskhub.v1.ReportProgressResponse
-	(*RenewLeaseRequest)(nil),      // 4: taskhub.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),     // 5: taskhub.v1.RenewLeaseResponse
-	(*CompleteTaskRequest)(nil),    // 6: taskhub.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),   // 7: taskhub.v1.CompleteTaskResponse
-	(*FailTaskRequest)(nil),        // 8: taskhub.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),       // 9: taskhub.v1.FailTaskResponse
-	(*Task)(nil),                   // 10: taskhub.v1.Task
-	(*timestamppb.Timestamp)(nil),  // 11: google.protobuf.Timestamp
+	(*ClaimTaskRequest)(nil),            // 0: taskhub.v1.ClaimTaskRequest
+	(*ClaimTaskResponse)(nil),           // 1: taskhub.v1.ClaimTaskResponse
+	(*ReportProgressRequest)(nil),       // 2: taskhub.v1.ReportProgressRequest
+	(*ReportProgressResponse)(nil),      // 3: taskhub.v1.ReportProgressResponse
+	(*BatchReportProgressRequest)(nil),  // 4: taskhub.v1.BatchReportProgressRequest
+	(*BatchReportProgressResponse)(nil), // 5: taskhub.v1.BatchReportProgressResponse
+	(*ReportProgressResult)(nil),        // 6: taskhub.v1.ReportProgressResult
+	(*ReportError)(nil),                 // 7: taskhub.v1.ReportError
+	(*RenewLeaseRequest)(nil),           // 8: taskhub.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),          // 9: taskhub.v1.RenewLeaseResponse
+	(*CompleteTaskRequest)(nil),         // 10: taskhub.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),        // 11: taskhub.v1.CompleteTaskResponse
+	(*FailTaskRequest)(nil),             // 12: taskhub.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),            // 13: taskhub.v1.FailTaskResponse
+	(*Task)(nil),                        // 14: taskhub.v1.Task
+	(*timestamppb.Timestamp)(nil),       // 15: google.protobuf.Timestamp
 }
 var file_taskhub_v1_worker_service_proto_depIdxs = []int32{
-	10, // 0: taskhub.v1.ClaimTaskResponse.task:type_name -> taskhub.v1.Task
-	11, // 1: taskhub.v1.ClaimTaskResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 2: taskhub.v1.ReportProgressResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 3: taskhub.v1.RenewLeaseResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	10, // 4: taskhub.v1.CompleteTaskResponse.task:type_name -> taskhub.v1.Task
-	10, // 5: taskhub.v1.FailTaskResponse.task:type_name -> taskhub.v1.Task
-	0,  // 6: taskhub.v1.WorkerService.ClaimTask:input_type -> taskhub.v1.ClaimTaskRequest
-	2,  // 7: taskhub.v1.WorkerService.ReportProgress:input_type -> taskhub.v1.ReportProgressRequest
-	4,  // 8: taskhub.v1.WorkerService.RenewLease:input_type -> taskhub.v1.RenewLeaseRequest
-	6,  // 9: taskhub.v1.WorkerService.CompleteTask:input_type -> taskhub.v1.CompleteTaskRequest
-	8,  // 10: taskhub.v1.WorkerService.FailTask:input_type -> taskhub.v1.FailTaskRequest
-	1,  // 11: taskhub.v1.WorkerService.ClaimTask:output_type -> taskhub.v1.ClaimTaskResponse
-	3,  // 12: taskhub.v1.WorkerService.ReportProgress:output_type -> taskhub.v1.ReportProgressResponse
-	5,  // 13: taskhub.v1.WorkerService.RenewLease:output_type -> taskhub.v1.RenewLeaseResponse
-	7,  // 14: taskhub.v1.WorkerService.CompleteTask:output_type -> taskhub.v1.CompleteTaskResponse
-	9,  // 15: taskhub.v1.WorkerService.FailTask:output_type -> taskhub.v1.FailTaskResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 0: taskhub.v1.ClaimTaskResponse.task:type_name -> taskhub.v1.Task
+	15, // 1: taskhub.v1.ClaimTaskResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	15, // 2: taskhub.v1.ReportProgressResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 3: taskhub.v1.BatchReportProgressRequest.reports:type_name -> taskhub.v1.ReportProgressRequest
+	6,  // 4: taskhub.v1.BatchReportProgressResponse.results:type_name -> taskhub.v1.ReportProgressResult
+	15, // 5: taskhub.v1.ReportProgressResult.lease_expires_at:type_name -> google.protobuf.Timestamp
+	7,  // 6: taskhub.v1.ReportProgressResult.error:type_name -> taskhub.v1.ReportError
+	15, // 7: taskhub.v1.RenewLeaseResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	14, // 8: taskhub.v1.CompleteTaskResponse.task:type_name -> taskhub.v1.Task
+	14, // 9: taskhub.v1.FailTaskResponse.task:type_name -> taskhub.v1.Task
+	0,  // 10: taskhub.v1.WorkerService.ClaimTask:input_type -> taskhub.v1.ClaimTaskRequest
+	2,  // 11: taskhub.v1.WorkerService.ReportProgress:input_type -> taskhub.v1.ReportProgressRequest
+	4,  // 12: taskhub.v1.WorkerService.BatchReportProgress:input_type -> taskhub.v1.BatchReportProgressRequest
+	8,  // 13: taskhub.v1.WorkerService.RenewLease:input_type -> taskhub.v1.RenewLeaseRequest
+	10, // 14: taskhub.v1.WorkerService.CompleteTask:input_type -> taskhub.v1.CompleteTaskRequest
+	12, // 15: taskhub.v1.WorkerService.FailTask:input_type -> taskhub.v1.FailTaskRequest
+	1,  // 16: taskhub.v1.WorkerService.ClaimTask:output_type -> taskhub.v1.ClaimTaskResponse
+	3,  // 17: taskhub.v1.WorkerService.ReportProgress:output_type -> taskhub.v1.ReportProgressResponse
+	5,  // 18: taskhub.v1.WorkerService.BatchReportProgress:output_type -> taskhub.v1.BatchReportProgressResponse
+	9,  // 19: taskhub.v1.WorkerService.RenewLease:output_type -> taskhub.v1.RenewLeaseResponse
+	11, // 20: taskhub.v1.WorkerService.CompleteTask:output_type -> taskhub.v1.CompleteTaskResponse
+	13, // 21: taskhub.v1.WorkerService.FailTask:output_type -> taskhub.v1.FailTaskResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_taskhub_v1_worker_service_proto_init() }
@@ -715,7 +945,7 @@ func file_taskhub_v1_worker_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskhub_v1_worker_service_proto_rawDesc), len(file_taskhub_v1_worker_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,9 @@ const (
 	// WorkerServiceReportProgressProcedure is the fully-qualified name of the WorkerService's
 	// ReportProgress RPC.
 	WorkerServiceReportProgressProcedure = "/taskhub.v1.WorkerService/ReportProgress"
+	// WorkerServiceBatchReportProgressProcedure is the fully-qualified name of the WorkerService's
+	// BatchReportProgress RPC.
+	WorkerServiceBatchReportProgressProcedure = "/taskhub.v1.WorkerService/BatchReportProgress"
 	// WorkerServiceRenewLeaseProcedure is the fully-qualified name of the WorkerService's RenewLease
 	// RPC.
 	WorkerServiceRenewLeaseProcedure = "/taskhub.v1.WorkerService/RenewLease"
@@ -56,6 +59,11 @@ type WorkerServiceClient interface {
 	// ReportProgress records progress and renews the lease. It answers cancel_requested when the
 	// task was cancelled: the worker should stop.
 	ReportProgress(context.Context, *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error)
+	// BatchReportProgress records several reports in one call, as a worker running many tasks
+	// sends them: each is applied as ReportProgress applies it, on its own (one refused report
+	// does not hold back the others), and a task's reports in their order. It answers a result
+	// per report, in the request's order.
+	BatchReportProgress(context.Context, *connect.Request[v1.BatchReportProgressRequest]) (*connect.Response[v1.BatchReportProgressResponse], error)
 	// RenewLease extends the lease without reporting progress, for a worker inside a long step.
 	// It writes no event (so it does not clear task.stalled), and answers cancel_requested like
 	// ReportProgress.
@@ -89,6 +97,12 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(workerServiceMethods.ByName("ReportProgress")),
 			connect.WithClientOptions(opts...),
 		),
+		batchReportProgress: connect.NewClient[v1.BatchReportProgressRequest, v1.BatchReportProgressResponse](
+			httpClient,
+			baseURL+WorkerServiceBatchReportProgressProcedure,
+			connect.WithSchema(workerServiceMethods.ByName("BatchReportProgress")),
+			connect.WithClientOptions(opts...),
+		),
 		renewLease: connect.NewClient[v1.RenewLeaseRequest, v1.RenewLeaseResponse](
 			httpClient,
 			baseURL+WorkerServiceRenewLeaseProcedure,
@@ -112,11 +126,12 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 
 // workerServiceClient implements WorkerServiceClient.
 type workerServiceClient struct {
-	claimTask      *connect.Client[v1.ClaimTaskRequest, v1.ClaimTaskResponse]
-	reportProgress *connect.Client[v1.ReportProgressRequest, v1.ReportProgressResponse]
-	renewLease     *connect.Client[v1.RenewLeaseRequest, v1.RenewLeaseResponse]
-	completeTask   *connect.Client[v1.CompleteTaskRequest, v1.CompleteTaskResponse]
-	failTask       *connect.Client[v1.FailTaskRequest, v1.FailTaskResponse]
+	claimTask           *connect.Client[v1.ClaimTaskRequest, v1.ClaimTaskResponse]
+	reportProgress      *connect.Client[v1.ReportProgressRequest, v1.ReportProgressResponse]
+	batchReportProgress *connect.Client[v1.BatchReportProgressRequest, v1.BatchReportProgressResponse]
+	renewLease          *connect.Client[v1.RenewLeaseRequest, v1.RenewLeaseResponse]
+	completeTask        *connect.Client[v1.CompleteTaskRequest, v1.CompleteTaskResponse]
+	failTask            *connect.Client[v1.FailTaskRequest, v1.FailTaskResponse]
 }
 
 // ClaimTask calls taskhub.v1.WorkerService.ClaimTask.
@@ -127,6 +142,11 @@ func (c *workerServiceClient) ClaimTask(ctx context.Context, req *connect.Reques
 // ReportProgress calls taskhub.v1.WorkerService.ReportProgress.
 func (c *workerServiceClient) ReportProgress(ctx context.Context, req *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error) {
 	return c.reportProgress.CallUnary(ctx, req)
+}
+
+// BatchReportProgress calls taskhub.v1.WorkerService.BatchReportProgress.
+func (c *workerServiceClient) BatchReportProgress(ctx context.Context, req *connect.Request[v1.BatchReportProgressRequest]) (*connect.Response[v1.BatchReportProgressResponse], error) {
+	return c.batchReportProgress.CallUnary(ctx, req)
 }
 
 // RenewLease calls taskhub.v1.WorkerService.RenewLease.
@@ -152,6 +172,11 @@ type WorkerServiceHandler interface {
 	// ReportProgress records progress and renews the lease. It answers cancel_requested when the
 	// task was cancelled: the worker should stop.
 	ReportProgress(context.Context, *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error)
+	// BatchReportProgress records several reports in one call, as a worker running many tasks
+	// sends them: each is applied as ReportProgress applies it, on its own (one refused report
+	// does not hold back the others), and a task's reports in their order. It answers a result
+	// per report, in the request's order.
+	BatchReportProgress(context.Context, *connect.Request[v1.BatchReportProgressRequest]) (*connect.Response[v1.BatchReportProgressResponse], error)
 	// RenewLease extends the lease without reporting progress, for a worker inside a long step.
 	// It writes no event (so it does not clear task.stalled), and answers cancel_requested like
 	// ReportProgress.
@@ -181,6 +206,12 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(workerServiceMethods.ByName("ReportProgress")),
 		connect.WithHandlerOptions(opts...),
 	)
+	workerServiceBatchReportProgressHandler := connect.NewUnaryHandler(
+		WorkerServiceBatchReportProgressProcedure,
+		svc.BatchReportProgress,
+		connect.WithSchema(workerServiceMethods.ByName("BatchReportProgress")),
+		connect.WithHandlerOptions(opts...),
+	)
 	workerServiceRenewLeaseHandler := connect.NewUnaryHandler(
 		WorkerServiceRenewLeaseProcedure,
 		svc.RenewLease,
@@ -205,6 +236,8 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 			workerServiceClaimTaskHandler.ServeHTTP(w, r)
 		case WorkerServiceReportProgressProcedure:
 			workerServiceReportProgressHandler.ServeHTTP(w, r)
+		case WorkerServiceBatchReportProgressProcedure:
+			workerServiceBatchReportProgressHandler.ServeHTTP(w, r)
 		case WorkerServiceRenewLeaseProcedure:
 			workerServiceRenewLeaseHandler.ServeHTTP(w, r)
 		case WorkerServiceCompleteTaskProcedure:
@@ -226,6 +259,10 @@ func (UnimplementedWorkerServiceHandler) ClaimTask(context.Context, *connect.Req
 
 func (UnimplementedWorkerServiceHandler) ReportProgress(context.Context, *connect.Request[v1.ReportProgressRequest]) (*connect.Response[v1.ReportProgressResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskhub.v1.WorkerService.ReportProgress is not implemented"))
+}
+
+func (UnimplementedWorkerServiceHandler) BatchReportProgress(context.Context, *connect.Request[v1.BatchReportProgressRequest]) (*connect.Response[v1.BatchReportProgressResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskhub.v1.WorkerService.BatchReportProgress is not implemented"))
 }
 
 func (UnimplementedWorkerServiceHandler) RenewLease(context.Context, *connect.Request[v1.RenewLeaseRequest]) (*connect.Response[v1.RenewLeaseResponse], error) {

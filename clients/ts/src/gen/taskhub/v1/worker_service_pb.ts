@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskhub/v1/worker_service.proto.
  */
 export const file_taskhub_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch90YXNraHViL3YxL3dvcmtlcl9zZXJ2aWNlLnByb3RvEgp0YXNraHViLnYxIkoKEENsYWltVGFza1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEg0KBW1vZGVzGAIgAygJEhQKDHdhaXRfc2Vjb25kcxgDIAEoDSJ+ChFDbGFpbVRhc2tSZXNwb25zZRIeCgR0YXNrGAEgASgLMhAudGFza2h1Yi52MS5UYXNrEhMKC2xlYXNlX3Rva2VuGAIgASgJEjQKEGxlYXNlX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImAKFVJlcG9ydFByb2dyZXNzUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEhAKCHByb2dyZXNzGAMgASgBEg8KB21lc3NhZ2UYBCABKAkiaAoWUmVwb3J0UHJvZ3Jlc3NSZXNwb25zZRIYChBjYW5jZWxfcmVxdWVzdGVkGAEgASgIEjQKEGxlYXNlX2V4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjkKEVJlbmV3TGVhc2VSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAkiZAoSUmVuZXdMZWFzZVJlc3BvbnNlEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYASABKAgSNAoQbGVhc2VfZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoTQ29tcGxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEg4KBnJlc3VsdBgDIAEoCSI2ChRDb21wbGV0ZVRhc2tSZXNwb25zZRIeCgR0YXNrGAEgASgLMhAudGFza2h1Yi52MS5UYXNrIlkKD0ZhaWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEg0KBWVycm9yGAMgASgJEhEKCXJldHJ5YWJsZRgEIAEoCCIyChBGYWlsVGFza1Jlc3BvbnNlEh4KBHRhc2sYASABKAsyEC50YXNraHViLnYxLlRhc2symQMKDVdvcmtlclNlcnZpY2USSAoJQ2xhaW1UYXNrEhwudGFza2h1Yi52MS5DbGFpbVRhc2tSZXF1ZXN0Gh0udGFza2h1Yi52MS5DbGFpbVRhc2tSZXNwb25zZRJXCg5SZXBvcnRQcm9ncmVzcxIhLnRhc2todWIudjEuUmVwb3J0UHJvZ3Jlc3NSZXF1ZXN0GiIudGFza2h1Yi52MS5SZXBvcnRQcm9ncmVzc1Jlc3BvbnNlEksKClJlbmV3TGVhc2USHS50YXNraHViLnYxLlJlbmV3TGVhc2VSZXF1ZXN0Gh4udGFza2h1Yi52MS5SZW5ld0xlYXNlUmVzcG9uc2USUQoMQ29tcGxldGVUYXNrEh8udGFza2h1Yi52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0GiAudGFza2h1Yi52MS5Db21wbGV0ZVRhc2tSZXNwb25zZRJFCghGYWlsVGFzaxIbLnRhc2todWIudjEuRmFpbFRhc2tSZXF1ZXN0GhwudGFza2h1Yi52MS5GYWlsVGFza1Jlc3BvbnNlQqIBCg5jb20udGFza2h1Yi52MUISV29ya2VyU2VydmljZVByb3RvUAFaM2dpdGh1Yi5jb20vdGFza2h1Yi90YXNraHViL2dlbi90YXNraHViL3YxO3Rhc2todWJ2MaICA1RYWKoCClRhc2todWIuVjHKAgpUYXNraHViXFYx4gIWVGFza2h1YlxWMVxHUEJNZXRhZGF0YeoCC1Rhc2todWI6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_taskhub_v1_task]);
+  fileDesc("Ch90YXNraHViL3YxL3dvcmtlcl9zZXJ2aWNlLnByb3RvEgp0YXNraHViLnYxIkoKEENsYWltVGFza1JlcXVlc3QSEQoJd29ya2VyX2lkGAEgASgJEg0KBW1vZGVzGAIgAygJEhQKDHdhaXRfc2Vjb25kcxgDIAEoDSJ+ChFDbGFpbVRhc2tSZXNwb25zZRIeCgR0YXNrGAEgASgLMhAudGFza2h1Yi52MS5UYXNrEhMKC2xlYXNlX3Rva2VuGAIgASgJEjQKEGxlYXNlX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImAKFVJlcG9ydFByb2dyZXNzUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJEhAKCHByb2dyZXNzGAMgASgBEg8KB21lc3NhZ2UYBCABKAkiaAoWUmVwb3J0UHJvZ3Jlc3NSZXNwb25zZRIYChBjYW5jZWxfcmVxdWVzdGVkGAEgASgIEjQKEGxlYXNlX2V4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlAKGkJhdGNoUmVwb3J0UHJvZ3Jlc3NSZXF1ZXN0EjIKB3JlcG9ydHMYASADKAsyIS50YXNraHViLnYxLlJlcG9ydFByb2dyZXNzUmVxdWVzdCJQChtCYXRjaFJlcG9ydFByb2dyZXNzUmVzcG9uc2USMQoHcmVzdWx0cxgBIAMoCzIgLnRhc2todWIudjEuUmVwb3J0UHJvZ3Jlc3NSZXN1bHQijgEKFFJlcG9ydFByb2dyZXNzUmVzdWx0EhgKEGNhbmNlbF9yZXF1ZXN0ZWQYASABKAgSNAoQbGVhc2VfZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFZXJyb3IYAyABKAsyFy50YXNraHViLnYxLlJlcG9ydEVycm9yIiwKC1JlcG9ydEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSI5ChFSZW5ld0xlYXNlUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgJImQKElJlbmV3TGVhc2VSZXNwb25zZRIYChBjYW5jZWxfcmVxdWVzdGVkGAEgASgIEjQKEGxlYXNlX2V4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIksKE0NvbXBsZXRlVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoCRIOCgZyZXN1bHQYAyABKAkiNgoUQ29tcGxldGVUYXNrUmVzcG9uc2USHgoEdGFzaxgBIAEoCzIQLnRhc2todWIudjEuVGFzayJZCg9GYWlsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoCRINCgVlcnJvchgDIAEoCRIRCglyZXRyeWFibGUYBCABKAgiMgoQRmFpbFRhc2tSZXNwb25zZRIeCgR0YXNrGAEgASgLMhAudGFza2h1Yi52MS5UYXNrMoEECg1Xb3JrZXJTZXJ2aWNlEkgKCUNsYWltVGFzaxIcLnRhc2todWIudjEuQ2xhaW1UYXNrUmVxdWVzdBodLnRhc2todWIudjEuQ2xhaW1UYXNrUmVzcG9uc2USVwoOUmVwb3J0UHJvZ3Jlc3MSIS50YXNraHViLnYxLlJlcG9ydFByb2dyZXNzUmVxdWVzdBoiLnRhc2todWIudjEuUmVwb3J0UHJvZ3Jlc3NSZXNwb25zZRJmChNCYXRjaFJlcG9ydFByb2dyZXNzEiYudGFza2h1Yi52MS5CYXRjaFJlcG9ydFByb2dyZXNzUmVxdWVzdBonLnRhc2todWIudjEuQmF0Y2hSZXBvcnRQcm9ncmVzc1Jlc3BvbnNlEksKClJlbmV3TGVhc2USHS50YXNraHViLnYxLlJlbmV3TGVhc2VSZXF1ZXN0Gh4udGFza2h1Yi52MS5SZW5ld0xlYXNlUmVzcG9uc2USUQoMQ29tcGxldGVUYXNrEh8udGFza2h1Yi52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0GiAudGFza2h1Yi52MS5Db21wbGV0ZVRhc2tSZXNwb25zZRJFCghGYWlsVGFzaxIbLnRhc2todWIudjEuRmFpbFRhc2tSZXF1ZXN0GhwudGFza2h1Yi52MS5GYWlsVGFza1Jlc3BvbnNlQqIBCg5jb20udGFza2h1Yi52MUISV29ya2VyU2VydmljZVByb3RvUAFaM2dpdGh1Yi5jb20vdGFza2h1Yi90YXNraHViL2dlbi90YXNraHViL3YxO3Rhc2todWJ2MaICA1RYWKoCClRhc2todWIuVjHKAgpUYXNraHViXFYx4gIWVGFza2h1YlxWMVxHUEJNZXRhZGF0YeoCC1Rhc2todWI6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_taskhub_v1_task]);
 
 /**
  * @generated from message taskhub.v1.ClaimTaskRequest
@@ -142,6 +142,103 @@ export const ReportProgressResponseSchema: GenMessage<ReportProgressResponse> = 
   messageDesc(file_taskhub_v1_worker_service, 3);
 
 /**
+ * @generated from message taskhub.v1.BatchReportProgressRequest
+ */
+export type BatchReportProgressRequest = Message<"taskhub.v1.BatchReportProgressRequest"> & {
+  /**
+   * 1..1000 reports.
+   *
+   * @generated from field: repeated taskhub.v1.ReportProgressRequest reports = 1;
+   */
+  reports: ReportProgressRequest[];
+};
+
+/**
+ * Describes the message taskhub.v1.BatchReportProgressRequest.
+ * Use `create(BatchReportProgressRequestSchema)` to create a new message.
+ */
+export const BatchReportProgressRequestSchema: GenMessage<BatchReportProgressRequest> = /*@__PURE__*/
+  messageDesc(file_taskhub_v1_worker_service, 4);
+
+/**
+ * @generated from message taskhub.v1.BatchReportProgressResponse
+ */
+export type BatchReportProgressResponse = Message<"taskhub.v1.BatchReportProgressResponse"> & {
+  /**
+   * One per report, in the request's order.
+   *
+   * @generated from field: repeated taskhub.v1.ReportProgressResult results = 1;
+   */
+  results: ReportProgressResult[];
+};
+
+/**
+ * Describes the message taskhub.v1.BatchReportProgressResponse.
+ * Use `create(BatchReportProgressResponseSchema)` to create a new message.
+ */
+export const BatchReportProgressResponseSchema: GenMessage<BatchReportProgressResponse> = /*@__PURE__*/
+  messageDesc(file_taskhub_v1_worker_service, 5);
+
+/**
+ * @generated from message taskhub.v1.ReportProgressResult
+ */
+export type ReportProgressResult = Message<"taskhub.v1.ReportProgressResult"> & {
+  /**
+   * The task was cancelled: stop working on it.
+   *
+   * @generated from field: bool cancel_requested = 1;
+   */
+  cancelRequested: boolean;
+
+  /**
+   * Absent when error is set.
+   *
+   * @generated from field: google.protobuf.Timestamp lease_expires_at = 2;
+   */
+  leaseExpiresAt?: Timestamp | undefined;
+
+  /**
+   * Why this report was not recorded, with the code ReportProgress would have failed with;
+   * absent when it was recorded (or the task was cancelled).
+   *
+   * @generated from field: taskhub.v1.ReportError error = 3;
+   */
+  error?: ReportError | undefined;
+};
+
+/**
+ * Describes the message taskhub.v1.ReportProgressResult.
+ * Use `create(ReportProgressResultSchema)` to create a new message.
+ */
+export const ReportProgressResultSchema: GenMessage<ReportProgressResult> = /*@__PURE__*/
+  messageDesc(file_taskhub_v1_worker_service, 6);
+
+/**
+ * @generated from message taskhub.v1.ReportError
+ */
+export type ReportError = Message<"taskhub.v1.ReportError"> & {
+  /**
+   * A Connect error code, as in Connect's JSON errors: "not_found", "permission_denied",
+   * "failed_precondition", "invalid_argument", "unavailable", "deadline_exceeded"...
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message taskhub.v1.ReportError.
+ * Use `create(ReportErrorSchema)` to create a new message.
+ */
+export const ReportErrorSchema: GenMessage<ReportError> = /*@__PURE__*/
+  messageDesc(file_taskhub_v1_worker_service, 7);
+
+/**
  * @generated from message taskhub.v1.RenewLeaseRequest
  */
 export type RenewLeaseRequest = Message<"taskhub.v1.RenewLeaseRequest"> & {
@@ -161,7 +258,7 @@ export type RenewLeaseRequest = Message<"taskhub.v1.RenewLeaseRequest"> & {
  * Use `create(RenewLeaseRequestSchema)` to create a new message.
  */
 export const RenewLeaseRequestSchema: GenMessage<RenewLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_taskhub_v1_worker_service, 4);
+  messageDesc(file_taskhub_v1_worker_service, 8);
 
 /**
  * @generated from message taskhub.v1.RenewLeaseResponse
@@ -185,7 +282,7 @@ export type RenewLeaseResponse = Message<"taskhub.v1.RenewLeaseResponse"> & {
  * Use `create(RenewLeaseResponseSchema)` to create a new message.
  */
 export const RenewLeaseResponseSchema: GenMessage<RenewLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_taskhub_v1_worker_service, 5);
+  messageDesc(file_taskhub_v1_worker_service, 9);
 
 /**
  * @generated from message taskhub.v1.CompleteTaskRequest
@@ -214,7 +311,7 @@ export type CompleteTaskRequest = Message<"taskhub.v1.CompleteTaskRequest"> & {
  * Use `create(CompleteTaskRequestSchema)` to create a new message.
  */
 export const CompleteTaskRequestSchema: GenMessage<CompleteTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskhub_v1_worker_service, 6);
+  messageDesc(file_taskhub_v1_worker_service, 10);
 
 /**
  * @generated from message taskhub.v1.CompleteTaskResponse
@@ -231,7 +328,7 @@ export type CompleteTaskResponse = Message<"taskhub.v1.CompleteTaskResponse"> & 
  * Use `create(CompleteTaskResponseSchema)` to create a new message.
  */
 export const CompleteTaskResponseSchema: GenMessage<CompleteTaskResponse> = /*@__PURE__*/
-  messageDesc(file_taskhub_v1_worker_service, 7);
+  messageDesc(file_taskhub_v1_worker_service, 11);
 
 /**
  * @generated from message taskhub.v1.FailTaskRequest
@@ -267,7 +364,7 @@ export type FailTaskRequest = Message<"taskhub.v1.FailTaskRequest"> & {
  * Use `create(FailTaskRequestSchema)` to create a new message.
  */
 export const FailTaskRequestSchema: GenMessage<FailTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskhub_v1_worker_service, 8);
+  messageDesc(file_taskhub_v1_worker_service, 12);
 
 /**
  * @generated from message taskhub.v1.FailTaskResponse
@@ -284,7 +381,7 @@ export type FailTaskResponse = Message<"taskhub.v1.FailTaskResponse"> & {
  * Use `create(FailTaskResponseSchema)` to create a new message.
  */
 export const FailTaskResponseSchema: GenMessage<FailTaskResponse> = /*@__PURE__*/
-  messageDesc(file_taskhub_v1_worker_service, 9);
+  messageDesc(file_taskhub_v1_worker_service, 13);
 
 /**
  * WorkerService is what workers use: claim a task, report progress, finish it.
@@ -315,6 +412,19 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof ReportProgressRequestSchema;
     output: typeof ReportProgressResponseSchema;
+  },
+  /**
+   * BatchReportProgress records several reports in one call, as a worker running many tasks
+   * sends them: each is applied as ReportProgress applies it, on its own (one refused report
+   * does not hold back the others), and a task's reports in their order. It answers a result
+   * per report, in the request's order.
+   *
+   * @generated from rpc taskhub.v1.WorkerService.BatchReportProgress
+   */
+  batchReportProgress: {
+    methodKind: "unary";
+    input: typeof BatchReportProgressRequestSchema;
+    output: typeof BatchReportProgressResponseSchema;
   },
   /**
    * RenewLease extends the lease without reporting progress, for a worker inside a long step.
