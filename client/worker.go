@@ -67,6 +67,7 @@ type Job struct {
 	Task *taskhubv1.Task
 
 	w      *Worker
+	rep    *Reporter // the worker's, shared by its jobs
 	lease  string
 	cancel context.CancelCauseFunc
 
@@ -86,10 +87,10 @@ var (
 // Report reports progress (0 to 100) and a message; it renews the lease. When the task was
 // cancelled, or the lease lost, it ends the job's context and returns the cause.
 func (j *Job) Report(ctx context.Context, progress float64, message string) error {
-	res, err := j.w.Client.work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
+	res, err := j.rep.Report(ctx, &taskhubv1.ReportProgressRequest{
 		TaskId: j.Task.Id, LeaseToken: j.lease, Progress: progress, Message: message,
-	}))
-	return j.after(err, res != nil && res.Msg.CancelRequested)
+	})
+	return j.after(err, res != nil && res.CancelRequested)
 }
 
 // renew renews the lease without a report.
@@ -135,6 +136,9 @@ func (w *Worker) Run(ctx context.Context, modes []string, handle Handler) error 
 			context.AfterFunc(stopped, func() { t.Stop() })
 		})()
 	}
+	// The jobs' reports go through one Reporter: those that come while one is on its way go
+	// together in one call.
+	rep := w.Client.Reporter()
 	var wg sync.WaitGroup
 	for range max(w.Concurrency, 1) {
 		wg.Go(func() {
@@ -161,7 +165,7 @@ func (w *Worker) Run(ctx context.Context, modes []string, handle Handler) error 
 				case res.Msg.Task == nil:
 					continue
 				}
-				w.run(stopped, res.Msg, handle, logger)
+				w.run(stopped, res.Msg, rep, handle, logger)
 			}
 		})
 	}
@@ -172,10 +176,10 @@ func (w *Worker) Run(ctx context.Context, modes []string, handle Handler) error 
 // run runs one claimed task to its end: completed, failed, or dropped when it was cancelled,
 // its lease lost, or stopped ended. It outlives the worker's context, so that a drain lets it
 // finish.
-func (w *Worker) run(stopped context.Context, claim *taskhubv1.ClaimTaskResponse, handle Handler, logger *slog.Logger) {
+func (w *Worker) run(stopped context.Context, claim *taskhubv1.ClaimTaskResponse, rep *Reporter, handle Handler, logger *slog.Logger) {
 	ctx, cancel := context.WithCancelCause(stopped)
 	defer cancel(nil)
-	job := &Job{Task: claim.Task, w: w, lease: claim.LeaseToken, cancel: cancel, reported: time.Now()}
+	job := &Job{Task: claim.Task, w: w, rep: rep, lease: claim.LeaseToken, cancel: cancel, reported: time.Now()}
 	var ended <-chan struct{} // nil, which never closes, without TaskEnded
 	if w.TaskEnded != nil {
 		var release func()

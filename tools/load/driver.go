@@ -15,6 +15,8 @@ import (
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+
+	"github.com/taskhub/taskhub/client"
 )
 
 // driver plays the user and the workers: it creates the load tasks, claims them, reports
@@ -27,6 +29,9 @@ type driver struct {
 	prefix string   // of the prompts of this run's tasks
 	users  []string // tokens: task j belongs to user j % len(users); nil: --token's user owns all
 	notes  io.Writer
+	// reporters, one per worker process with --batch-workers, send task j's reports through
+	// reporters[j % len]; nil: a ReportProgress call per report.
+	reporters []*client.Reporter
 
 	ids      []string
 	leases   []string
@@ -68,20 +73,28 @@ func newDriver(cfg config, prefix string, users []string, notes io.Writer) *driv
 		protocols.SetUnencryptedHTTP2(true)
 	}
 	hc := &http.Client{Transport: tr}
+	var reporters []*client.Reporter
+	if cfg.batchWorkers > 0 {
+		c := client.New(cfg.url, client.WithHTTPClient(hc), client.WithConnectOptions(clientOptions(cfg.workerToken, false, cfg.codec)...))
+		for range cfg.batchWorkers {
+			reporters = append(reporters, c.Reporter())
+		}
+	}
 	return &driver{
-		tasks:    taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false, cfg.codec)...),
-		work:     taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false, cfg.codec)...),
-		http:     hc,
-		mode:     cfg.mode,
-		prefix:   prefix,
-		users:    users,
-		notes:    notes,
-		ids:      make([]string, n),
-		leases:   make([]string, n),
-		done:     make([]bool, n),
-		changes:  make([][]change, n),
-		progress: make([]int64, n),
-		final:    make([]*taskhubv1.Task, n),
+		reporters: reporters,
+		tasks:     taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false, cfg.codec)...),
+		work:      taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false, cfg.codec)...),
+		http:      hc,
+		mode:      cfg.mode,
+		prefix:    prefix,
+		users:     users,
+		notes:     notes,
+		ids:       make([]string, n),
+		leases:    make([]string, n),
+		done:      make([]bool, n),
+		changes:   make([][]change, n),
+		progress:  make([]int64, n),
+		final:     make([]*taskhubv1.Task, n),
 	}
 }
 
@@ -184,9 +197,9 @@ func (d *driver) drive(ctx context.Context, rate float64, dur time.Duration) {
 				// Strictly increasing and below 100, so a task's progress names its change.
 				p := 100 * float64(k+1) / float64(perTask+2)
 				asked := time.Now()
-				_, err := d.work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
+				err := d.report(ctx, j, &taskhubv1.ReportProgressRequest{
 					TaskId: d.ids[j], LeaseToken: d.leases[j], Progress: p, Message: "step " + strconv.Itoa(k+1),
-				}))
+				})
 				if err != nil {
 					if ctx.Err() != nil {
 						return
@@ -203,6 +216,16 @@ func (d *driver) drive(ctx context.Context, rate float64, dur time.Duration) {
 	}
 	wg.Wait()
 	d.calls = slices.Concat(calls...)
+}
+
+// report sends one report of task j: through its worker's Reporter with --batch-workers.
+func (d *driver) report(ctx context.Context, j int, req *taskhubv1.ReportProgressRequest) error {
+	if d.reporters != nil {
+		_, err := d.reporters[j%len(d.reporters)].Report(ctx, req)
+		return err
+	}
+	_, err := d.work.ReportProgress(ctx, connect.NewRequest(req))
+	return err
 }
 
 // complete completes every task.

@@ -105,6 +105,7 @@ type config struct {
 	tls          *tls.Config // with an https URL: trusting --tls-ca
 	authFile     string      // the server's, for --users' tokens
 	workerConns  int         // with --http1: the most worker connections; 0: one per task
+	batchWorkers int         // worker processes batching their tasks' reports; 0: a call per report
 	users        int         // users owning the tasks, each with perUser watchers; 0: --token's
 	perUser      int
 	apiKey       string // centrifugo: of its server HTTP API
@@ -158,6 +159,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.users, "users", 0, "spread the tasks over this many users, each watched by --watchers-per-user watchers of their own, who must see their user's tasks only (push; needs --auth-file: the users are its first ones)")
 	fs.IntVar(&cfg.perUser, "watchers-per-user", 1, "watchers (devices) per user with --users; --watchers is then users x this")
 	fs.IntVar(&cfg.workerConns, "worker-conns", 0, "with --http1, at most this many worker connections, shared by the tasks' reports as worker processes that each run several tasks share theirs (default: one per task)")
+	fs.IntVar(&cfg.batchWorkers, "batch-workers", 0, "the tasks are run by this many worker processes, each sending its tasks' reports as the Go client's Worker does: those made while one is on its way go together in one BatchReportProgress call (default: a ReportProgress call per report)")
 	fs.StringVar(&tlsCA, "tls-ca", "", "PEM `file` of the certificate (or its authority) to trust for an https:// --url; with https each watcher has a TLS connection of its own (HTTP/2, or HTTP/1.1 with --http1), as a browser's page does, unless --streams-per-conn says otherwise")
 	fs.StringVar(&cfg.authFile, "auth-file", "", "the server's --auth-file, for --users' tokens (taskhub-load users writes one)")
 	fs.IntVar(&cfg.slow, "slow", 0, "how many watchers stop reading when the load starts (push)")
@@ -220,6 +222,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("--watchers %d is not --users x --watchers-per-user (%d): leave it out", cfg.watchers, cfg.users*cfg.perUser)
 	case cfg.workerConns < 0 || (cfg.workerConns > 0 && !cfg.http1):
 		return cfg, errors.New("--worker-conns is for --http1 (over HTTP/2 the workers share one connection), and at least 0")
+	case cfg.batchWorkers < 0 || cfg.batchWorkers > maxTasks:
+		return cfg, fmt.Errorf("--batch-workers must be 0..%d: got %d", maxTasks, cfg.batchWorkers)
 	case cfg.gzip && cfg.http1 && cfg.client == clientRaw:
 		return cfg, errors.New("--client raw over HTTP/1.1 does not decompress: drop --gzip, or use --client connect")
 	}

@@ -229,7 +229,7 @@ func TestRun_PushUsers(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, srv.Close()) })
 
-	for _, args := range [][]string{{"--client", clientRaw}, {"--client", clientConnect}, {"--http1", "--codec", "json", "--worker-conns", "2"}} {
+	for _, args := range [][]string{{"--client", clientRaw}, {"--client", clientConnect}, {"--http1", "--codec", "json", "--worker-conns", "2"}, {"--batch-workers", "2"}, {"--http1", "--codec", "json", "--batch-workers", "2"}} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			rep := runLoad(t, append([]string{"push", "--url", srv.URL(), "--users", "3", "--watchers-per-user", "2", "--auth-file", authFile,
 				"--tasks", "5", "--rate", "100", "--duration", "1s"}, args...)...)
@@ -341,6 +341,7 @@ func TestRun_RefusesBadClients(t *testing.T) {
 		"--client raw --codec json":   "--client raw over HTTP/2 decodes proto only",
 		"--client raw --http1 --gzip": "does not decompress",
 		"--worker-conns 5":            "--worker-conns is for --http1",
+		"--batch-workers -1":          "--batch-workers must be",
 	} {
 		t.Run(args, func(t *testing.T) {
 			err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)
