@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -63,6 +64,7 @@ type feed struct {
 
 	mu       sync.Mutex
 	pos      uint64                                // the last sequence applied
+	applied  atomic.Uint64                         // pos, for readers without the lock
 	active   map[string]map[string]*taskhubv1.Task // owner -> task id -> slim task
 	modes    map[string]int                        // mode -> its active tasks
 	subs     map[string]map[*Watch]struct{}        // owner -> its watches
@@ -95,6 +97,7 @@ func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger 
 	}
 	if first == 0 {
 		f.pos = last
+		f.applied.Store(last)
 		f.markReady()
 	}
 	f.stop, err = log.Follow(ctx, f.apply)
@@ -136,6 +139,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 			}
 		}
 		f.pos = e.Seq
+		f.applied.Store(e.Seq)
 		due = f.after.due(f.pos)
 	}
 	f.mu.Unlock()
@@ -299,11 +303,7 @@ func (f *feed) await(ctx context.Context, seq uint64, timeout time.Duration) boo
 }
 
 // position is the last sequence applied.
-func (f *feed) position() uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pos
-}
+func (f *feed) position() uint64 { return f.applied.Load() }
 
 // modeActive reports whether mode has queued or running tasks.
 func (f *feed) modeActive(mode string) bool {

@@ -411,7 +411,31 @@ func (h *Hub) send(ctx context.Context, id string, cmd any) asked {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
+	if _, claim := cmd.(*claimCmd); !claim { // a claim holds a queue delivery: it must not wait
+		if err := h.pace(ctx, deadline); err != nil {
+			return asked{id: id, failed: &taskReply{err: err}}
+		}
+	}
 	return asked{id: id, f: h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline}, time.Until(deadline)+answerMargin)}
+}
+
+// pace waits, before a write, until the feed is at most WriteAhead events behind this node's
+// last write (see Options.WriteAhead). It fails, having changed nothing, when the caller's
+// deadline comes first (DeadlineExceeded), or when the feed stays behind for maxLag, when the
+// node also reports itself not ready (Unavailable).
+func (h *Hub) pace(ctx context.Context, deadline time.Time) error {
+	w, ahead := h.written.Load(), uint64(h.cfg.WriteAhead)
+	if w <= ahead || h.feed.position() >= w-ahead {
+		return nil
+	}
+	h.counts.paced.Add(1)
+	if h.feed.await(ctx, w-ahead, min(time.Until(deadline), maxLag)) {
+		return nil
+	}
+	if ctx.Err() != nil || !time.Now().Before(deadline) {
+		return taskhub.Errorf(taskhub.DeadlineExceeded, "the hub's feed was behind its writes until the call's deadline; nothing was changed: retry")
+	}
+	return taskhub.Errorf(taskhub.Unavailable, "the hub's feed is %d events behind its writes; nothing was changed: retry", w-h.feed.position())
 }
 
 // asked is a command sent to a task's actor, whose reply is yet to come.

@@ -23,6 +23,7 @@ const (
 	DefaultMaxModes              = 100
 	DefaultIdleTimeout           = time.Minute
 	DefaultCallTimeout           = 10 * time.Second
+	DefaultWriteAhead            = 1000
 )
 
 // Options are the hub's behaviour a deployment may tune. Zero values take the Default…
@@ -60,6 +61,11 @@ type Options struct {
 	IdleTimeout time.Duration
 	// CallTimeout bounds each call into the actors and the log.
 	CallTimeout time.Duration
+	// WriteAhead is how many events this node's writes may run ahead of its feed, which hands
+	// them to the watchers. A node offered more writes than it can deliver would otherwise
+	// accept them all, and its watchers would see each event later and later: past it, a
+	// write waits for the feed, and the writers slow to what the node delivers.
+	WriteAhead int
 	// Webhooks, when set, lets tasks ask for their events to be POSTed (see webhook); nil
 	// refuses a task with a webhook.
 	Webhooks *webhook.Sender
@@ -79,6 +85,7 @@ func (o Options) WithDefaults() Options {
 	o.MaxModes = cmp.Or(o.MaxModes, DefaultMaxModes)
 	o.IdleTimeout = cmp.Or(o.IdleTimeout, DefaultIdleTimeout)
 	o.CallTimeout = cmp.Or(o.CallTimeout, DefaultCallTimeout)
+	o.WriteAhead = cmp.Or(o.WriteAhead, DefaultWriteAhead)
 	return o
 }
 

@@ -20,6 +20,8 @@ type Stats struct {
 	// Coalesced is the progress events a watch's queue replaced with a later one of their task
 	// before the stream took them.
 	Coalesced uint64
+	// Paced is the writes that waited for this node's feed to catch up with its writes.
+	Paced uint64
 	// Replayed is the events read back from the log for watches that resumed or fell behind.
 	Replayed uint64
 	// OpenWatches is the watch streams open now.
@@ -47,7 +49,7 @@ type ModeState struct {
 // counters are the hub's counts, added to as things happen: an atomic add each.
 type counters struct {
 	appended                          [16]atomic.Uint64 // by EventKind, which has fewer values
-	expiries                          atomic.Uint64
+	expiries, paced                   atomic.Uint64
 	watchMessages, coalesced, replays atomic.Uint64
 	appendTime                        durations
 }
@@ -101,6 +103,7 @@ func (h *Hub) Stats() Stats {
 		WatchMessages: c.watchMessages.Load(),
 		Coalesced:     c.coalesced.Load(),
 		Replayed:      c.replays.Load(),
+		Paced:         c.paced.Load(),
 		OpenWatches:   h.watches.open(),
 		Active:        map[ModeState]int{},
 		OldestQueued:  map[string]time.Time{},

@@ -1117,3 +1117,57 @@ func TestWatch_DeliverPanicEndsTheWatch(t *testing.T) {
 	other.wait(1)
 	require.Empty(t, ended, "done is called once")
 }
+
+// TestHub_WritesWaitForALaggingFeed: a node whose feed falls WriteAhead events behind its own
+// writes makes the next write wait for it; a write whose deadline comes first fails and changes
+// nothing, and one that waits goes through once the feed catches up.
+func TestHub_WritesWaitForALaggingFeed(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	gate := &followGate{Log: b.log}
+	lagging, err := actors.Open(t.Context(), actors.Config{Log: gate, Shared: true, Logger: quiet(),
+		Options: actors.Options{LeaseTimeout: 10 * time.Second, WriteAhead: 5}})
+	require.NoError(t, err)
+	t.Cleanup(func() { lagging.Close() })
+
+	create(t, b.hub, "alice", "one", "paint")
+	c := claim(t, b.hub, "paint")
+	_, last, err := b.log.Bounds(t.Context())
+	require.NoError(t, err)
+	gate.shut(last + 1) // the lagging node's feed applies nothing from here on
+	require.Eventually(t, func() bool { return lagging.Ready() == nil }, 5*time.Second, 10*time.Millisecond)
+
+	for p := range 6 { // WriteAhead, and the write that reaches it
+		report(t, lagging, c, float64(p))
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, err = lagging.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 50})
+	require.Equal(t, taskhub.DeadlineExceeded, codeOf(err), "a write past the write-ahead: %v", err)
+	require.ErrorContains(t, err, "nothing was changed")
+	task, err := b.hub.GetTask(t.Context(), "alice", c.Task.Id)
+	require.NoError(t, err)
+	require.Equal(t, 5.0, task.Progress, "the refused write changed nothing")
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := lagging.ReportProgress(t.Context(), taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 60})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the write did not wait for the feed: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	gate.open()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write did not go through once the feed caught up")
+	}
+	task, err = b.hub.GetTask(t.Context(), "alice", c.Task.Id)
+	require.NoError(t, err)
+	require.Equal(t, 60.0, task.Progress)
+	require.GreaterOrEqual(t, lagging.Stats().Paced, uint64(2))
+}

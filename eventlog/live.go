@@ -154,7 +154,7 @@ func (l *Log) Unsettled(ctx context.Context) ([]*Entry, error) {
 // followLive is Follow from the live index: the last event of every marked task stored at or
 // before the stream's last sequence P when it begins, in sequence order, then every event after
 // P. A task whose last event is past P is left to those: each event carries the whole task.
-func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64), handler func(jetstream.Msg)) (stop func(), err error) {
+func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64)) (stop func(), err error) {
 	info, err := l.events.Info(ctx)
 	if err != nil {
 		return nil, l.unavailable("follow", err)
@@ -170,17 +170,6 @@ func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64),
 		entries = append(entries, &Entry{Seq: p, Subject: probeEvents})
 	}
 
-	// No filter: the stream holds only tasks.> and the probes, and the follower wants both. A
-	// filter of those two subjects would be the same messages at a far higher price: the server
-	// matches a consumer of several filters against every subject of a block for each message
-	// (29 % of a busy server's CPU with 1000 running tasks).
-	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   p + 1,
-	})
-	if err != nil {
-		return nil, l.unavailable("follow", err)
-	}
 	// The follower has seen every task at the last entry if nothing was stored since P, and
 	// otherwise once the consumer's last message says so.
 	now, err := l.events.Info(ctx)
@@ -194,11 +183,7 @@ func (l *Log) followLive(ctx context.Context, fn func(e *Entry, pending uint64),
 	for i, e := range entries {
 		fn(e, uint64(len(entries)-1-i)+more)
 	}
-	cc, err := cons.Consume(handler, jetstream.PullHeartbeat(followHeartbeat))
-	if err != nil {
-		return nil, l.unavailable("follow", err)
-	}
-	return cc.Stop, nil
+	return l.follow(ctx, p+1, fn)
 }
 
 // fillLive fills the live index from a log written before it existed, as Follow reads every

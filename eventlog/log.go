@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -103,6 +104,10 @@ type Log struct {
 
 	consumersMu sync.Mutex
 	consumers   map[string]jetstream.Consumer // the queue consumers this process knows exist, by mode
+
+	appended       atomic.Uint64 // the highest sequence this process appended
+	followers      sync.Map      // *follower: the live ones (a test stalls them)
+	followRestarts atomic.Uint64 // consumers the followers replaced (follow.go)
 
 	health    health
 	lead      lead
@@ -518,10 +523,12 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	ack, attempts, err := l.publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
 	switch {
 	case err == nil:
+		l.wrote(ack.Sequence)
 		return ack.Sequence, nil
 	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
 		if attempts > 1 {
 			if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
+				l.wrote(seq)
 				return seq, nil
 			}
 		}
@@ -530,11 +537,21 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	err = l.writeErr(ctx, "append", err)
 	if errors.Is(err, ErrUncertain) {
 		if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
+			l.wrote(seq)
 			return seq, nil
 		}
 	}
 	return 0, err
 }
+
+// wrote records that seq was appended, for the followers (follow.go).
+func (l *Log) wrote(seq uint64) {
+	for w := l.appended.Load(); seq > w && !l.appended.CompareAndSwap(w, seq); w = l.appended.Load() {
+	}
+}
+
+// FollowerRestarts is how many stalled consumers the followers replaced (see followStall).
+func (l *Log) FollowerRestarts() uint64 { return l.followRestarts.Load() }
 
 // landed returns the sequence of an append whose answer was lost, if it landed after all, or 0:
 // a task has one writer, so an event after expectLast with the same bytes is this one.
@@ -660,17 +677,12 @@ const followHeartbeat = time.Second
 // It reads the live index (live.go): its cost grows with the tasks that matter, not with every
 // task ever. A log written before the index existed is read whole, once, to fill it.
 func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (stop func(), err error) {
-	handler := func(m jetstream.Msg) {
-		if e, pending, ok := l.entry(m); ok {
-			fn(e, pending)
-		}
-	}
 	indexed, err := l.hasLiveIndex(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if indexed {
-		return l.followLive(ctx, fn, handler)
+		return l.followLive(ctx, fn)
 	}
 
 	fill, done, err := l.fillLive(ctx)

@@ -260,3 +260,54 @@ func TestLog_CompactKeepsTheFinalState(t *testing.T) {
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"T1", "T2"}, ids, "the watermark is not a task")
 }
+
+// TestLog_FollowerReplacesAStalledConsumer: a follower whose consumer stops delivering while
+// the log holds events this process appended makes a new consumer, and goes on from the event
+// after the last it delivered: every event once, in order.
+func TestLog_FollowerReplacesAStalledConsumer(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+	var mu sync.Mutex
+	var seqs []uint64
+	stop, err := l.Follow(ctx, func(e *eventlog.Entry, _ uint64) {
+		if e.Record == nil {
+			return // a probe
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		seqs = append(seqs, e.Seq)
+	})
+	require.NoError(t, err)
+	defer stop()
+
+	var last, want []uint64
+	appendN := func(n int) {
+		for range n {
+			var prev uint64
+			if len(last) > 0 {
+				prev = last[len(last)-1]
+			}
+			seq, err := l.Append(ctx, record("A", taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), prev)
+			require.NoError(t, err)
+			last = append(last, seq)
+			want = append(want, seq)
+		}
+	}
+	delivered := func() {
+		t.Helper()
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			mu.Lock()
+			defer mu.Unlock()
+			require.Equal(c, want, seqs)
+		}, 5*time.Second, 5*time.Millisecond)
+	}
+	appendN(5)
+	delivered()
+
+	restarts := l.FollowerRestarts()
+	eventlog.StallFollowers(l)
+	appendN(20)
+	delivered()
+	require.Greater(t, l.FollowerRestarts(), restarts, "the stalled consumer was replaced")
+}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/taskhub/taskhub/actors"
+	"github.com/taskhub/taskhub/eventlog"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/rpc"
 )
@@ -26,7 +27,7 @@ type metrics struct {
 	auth     *rpc.Auth
 }
 
-func newMetrics(hub *actors.Hub, auth *rpc.Auth) *metrics {
+func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 	m := &metrics{registry: prometheus.NewRegistry(), auth: auth}
 	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "taskhub_rpc_calls_total",
@@ -44,7 +45,11 @@ func newMetrics(hub *actors.Hub, auth *rpc.Auth) *metrics {
 		}
 		build.WithLabelValues(info.Main.Version, rev, info.GoVersion).Set(1)
 	}
-	m.registry.MustRegister(m.calls, build, hubCollector{hub},
+	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "taskhub_event_log_follower_restarts_total",
+		Help: "Consumers this node's event log follower replaced because they stalled while it was behind this node's writes.",
+	}, func() float64 { return float64(log.FollowerRestarts()) })
+	m.registry.MustRegister(m.calls, build, hubCollector{hub}, restarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -94,6 +99,7 @@ var (
 	descExpiries      = prometheus.NewDesc("taskhub_lease_expiries_total", "Leases that ran out: each requeued or failed its task.", nil, nil)
 	descWatchMessages = prometheus.NewDesc("taskhub_watch_messages_total", "Messages handed to watch streams: events, snapshot parts, heartbeats.", nil, nil)
 	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
+	descPaced         = prometheus.NewDesc("taskhub_writes_paced_total", "Writes that waited for this node's feed to come within 1000 events of this node's writes.", nil, nil)
 	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
 	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state (queued: the mode's queue depth).", []string{"mode", "state"}, nil)
@@ -103,7 +109,7 @@ var (
 )
 
 func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descReplayed, descWatches, descActive, descOldestQueued, descWebhooks, descHooksFailing} {
+	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descPaced, descReplayed, descWatches, descActive, descOldestQueued, descWebhooks, descHooksFailing} {
 		ch <- d
 	}
 }
@@ -121,6 +127,7 @@ func (c hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descExpiries, prometheus.CounterValue, float64(s.LeaseExpiries))
 	ch <- prometheus.MustNewConstMetric(descWatchMessages, prometheus.CounterValue, float64(s.WatchMessages))
 	ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(s.Coalesced))
+	ch <- prometheus.MustNewConstMetric(descPaced, prometheus.CounterValue, float64(s.Paced))
 	ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(s.Replayed))
 	ch <- prometheus.MustNewConstMetric(descWatches, prometheus.GaugeValue, float64(s.OpenWatches))
 	if s.Webhooks != nil {

@@ -258,7 +258,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	mux := http.NewServeMux()
-	metrics := newMetrics(s.hub, auth)
+	metrics := newMetrics(s.hub, s.log, auth)
 	s.streams = rpc.NewStreams()
 	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe, Trace: tracer, Streams: s.streams})
 	rpc.MountStandard(mux, auth, s.hub.Ready, cfg.AllowedOrigins)
