@@ -1,6 +1,9 @@
 package client_test
 
 import (
+	"context"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"testing"
@@ -13,6 +16,7 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 
+	"github.com/taskhub/taskhub/client"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -85,4 +89,54 @@ func TestReporter(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_CANCELLED, task.State)
 	require.Zero(t, task.Progress, "no report was recorded on the cancelled task")
+}
+
+// olderServer is a WorkerService without BatchReportProgress, as a server before it answers.
+type olderServer struct {
+	taskhubv1connect.UnimplementedWorkerServiceHandler
+	mu      sync.Mutex
+	reports []string
+	release chan struct{} // the first report waits for it, so that others queue meanwhile
+}
+
+func (s *olderServer) ReportProgress(_ context.Context, req *connect.Request[taskhubv1.ReportProgressRequest]) (*connect.Response[taskhubv1.ReportProgressResponse], error) {
+	s.mu.Lock()
+	first := len(s.reports) == 0
+	s.reports = append(s.reports, req.Msg.TaskId)
+	s.mu.Unlock()
+	if first {
+		<-s.release
+	}
+	return connect.NewResponse(&taskhubv1.ReportProgressResponse{}), nil
+}
+
+// TestReporter_OlderServer: against a server without BatchReportProgress the reports that
+// queued go one call each, and every report is answered.
+func TestReporter_OlderServer(t *testing.T) {
+	t.Parallel()
+	older := &olderServer{release: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.Handle(taskhubv1connect.NewWorkerServiceHandler(older))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	r := client.New(srv.URL).Reporter()
+
+	errs := make(chan error, 5)
+	for i := range 5 {
+		go func() {
+			_, err := r.Report(t.Context(), &taskhubv1.ReportProgressRequest{TaskId: strconv.Itoa(i), LeaseToken: "l", Progress: 1})
+			errs <- err
+		}()
+		if i == 0 {
+			require.Eventually(t, func() bool { older.mu.Lock(); defer older.mu.Unlock(); return len(older.reports) == 1 }, 5*time.Second, time.Millisecond)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // the other four queue behind the first
+	close(older.release)
+	for range 5 {
+		require.NoError(t, <-errs)
+	}
+	older.mu.Lock()
+	defer older.mu.Unlock()
+	require.Len(t, older.reports, 5, "each report once, in a call of its own")
 }
