@@ -275,22 +275,34 @@ func (f *feed) ended(id string) (<-chan struct{}, func()) {
 }
 
 // when calls fn, on the follower's goroutine, once the feed has applied seq; at once, on the
-// caller's, if it has.
-func (f *feed) when(seq uint64, fn func()) {
+// caller's, if it has (then it returns nil). The entry it returns cancels it (see cancel).
+func (f *feed) when(seq uint64, fn func()) *afterEntry {
 	f.mu.Lock()
 	if f.pos >= seq {
 		f.mu.Unlock()
 		fn()
-		return
+		return nil
 	}
-	heap.Push(&f.after, afterEntry{seq, fn})
+	e := &afterEntry{seq: seq, fn: fn}
+	heap.Push(&f.after, e)
 	f.mu.Unlock()
+	return e
 }
 
-// await waits until the feed has applied seq, for at most timeout.
+// cancel drops what when was asked to do, unless it was done already.
+func (f *feed) cancel(e *afterEntry) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e != nil && e.index >= 0 {
+		heap.Remove(&f.after, e.index)
+	}
+}
+
+// await waits until the feed has applied seq, for at most timeout. A wait that ends without
+// it leaves nothing behind.
 func (f *feed) await(ctx context.Context, seq uint64, timeout time.Duration) bool {
 	done := make(chan struct{})
-	f.when(seq, func() { close(done) })
+	e := f.when(seq, func() { close(done) })
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -299,6 +311,7 @@ func (f *feed) await(ctx context.Context, seq uint64, timeout time.Duration) boo
 	case <-t.C:
 	case <-ctx.Done():
 	}
+	f.cancel(e)
 	return false
 }
 
@@ -371,22 +384,31 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 }
 
 // afterHeap holds what feed.when was asked to do, by seq.
-type afterHeap []afterEntry
+type afterHeap []*afterEntry
 
 type afterEntry struct {
-	seq uint64
-	fn  func()
+	seq   uint64
+	fn    func()
+	index int // in the heap; -1 once out of it
 }
 
 func (h afterHeap) Len() int           { return len(h) }
 func (h afterHeap) Less(i, j int) bool { return h[i].seq < h[j].seq }
-func (h afterHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *afterHeap) Push(x any)        { *h = append(*h, x.(afterEntry)) }
+func (h afterHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *afterHeap) Push(x any) {
+	e := x.(*afterEntry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
 func (h *afterHeap) Pop() any {
 	old := *h
 	e := old[len(old)-1]
-	old[len(old)-1] = afterEntry{}
+	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
+	e.index = -1
 	return e
 }
 
@@ -394,7 +416,7 @@ func (h *afterHeap) Pop() any {
 func (h *afterHeap) due(pos uint64) []func() {
 	var fns []func()
 	for h.Len() > 0 && (*h)[0].seq <= pos {
-		fns = append(fns, heap.Pop(h).(afterEntry).fn)
+		fns = append(fns, heap.Pop(h).(*afterEntry).fn)
 	}
 	return fns
 }

@@ -397,32 +397,39 @@ const answerMargin = 3 * time.Second
 // became of it. Only an actor that does not answer by the deadline and the margin leaves the
 // outcome unknown: DeadlineExceeded.
 func (h *Hub) ask(ctx context.Context, id string, cmd any) *taskReply {
-	return h.send(ctx, id, cmd).reply()
+	deadline := h.deadline(ctx)
+	if _, claim := cmd.(*claimCmd); !claim { // a claim holds a queue delivery: it must not wait
+		if err := h.pace(ctx, deadline); err != nil {
+			return &taskReply{err: err}
+		}
+	}
+	return h.send(ctx, id, cmd, deadline).reply()
 }
 
-// send is the first half of ask: it hands cmd to the task's actor and returns at once, so that
-// a caller can have several tasks' actors at work together (BatchReportProgress). Commands a
-// caller sends to one task are handled in the order sent.
-func (h *Hub) send(ctx context.Context, id string, cmd any) asked {
-	if h.closed.Load() {
-		return asked{id: id, failed: &taskReply{err: errShuttingDown}}
-	}
+// deadline is a call's: the caller's, or the call timeout if that comes first.
+func (h *Hub) deadline(ctx context.Context) time.Time {
 	deadline := time.Now().Add(h.cfg.CallTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	if _, claim := cmd.(*claimCmd); !claim { // a claim holds a queue delivery: it must not wait
-		if err := h.pace(ctx, deadline); err != nil {
-			return asked{id: id, failed: &taskReply{err: err}}
-		}
+	return deadline
+}
+
+// send is the second half of ask, after pace: it hands cmd to the task's actor and returns at
+// once, so that a caller can have several tasks' actors at work together
+// (BatchReportProgress).
+func (h *Hub) send(ctx context.Context, id string, cmd any, deadline time.Time) asked {
+	if h.closed.Load() {
+		return asked{id: id, failed: &taskReply{err: errShuttingDown}}
 	}
 	return asked{id: id, f: h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline}, time.Until(deadline)+answerMargin)}
 }
 
 // pace waits, before a write, until the feed is at most WriteAhead events behind this node's
-// last write (see Options.WriteAhead). It fails, having changed nothing, when the caller's
-// deadline comes first (DeadlineExceeded), or when the feed stays behind for maxLag, when the
-// node also reports itself not ready (Unavailable).
+// last write (see Options.WriteAhead). It fails with Unavailable, having changed nothing, when
+// the caller's context ends or its deadline comes first, or when the feed stays behind for
+// maxLag (the node then also reports itself not ready): not DeadlineExceeded, which would say
+// that the change may have been made.
 func (h *Hub) pace(ctx context.Context, deadline time.Time) error {
 	w, ahead := h.written.Load(), uint64(h.cfg.WriteAhead)
 	if w <= ahead || h.feed.position() >= w-ahead {
@@ -433,9 +440,9 @@ func (h *Hub) pace(ctx context.Context, deadline time.Time) error {
 		return nil
 	}
 	if ctx.Err() != nil || !time.Now().Before(deadline) {
-		return taskhub.Errorf(taskhub.DeadlineExceeded, "the hub's feed was behind its writes until the call's deadline; nothing was changed: retry")
+		return taskhub.Errorf(taskhub.Unavailable, "the hub's feed was behind its writes until the call's deadline; nothing was changed: retry")
 	}
-	return taskhub.Errorf(taskhub.Unavailable, "the hub's feed is %d events behind its writes; nothing was changed: retry", w-h.feed.position())
+	return taskhub.Errorf(taskhub.Unavailable, "the hub's feed is over %d events behind its writes; nothing was changed: retry", ahead)
 }
 
 // asked is a command sent to a task's actor, whose reply is yet to come.

@@ -90,6 +90,9 @@ func (o Options) WithDefaults() Options {
 }
 
 func (o Options) check() error {
+	if o.WriteAhead < 0 {
+		return fmt.Errorf("actors: the write-ahead must be at least 1, got %d", o.WriteAhead)
+	}
 	for _, m := range o.Modes {
 		if err := taskhub.ValidateMode(m); err != nil {
 			return err

@@ -1143,11 +1143,26 @@ func TestHub_WritesWaitForALaggingFeed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
 	_, err = lagging.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 50})
-	require.Equal(t, taskhub.DeadlineExceeded, codeOf(err), "a write past the write-ahead: %v", err)
+	require.Equal(t, taskhub.Unavailable, codeOf(err), "a write past the write-ahead: %v", err)
 	require.ErrorContains(t, err, "nothing was changed")
 	task, err := b.hub.GetTask(t.Context(), "alice", c.Task.Id)
 	require.NoError(t, err)
 	require.Equal(t, 5.0, task.Progress, "the refused write changed nothing")
+
+	// A batch waits once, not once per report.
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	paced := lagging.Stats().Paced
+	lease := taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}
+	results, err := lagging.BatchReportProgress(ctx, []taskhub.Report{{Lease: lease, Progress: 51}, {Lease: lease, Progress: 52}, {Lease: lease, Progress: 53}})
+	require.NoError(t, err)
+	require.Equal(t, paced+1, lagging.Stats().Paced, "one wait for the batch")
+	for i, r := range results {
+		require.Equal(t, taskhub.Unavailable, codeOf(r.Err), "report %d: %v", i, r.Err)
+	}
+	task, err = b.hub.GetTask(t.Context(), "alice", c.Task.Id)
+	require.NoError(t, err)
+	require.Equal(t, 5.0, task.Progress, "the refused batch changed nothing")
 
 	done := make(chan error, 1)
 	go func() {
@@ -1169,5 +1184,5 @@ func TestHub_WritesWaitForALaggingFeed(t *testing.T) {
 	task, err = b.hub.GetTask(t.Context(), "alice", c.Task.Id)
 	require.NoError(t, err)
 	require.Equal(t, 60.0, task.Progress)
-	require.GreaterOrEqual(t, lagging.Stats().Paced, uint64(2))
+	require.GreaterOrEqual(t, lagging.Stats().Paced, uint64(3))
 }

@@ -71,30 +71,46 @@ func (h *Hub) ReportProgress(ctx context.Context, r taskhub.Report) (taskhub.Lea
 
 // BatchReportProgress applies each report as ReportProgress does, the tasks' actors at work
 // together: a worker running many tasks sends their reports in one call rather than one call
-// each. A task's reports are applied in their order.
+// each. The batch waits for the feed once (see pace), and a task's reports are applied in their
+// order: a report of a task goes to its actor once the task's report before it is answered.
 func (h *Hub) BatchReportProgress(ctx context.Context, rs []taskhub.Report) ([]taskhub.ReportResult, error) {
 	if err := taskhub.ValidateBatch(len(rs)); err != nil {
 		return nil, err
 	}
 	out := make([]taskhub.ReportResult, len(rs))
+	deadline := h.deadline(ctx)
+	if err := h.pace(ctx, deadline); err != nil {
+		for i := range out {
+			out[i].Err = err
+		}
+		return out, nil
+	}
 	sent := make([]asked, len(rs))
+	answered := make([]bool, len(rs))
+	answer := func(i int) {
+		if !answered[i] {
+			answered[i] = true
+			reply := sent[i].reply()
+			out[i] = taskhub.ReportResult{LeaseStatus: taskhub.LeaseStatus{CancelRequested: reply.cancelRequested, Expires: reply.leaseExpires}, Err: reply.err}
+		}
+	}
+	last := map[string]int{} // task id -> its latest report sent
 	for i, r := range rs {
 		if err := checkWork(r.Lease); err != nil {
-			out[i].Err = err
+			out[i].Err, answered[i] = err, true
 			continue
 		}
 		if err := taskhub.ValidateProgress(r.Progress, r.Message); err != nil {
-			out[i].Err = err
+			out[i].Err, answered[i] = err, true
 			continue
 		}
-		sent[i] = h.send(ctx, r.TaskID, &reportCmd{worker: r.Worker, token: r.Token, progress: r.Progress, message: r.Message})
+		if j, ok := last[r.TaskID]; ok {
+			answer(j)
+		}
+		sent[i], last[r.TaskID] = h.send(ctx, r.TaskID, &reportCmd{worker: r.Worker, token: r.Token, progress: r.Progress, message: r.Message}, deadline), i
 	}
-	for i, a := range sent {
-		if out[i].Err != nil {
-			continue
-		}
-		reply := a.reply()
-		out[i] = taskhub.ReportResult{LeaseStatus: taskhub.LeaseStatus{CancelRequested: reply.cancelRequested, Expires: reply.leaseExpires}, Err: reply.err}
+	for i := range out {
+		answer(i)
 	}
 	return out, nil
 }

@@ -99,7 +99,7 @@ var (
 	descExpiries      = prometheus.NewDesc("taskhub_lease_expiries_total", "Leases that ran out: each requeued or failed its task.", nil, nil)
 	descWatchMessages = prometheus.NewDesc("taskhub_watch_messages_total", "Messages handed to watch streams: events, snapshot parts, heartbeats.", nil, nil)
 	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
-	descPaced         = prometheus.NewDesc("taskhub_writes_paced_total", "Writes that waited for this node's feed to come within 1000 events of this node's writes.", nil, nil)
+	descPaced         = prometheus.NewDesc("taskhub_writes_paced_total", "Writes that waited for this node's feed to come within its write-ahead (1000 events) of this node's writes.", nil, nil)
 	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
 	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state (queued: the mode's queue depth).", []string{"mode", "state"}, nil)

@@ -1,0 +1,41 @@
+package actors
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestFeed_AwaitLeavesNothingBehind: a wait that ends before the feed gets there takes its
+// entry out of the feed's list, so that writes refused while the feed is stuck do not pile up
+// there; one that is met runs once.
+func TestFeed_AwaitLeavesNothingBehind(t *testing.T) {
+	t.Parallel()
+	f := &feed{pos: 10}
+	f.applied.Store(10)
+	require.True(t, f.await(t.Context(), 10, time.Second), "a seq applied already")
+	for range 100 {
+		require.False(t, f.await(t.Context(), 20, time.Millisecond))
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	require.False(t, f.await(ctx, 30, time.Minute))
+	require.Zero(t, f.after.Len(), "what the waits left")
+
+	ran := 0
+	f.when(15, func() { ran++ })
+	f.when(12, func() { ran++ })
+	gone := f.when(14, func() { ran += 100 })
+	f.cancel(gone)
+	f.mu.Lock()
+	due := f.after.due(15)
+	f.mu.Unlock()
+	for _, fn := range due {
+		fn()
+	}
+	require.Equal(t, 2, ran, "each due once, the cancelled one not")
+	f.cancel(gone) // twice: nothing
+	require.Zero(t, f.after.Len())
+}
