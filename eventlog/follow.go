@@ -31,7 +31,9 @@ type follower struct {
 
 	mu       sync.Mutex // held while a message is handed to fn, and while the consumer is replaced
 	next     uint64     // the sequence expected next
-	last     time.Time  // when the last message came, or the consumer was made
+	last     time.Time  // when fn last returned, or the consumer was made
+	behind   time.Time  // since when the log holds an appended event not delivered; zero: it does not
+	cons     jetstream.Consumer
 	cc       jetstream.ConsumeContext
 	stopped  bool
 	failing  bool // the last replacement failed (logged once)
@@ -42,7 +44,10 @@ type follower struct {
 // follow starts a follower from sequence from, and returns its stop.
 func (l *Log) follow(ctx context.Context, from uint64, fn func(e *Entry, pending uint64)) (stop func(), err error) {
 	f := &follower{l: l, fn: fn, next: from, done: make(chan struct{})}
-	if err := f.consume(ctx); err != nil {
+	f.mu.Lock()
+	err = f.consume(ctx)
+	f.mu.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	l.followers.Store(f, struct{}{})
@@ -50,7 +55,7 @@ func (l *Log) follow(ctx context.Context, from uint64, fn func(e *Entry, pending
 	return f.stop, nil
 }
 
-// consume makes a consumer from f.next and consumes it. The caller holds f.mu, or f is new.
+// consume makes a consumer from f.next and consumes it. The caller holds f.mu.
 func (f *follower) consume(ctx context.Context) error {
 	// No filter: the stream holds only tasks.> and the probes, and the follower wants both. A
 	// filter of those two subjects would be the same messages at a far higher price: the server
@@ -67,7 +72,7 @@ func (f *follower) consume(ctx context.Context) error {
 	if err != nil {
 		return f.l.unavailable("follow", err)
 	}
-	f.cc, f.last = cc, time.Now()
+	f.cons, f.cc, f.last, f.behind = cons, cc, time.Now(), time.Time{}
 	return nil
 }
 
@@ -81,13 +86,16 @@ func (f *follower) receive(m jetstream.Msg) {
 	if f.stopped || e.Seq < f.next {
 		return // a replaced consumer's
 	}
-	f.next, f.last = e.Seq+1, time.Now()
+	f.next = e.Seq + 1
 	f.fn(e, pending)
+	f.last, f.behind = time.Now(), time.Time{} // after fn: the time fn takes is not a stall
 }
 
-// watch replaces a stalled consumer until the follower stops or the log closes.
+// watch replaces a stalled consumer until the follower stops or the log closes: one that has
+// delivered nothing for followStall, while the log has held an event this process appended and
+// the follower has not delivered for as long.
 func (f *follower) watch() {
-	t := time.NewTicker(followStall / 3)
+	t := time.NewTicker(followStall / 4)
 	defer t.Stop()
 	for {
 		select {
@@ -99,20 +107,35 @@ func (f *follower) watch() {
 		case <-t.C:
 		}
 		f.mu.Lock()
-		if !f.stopped && f.l.appended.Load() >= f.next && time.Since(f.last) >= followStall {
+		now := time.Now()
+		switch {
+		case f.stopped || f.l.appended.Load() < f.next:
+			f.behind = time.Time{}
+		case f.behind.IsZero():
+			f.behind = now
+		case now.Sub(f.behind) >= followStall && now.Sub(f.last) >= followStall:
 			f.replace()
 		}
 		f.mu.Unlock()
 	}
 }
 
-// replace consumes a new consumer in place of the stalled one. The caller holds f.mu.
+// replace consumes a new consumer in place of the stalled one, and deletes the stalled one's
+// from the server (which would otherwise keep it for minutes). The caller holds f.mu.
 func (f *follower) replace() {
 	f.cc.Stop()
+	if info := f.cons.CachedInfo(); info != nil {
+		name := info.Name
+		f.l.wg.Go(func() {
+			ctx, cancel := context.WithTimeout(f.l.life, 5*time.Second)
+			defer cancel()
+			_ = f.l.events.DeleteConsumer(ctx, name) // gone already, or the server's clean-up will do
+		})
+	}
 	ctx, cancel := context.WithTimeout(f.l.life, 2*time.Second)
 	defer cancel()
 	if err := f.consume(ctx); err != nil {
-		f.last = time.Now() // try again after followStall
+		f.last, f.behind = time.Now(), time.Time{} // try again after followStall
 		if !f.failing {
 			f.failing = true
 			f.l.logger.Warn("event log: the follower stalled and could not make a new consumer; trying again", "seq", f.next, "err", err)

@@ -304,6 +304,10 @@ func TestLog_FollowerReplacesAStalledConsumer(t *testing.T) {
 	}
 	appendN(5)
 	delivered()
+	time.Sleep(250 * time.Millisecond) // quiet for longer than a stall, then busy again
+	appendN(5)
+	delivered()
+	require.Zero(t, l.FollowerRestarts(), "a consumer that delivers is not replaced")
 
 	restarts := l.FollowerRestarts()
 	eventlog.StallFollowers(l)
