@@ -7,24 +7,25 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 )
 
 // Reporter sends the progress reports of the tasks one worker process runs: a report goes at
-// once when no other is on its way, and those that come while one is go together, in one
-// BatchReportProgress call, when it returns. A worker running a few tasks sends what it sent
-// before, a call per report; one running hundreds sends a call per round trip instead of one
-// per report, with no delay added. A Worker uses one for its jobs; the zero value is not
-// usable: make one with Client.Reporter.
+// once when no other is on its way, and those that come while one is wait for its answer and
+// then go together, in one BatchReportProgress call. A worker running a few tasks sends what
+// it sent before, a call per report; one running hundreds sends a call per round trip instead
+// of one per report. A Worker uses one for its jobs; the zero value is not usable: make one
+// with Client.Reporter.
 type Reporter struct {
 	work taskhubv1connect.WorkerServiceClient
 
 	mu      sync.Mutex
 	sending bool       // a goroutine is sending
 	queue   []*pending // what came while it was
-	single  bool       // the server has no BatchReportProgress: a call per report
+	single  bool       // the server has no BatchReportProgress: a call per report, at once
 }
 
 // pending is a report waiting for its answer.
@@ -39,8 +40,13 @@ type pending struct {
 // Reporter returns a Reporter sending through c.
 func (c *Client) Reporter() *Reporter { return &Reporter{work: c.work} }
 
-// maxBatch is the server's limit on the reports of one BatchReportProgress call.
-const maxBatch = 1000
+// maxBatch is the server's limit on the reports of one BatchReportProgress call; maxBatchBytes
+// keeps a batch well below its limit on a request (1 MiB), which 1000 reports of long messages
+// would pass.
+const (
+	maxBatch      = 1000
+	maxBatchBytes = 512 << 10
+)
 
 // batchTimeout bounds a batch call: it carries the reports of many callers, none of whose
 // contexts may end it for the others.
@@ -53,6 +59,11 @@ const batchTimeout = 30 * time.Second
 func (r *Reporter) Report(ctx context.Context, req *taskhubv1.ReportProgressRequest) (*taskhubv1.ReportProgressResponse, error) {
 	p := &pending{ctx: ctx, req: req, done: make(chan struct{})}
 	r.mu.Lock()
+	if r.single {
+		r.mu.Unlock()
+		r.sendOne(p)
+		return p.res, p.err
+	}
 	r.queue = append(r.queue, p)
 	if !r.sending {
 		r.sending = true
@@ -71,8 +82,16 @@ func (r *Reporter) Report(ctx context.Context, req *taskhubv1.ReportProgressRequ
 func (r *Reporter) send() {
 	for {
 		r.mu.Lock()
-		batch := r.queue[:min(len(r.queue), maxBatch)]
-		r.queue = r.queue[len(batch):]
+		n, size := 0, 0
+		for n < len(r.queue) && n < maxBatch {
+			size += proto.Size(r.queue[n].req) + 8 // and its field's tag and length
+			if n > 0 && size > maxBatchBytes {
+				break
+			}
+			n++
+		}
+		batch := r.queue[:n]
+		r.queue = r.queue[n:]
 		if len(r.queue) == 0 {
 			r.queue = nil // let the array go
 		}
@@ -81,7 +100,6 @@ func (r *Reporter) send() {
 			r.mu.Unlock()
 			return
 		}
-		single := r.single
 		r.mu.Unlock()
 
 		// Those whose callers left before it went are not sent.
@@ -91,26 +109,27 @@ func (r *Reporter) send() {
 				live = append(live, p)
 			}
 		}
-		switch {
-		case len(live) == 0:
-		case len(live) == 1 || single:
-			r.sendEach(live)
+		switch len(live) {
+		case 0:
+		case 1:
+			r.sendOne(live[0])
 		default:
 			r.sendBatch(live)
 		}
 	}
 }
 
-// sendEach sends each report in a call of its own.
-func (r *Reporter) sendEach(ps []*pending) {
-	for _, p := range ps {
-		res, err := r.work.ReportProgress(p.ctx, connect.NewRequest(p.req))
-		if err == nil {
-			p.res = res.Msg
-		}
-		p.err = err
-		close(p.done)
+// sendOne sends a report in a call of its own, for at most batchTimeout: the reports queued
+// behind it wait for it.
+func (r *Reporter) sendOne(p *pending) {
+	ctx, cancel := context.WithTimeout(p.ctx, batchTimeout)
+	defer cancel()
+	res, err := r.work.ReportProgress(ctx, connect.NewRequest(p.req))
+	if err == nil {
+		p.res = res.Msg
 	}
+	p.err = err
+	close(p.done)
 }
 
 // sendBatch sends several reports in one call and hands each its result.
@@ -124,11 +143,15 @@ func (r *Reporter) sendBatch(ps []*pending) {
 	res, err := r.work.BatchReportProgress(ctx, connect.NewRequest(&taskhubv1.BatchReportProgressRequest{Reports: reqs}))
 	switch {
 	case connect.CodeOf(err) == connect.CodeUnimplemented:
-		// An older server: a call per report, from now on.
+		// An older server: a call per report, each at once, from now on.
 		r.mu.Lock()
 		r.single = true
 		r.mu.Unlock()
-		r.sendEach(ps)
+		var wg sync.WaitGroup
+		for _, p := range ps {
+			wg.Go(func() { r.sendOne(p) })
+		}
+		wg.Wait()
 		return
 	case err == nil && len(res.Msg.Results) != len(ps):
 		err = connect.NewError(connect.CodeInternal, errors.New("the server answered a batch of reports with a different number of results"))

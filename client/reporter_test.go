@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -139,4 +140,41 @@ func TestReporter_OlderServer(t *testing.T) {
 	older.mu.Lock()
 	defer older.mu.Unlock()
 	require.Len(t, older.reports, 5, "each report once, in a call of its own")
+}
+
+// TestReporter_LongMessages: reports that together pass the server's limit on a request (1
+// MiB) go in more than one batch, and every one is recorded.
+func TestReporter_LongMessages(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	c := b.client()
+	ctx := t.Context()
+	_, err := c.Create(ctx, &taskhubv1.CreateTaskRequest{Prompt: "long", Mode: "long"})
+	require.NoError(t, err)
+	claim, err := c.Work().ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"long"}, WaitSeconds: 5}))
+	require.NoError(t, err)
+
+	// The first call takes 200 ms longer, so that the others all queue behind it.
+	var first sync.Once
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	slow := &http.Client{Transport: b.calls.wrap(roundTripper(func(req *http.Request) (*http.Response, error) {
+		first.Do(func() { time.Sleep(200 * time.Millisecond) })
+		return tr.RoundTrip(req)
+	}))}
+	r := b.client(client.WithHTTPClient(slow)).Reporter()
+	message := strings.Repeat("m", 1<<10) // the longest a report may have
+	const n = 1000
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := r.Report(ctx, &taskhubv1.ReportProgressRequest{TaskId: claim.Msg.Task.Id, LeaseToken: claim.Msg.LeaseToken, Progress: 50, Message: message})
+			errs <- err
+		}()
+	}
+	for range n {
+		require.NoError(t, <-errs)
+	}
+	batches := b.calls.of("/" + taskhubv1connect.WorkerServiceName + "/BatchReportProgress")
+	require.GreaterOrEqual(t, batches, 2, "1000 reports of 1 KiB are over a request's limit")
 }

@@ -273,7 +273,7 @@ func (x *ReportProgressResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
 
 type BatchReportProgressRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// 1..1000 reports.
+	// 1..1000 reports; the request, like every request, at most 1 MiB.
 	Reports       []*ReportProgressRequest `protobuf:"bytes,1,rep,name=reports,proto3" json:"reports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -146,7 +146,7 @@ export const ReportProgressResponseSchema: GenMessage<ReportProgressResponse> = 
  */
 export type BatchReportProgressRequest = Message<"taskhub.v1.BatchReportProgressRequest"> & {
   /**
-   * 1..1000 reports.
+   * 1..1000 reports; the request, like every request, at most 1 MiB.
    *
    * @generated from field: repeated taskhub.v1.ReportProgressRequest reports = 1;
    */
