@@ -258,6 +258,10 @@ func TestBrowser_DeadConnectionAndLostHistory(t *testing.T) {
 	// Two heartbeats and 5 s of silence later, the page gives up on the connection and makes
 	// a new one; it cannot resume, so it reloads its list.
 	p.waitFor(`document.querySelector('[data-testid="connection"]').dataset.status !== "live"`, "the page to notice the silence")
+	// The browser may send its next tries down its other kept-alive connections, dead too: each
+	// costs the page two heartbeats of silence and a growing backoff (1 s, 2 s, 4 s...) before it
+	// reaches a new one, which on a busy machine takes longer than a usual wait.
+	p.waitForWithin(45*time.Second, `document.querySelector('[data-testid="connection"]').dataset.status === "live"`, "the page to reconnect")
 	c := p.waitCard(created.Task.ID, completed)
 	require.Equal(t, "done while away", *c.Result)
 	p.waitLive()

@@ -404,7 +404,13 @@ func (b *tab) status() string {
 // survives navigations (a form post and its redirect) under way.
 func (b *tab) waitFor(expr, what string) {
 	b.t.Helper()
-	deadline := time.Now().Add(wait)
+	b.waitForWithin(wait, expr, what)
+}
+
+// waitForWithin is waitFor for at most d.
+func (b *tab) waitForWithin(d time.Duration, expr, what string) {
+	b.t.Helper()
+	deadline := time.Now().Add(d)
 	var err error
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
