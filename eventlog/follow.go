@@ -107,17 +107,26 @@ func (f *follower) watch() {
 		case <-t.C:
 		}
 		f.mu.Lock()
-		now := time.Now()
-		switch {
-		case f.stopped || f.l.appended.Load() < f.next:
-			f.behind = time.Time{}
-		case f.behind.IsZero():
-			f.behind = now
-		case now.Sub(f.behind) >= followStall && now.Sub(f.last) >= followStall:
+		if f.stalled(time.Now()) {
 			f.replace()
 		}
 		f.mu.Unlock()
 	}
+}
+
+// stalled reports whether the consumer is stalled at now: the log has held an event this
+// process appended and the follower has not delivered for followStall, and the follower has
+// delivered nothing for as long. The caller holds f.mu.
+func (f *follower) stalled(now time.Time) bool {
+	switch {
+	case f.stopped || f.l.appended.Load() < f.next:
+		f.behind = time.Time{}
+	case f.behind.IsZero():
+		f.behind = now
+	case now.Sub(f.behind) >= followStall && now.Sub(f.last) >= followStall:
+		return true
+	}
+	return false
 }
 
 // replace consumes a new consumer in place of the stalled one, and deletes the stalled one's
