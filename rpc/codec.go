@@ -86,7 +86,7 @@ func (c messageCodec) Marshal(message any) ([]byte, error) { return c.MarshalApp
 // what protojson would, five times faster.
 func (c messageCodec) encode(m proto.Message) ([]byte, error) {
 	if r, ok := m.(*taskhubv1.WatchTasksResponse); ok && c.json && r.GetEvent() != nil {
-		if b, ok := appendEventJSON(nil, r.GetEvent()); ok {
+		if b, ok := appendEventJSON(make([]byte, 0, 512), r.GetEvent()); ok {
 			return b, nil
 		}
 	}
