@@ -82,11 +82,11 @@ func (c messageCodec) MarshalAppend(dst []byte, message any) ([]byte, error) {
 
 func (c messageCodec) Marshal(message any) ([]byte, error) { return c.MarshalAppend(nil, message) }
 
-// encode makes a message's shared encoding; an event's JSON by appendEventJSON, which writes
-// what protojson would, five times faster.
+// encode makes a message's shared encoding; its JSON by appendWatchJSON, which writes what
+// protojson would, five times faster.
 func (c messageCodec) encode(m proto.Message) ([]byte, error) {
-	if r, ok := m.(*taskhubv1.WatchTasksResponse); ok && c.json && r.GetEvent() != nil {
-		if b, ok := appendEventJSON(make([]byte, 0, 512), r.GetEvent()); ok {
+	if r, ok := m.(*taskhubv1.WatchTasksResponse); ok && c.json {
+		if b, ok := appendWatchJSON(make([]byte, 0, 512), r); ok {
 			return b, nil
 		}
 	}

@@ -16,25 +16,41 @@ import (
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 )
 
-// TestEventJSON: appendEventJSON writes what protojson writes (the same JSON values, member
-// for member, numbers as written), for events whose every field, at any depth, is filled at
-// random from the messages' descriptors: a field added to the messages and not to
-// appendEventJSON fails it.
-func TestEventJSON(t *testing.T) {
+// TestWatchJSON: appendWatchJSON writes what protojson writes, byte for byte (less protojson's
+// random spaces), for events, snapshots and heartbeats whose every field, at any depth, is
+// filled at random from the messages' descriptors: a field added to the messages and not to
+// appendWatchJSON fails it.
+func TestWatchJSON(t *testing.T) {
 	t.Parallel()
-	// The response holds nothing but its oneof: appendEventJSON writes only the event.
+	// The response holds nothing but its oneof: appendWatchJSON writes only its message.
 	resp := (&taskhubv1.WatchTasksResponse{}).ProtoReflect().Descriptor().Fields()
 	for i := range resp.Len() {
-		require.NotNil(t, resp.Get(i).ContainingOneof(), "WatchTasksResponse.%s is outside its oneof: appendEventJSON would drop it", resp.Get(i).Name())
+		require.NotNil(t, resp.Get(i).ContainingOneof(), "WatchTasksResponse.%s is outside its oneof: appendWatchJSON would drop it", resp.Get(i).Name())
 	}
 
 	r := rand.New(rand.NewPCG(1, 2))
 	seen := map[protoreflect.FullName]bool{}
 	messages := map[protoreflect.FullName]protoreflect.MessageDescriptor{}
-	for i := range 2000 {
-		ev := &taskhubv1.TaskEvent{}
-		fill(t, r, ev.ProtoReflect(), seen, messages)
-		requireSameJSON(t, ev, i)
+	for i := range 3000 {
+		var w *taskhubv1.WatchTasksResponse
+		switch i % 3 {
+		case 0:
+			ev := &taskhubv1.TaskEvent{}
+			fill(t, r, ev.ProtoReflect(), seen, messages)
+			w = &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: ev}}
+		case 1:
+			s := &taskhubv1.Snapshot{}
+			fill(t, r, s.ProtoReflect(), seen, messages)
+			w = &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{Snapshot: s}}
+		case 2:
+			h := &taskhubv1.Heartbeat{}
+			fill(t, r, h.ProtoReflect(), seen, messages)
+			w = &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{Heartbeat: h}}
+		}
+		requireSameWatchJSON(t, w, i)
+	}
+	for i := range resp.Len() { // every kind of message the response holds was filled
+		require.Contains(t, messages, resp.Get(i).Message().FullName())
 	}
 	for _, md := range messages {
 		for i := range md.Fields().Len() {
@@ -53,25 +69,36 @@ func TestEventJSON(t *testing.T) {
 	requireSameJSON(t, &taskhubv1.TaskEvent{Task: &taskhubv1.Task{Message: "\"\\\b\f\n\r\t\x00\x1f\x7f<>&\u2028\u2029é🦊"}}, "escapes")
 	requireSameJSON(t, &taskhubv1.TaskEvent{Kind: 42, Task: &taskhubv1.Task{State: 9, Webhook: &taskhubv1.Webhook{Events: []taskhubv1.EventKind{0, 3, 77}}}}, "unknown enum values")
 	requireSameJSON(t, &taskhubv1.TaskEvent{}, "empty")
+	requireSameWatchJSON(t, &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{Snapshot: &taskhubv1.Snapshot{}}}, "an empty snapshot")
+	requireSameWatchJSON(t, &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{Snapshot: &taskhubv1.Snapshot{
+		Tasks: []*taskhubv1.Task{{}, {Id: "b"}, {}}}}}, "a snapshot of empty tasks")
 
-	// What protojson refuses, it leaves to protojson.
-	_, ok := appendEventJSON(nil, &taskhubv1.TaskEvent{Task: &taskhubv1.Task{Message: "\xff"}})
-	require.False(t, ok, "not UTF-8")
-	_, ok = appendEventJSON(nil, &taskhubv1.TaskEvent{Time: &timestamppb.Timestamp{Seconds: 253402300800}})
-	require.False(t, ok, "past year 9999")
-	_, ok = appendEventJSON(nil, &taskhubv1.TaskEvent{Time: &timestamppb.Timestamp{Nanos: -1}})
-	require.False(t, ok, "negative nanos")
+	// What protojson refuses, or has no message to write, it leaves to protojson.
+	event := func(e *taskhubv1.TaskEvent) *taskhubv1.WatchTasksResponse {
+		return &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: e}}
+	}
+	for name, w := range map[string]*taskhubv1.WatchTasksResponse{
+		"not UTF-8":                   event(&taskhubv1.TaskEvent{Task: &taskhubv1.Task{Message: "\xff"}}),
+		"past year 9999":              event(&taskhubv1.TaskEvent{Time: &timestamppb.Timestamp{Seconds: 253402300800}}),
+		"negative nanos":              event(&taskhubv1.TaskEvent{Time: &timestamppb.Timestamp{Nanos: -1}}),
+		"a snapshot's task not UTF-8": {Message: &taskhubv1.WatchTasksResponse_Snapshot{Snapshot: &taskhubv1.Snapshot{Tasks: []*taskhubv1.Task{{Prompt: "\xc0"}}}}},
+		"no message":                  {},
+		"a nil event":                 event(nil),
+	} {
+		_, ok := appendWatchJSON(nil, w)
+		require.False(t, ok, name)
+	}
 }
 
-// TestMessageCodec_EventJSON: the JSON codec sends an event as appendEventJSON writes it, and
-// leaves to protojson what appendEventJSON does not write, with protojson's error.
+// TestMessageCodec_EventJSON: the JSON codec sends an event as appendWatchJSON writes it, and
+// leaves to protojson what appendWatchJSON does not write, with protojson's error.
 func TestMessageCodec_EventJSON(t *testing.T) {
 	t.Parallel()
 	c := messageCodec{strictJSON{"json"}, true}
 	r := eventResponse(50)
 	got, err := c.encode(r)
 	require.NoError(t, err)
-	want, _ := appendEventJSON(nil, r.GetEvent())
+	want, _ := appendWatchJSON(nil, r)
 	require.Equal(t, string(want), string(got))
 
 	bad := eventResponse(50)
@@ -82,12 +109,18 @@ func TestMessageCodec_EventJSON(t *testing.T) {
 	require.Error(t, err)
 }
 
-// requireSameJSON checks that appendEventJSON writes the JSON protojson writes for ev.
+// requireSameJSON checks that appendWatchJSON writes the JSON protojson writes for the event.
 func requireSameJSON(t *testing.T, ev *taskhubv1.TaskEvent, name any) {
 	t.Helper()
-	want, err := protojson.Marshal(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: ev}})
+	requireSameWatchJSON(t, &taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Event{Event: ev}}, name)
+}
+
+// requireSameWatchJSON checks that appendWatchJSON writes the JSON protojson writes for w.
+func requireSameWatchJSON(t *testing.T, w *taskhubv1.WatchTasksResponse, name any) {
+	t.Helper()
+	want, err := protojson.Marshal(w)
 	require.NoError(t, err, "%v", name)
-	got, ok := appendEventJSON([]byte("head"), ev)
+	got, ok := appendWatchJSON([]byte("head"), w)
 	require.True(t, ok, "%v", name)
 	require.True(t, bytes.HasPrefix(got, []byte("head")), "appends")
 	got = got[4:]
@@ -115,6 +148,13 @@ func fill(t *testing.T, r *rand.Rand, m protoreflect.Message, seen map[protorefl
 			mp := m.Mutable(fd).Map()
 			for range 1 + r.IntN(4) {
 				mp.Set(protoreflect.ValueOfString(randString(r)).MapKey(), scalar(t, r, fd.MapValue()))
+			}
+		case fd.IsList() && fd.Message() != nil:
+			l := m.Mutable(fd).List()
+			for range 1 + r.IntN(3) {
+				e := l.NewElement()
+				fill(t, r, e.Message(), seen, messages)
+				l.Append(e)
 			}
 		case fd.IsList():
 			l := m.Mutable(fd).List()
@@ -151,7 +191,7 @@ func scalar(t *testing.T, r *rand.Rand, fd protoreflect.FieldDescriptor) protore
 		}
 		return protoreflect.ValueOfEnum(values.Get(r.IntN(values.Len())).Number())
 	}
-	t.Fatalf("field %s of kind %s: extend fill and appendEventJSON", fd.FullName(), fd.Kind())
+	t.Fatalf("field %s of kind %s: extend fill and appendWatchJSON", fd.FullName(), fd.Kind())
 	return protoreflect.Value{}
 }
 
@@ -169,18 +209,18 @@ func randString(r *rand.Rand) string {
 	return b.String()
 }
 
-// BenchmarkEventJSON is an event's JSON, written by appendEventJSON or by protojson.
+// BenchmarkEventJSON is an event's JSON, written by appendWatchJSON or by protojson.
 func BenchmarkEventJSON(b *testing.B) {
 	r := eventResponse(50)
 	ev := r.GetEvent()
 	now := timestamppb.Now()
 	ev.Time, ev.Task.CreatedAt, ev.Task.UpdatedAt, ev.Task.StartedAt, ev.Task.ProgressedAt = now, now, now, now, now
 	ev.Task.Attempt, ev.Task.WorkerId, ev.Task.Seq, ev.Task.Params = 1, "w1", 7, map[string]string{"steps": "50"}
-	b.Run("appendEventJSON", func(b *testing.B) {
+	b.Run("appendWatchJSON", func(b *testing.B) {
 		b.ReportAllocs()
 		buf := make([]byte, 0, 1024)
 		for b.Loop() {
-			buf, _ = appendEventJSON(buf[:0], ev)
+			buf, _ = appendWatchJSON(buf[:0], r)
 		}
 	})
 	b.Run("protojson", func(b *testing.B) {
