@@ -53,6 +53,7 @@ type Hub struct {
 	written    atomic.Uint64          // the highest sequence this hub's task actors appended
 	graceFrom  atomic.Int64           // unix ns: when the hub started, or its log last recovered (see leaseOver)
 	behind     atomic.Pointer[string] // why the feed is behind the log, or nil (see checkLag)
+	life       context.Context        // ends with Close
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup // the compactor, the heartbeats, the timers and reconciliation
 	closed     atomic.Bool
@@ -88,6 +89,7 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		logger: cfg.Logger,
 		system: system,
 		root:   system.Root,
+		life:   life,
 		cancel: cancel,
 		now:    time.Now,
 	}
@@ -436,8 +438,14 @@ func (h *Hub) pace(ctx context.Context, deadline time.Time) error {
 		return nil
 	}
 	h.counts.paced.Add(1)
-	if h.feed.await(ctx, w-ahead, min(time.Until(deadline), maxLag)) {
+	wait, stop := context.WithCancel(ctx) // ends with the call, or at Close
+	defer stop()
+	defer context.AfterFunc(h.life, stop)()
+	if h.feed.await(wait, w-ahead, min(time.Until(deadline), maxLag)) {
 		return nil
+	}
+	if h.closed.Load() {
+		return errShuttingDown
 	}
 	if ctx.Err() != nil || !time.Now().Before(deadline) {
 		return taskhub.Errorf(taskhub.Unavailable, "the hub's feed was behind its writes until the call's deadline; nothing was changed: retry")

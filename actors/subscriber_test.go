@@ -1185,4 +1185,26 @@ func TestHub_WritesWaitForALaggingFeed(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 60.0, task.Progress)
 	require.GreaterOrEqual(t, lagging.Stats().Paced, uint64(3))
+
+	// Closing the hub ends a waiting write at once, not after its wait.
+	_, last, err = b.log.Bounds(t.Context())
+	require.NoError(t, err)
+	gate.shut(last + 1)
+	for p := range 6 {
+		report(t, lagging, c, float64(61+p))
+	}
+	go func() {
+		_, err := lagging.ReportProgress(t.Context(), taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 70})
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	closing := time.Now()
+	require.NoError(t, lagging.Close())
+	select {
+	case err := <-done:
+		require.Equal(t, taskhub.Unavailable, codeOf(err), "%v", err)
+		require.Less(t, time.Since(closing), 2*time.Second)
+	case <-time.After(4 * time.Second):
+		t.Fatal("the waiting write outlived the hub's Close")
+	}
 }
