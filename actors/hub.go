@@ -50,7 +50,6 @@ type Hub struct {
 	compactor  *compactor
 	watches    watchCount
 	counts     counters
-	written    atomic.Uint64          // the highest sequence this hub's task actors appended
 	graceFrom  atomic.Int64           // unix ns: when the hub started, or its log last recovered (see leaseOver)
 	behind     atomic.Pointer[string] // why the feed is behind the log, or nil (see checkLag)
 	life       context.Context        // ends with Close
@@ -433,7 +432,7 @@ func (h *Hub) send(ctx context.Context, id string, cmd any, deadline time.Time) 
 // maxLag (the node then also reports itself not ready): not DeadlineExceeded, which would say
 // that the change may have been made.
 func (h *Hub) pace(ctx context.Context, deadline time.Time) error {
-	w, ahead := h.written.Load(), uint64(h.cfg.WriteAhead)
+	w, ahead := h.log.Appended(), uint64(h.cfg.WriteAhead)
 	if w <= ahead || h.feed.position() >= w-ahead {
 		return nil
 	}

@@ -64,6 +64,8 @@ type Events interface {
 	// closes. pending is how many messages are yet to come at that time: 0 means fn has seen
 	// every task.
 	Follow(ctx context.Context, fn func(e *eventlog.Entry, pending uint64)) (stop func(), err error)
+	// Appended is the highest sequence this process appended (0: none yet).
+	Appended() uint64
 }
 
 // Queue is the task queue: at most one message per queued task, on a subject of its mode,

@@ -73,7 +73,7 @@ func (s *subscriber) start(clientEpoch string, after uint64) {
 	out := &s.w.out
 	epoch := s.h.log.Epoch()
 	// Read your writes: a watch opened after a call was answered sees what it wrote.
-	if w := s.h.written.Load(); !s.h.cfg.Shared && w > s.h.feed.position() {
+	if w := s.h.log.Appended(); !s.h.cfg.Shared && w > s.h.feed.position() {
 		s.h.feed.await(context.Background(), w, time.Second)
 	}
 	if s.h.cfg.Shared {

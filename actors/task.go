@@ -275,8 +275,6 @@ func (a *taskActor) appendBy(kind taskhubv1.EventKind, t *taskhubv1.Task, lease 
 	a.h.counts.appended[kind&15].Add(1)
 	t.Seq = seq // t is not shared yet: the record holding it was encoded above
 	a.task, a.lastSeq, a.lease, a.wrote = t, seq, lease, true
-	for w := a.h.written.Load(); seq > w && !a.h.written.CompareAndSwap(w, seq); w = a.h.written.Load() {
-	}
 	return nil
 }
 

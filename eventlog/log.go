@@ -550,6 +550,9 @@ func (l *Log) wrote(seq uint64) {
 	}
 }
 
+// Appended is the highest sequence this process appended (0: none yet).
+func (l *Log) Appended() uint64 { return l.appended.Load() }
+
 // FollowerRestarts is how many stalled consumers the followers replaced (see followStall).
 func (l *Log) FollowerRestarts() uint64 { return l.followRestarts.Load() }
 
