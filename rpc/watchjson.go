@@ -229,22 +229,28 @@ func (w *jsonWriter) quote(s string) {
 	w.b = append(w.b, '"')
 }
 
+// jsonArray writes a repeated field, each item by each; an empty one is left out.
+func jsonArray[T any](w *jsonWriter, name string, items []T, each func(T)) {
+	if len(items) == 0 {
+		return
+	}
+	w.name(name)
+	w.b = append(w.b, '[')
+	for i, it := range items {
+		if i > 0 {
+			w.b = append(w.b, ',')
+		}
+		each(it)
+	}
+	w.b = append(w.b, ']')
+}
+
 func (w *jsonWriter) snapshot(s *taskhubv1.Snapshot) {
 	w.open()
 	w.str("epoch", s.Epoch)
 	w.uint64("seq", s.Seq)
 	w.bool("recovered", s.Recovered)
-	if len(s.Tasks) > 0 {
-		w.name("tasks")
-		w.b = append(w.b, '[')
-		for i, t := range s.Tasks {
-			if i > 0 {
-				w.b = append(w.b, ',')
-			}
-			w.task(t)
-		}
-		w.b = append(w.b, ']')
-	}
+	jsonArray(w, "tasks", s.Tasks, w.task)
 	w.bool("more", s.More)
 	w.close()
 }
@@ -300,17 +306,7 @@ func (w *jsonWriter) task(t *taskhubv1.Task) {
 		w.name("webhook")
 		w.open()
 		w.str("url", h.Url)
-		if len(h.Events) > 0 {
-			w.name("events")
-			w.b = append(w.b, '[')
-			for i, k := range h.Events {
-				if i > 0 {
-					w.b = append(w.b, ',')
-				}
-				w.enumValue(int32(k), taskhubv1.EventKind_name)
-			}
-			w.b = append(w.b, ']')
-		}
+		jsonArray(w, "events", h.Events, func(k taskhubv1.EventKind) { w.enumValue(int32(k), taskhubv1.EventKind_name) })
 		w.uint32("progressIntervalSeconds", h.ProgressIntervalSeconds)
 		w.close()
 	}
