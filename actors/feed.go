@@ -162,7 +162,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at time.Time) (queued bool) {
 	if t.State == taskhubv1.TaskState_TASK_STATE_RUNNING && lease != nil {
 		// By value: a progress event, the commonest, allocates nothing here.
-		f.running[t.Id] = runTimes{leaseEnd: lease.ExpiresAt.AsTime(), progressed: t.ProgressedAt.AsTime(), stalled: t.Stalled}
+		f.running[t.Id] = runTimes{owner: t.Owner, leaseEnd: lease.ExpiresAt.AsTime(), progressed: t.ProgressedAt.AsTime(), stalled: t.Stalled}
 	} else {
 		delete(f.running, t.Id)
 	}
@@ -353,6 +353,7 @@ func (f *feed) watches(dst []*Watch) []*Watch {
 // runTimes is what the hub's timers need of a running task: when its stored lease ends, and
 // when it last made progress.
 type runTimes struct {
+	owner      string
 	leaseEnd   time.Time
 	progressed time.Time
 	stalled    bool
@@ -362,7 +363,7 @@ type runTimes struct {
 // due returns the running tasks whose lease is over at now (by leaseOver) and those that made
 // no progress for stall, leaving out those sent a check less than resend ago (whose check is
 // under way, or failed and is retried then).
-func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend time.Duration) (expired, stalled []string) {
+func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend time.Duration) (expired, stalled []taskRef) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for id, r := range f.running {
@@ -371,9 +372,9 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 		}
 		switch {
 		case leaseOver(r.leaseEnd):
-			expired = append(expired, id)
+			expired = append(expired, taskRef{r.owner, id})
 		case stall > 0 && !r.stalled && now.Sub(r.progressed) >= stall:
-			stalled = append(stalled, id)
+			stalled = append(stalled, taskRef{r.owner, id})
 		default:
 			continue
 		}
@@ -382,6 +383,9 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 	}
 	return expired, stalled
 }
+
+// taskRef names a task.
+type taskRef struct{ owner, id string }
 
 // afterHeap holds what feed.when was asked to do, by seq.
 type afterHeap []*afterEntry

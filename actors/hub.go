@@ -256,7 +256,7 @@ func (h *Hub) reconcileOnce(ctx context.Context) error {
 		}
 		// The task may have been claimed since the feed said it was queued: a ticket for a
 		// running or finished task is acked by the claim that gets it.
-		added, err := h.log.Enqueue(ctx, t.Mode, t.Id)
+		added, err := h.log.Enqueue(ctx, t.Mode, t.Owner, t.Id)
 		if err != nil {
 			return err
 		}
@@ -352,11 +352,11 @@ func (h *Hub) timers(ctx context.Context) {
 			return
 		case <-tick.C:
 			expired, stalled := h.feed.due(h.now(), h.leaseEnded, h.cfg.StallTimeout, resend)
-			for _, id := range expired {
-				h.root.Send(h.supervisor, &toTask{id: id, cmd: &leaseExpired{}})
+			for _, t := range expired {
+				h.root.Send(h.supervisor, &toTask{id: t.id, cmd: &leaseExpired{owner: t.owner}})
 			}
-			for _, id := range stalled {
-				h.root.Send(h.supervisor, &toTask{id: id, cmd: &stallCheck{}})
+			for _, t := range stalled {
+				h.root.Send(h.supervisor, &toTask{id: t.id, cmd: &stallCheck{owner: t.owner}})
 			}
 		}
 	}

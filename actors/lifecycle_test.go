@@ -456,3 +456,43 @@ func TestHub_QueueKeepsARunningTaskWhileItsLeaseHolds(t *testing.T) {
 		require.Less(t, at, time.Second, "a renewal while the worker was silent is the queue delivering the task again: %v", r.at)
 	}
 }
+
+// readsLog records the owners the hub reads tasks' last events by.
+type readsLog struct {
+	actors.Log
+	mu     sync.Mutex
+	owners []string
+}
+
+func (r *readsLog) Last(ctx context.Context, owner, id string) (*eventlog.Entry, error) {
+	r.mu.Lock()
+	r.owners = append(r.owners, owner)
+	r.mu.Unlock()
+	return r.Log.Last(ctx, owner, id)
+}
+
+// TestHub_ReadsATaskByItsOwner: through a task's life (created, claimed, reported, its lease
+// run out, claimed again, completed) the hub reads it by owner and id, never by id alone, which
+// JetStream answers by matching every owner's subjects (BenchmarkLog_Last).
+func TestHub_ReadsATaskByItsOwner(t *testing.T) {
+	t.Parallel()
+	r := &readsLog{}
+	b := setup(t, options{lease: 400 * time.Millisecond, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }})
+	h := b.hub
+	w := watch(t, h, "alice", "", 0)
+	create(t, h, "alice", "x", "paint")
+	c := claim(t, h, "paint")
+	report(t, h, c, 50)
+	// Its lease runs out: the hub's timer requeues it, and it is claimed again.
+	c = claim(t, h, "paint")
+	require.Equal(t, uint32(2), c.Task.Attempt)
+	complete(t, h, c)
+	w.wait(6) // created, started, progress, requeued, started, completed
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	require.NotEmpty(t, r.owners)
+	for _, o := range r.owners {
+		require.Equal(t, "alice", o, "a read by id alone: %q", r.owners)
+	}
+}

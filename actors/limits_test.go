@@ -232,13 +232,13 @@ func (s *slowLog) Append(ctx context.Context, rec *storagev1.Record, expectLast 
 	return s.Log.Append(ctx, rec, expectLast)
 }
 
-func (s *slowLog) Enqueue(ctx context.Context, mode, id string) (bool, error) {
+func (s *slowLog) Enqueue(ctx context.Context, mode, owner, id string) (bool, error) {
 	if s.enqueueHang.Load() {
 		<-ctx.Done()
 		return false, eventlog.ErrUnavailable
 	}
 	s.enqueued.Add(1)
-	return s.Log.Enqueue(ctx, mode, id)
+	return s.Log.Enqueue(ctx, mode, owner, id)
 }
 
 // TestHub_AnswersWhatHappened: every call answers what became of its change. A create stored

@@ -75,7 +75,7 @@ type Events interface {
 type Queue interface {
 	// Enqueue puts the task in its mode's queue (making the mode's consumer if needed) and
 	// reports whether it added it: a task already in the queue, delivered or not, stays.
-	Enqueue(ctx context.Context, mode, id string) (added bool, err error)
+	Enqueue(ctx context.Context, mode, owner, id string) (added bool, err error)
 	// Dequeue removes the task's message, delivered or not.
 	Dequeue(ctx context.Context, mode, id string) error
 	// Queued returns the ids of every task in the queue.

@@ -50,13 +50,35 @@ type (
 	abortCmd struct{ reason string }
 	// wakeCmd reloads the task and queues it again if it is queued (enqueue): an actor let go
 	// while it had a queueing to retry sends it to its successor.
-	wakeCmd struct{ enqueue bool }
+	wakeCmd struct {
+		enqueue bool
+		owner   string // the task's, if the sender knew it
+	}
 	// leaseExpired requeues (or fails) the task if its lease is over, and stallCheck marks it
 	// stalled if it made no progress for the stall timeout: the hub's timers send them (see
 	// Hub.timers), and the actor checks the task as the log holds it.
-	leaseExpired struct{}
-	stallCheck   struct{}
+	leaseExpired struct{ owner string }
+	stallCheck   struct{ owner string }
 )
+
+// ownerOf is the owner of cmd's task when cmd knows it for certain (from the log, or because it
+// creates the task), or "". A task actor reads its task by owner and id when it knows the owner:
+// by id alone, JetStream matches the subjects of every owner (see taskActor.load).
+func ownerOf(cmd any) string {
+	switch c := cmd.(type) {
+	case *createCmd:
+		return c.task.Owner
+	case *claimCmd:
+		return c.delivery.Owner
+	case *leaseExpired:
+		return c.owner
+	case *stallCheck:
+		return c.owner
+	case *wakeCmd:
+		return c.owner
+	}
+	return ""
+}
 
 // recheck is a timer message a task actor sends itself: it reads the task again after a write
 // was not confirmed, or retries queueing it.

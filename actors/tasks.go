@@ -93,7 +93,7 @@ func (h *Hub) ensureQueued(ctx context.Context, t *taskhubv1.Task) {
 	if t.State != taskhubv1.TaskState_TASK_STATE_QUEUED {
 		return
 	}
-	if _, err := h.log.Enqueue(ctx, t.Mode, t.Id); err != nil {
+	if _, err := h.log.Enqueue(ctx, t.Mode, t.Owner, t.Id); err != nil {
 		h.logger.Warn("cannot queue a task again; the hub will when the log recovers", "task", t.Id, "err", err)
 	}
 }

@@ -34,3 +34,37 @@ func BenchmarkLog_Append(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLog_Last reads a task's last event among the tasks of many owners, by its id alone
+// (owner "*", which JetStream answers by matching every owner's subjects) and by its owner and
+// id.
+func BenchmarkLog_Last(b *testing.B) {
+	l, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	const owners = 5000
+	for i := range owners {
+		rec := record(fmt.Sprintf("T%d", i), taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED)
+		rec.Event.Task.Owner = fmt.Sprintf("user%d", i)
+		if _, err := l.Append(b.Context(), rec, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, byOwner := range []bool{false, true} {
+		b.Run(fmt.Sprintf("owners=%d/by-owner=%v", owners, byOwner), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := range b.N {
+				owner := "*"
+				if byOwner {
+					owner = fmt.Sprintf("user%d", i%owners)
+				}
+				if _, err := l.Last(b.Context(), owner, fmt.Sprintf("T%d", i%owners)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

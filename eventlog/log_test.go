@@ -142,7 +142,7 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 
 func requireEnqueued(t *testing.T, l *eventlog.Log, mode, id string) {
 	t.Helper()
-	added, err := l.Enqueue(t.Context(), mode, id)
+	added, err := l.Enqueue(t.Context(), mode, "alice", id)
 	require.NoError(t, err)
 	require.True(t, added)
 }
@@ -153,7 +153,7 @@ func TestLog_Queue(t *testing.T) {
 	ctx := t.Context()
 
 	requireEnqueued(t, l, "demo", "T1")
-	added, err := l.Enqueue(ctx, "demo", "T1")
+	added, err := l.Enqueue(ctx, "demo", "alice", "T1")
 	require.NoError(t, err, "enqueueing twice is not an error")
 	require.False(t, added, "a task is in the queue once")
 	requireEnqueued(t, l, "demo", "T2")
@@ -163,6 +163,7 @@ func TestLog_Queue(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ds, 2)
 	require.Equal(t, "T1", ds[0].TaskID)
+	require.Equal(t, "alice", ds[0].Owner)
 	require.Equal(t, uint64(1), ds[0].Delivered)
 
 	// Release T1 at once; it comes back with a second delivery of the same message.

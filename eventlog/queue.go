@@ -22,6 +22,9 @@ var ErrNoQueue = errors.New("eventlog: the mode has no queue")
 type Delivery struct {
 	TaskID string
 	Mode   string
+	// Owner is the task's owner, as its message names it ("" in a message written before
+	// messages named it).
+	Owner string
 	// AckSubject renews, releases or ends the delivery.
 	AckSubject string
 	// QueueSeq is the queue message's stream sequence: the same across redeliveries.
@@ -35,17 +38,18 @@ func QueueSubject(mode, id string) string { return "taskq." + mode + "." + id }
 
 const consumerPrefix = "mode-"
 
-// Enqueue puts the task in its mode's queue, creating the mode's consumer if this process does
-// not know it exists, and reports whether it added it. A task already in the queue (delivered or
-// not) stays as it is: the stream keeps at most one message per task.
-func (l *Log) Enqueue(ctx context.Context, mode, id string) (added bool, err error) {
+// Enqueue puts owner's task id in its mode's queue, creating the mode's consumer if this process
+// does not know it exists, and reports whether it added it. A task already in the queue
+// (delivered or not) stays as it is: the stream keeps at most one message per task. The message
+// holds the owner, so that the claim reads the task by owner and id (see Delivery.Owner).
+func (l *Log) Enqueue(ctx context.Context, mode, owner, id string) (added bool, err error) {
 	if err := l.writable("enqueue"); err != nil {
 		return false, err
 	}
 	if err := l.EnsureQueue(ctx, mode); err != nil {
 		return false, err
 	}
-	if _, _, err := l.publish(ctx, QueueSubject(mode, id), nil); err != nil {
+	if _, _, err := l.publish(ctx, QueueSubject(mode, id), []byte(owner)); err != nil {
 		if hasCode(err, jsStoreFailed) && strings.Contains(err.Error(), "maximum messages per subject") {
 			return false, nil
 		}
@@ -157,6 +161,7 @@ func (l *Log) Fetch(ctx context.Context, mode string, max int, wait time.Duratio
 		out = append(out, Delivery{
 			TaskID:     subj[strings.LastIndexByte(subj, '.')+1:],
 			Mode:       mode,
+			Owner:      string(m.Data()),
 			AckSubject: m.Reply(),
 			QueueSeq:   md.Sequence.Stream,
 			Delivered:  md.NumDelivered,
