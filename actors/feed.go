@@ -384,6 +384,13 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 	return expired, stalled
 }
 
+// runningOwner is the owner of task id if it is running, or "".
+func (f *feed) runningOwner(id string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.running[id].owner
+}
+
 // taskRef names a task.
 type taskRef struct{ owner, id string }
 

@@ -37,6 +37,7 @@ type bundle struct {
 
 type options struct {
 	lease     time.Duration
+	idle      time.Duration // a task actor's idle timeout
 	attempts  int
 	outbox    int
 	heartbeat time.Duration
@@ -77,6 +78,7 @@ func (b *bundle) open(t *testing.T, o options) {
 	}
 	b.hub, err = actors.Open(t.Context(), actors.Config{Log: log, Logger: quiet(), Options: actors.Options{
 		LeaseTimeout:          o.lease,
+		IdleTimeout:           o.idle,
 		MaxAttempts:           o.attempts,
 		WatchBuffer:           o.outbox,
 		Heartbeat:             o.heartbeat,

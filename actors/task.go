@@ -37,6 +37,7 @@ type taskActor struct {
 
 	loaded  bool
 	owner   string          // the task's owner, once known (see ownerOf); "": not yet
+	guess   string          // the owner the command being handled names, unchecked (a cancel's caller)
 	task    *taskhubv1.Task // nil: no such task
 	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
 	// lease is the last lease granted, as stored: while the task runs, the live one.
@@ -97,9 +98,14 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		if a.owner == "" {
 			a.owner = ownerOf(m.cmd)
 		}
+		if c, ok := m.cmd.(*cancelCmd); ok {
+			a.guess = c.owner
+		}
 		a.deadline, a.caller = m.deadline, m.ctx
 		r := a.handle(m.cmd)
-		a.deadline, a.caller = time.Time{}, nil
+		// A task not found under a guess is read again by the next command that finds it
+		// missing (see handle).
+		a.deadline, a.caller, a.guess = time.Time{}, nil, ""
 		if ctx.Sender() != nil {
 			ctx.Respond(r)
 		}
@@ -231,13 +237,15 @@ func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
 }
 
-// load reads the task's last event: by owner and id once the owner is known. By id alone
-// (owner "*"), JetStream matches the subjects of every owner, and a read costs time in
-// proportion to the owners the log holds (BenchmarkLog_Last: 9x at 5000 owners).
+// load reads the task's last event by owner and id: the owner this actor knows, else the one
+// the feed knows of a running task, else the one the command names. Only when none does is it
+// read by id alone (owner "*"), which JetStream answers by matching the subjects of every owner:
+// a read costs time in proportion to the owners the log holds (BenchmarkLog_Last: 9x at 5000
+// owners).
 func (a *taskActor) load() error {
 	ctx, cancel := a.ctx()
 	defer cancel()
-	e, err := a.h.log.Last(ctx, cmp.Or(a.owner, "*"), a.id)
+	e, err := a.h.log.Last(ctx, cmp.Or(a.owner, a.h.feed.runningOwner(a.id), a.guess, "*"), a.id)
 	switch {
 	case errors.Is(err, eventlog.ErrNotFound):
 		a.task, a.lastSeq, a.lease = nil, 0, nil
