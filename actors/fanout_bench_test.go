@@ -100,14 +100,30 @@ func benchFanout(b *testing.B, subs int) {
 
 // BenchmarkHub_CreateClaimComplete runs whole task lifecycles through the hub and the real
 // embedded event log: create (an append and an enqueue), claim (a fetch and an append), complete
-// (an append and an ack).
+// (an append and an ack). With owners=5000, the log holds a task of each of 5000 owners before
+// it starts, and each lifecycle is another owner's: the cost of a task must not grow with the
+// users the log holds.
 func BenchmarkHub_CreateClaimComplete(b *testing.B) {
+	for _, owners := range []int{1, 5000} {
+		b.Run(fmt.Sprintf("owners=%d", owners), func(b *testing.B) { benchLifecycles(b, owners) })
+	}
+}
+
+func benchLifecycles(b *testing.B, owners int) {
 	h := benchHub(b)
 	ctx := b.Context()
+	owner := func(i int) string { return fmt.Sprintf("user%d", i%owners) }
+	if owners > 1 {
+		for i := range owners {
+			if _, err := h.CreateTask(ctx, owner(i), taskhub.TaskSpec{Prompt: "p", Mode: "other"}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
-	for range b.N {
-		t, err := h.CreateTask(ctx, "bench", taskhub.TaskSpec{Prompt: "p", Mode: "bench"})
+	for i := range b.N {
+		t, err := h.CreateTask(ctx, owner(i), taskhub.TaskSpec{Prompt: "p", Mode: "bench"})
 		if err != nil {
 			b.Fatal(err)
 		}
