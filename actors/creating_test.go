@@ -19,7 +19,7 @@ import (
 // applies it, and a retry of a create under way is not counted again.
 func TestFeed_CountsEachCreateOnce(t *testing.T) {
 	t.Parallel()
-	f := &feed{active: map[string]map[string]*taskhubv1.Task{}, modes: map[string]int{}, compactor: &compactor{}}
+	f := &feed{active: map[string]map[string]*taskhubv1.Task{}, owners: map[string]string{}, modes: map[string]int{}, compactor: &compactor{}}
 	admit := func(id, mode string) error {
 		return f.admit(admission{owner: "alice", mode: mode, id: id, maxActive: 2, maxModes: 1})
 	}

@@ -66,6 +66,7 @@ type feed struct {
 	pos      uint64                                // the last sequence applied
 	applied  atomic.Uint64                         // pos, for readers without the lock
 	active   map[string]map[string]*taskhubv1.Task // owner -> task id -> slim task
+	owners   map[string]string                     // task id -> owner, of the active tasks
 	modes    map[string]int                        // mode -> its active tasks
 	subs     map[string]map[*Watch]struct{}        // owner -> its watches
 	ends     map[string][]chan struct{}            // task id -> closed when the task ends
@@ -85,6 +86,7 @@ func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger 
 		compactor: c,
 		queued:    queued,
 		active:    map[string]map[string]*taskhubv1.Task{},
+		owners:    map[string]string{},
 		modes:     map[string]int{},
 		subs:      map[string]map[*Watch]struct{}{},
 		ends:      map[string][]chan struct{}{},
@@ -162,7 +164,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at time.Time) (queued bool) {
 	if t.State == taskhubv1.TaskState_TASK_STATE_RUNNING && lease != nil {
 		// By value: a progress event, the commonest, allocates nothing here.
-		f.running[t.Id] = runTimes{owner: t.Owner, leaseEnd: lease.ExpiresAt.AsTime(), progressed: t.ProgressedAt.AsTime(), stalled: t.Stalled}
+		f.running[t.Id] = runTimes{leaseEnd: lease.ExpiresAt.AsTime(), progressed: t.ProgressedAt.AsTime(), stalled: t.Stalled}
 	} else {
 		delete(f.running, t.Id)
 	}
@@ -174,6 +176,7 @@ func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at t
 			if len(tasks) == 0 {
 				delete(f.active, t.Owner)
 			}
+			delete(f.owners, t.Id)
 			f.countMode(old.Mode, -1)
 		}
 		for _, ch := range f.ends[t.Id] {
@@ -188,6 +191,7 @@ func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at t
 		f.active[t.Owner] = tasks
 	}
 	if old == nil {
+		f.owners[t.Id] = t.Owner
 		f.countMode(t.Mode, +1)
 	}
 	tasks[t.Id] = slim(t)
@@ -353,7 +357,6 @@ func (f *feed) watches(dst []*Watch) []*Watch {
 // runTimes is what the hub's timers need of a running task: when its stored lease ends, and
 // when it last made progress.
 type runTimes struct {
-	owner      string
 	leaseEnd   time.Time
 	progressed time.Time
 	stalled    bool
@@ -372,9 +375,9 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 		}
 		switch {
 		case leaseOver(r.leaseEnd):
-			expired = append(expired, taskRef{r.owner, id})
+			expired = append(expired, taskRef{f.owners[id], id})
 		case stall > 0 && !r.stalled && now.Sub(r.progressed) >= stall:
-			stalled = append(stalled, taskRef{r.owner, id})
+			stalled = append(stalled, taskRef{f.owners[id], id})
 		default:
 			continue
 		}
@@ -384,11 +387,11 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 	return expired, stalled
 }
 
-// runningOwner is the owner of task id if it is running, or "".
-func (f *feed) runningOwner(id string) string {
+// owner is the owner of task id if it is active (queued or running), or "".
+func (f *feed) owner(id string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.running[id].owner
+	return f.owners[id]
 }
 
 // taskRef names a task.

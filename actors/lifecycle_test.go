@@ -503,3 +503,50 @@ func TestHub_ReadsATaskByItsOwner(t *testing.T) {
 	require.NotEmpty(t, r.owners)
 	require.NotContains(t, r.owners, "*", "a read by id alone")
 }
+
+// TestHub_MadeUpIDsCannotSpendTheNode: a worker naming hundreds of ids no task has gets
+// not_found for as many as the hub reads by id alone (at most byIDReads a second, after a burst
+// as large), and unavailable, at once and with nothing changed, for the rest; a report on a
+// real task goes through meanwhile.
+func TestHub_MadeUpIDsCannotSpendTheNode(t *testing.T) {
+	t.Parallel()
+	r := &readsLog{}
+	b := setup(t, options{lease: 10 * time.Second, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }})
+	h := b.hub
+	create(t, h, "alice", "x", "paint")
+	c := claim(t, h, "paint")
+
+	const made = 400
+	codes := make([]taskhub.Code, made)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range made {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: taskhub.NewTaskID(time.Now()), Token: "t"}, Progress: 1})
+			codes[i] = codeOf(err)
+		})
+	}
+	report(t, h, c, 10)
+	wg.Wait()
+	took := time.Since(start)
+
+	count := map[taskhub.Code]int{}
+	for _, code := range codes {
+		count[code]++
+	}
+	require.Equal(t, made, count[taskhub.NotFound]+count[taskhub.Unavailable], "%v", count)
+	r.mu.Lock()
+	byID := 0
+	for _, o := range r.owners {
+		if o == "*" {
+			byID++
+		}
+	}
+	r.mu.Unlock()
+	// Each not_found is a read by id; a read the call's deadline cut short answers unavailable.
+	require.LessOrEqual(t, count[taskhub.NotFound], byID)
+	require.LessOrEqual(t, byID, 100+int(100*took.Seconds())+1, "read by id alone %d times in %v", byID, took)
+	require.Positive(t, count[taskhub.Unavailable], "%v", count)
+}

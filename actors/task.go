@@ -238,14 +238,21 @@ func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
 }
 
 // load reads the task's last event by owner and id: the owner this actor knows, else the one
-// the feed knows of a running task, else the one the command names. Only when none does is it
+// the feed knows of an active task, else the one the command names. Only when none does is it
 // read by id alone (owner "*"), which JetStream answers by matching the subjects of every owner:
 // a read costs time in proportion to the owners the log holds (BenchmarkLog_Last: 9x at 5000
-// owners).
+// owners), and the hub makes at most byIDReads of them a second (Hub.byID).
 func (a *taskActor) load() error {
 	ctx, cancel := a.ctx()
 	defer cancel()
-	e, err := a.h.log.Last(ctx, cmp.Or(a.owner, a.h.feed.runningOwner(a.id), a.guess, "*"), a.id)
+	owner := cmp.Or(a.owner, a.h.feed.owner(a.id), a.guess)
+	if owner == "" {
+		if err := a.h.byID.Wait(ctx); err != nil {
+			return taskhub.Errorf(taskhub.Unavailable, "task %s: too many calls name tasks this node does not know of (it reads at most %d a second); nothing was changed: retry", a.id, byIDReads)
+		}
+		owner = "*"
+	}
+	e, err := a.h.log.Last(ctx, owner, a.id)
 	switch {
 	case errors.Is(err, eventlog.ErrNotFound):
 		a.task, a.lastSeq, a.lease = nil, 0, nil
