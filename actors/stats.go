@@ -22,6 +22,9 @@ type Stats struct {
 	Coalesced uint64
 	// Paced is the writes that waited for this node's feed to catch up with its writes.
 	Paced uint64
+	// ReadsByID is the reads of a task by its id alone (see Hub.byID), and ReadsByIDRefused
+	// the calls refused because those reads were at their rate.
+	ReadsByID, ReadsByIDRefused uint64
 	// Replayed is the events read back from the log for watches that resumed or fell behind.
 	Replayed uint64
 	// OpenWatches is the watch streams open now.
@@ -50,6 +53,7 @@ type ModeState struct {
 type counters struct {
 	appended                          [16]atomic.Uint64 // by EventKind, which has fewer values
 	expiries, paced                   atomic.Uint64
+	readsByID, readsByIDRefused       atomic.Uint64
 	watchMessages, coalesced, replays atomic.Uint64
 	appendTime                        durations
 }
@@ -98,16 +102,18 @@ func (d *durations) read() Durations {
 func (h *Hub) Stats() Stats {
 	c := &h.counts
 	s := Stats{
-		Appended:      map[taskhubv1.EventKind]uint64{},
-		LeaseExpiries: c.expiries.Load(),
-		WatchMessages: c.watchMessages.Load(),
-		Coalesced:     c.coalesced.Load(),
-		Replayed:      c.replays.Load(),
-		Paced:         c.paced.Load(),
-		OpenWatches:   h.watches.open(),
-		Active:        map[ModeState]int{},
-		OldestQueued:  map[string]time.Time{},
-		AppendSeconds: c.appendTime.read(),
+		Appended:         map[taskhubv1.EventKind]uint64{},
+		LeaseExpiries:    c.expiries.Load(),
+		WatchMessages:    c.watchMessages.Load(),
+		Coalesced:        c.coalesced.Load(),
+		Replayed:         c.replays.Load(),
+		Paced:            c.paced.Load(),
+		ReadsByID:        c.readsByID.Load(),
+		ReadsByIDRefused: c.readsByIDRefused.Load(),
+		OpenWatches:      h.watches.open(),
+		Active:           map[ModeState]int{},
+		OldestQueued:     map[string]time.Time{},
+		AppendSeconds:    c.appendTime.read(),
 	}
 	for k := range c.appended {
 		if n := c.appended[k].Load(); n > 0 {

@@ -248,8 +248,10 @@ func (a *taskActor) load() error {
 	owner := cmp.Or(a.owner, a.h.feed.owner(a.id), a.guess)
 	if owner == "" {
 		if err := a.h.byID.Wait(ctx); err != nil {
+			a.h.counts.readsByIDRefused.Add(1)
 			return taskhub.Errorf(taskhub.Unavailable, "task %s: too many calls name tasks this node does not know of (it reads at most %d a second); nothing was changed: retry", a.id, byIDReads)
 		}
+		a.h.counts.readsByID.Add(1)
 		owner = "*"
 	}
 	e, err := a.h.log.Last(ctx, owner, a.id)

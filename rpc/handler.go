@@ -32,6 +32,9 @@ type Options struct {
 	// Observe, when set, is told the outcome of every call: its procedure and its code (0 for
 	// success), the calls the token check refused included.
 	Observe func(procedure string, code connect.Code)
+	// ObserveBatched, when set, is told the code of every report of a BatchReportProgress
+	// call (0 for success): the call itself succeeds while some of its reports fail.
+	ObserveBatched func(code connect.Code)
 	// Trace, when set, is the outermost interceptor of every call the token check let
 	// through: a tracer's (server.Config.TracerProvider's, with otelconnect).
 	Trace connect.Interceptor
@@ -67,6 +70,6 @@ func Mount(mux *http.ServeMux, hub Hub, o Options) {
 	errs := connect.NewErrorWriter(options...)
 	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
 	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h), observer(o.Observe), callLog{logger}, o.Streams), errs, o.Observe), origins))
-	path, h = taskhubv1connect.NewWorkerServiceHandler(NewWorkerServer(hub), opts)
+	path, h = taskhubv1connect.NewWorkerServiceHandler(&workerServer{hub: hub, batched: o.ObserveBatched}, opts)
 	mux.Handle(path, withCORS(auth.Gate(checkEnvelopes(h), errs, o.Observe), origins))
 }

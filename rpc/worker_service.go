@@ -14,7 +14,10 @@ import (
 	"github.com/taskhub/taskhub"
 )
 
-type workerServer struct{ hub taskhub.WorkerService }
+type workerServer struct {
+	hub     taskhub.WorkerService
+	batched func(code connect.Code) // told each batched report's code (Options.ObserveBatched); may be nil
+}
 
 // NewWorkerServer returns the WorkerService handler. With auth on, callers act as the worker
 // the auth interceptor found, and a lease is only honoured for the worker that claimed it.
@@ -65,13 +68,18 @@ func (s *workerServer) BatchReportProgress(ctx context.Context, req *connect.Req
 	res := &taskhubv1.BatchReportProgressResponse{Results: make([]*taskhubv1.ReportProgressResult, len(results))}
 	for i, r := range results {
 		out := &taskhubv1.ReportProgressResult{CancelRequested: r.CancelRequested}
+		code := connect.Code(0)
 		switch {
 		case r.Err != nil:
 			var ce *connect.Error
 			errors.As(connectError(r.Err), &ce)
-			out.Error = &taskhubv1.ReportError{Code: ce.Code().String(), Message: ce.Message()}
+			code = ce.Code()
+			out.Error = &taskhubv1.ReportError{Code: code.String(), Message: ce.Message()}
 		case !r.Expires.IsZero():
 			out.LeaseExpiresAt = timestamppb.New(r.Expires)
+		}
+		if s.batched != nil {
+			s.batched(code)
 		}
 		res.Results[i] = out
 	}

@@ -24,6 +24,7 @@ import (
 type metrics struct {
 	registry *prometheus.Registry
 	calls    *prometheus.CounterVec
+	batched  *prometheus.CounterVec
 	auth     *rpc.Auth
 }
 
@@ -33,6 +34,10 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 		Name: "taskhub_rpc_calls_total",
 		Help: "Calls of the Connect API that passed the token check, by procedure and code (ok for success).",
 	}, []string{"procedure", "code"})
+	m.batched = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "taskhub_batched_reports_total",
+		Help: "Progress reports of BatchReportProgress calls, by code (ok for success): each is answered on its own.",
+	}, []string{"code"})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "taskhub_build_info", Help: "The binary's version, commit and Go version: always 1.",
 	}, []string{"version", "revision", "goversion"})
@@ -49,7 +54,7 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 		Name: "taskhub_event_log_follower_restarts_total",
 		Help: "Consumers this node's event log follower replaced because they stalled while it was behind this node's writes.",
 	}, func() float64 { return float64(log.FollowerRestarts()) })
-	m.registry.MustRegister(m.calls, build, hubCollector{hub}, restarts,
+	m.registry.MustRegister(m.calls, m.batched, build, hubCollector{hub}, restarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -66,6 +71,15 @@ func (m *metrics) observe(procedure string, code connect.Code) {
 		procedure = "/other"
 	}
 	m.calls.WithLabelValues(strings.TrimPrefix(procedure, "/"), name).Inc()
+}
+
+// observeBatched counts a report of a BatchReportProgress call (rpc.Options.ObserveBatched).
+func (m *metrics) observeBatched(code connect.Code) {
+	name := "ok"
+	if code != 0 {
+		name = code.String()
+	}
+	m.batched.WithLabelValues(name).Inc()
 }
 
 // procedures are the API's procedures, such as /taskhub.v1.TaskService/CreateTask.
@@ -99,6 +113,7 @@ var (
 	descExpiries      = prometheus.NewDesc("taskhub_lease_expiries_total", "Leases that ran out: each requeued or failed its task.", nil, nil)
 	descWatchMessages = prometheus.NewDesc("taskhub_watch_messages_total", "Messages handed to watch streams: events, snapshot parts, heartbeats.", nil, nil)
 	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
+	descReadsByID     = prometheus.NewDesc("taskhub_task_reads_by_id_total", "Reads of a task by its id alone, which cost in proportion to the users the log holds: made (read), or refused at their rate of 100 a second (refused).", []string{"result"}, nil)
 	descPaced         = prometheus.NewDesc("taskhub_writes_paced_total", "Writes that waited for this node's feed to come within its write-ahead (1000 events) of this node's writes.", nil, nil)
 	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
@@ -109,7 +124,7 @@ var (
 )
 
 func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descPaced, descReplayed, descWatches, descActive, descOldestQueued, descWebhooks, descHooksFailing} {
+	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descPaced, descReadsByID, descReplayed, descWatches, descActive, descOldestQueued, descWebhooks, descHooksFailing} {
 		ch <- d
 	}
 }
@@ -128,6 +143,8 @@ func (c hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWatchMessages, prometheus.CounterValue, float64(s.WatchMessages))
 	ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(s.Coalesced))
 	ch <- prometheus.MustNewConstMetric(descPaced, prometheus.CounterValue, float64(s.Paced))
+	ch <- prometheus.MustNewConstMetric(descReadsByID, prometheus.CounterValue, float64(s.ReadsByID), "read")
+	ch <- prometheus.MustNewConstMetric(descReadsByID, prometheus.CounterValue, float64(s.ReadsByIDRefused), "refused")
 	ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(s.Replayed))
 	ch <- prometheus.MustNewConstMetric(descWatches, prometheus.GaugeValue, float64(s.OpenWatches))
 	if s.Webhooks != nil {

@@ -36,6 +36,13 @@ func TestMetrics(t *testing.T) {
 		_, err = b.work.ReportProgress(ctx, as(&taskhubv1.ReportProgressRequest{TaskId: claim.Msg.Task.Id, LeaseToken: lease, Progress: p}, workerToken))
 		require.NoError(t, err)
 	}
+	// A batch's reports count one by one: here one stored, one naming a task nobody made.
+	batch, err := b.work.BatchReportProgress(ctx, as(&taskhubv1.BatchReportProgressRequest{Reports: []*taskhubv1.ReportProgressRequest{
+		{TaskId: claim.Msg.Task.Id, LeaseToken: lease, Progress: 60},
+		{TaskId: "01JAAAAAAAAAAAAAAAAAAAAAAB", LeaseToken: lease, Progress: 60},
+	}}, workerToken))
+	require.NoError(t, err)
+	require.Equal(t, "not_found", batch.Msg.Results[1].GetError().GetCode())
 	_, err = b.work.CompleteTask(ctx, as(&taskhubv1.CompleteTaskRequest{TaskId: claim.Msg.Task.Id, LeaseToken: lease, Result: "ok"}, workerToken))
 	require.NoError(t, err)
 	_, err = b.tasks.GetTask(ctx, as(&taskhubv1.GetTaskRequest{Id: "01JAAAAAAAAAAAAAAAAAAAAAAA"}, aliceToken))
@@ -102,10 +109,14 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, 1.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.TaskService/GetTask", "code": "not_found"}))
 	require.Equal(t, 1.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "taskhub.v1.TaskService/ListTasks", "code": "unauthenticated"}))
 	require.Equal(t, 1.0, value("taskhub_rpc_calls_total", map[string]string{"procedure": "other", "code": "unauthenticated"}))
-	for kind, n := range map[string]float64{"created": 2, "started": 1, "progress": 2, "completed": 1} {
+	require.Equal(t, 1.0, value("taskhub_batched_reports_total", map[string]string{"code": "ok"}))
+	require.Equal(t, 1.0, value("taskhub_batched_reports_total", map[string]string{"code": "not_found"}))
+	require.Equal(t, 1.0, value("taskhub_task_reads_by_id_total", map[string]string{"result": "read"}), "the task nobody made, and only it")
+	require.Equal(t, 0.0, value("taskhub_task_reads_by_id_total", map[string]string{"result": "refused"}))
+	for kind, n := range map[string]float64{"created": 2, "started": 1, "progress": 3, "completed": 1} {
 		require.Equal(t, n, value("taskhub_events_appended_total", map[string]string{"kind": kind}), kind)
 	}
-	require.Equal(t, 6.0, value("taskhub_event_log_append_seconds", nil), "one observation per append")
+	require.Equal(t, 7.0, value("taskhub_event_log_append_seconds", nil), "one observation per append")
 	require.Equal(t, 1.0, value("taskhub_watches_open", nil))
 	require.GreaterOrEqual(t, value("taskhub_watch_messages_total", nil), float64(1+len(got)), "the snapshot and the events")
 	require.Equal(t, 1.0, value("taskhub_tasks_active", map[string]string{"mode": "later", "state": "queued"}))
