@@ -1,5 +1,19 @@
 package eventlog
 
+import (
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+)
+
+// ForgetLiveIndex leaves l's live index as a taskhub from before the index left it: no
+// markers, and no record that the index is complete.
+func ForgetLiveIndex(t *testing.T, l *Log) {
+	require.NoError(t, l.meta.Purge(t.Context(), jetstream.WithPurgeSubject(livePrefix+">")))
+	require.NoError(t, l.meta.Purge(t.Context(), jetstream.WithPurgeSubject(liveFilled)))
+}
+
 // StallFollowers stops the consumers of l's followers without telling them: what a pull
 // consumer that asks the server for nothing more looks like to them (see followStall).
 func StallFollowers(l *Log) {

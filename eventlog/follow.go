@@ -41,7 +41,9 @@ type follower struct {
 	done     chan struct{}
 }
 
-// follow starts a follower from sequence from, and returns its stop.
+// follow starts a follower from sequence from, and returns its stop. From 0, its first consumer
+// delivers the last event of every subject, then every event after (a log read whole, see
+// Follow).
 func (l *Log) follow(ctx context.Context, from uint64, fn func(e *Entry, pending uint64)) (stop func(), err error) {
 	f := &follower{l: l, fn: fn, next: from, done: make(chan struct{})}
 	f.mu.Lock()
@@ -61,10 +63,11 @@ func (f *follower) consume(ctx context.Context) error {
 	// filter of those two subjects would be the same messages at a far higher price: the server
 	// matches a consumer of several filters against every subject of a block for each message
 	// (29 % of a busy server's CPU with 1000 running tasks).
-	cons, err := f.l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   f.next,
-	})
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: f.next}
+	if f.next == 0 {
+		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy}
+	}
+	cons, err := f.l.events.OrderedConsumer(ctx, cfg)
 	if err != nil {
 		return f.l.unavailable("follow", err)
 	}

@@ -693,19 +693,7 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 		return nil, err
 	}
 	filling := true
-	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		// No filter: every subject, the probes too, so the feed's position reaches the stream's
-		// last sequence (and see followLive).
-		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-	})
-	if err != nil {
-		return nil, l.unavailable("follow", err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		e, pending, ok := l.entry(m)
-		if !ok {
-			return
-		}
+	return l.follow(ctx, 0, func(e *Entry, pending uint64) {
 		if filling {
 			fill(e)
 			if pending == 0 {
@@ -714,11 +702,7 @@ func (l *Log) Follow(ctx context.Context, fn func(e *Entry, pending uint64)) (st
 			}
 		}
 		fn(e, pending)
-	}, jetstream.PullHeartbeat(followHeartbeat))
-	if err != nil {
-		return nil, l.unavailable("follow", err)
-	}
-	return cc.Stop, nil
+	})
 }
 
 // entry is the Entry of a message of the event stream, and how many the consumer has yet to

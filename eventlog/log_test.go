@@ -1,6 +1,7 @@
 package eventlog_test
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -264,11 +265,28 @@ func TestLog_CompactKeepsTheFinalState(t *testing.T) {
 
 // TestLog_FollowerReplacesAStalledConsumer: a follower whose consumer stops delivering while
 // the log holds events this process appended makes a new consumer, and goes on from the event
-// after the last it delivered: every event once, in order.
+// after the last it delivered: every event once, in order. So does the follower of a log
+// written before the live index existed, which reads it whole first.
 func TestLog_FollowerReplacesAStalledConsumer(t *testing.T) {
 	t.Parallel()
+	for _, old := range []bool{false, true} {
+		t.Run(fmt.Sprintf("read-whole=%v", old), func(t *testing.T) {
+			t.Parallel()
+			followerReplacesAStalledConsumer(t, old)
+		})
+	}
+}
+
+func followerReplacesAStalledConsumer(t *testing.T, old bool) {
 	l := setup(t)
 	ctx := t.Context()
+	var last, want []uint64
+	if old {
+		seq, err := l.Append(ctx, record("Z", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+		require.NoError(t, err)
+		want = append(want, seq)
+		eventlog.ForgetLiveIndex(t, l)
+	}
 	var mu sync.Mutex
 	var seqs []uint64
 	stop, err := l.Follow(ctx, func(e *eventlog.Entry, _ uint64) {
@@ -282,7 +300,6 @@ func TestLog_FollowerReplacesAStalledConsumer(t *testing.T) {
 	require.NoError(t, err)
 	defer stop()
 
-	var last, want []uint64
 	appendN := func(n int) {
 		for range n {
 			var prev uint64
