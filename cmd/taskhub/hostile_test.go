@@ -31,6 +31,7 @@ import (
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/internal/freeport"
 
+	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/eventlog"
 )
 
@@ -107,6 +108,7 @@ func TestHostile(t *testing.T) {
 		{"never-ending h2c streams with a user token", 6 * time.Second, h2cStreams("127.0.0.5", hostileBob)},
 		{"idle connections", 6 * time.Second, idleConns("127.0.0.6")},
 		{"made-up modes in claims", 5 * time.Second, modeFlood},
+		{"made-up task ids in batched reports", 5 * time.Second, idFlood},
 		{"a user's task flood", 5 * time.Second, quotaFlood},
 		{"gzip bombs", 5 * time.Second, gzipBombs},
 		{"sign-in brute force", 4 * time.Second, signInFlood("127.0.0.7")},
@@ -552,6 +554,43 @@ func modeFlood(ctx context.Context, h *hostile) string {
 	_, err = h.work.CompleteTask(context.Background(), bearer(connect.NewRequest(&taskhubv1.CompleteTaskRequest{TaskId: res.Msg.Task.Id, LeaseToken: claim.Msg.LeaseToken}), hostileWorker))
 	require.NoError(h.t, err)
 	return fmt.Sprintf("%d claims named %d made-up modes; a task of a new mode was claimed after them", calls.Load(), made.Load())
+}
+
+// idFlood has a worker report progress on task ids nobody made, 1000 to a batch: a read of a
+// task by id alone costs in proportion to the users the log holds, and the server makes at most
+// 100 a second; the rest are refused unavailable.
+func idFlood(ctx context.Context, h *hostile) string {
+	var batches, notFound, refused atomic.Int64
+	holders(ctx, 8, 0, func(ctx context.Context) {
+		reports := make([]*taskhubv1.ReportProgressRequest, 1000)
+		for i := range reports {
+			reports[i] = &taskhubv1.ReportProgressRequest{TaskId: taskhub.NewTaskID(time.Now()), LeaseToken: "made-up", Progress: 1}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		res, err := h.work.BatchReportProgress(cctx, bearer(connect.NewRequest(&taskhubv1.BatchReportProgressRequest{Reports: reports}), hostileWorker))
+		if err != nil {
+			// Only its deadline, or the attack's end, may cut a batch short: the reports
+			// that get a read wait for it up to the call's deadline.
+			if cctx.Err() == nil {
+				h.t.Errorf("a batch of made-up task ids: %v", err)
+			}
+			return
+		}
+		batches.Add(1)
+		for _, r := range res.Msg.Results {
+			switch r.GetError().GetCode() {
+			case "not_found":
+				notFound.Add(1)
+			case "unavailable":
+				refused.Add(1)
+			default:
+				h.t.Errorf("a report on a made-up task answered %v", r)
+			}
+		}
+	})
+	return fmt.Sprintf("%d batches named %d made-up task ids: %d read and answered not_found, %d refused unavailable",
+		batches.Load(), 1000*batches.Load(), notFound.Load(), refused.Load())
 }
 
 // quotaFlood has bob create tasks, with idempotency keys, until the limit refuses them; a retry
