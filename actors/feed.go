@@ -66,7 +66,9 @@ type feed struct {
 	pos      uint64                                // the last sequence applied
 	applied  atomic.Uint64                         // pos, for readers without the lock
 	active   map[string]map[string]*taskhubv1.Task // owner -> task id -> slim task
-	owners   map[string]string                     // task id -> owner, of the active tasks
+	owners   map[string]string                     // task id -> owner: the active tasks, and those in gone
+	gone     []endedTask                           // tasks finished within endedKept, oldest first, from goneHead
+	goneHead int                                   // gone's first entry still kept
 	modes    map[string]int                        // mode -> its active tasks
 	subs     map[string]map[*Watch]struct{}        // owner -> its watches
 	ends     map[string][]chan struct{}            // task id -> closed when the task ends
@@ -170,15 +172,17 @@ func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at t
 	}
 	tasks := f.active[t.Owner]
 	old := tasks[t.Id]
+	f.forget(at)
 	if taskhub.Terminal(t.State) {
 		if old != nil {
 			delete(tasks, t.Id)
 			if len(tasks) == 0 {
 				delete(f.active, t.Owner)
 			}
-			delete(f.owners, t.Id)
 			f.countMode(old.Mode, -1)
 		}
+		f.owners[t.Id] = t.Owner
+		f.gone = append(f.gone, endedTask{id: t.Id, at: at})
 		for _, ch := range f.ends[t.Id] {
 			close(ch)
 		}
@@ -387,7 +391,35 @@ func (f *feed) due(now time.Time, leaseOver func(time.Time) bool, stall, resend 
 	return expired, stalled
 }
 
-// owner is the owner of task id if it is active (queued or running), or "".
+// endedKept is how long the feed knows the owner of a finished task (at most maxEnded of them):
+// its worker's next call, which learns of a cancel, or a retried complete, comes within a lease
+// timeout (30 s by default), and its actor, let go, reads the task by owner (taskActor.load).
+const (
+	endedKept = 2 * time.Minute
+	maxEnded  = 100_000
+)
+
+type endedTask struct {
+	id string
+	at time.Time
+}
+
+// forget drops the owners of the tasks that finished over endedKept before now, or beyond the
+// newest maxEnded. The caller holds f.mu.
+func (f *feed) forget(now time.Time) {
+	for f.goneHead < len(f.gone) && (now.Sub(f.gone[f.goneHead].at) > endedKept || len(f.gone)-f.goneHead >= maxEnded) {
+		delete(f.owners, f.gone[f.goneHead].id)
+		f.gone[f.goneHead] = endedTask{}
+		f.goneHead++
+	}
+	if f.goneHead > len(f.gone)/2 { // the slice's dropped head is larger than its rest
+		f.gone = slices.Clone(f.gone[f.goneHead:])
+		f.goneHead = 0
+	}
+}
+
+// owner is the owner of task id if it is active (queued or running) or finished within
+// endedKept, or "".
 func (f *feed) owner(id string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -38,4 +39,29 @@ func TestFeed_AwaitLeavesNothingBehind(t *testing.T) {
 	require.Equal(t, 2, ran, "each due once, the cancelled one not")
 	f.cancel(gone) // twice: nothing
 	require.Zero(t, f.after.Len())
+}
+
+// TestFeed_ForgetsTheOwnersOfTasksLongFinished: the feed keeps the owner of a finished task
+// for endedKept, and of the newest maxEnded at most; the active tasks' stay.
+func TestFeed_ForgetsTheOwnersOfTasksLongFinished(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	f := &feed{owners: map[string]string{"active": "alice"}}
+	for i := range maxEnded + 10 {
+		id := fmt.Sprint(i)
+		f.owners[id] = "bob"
+		f.gone = append(f.gone, endedTask{id: id, at: start.Add(time.Duration(i) * time.Millisecond)})
+	}
+	f.forget(start)
+	require.Equal(t, "", f.owner("10"), "beyond the newest maxEnded")
+	require.Equal(t, "bob", f.owner("11"))
+	require.Len(t, f.owners, maxEnded)
+
+	f.forget(start.Add(endedKept + 50*time.Millisecond))
+	require.Equal(t, "", f.owner("49"))
+	require.Equal(t, "bob", f.owner("51"))
+	f.forget(start.Add(time.Hour))
+	require.Equal(t, map[string]string{"active": "alice"}, f.owners)
+	require.Empty(t, f.gone[f.goneHead:])
+	require.Less(t, cap(f.gone), maxEnded, "the dropped head is let go")
 }

@@ -51,9 +51,10 @@ type Hub struct {
 	compactor  *compactor
 	watches    watchCount
 	counts     counters
-	// byID spaces the reads of a task by its id alone (see taskActor.load): each costs time in
-	// proportion to the owners the log holds, and only ids no active task has need one (a
-	// finished task, an id nobody made), so a client naming made-up ids cannot spend the node.
+	// byID limits the reads of a task by its id alone for workers' calls (see taskActor.load):
+	// each costs time in proportion to the owners the log holds, and only ids the feed knows no
+	// owner of need one (a task finished long ago, an id nobody made), so a client naming
+	// made-up ids cannot spend the node.
 	byID      *rate.Limiter
 	graceFrom atomic.Int64           // unix ns: when the hub started, or its log last recovered (see leaseOver)
 	behind    atomic.Pointer[string] // why the feed is behind the log, or nil (see checkLag)
@@ -69,8 +70,8 @@ type Hub struct {
 	queueRenewEvery time.Duration
 }
 
-// byIDReads is how many reads of a task by its id alone a hub makes a second, at most (see
-// Hub.byID): at 5000 owners, about 5 % of a core.
+// byIDReads is how many reads of a task by its id alone a hub makes a second for workers' calls,
+// at most, after a burst as large (see Hub.byID): at 5000 owners, about 5 % of a core.
 const byIDReads = 100
 
 // Open starts the hub: it reads the active tasks from the log, then resumes what they were

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -472,8 +473,8 @@ func (r *readsLog) Last(ctx context.Context, owner, id string) (*eventlog.Entry,
 }
 
 // TestHub_ReadsATaskByItsOwner: through a task's life (created, claimed, reported by a worker
-// to an actor started afresh, its lease run out, claimed again, completed, and another one
-// cancelled by someone else, then by its owner) the hub reads it by owner and id, never by id
+// to an actor started afresh, its lease run out, claimed again, completed, completed again by
+// its worker, and another one cancelled by someone else, then by its owner) the hub reads it by owner and id, never by id
 // alone, which JetStream answers by matching every owner's subjects (BenchmarkLog_Last).
 func TestHub_ReadsATaskByItsOwner(t *testing.T) {
 	t.Parallel()
@@ -489,9 +490,13 @@ func TestHub_ReadsATaskByItsOwner(t *testing.T) {
 	c = claim(t, h, "paint")
 	require.Equal(t, uint32(2), c.Task.Attempt)
 	complete(t, h, c)
+	// Its worker, retrying, completes it again: a new actor, which the feed tells the owner.
+	time.Sleep(300 * time.Millisecond)
+	_, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "again")
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
 
 	queued := create(t, h, "alice", "y", "draw")
-	_, err := h.CancelTask(ctx, "bob", queued.Id)
+	_, err = h.CancelTask(ctx, "bob", queued.Id)
 	require.Equal(t, taskhub.NotFound, codeOf(err), err)
 	cancelled, err := h.CancelTask(ctx, "alice", queued.Id)
 	require.NoError(t, err, "bob's cancel left its actor believing there is no such task")
@@ -502,6 +507,41 @@ func TestHub_ReadsATaskByItsOwner(t *testing.T) {
 	defer r.mu.Unlock()
 	require.NotEmpty(t, r.owners)
 	require.NotContains(t, r.owners, "*", "a read by id alone")
+}
+
+// TestHub_ASettledTaskIsReadUnderItsCaller: a task settled before a restart, which the feed
+// knows no owner of, is read for a cancel under the caller's name: not found for bob (and not
+// remembered so), already completed for alice. Its worker's late complete is refused too.
+func TestHub_ASettledTaskIsReadUnderItsCaller(t *testing.T) {
+	t.Parallel()
+	r := &readsLog{}
+	opts := options{lease: 10 * time.Second, retention: 100 * time.Millisecond, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }}
+	b := setup(t, opts)
+	task := create(t, b.hub, "alice", "x", "paint")
+	c := claim(t, b.hub, "paint")
+	complete(t, b.hub, c)
+	require.Eventually(t, func() bool {
+		live, err := b.log.Live(t.Context())
+		return err == nil && !slices.Contains(live, task.Id)
+	}, 5*time.Second, 20*time.Millisecond, "the task was not settled")
+	b.close()
+	b.open(t, opts)
+	h, ctx := b.hub, t.Context()
+
+	r.mu.Lock()
+	r.owners = nil
+	r.mu.Unlock()
+	_, err := h.CancelTask(ctx, "bob", task.Id)
+	require.Equal(t, taskhub.NotFound, codeOf(err), err)
+	_, err = h.CancelTask(ctx, "alice", task.Id)
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+	_, err = h.CompleteTask(ctx, taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, "again")
+	require.Equal(t, taskhub.FailedPrecondition, codeOf(err), err)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	require.Subset(t, []string{"bob", "alice", "*"}, r.owners)
+	require.Equal(t, "bob", r.owners[0])
+	require.Contains(t, r.owners, "alice")
 }
 
 // TestHub_MadeUpIDsCannotSpendTheNode: a worker naming hundreds of ids no task has gets

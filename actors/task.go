@@ -38,6 +38,7 @@ type taskActor struct {
 	loaded  bool
 	owner   string          // the task's owner, once known (see ownerOf); "": not yet
 	guess   string          // the owner the command being handled names, unchecked (a cancel's caller)
+	named   bool            // the command being handled is a worker's, naming the task by an id it chose
 	task    *taskhubv1.Task // nil: no such task
 	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
 	// lease is the last lease granted, as stored: while the task runs, the live one.
@@ -98,14 +99,17 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		if a.owner == "" {
 			a.owner = ownerOf(m.cmd)
 		}
-		if c, ok := m.cmd.(*cancelCmd); ok {
+		switch c := m.cmd.(type) {
+		case *cancelCmd:
 			a.guess = c.owner
+		case *reportCmd, *renewCmd, *completeCmd, *failCmd:
+			a.named = true
 		}
 		a.deadline, a.caller = m.deadline, m.ctx
 		r := a.handle(m.cmd)
 		// A task not found under a guess is read again by the next command that finds it
 		// missing (see handle).
-		a.deadline, a.caller, a.guess = time.Time{}, nil, ""
+		a.deadline, a.caller, a.guess, a.named = time.Time{}, nil, "", false
 		if ctx.Sender() != nil {
 			ctx.Respond(r)
 		}
@@ -238,16 +242,20 @@ func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
 }
 
 // load reads the task's last event by owner and id: the owner this actor knows, else the one
-// the feed knows of an active task, else the one the command names. Only when none does is it
-// read by id alone (owner "*"), which JetStream answers by matching the subjects of every owner:
-// a read costs time in proportion to the owners the log holds (BenchmarkLog_Last: 9x at 5000
-// owners), and the hub makes at most byIDReads of them a second (Hub.byID).
+// the feed knows (of a task active, or finished a short while ago), else the one the command
+// names. Only when none does is it read by id alone (owner "*"), which JetStream answers by
+// matching the subjects of every owner: a read costs time in proportion to the owners the log
+// holds (BenchmarkLog_Last: 9x at 5000 owners). A worker's call may name any id, so those reads
+// are limited to byIDReads a second (Hub.byID): beyond that the call is refused at once.
 func (a *taskActor) load() error {
 	ctx, cancel := a.ctx()
 	defer cancel()
-	owner := cmp.Or(a.owner, a.h.feed.owner(a.id), a.guess)
+	owner := a.owner
 	if owner == "" {
-		if err := a.h.byID.Wait(ctx); err != nil {
+		owner = cmp.Or(a.h.feed.owner(a.id), a.guess)
+	}
+	if owner == "" {
+		if a.named && !a.h.byID.Allow() {
 			a.h.counts.readsByIDRefused.Add(1)
 			return taskhub.Errorf(taskhub.Unavailable, "task %s: too many calls name tasks this node does not know of (it reads at most %d a second); nothing was changed: retry", a.id, byIDReads)
 		}

@@ -122,7 +122,7 @@ func (f *follower) watch() {
 // delivered nothing for as long. The caller holds f.mu.
 func (f *follower) stalled(now time.Time) bool {
 	switch {
-	case f.stopped || f.l.appended.Load() < f.next:
+	case f.stopped || f.l.appended.Load() < max(f.next, 1): // from 0: behind once this process appended
 		f.behind = time.Time{}
 	case f.behind.IsZero():
 		f.behind = now

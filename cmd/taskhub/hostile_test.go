@@ -570,8 +570,7 @@ func idFlood(ctx context.Context, h *hostile) string {
 		defer cancel()
 		res, err := h.work.BatchReportProgress(cctx, bearer(connect.NewRequest(&taskhubv1.BatchReportProgressRequest{Reports: reports}), hostileWorker))
 		if err != nil {
-			// Only its deadline, or the attack's end, may cut a batch short: the reports
-			// that get a read wait for it up to the call's deadline.
+			// Only its deadline, or the attack's end, may cut a batch short.
 			if cctx.Err() == nil {
 				h.t.Errorf("a batch of made-up task ids: %v", err)
 			}
