@@ -91,6 +91,15 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 
 	protoLogger := slog.New(minLevel{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "protoactor")
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return protoLogger }))
+	// A command that reached no actor (forwarded to one the supervisor's strategy had just
+	// stopped) is answered at once: nothing was changed.
+	system.EventStream.Subscribe(func(evt any) {
+		if dl, ok := evt.(*actor.DeadLetterEvent); ok {
+			if m, ok := dl.Message.(*toTask); ok {
+				m.answer(&taskReply{err: taskhub.Errorf(taskhub.Unavailable, "task %s: its actor stopped before it took the call; nothing was changed: retry", m.id)})
+			}
+		}
+	})
 	life, cancel := context.WithCancel(context.Background())
 	h := &Hub{
 		cfg:    cfg,
@@ -415,7 +424,17 @@ func (h *Hub) ask(ctx context.Context, id string, cmd any) *taskReply {
 			return &taskReply{err: err}
 		}
 	}
-	return h.send(ctx, id, cmd, deadline).reply()
+	expired, stop := expiry(deadline)
+	defer stop()
+	return h.send(ctx, id, cmd, deadline).answer(expired)
+}
+
+// expiry returns a channel closed answerMargin after deadline, when a call stops waiting for
+// its actors' answers, and a function that releases its timer: one for a whole batch.
+func expiry(deadline time.Time) (expired <-chan struct{}, stop func()) {
+	ch := make(chan struct{})
+	t := time.AfterFunc(time.Until(deadline)+answerMargin, func() { close(ch) })
+	return ch, func() { t.Stop() }
 }
 
 // deadline is a call's: the caller's, or the call timeout if that comes first.
@@ -434,7 +453,9 @@ func (h *Hub) send(ctx context.Context, id string, cmd any, deadline time.Time) 
 	if h.closed.Load() {
 		return asked{id: id, failed: &taskReply{err: errShuttingDown}}
 	}
-	return asked{id: id, f: h.root.RequestFuture(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline}, time.Until(deadline)+answerMargin)}
+	reply := make(chan *taskReply, 1)
+	h.root.Send(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline, reply: reply})
+	return asked{id: id, reply: reply}
 }
 
 // pace waits, before a write, until the feed is at most WriteAhead events behind this node's
@@ -466,21 +487,22 @@ func (h *Hub) pace(ctx context.Context, deadline time.Time) error {
 // asked is a command sent to a task's actor, whose reply is yet to come.
 type asked struct {
 	id     string
-	f      *actor.Future
+	reply  chan *taskReply
 	failed *taskReply // the reply when it could not be sent
 }
 
-// reply waits for the actor's reply.
-func (a asked) reply() *taskReply {
+// answer waits for the actor's reply until expired is closed (see expiry).
+func (a asked) answer(expired <-chan struct{}) *taskReply {
 	if a.failed != nil {
 		return a.failed
 	}
-	res, err := a.f.Result()
-	if err != nil {
+	select {
+	case r := <-a.reply:
+		return r
+	case <-expired:
 		return &taskReply{err: taskhub.Errorf(taskhub.DeadlineExceeded,
 			"task %s: the hub did not answer before the call's deadline; the change may or may not have been made: get the task to see", a.id)}
 	}
-	return res.(*taskReply)
 }
 
 // minLevel drops records below a level; the actor system's info chatter stays out of the logs.

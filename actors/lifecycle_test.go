@@ -137,8 +137,12 @@ func TestHub_SupervisorFailsTaskThatKeepsPanicking(t *testing.T) {
 	// Every report panics; after the supervisor's bounded restarts it fails the task.
 	var got *taskhubv1.Task
 	for i := range 30 {
-		_, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 10, Message: "boom"})
+		// Each is answered, at once: the panic's answer, or the task's end.
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := h.ReportProgress(rctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 10, Message: "boom"})
+		cancel()
 		require.Error(t, err, "report %d", i)
+		require.Contains(t, []taskhub.Code{taskhub.Internal, taskhub.Unavailable, taskhub.FailedPrecondition}, codeOf(err), "report %d: %v", i, err)
 		var gerr error
 		got, gerr = h.GetTask(ctx, "alice", task.Id)
 		require.NoError(t, gerr)

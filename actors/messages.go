@@ -17,6 +17,18 @@ type toTask struct {
 	cmd      any
 	ctx      context.Context // nil for the hub's own commands
 	deadline time.Time       // zero for the hub's own commands
+	reply    chan *taskReply // where the answer goes (capacity 1); nil: nobody waits for one
+}
+
+// answer sends r to the caller waiting for the command's answer, if one does. A command has one
+// answer: a panic after it (see replyOnPanic) finds the channel full and sends nothing.
+func (m *toTask) answer(r *taskReply) {
+	if m.reply != nil {
+		select {
+		case m.reply <- r:
+		default:
+		}
+	}
 }
 
 // passivate tells the supervisor that a task actor is idle and may be stopped.

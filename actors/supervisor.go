@@ -10,7 +10,7 @@ import (
 )
 
 // supervisor owns one actor per live task. It spawns a task's actor on the first command for it,
-// forwards commands (keeping the sender, so the task actor answers the caller directly), restarts
+// forwards commands (each carries its reply channel: the task actor answers the caller directly), restarts
 // an actor that panics, and stops idle ones when they ask.
 type supervisor struct {
 	h        *Hub
@@ -87,14 +87,14 @@ func (s *supervisor) Receive(ctx actor.Context) {
 	}
 }
 
-// replyOnPanic answers a request whose handling panicked, so the caller gets an error at once
+// replyOnPanic answers a command whose handling panicked, so the caller gets an error at once
 // instead of a timeout, then lets the panic reach the supervisor, which restarts the actor.
 func replyOnPanic(next actor.ReceiverFunc) actor.ReceiverFunc {
 	return func(c actor.ReceiverContext, env *actor.MessageEnvelope) {
 		defer func() {
 			if r := recover(); r != nil {
-				if env.Sender != nil {
-					c.ActorSystem().Root.Send(env.Sender, &taskReply{
+				if m, ok := env.Message.(*toTask); ok {
+					m.answer(&taskReply{
 						err: taskhub.Errorf(taskhub.Internal, "the task's actor failed while handling the call and was restarted; get the task to see whether the change was made"),
 					})
 				}

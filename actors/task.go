@@ -89,10 +89,8 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		}
 		if m.ctx != nil && (m.ctx.Err() != nil || !time.Now().Before(m.deadline)) {
 			// Its caller gave up before this actor got to it: do not start it.
-			if ctx.Sender() != nil {
-				ctx.Respond(&taskReply{err: taskhub.Errorf(taskhub.Unavailable,
-					"task %s: the hub was too busy to start the call before its deadline; nothing was changed: retry", a.id)})
-			}
+			m.answer(&taskReply{err: taskhub.Errorf(taskhub.Unavailable,
+				"task %s: the hub was too busy to start the call before its deadline; nothing was changed: retry", a.id)})
 			a.passivate(ctx, false)
 			return
 		}
@@ -110,9 +108,7 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		// A task not found under a guess is read again by the next command that finds it
 		// missing (see handle).
 		a.deadline, a.caller, a.guess, a.named = time.Time{}, nil, "", false
-		if ctx.Sender() != nil {
-			ctx.Respond(r)
-		}
+		m.answer(r)
 		a.runFollowups()
 		a.passivate(ctx, false)
 	case *recheck:

@@ -87,10 +87,12 @@ func (h *Hub) BatchReportProgress(ctx context.Context, rs []taskhub.Report) ([]t
 	}
 	sent := make([]asked, len(rs))
 	answered := make([]bool, len(rs))
+	expired, stop := expiry(deadline)
+	defer stop()
 	answer := func(i int) {
 		if !answered[i] {
 			answered[i] = true
-			reply := sent[i].reply()
+			reply := sent[i].answer(expired)
 			out[i] = taskhub.ReportResult{LeaseStatus: taskhub.LeaseStatus{CancelRequested: reply.cancelRequested, Expires: reply.leaseExpires}, Err: reply.err}
 		}
 	}
