@@ -113,7 +113,7 @@ var (
 	descExpiries      = prometheus.NewDesc("taskhub_lease_expiries_total", "Leases that ran out: each requeued or failed its task.", nil, nil)
 	descWatchMessages = prometheus.NewDesc("taskhub_watch_messages_total", "Messages handed to watch streams: events, snapshot parts, heartbeats.", nil, nil)
 	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
-	descReadsByID     = prometheus.NewDesc("taskhub_task_reads_by_id_total", "Reads of a task by its id alone, which cost in proportion to the users the log holds: made (read), or refused at their rate of 100 a second (refused).", []string{"result"}, nil)
+	descReadsByID     = prometheus.NewDesc("taskhub_task_reads_by_id_total", "Reads of a task by its id alone (for a call naming a task this node knows no owner of), which cost in proportion to the users the log holds: made (read), or, for workers' calls beyond 100 a second, refused (refused).", []string{"result"}, nil)
 	descPaced         = prometheus.NewDesc("taskhub_writes_paced_total", "Writes that waited for this node's feed to come within its write-ahead (1000 events) of this node's writes.", nil, nil)
 	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
