@@ -172,7 +172,8 @@ func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at t
 	}
 	tasks := f.active[t.Owner]
 	old := tasks[t.Id]
-	f.forget(at)
+	now := time.Now() // this node's clock: an event's time is its writer's, on any node
+	f.forget(now)
 	if taskhub.Terminal(t.State) {
 		if old != nil {
 			delete(tasks, t.Id)
@@ -182,7 +183,7 @@ func (f *feed) track(t *taskhubv1.Task, lease *storagev1.Lease, seq uint64, at t
 			f.countMode(old.Mode, -1)
 		}
 		f.owners[t.Id] = t.Owner
-		f.gone = append(f.gone, endedTask{id: t.Id, at: at})
+		f.gone = append(f.gone, endedTask{id: t.Id, at: now})
 		for _, ch := range f.ends[t.Id] {
 			close(ch)
 		}
@@ -401,7 +402,7 @@ const (
 
 type endedTask struct {
 	id string
-	at time.Time
+	at time.Time // when this node's feed applied its end
 }
 
 // forget drops the owners of the tasks that finished over endedKept before now, or beyond the

@@ -62,6 +62,7 @@ type Hub struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup // the compactor, the heartbeats, the timers and reconciliation
 	closed    atomic.Bool
+	stopped   chan struct{} // closed by Close once the task actors are stopped
 	closeOnce sync.Once
 	now       func() time.Time
 	// queueRenewEvery spaces a running task's queue renewals (taskActor.renewQueue): a quarter
@@ -92,7 +93,9 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	protoLogger := slog.New(minLevel{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "protoactor")
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return protoLogger }))
 	// A command that reached no actor (forwarded to one the supervisor's strategy had just
-	// stopped) is answered at once: nothing was changed.
+	// stopped, or sent as Close stopped the supervisor) is answered at once: nothing was
+	// changed. Commands still in the mailbox of an actor that stops are not: their callers wait
+	// until the call's expiry, or the hub's Close.
 	system.EventStream.Subscribe(func(evt any) {
 		if dl, ok := evt.(*actor.DeadLetterEvent); ok {
 			if m, ok := dl.Message.(*toTask); ok {
@@ -102,15 +105,16 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	})
 	life, cancel := context.WithCancel(context.Background())
 	h := &Hub{
-		cfg:    cfg,
-		log:    cfg.Log,
-		logger: cfg.Logger,
-		system: system,
-		root:   system.Root,
-		life:   life,
-		cancel: cancel,
-		now:    time.Now,
-		byID:   rate.NewLimiter(byIDReads, byIDReads),
+		cfg:     cfg,
+		log:     cfg.Log,
+		logger:  cfg.Logger,
+		system:  system,
+		root:    system.Root,
+		life:    life,
+		cancel:  cancel,
+		now:     time.Now,
+		byID:    rate.NewLimiter(byIDReads, byIDReads),
+		stopped: make(chan struct{}),
 	}
 	h.graceFrom.Store(h.now().UnixNano())
 	h.queueRenewEvery = min(cfg.LeaseTimeout/4, cfg.Log.AckWait()-cfg.LeaseTimeout)
@@ -309,6 +313,7 @@ func (h *Hub) Close() error {
 			_ = h.root.StopFuture(w.pid).Wait()
 		}
 		_ = h.root.StopFuture(h.supervisor).Wait()
+		close(h.stopped) // no task actor answers from here on
 		h.claims.wait()
 		h.wg.Wait()
 		if h.hooks != nil {
@@ -455,7 +460,7 @@ func (h *Hub) send(ctx context.Context, id string, cmd any, deadline time.Time) 
 	}
 	reply := make(chan *taskReply, 1)
 	h.root.Send(h.supervisor, &toTask{id: id, cmd: cmd, ctx: ctx, deadline: deadline, reply: reply})
-	return asked{id: id, reply: reply}
+	return asked{id: id, reply: reply, stopped: h.stopped}
 }
 
 // pace waits, before a write, until the feed is at most WriteAhead events behind this node's
@@ -486,12 +491,15 @@ func (h *Hub) pace(ctx context.Context, deadline time.Time) error {
 
 // asked is a command sent to a task's actor, whose reply is yet to come.
 type asked struct {
-	id     string
-	reply  chan *taskReply
-	failed *taskReply // the reply when it could not be sent
+	id      string
+	reply   chan *taskReply
+	stopped <-chan struct{} // the hub's: closed once no actor can answer
+	failed  *taskReply      // the reply when it could not be sent
 }
 
-// answer waits for the actor's reply until expired is closed (see expiry).
+// answer waits for the actor's reply until expired is closed (see expiry), or the hub's actors
+// are stopped. A reply that came is taken over either: the channels of a batch's expiry and of
+// Close may be closed long before a reply is read, and select picks among ready cases at random.
 func (a asked) answer(expired <-chan struct{}) *taskReply {
 	if a.failed != nil {
 		return a.failed
@@ -499,7 +507,23 @@ func (a asked) answer(expired <-chan struct{}) *taskReply {
 	select {
 	case r := <-a.reply:
 		return r
+	default:
+	}
+	select {
+	case r := <-a.reply:
+		return r
 	case <-expired:
+	case <-a.stopped:
+	}
+	select {
+	case r := <-a.reply:
+		return r
+	default:
+	}
+	select {
+	case <-a.stopped:
+		return &taskReply{err: errShuttingDown}
+	default:
 		return &taskReply{err: taskhub.Errorf(taskhub.DeadlineExceeded,
 			"task %s: the hub did not answer before the call's deadline; the change may or may not have been made: get the task to see", a.id)}
 	}

@@ -20,8 +20,8 @@ type toTask struct {
 	reply    chan *taskReply // where the answer goes (capacity 1); nil: nobody waits for one
 }
 
-// answer sends r to the caller waiting for the command's answer, if one does. A command has one
-// answer: a panic after it (see replyOnPanic) finds the channel full and sends nothing.
+// answer sends r to the caller waiting for the command's answer, if one does. The caller reads
+// the first: a panic's answer after it (see replyOnPanic) is dropped, or left unread.
 func (m *toTask) answer(r *taskReply) {
 	if m.reply != nil {
 		select {
@@ -34,7 +34,8 @@ func (m *toTask) answer(r *taskReply) {
 // passivate tells the supervisor that a task actor is idle and may be stopped.
 type passivate struct{ id string }
 
-// Commands to a task actor. Each is answered with a *taskReply when sent as a request.
+// Commands to a task actor. Each is answered with a *taskReply when its toTask carries a reply
+// channel.
 type (
 	createCmd struct {
 		task    *taskhubv1.Task
