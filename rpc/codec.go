@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -83,11 +84,15 @@ func (c messageCodec) MarshalAppend(dst []byte, message any) ([]byte, error) {
 func (c messageCodec) Marshal(message any) ([]byte, error) { return c.MarshalAppend(nil, message) }
 
 // encode makes a message's shared encoding; its JSON by appendWatchJSON, which writes what
-// protojson would, five times faster.
+// protojson would, five times faster, into a pooled buffer, then copied to one of its size:
+// the encoding is kept while the message's watchers send it, and a buffer grown as it was
+// written cost an event twice to three times its size.
 func (c messageCodec) encode(m proto.Message) ([]byte, error) {
 	if r, ok := m.(*taskhubv1.WatchTasksResponse); ok && c.json {
-		if b, ok := appendWatchJSON(make([]byte, 0, 512), r); ok {
-			return b, nil
+		b, ok := appendWatchJSON(getBuffer(), r)
+		defer putBuffer(b)
+		if ok {
+			return bytes.Clone(b), nil
 		}
 	}
 	return c.appendCodec.MarshalAppend(nil, m)

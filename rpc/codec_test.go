@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
@@ -86,4 +87,27 @@ func BenchmarkEventEncoding(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "ns/stream")
 		})
 	}
+}
+
+// BenchmarkMessageCodec_EventJSON encodes a running task's progress event, with its times, as a
+// JSON watcher's message: once per event, kept while its watchers send it.
+func BenchmarkMessageCodec_EventJSON(b *testing.B) {
+	c := messageCodec{strictJSON{"json"}, true}
+	r := eventResponse(42)
+	ev := r.GetEvent()
+	now := timestamppb.Now()
+	ev.Time = now
+	ev.Task.CreatedAt, ev.Task.UpdatedAt, ev.Task.StartedAt, ev.Task.ProgressedAt = now, now, now, now
+	ev.Task.WorkerId, ev.Task.Attempt, ev.Task.Seq = "gpu-worker-17", 1, 7
+	ev.Task.Params = map[string]string{"size": "1024x1024", "steps": "50"}
+	b.ReportAllocs()
+	var n int
+	for range b.N {
+		out, err := c.encode(r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n = len(out)
+	}
+	b.ReportMetric(float64(n), "bytes/event")
 }
