@@ -507,11 +507,6 @@ func (a asked) answer(expired <-chan struct{}) *taskReply {
 	select {
 	case r := <-a.reply:
 		return r
-	default:
-	}
-	select {
-	case r := <-a.reply:
-		return r
 	case <-expired:
 	case <-a.stopped:
 	}
