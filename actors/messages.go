@@ -74,6 +74,30 @@ type (
 	stallCheck   struct{ owner string }
 )
 
+// guess is the owner a caller's command names without the log's word for it: a cancel's caller,
+// whose task it may not be. A task not found under it is read again by the next command that
+// finds it missing (see taskActor.handle). m may be nil.
+func (m *toTask) guess() string {
+	if m != nil {
+		if c, ok := m.cmd.(*cancelCmd); ok {
+			return c.owner
+		}
+	}
+	return ""
+}
+
+// byWorker reports whether m is a worker's call, which names its task by an id of the
+// worker's choosing (see Hub.byID). m may be nil.
+func (m *toTask) byWorker() bool {
+	if m != nil {
+		switch m.cmd.(type) {
+		case *reportCmd, *renewCmd, *completeCmd, *failCmd:
+			return true
+		}
+	}
+	return false
+}
+
 // ownerOf is the owner of cmd's task when cmd knows it for certain (from the log, or because it
 // creates the task), or "". A task actor reads its task by owner and id when it knows the owner:
 // by id alone, JetStream matches the subjects of every owner (see taskActor.load).

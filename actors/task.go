@@ -37,8 +37,6 @@ type taskActor struct {
 
 	loaded  bool
 	owner   string          // the task's owner, once known (see ownerOf); "": not yet
-	guess   string          // the owner the command being handled names, unchecked (a cancel's caller)
-	named   bool            // the command being handled is a worker's, naming the task by an id it chose
 	task    *taskhubv1.Task // nil: no such task
 	lastSeq uint64          // the task's last sequence in the log: the fence for the next append
 	// lease is the last lease granted, as stored: while the task runs, the live one.
@@ -56,9 +54,8 @@ type taskActor struct {
 	unsure      bool
 	passivating bool // it asked the supervisor to stop it
 
-	deadline  time.Time       // of the caller's command being handled; zero for the actor's own
-	caller    context.Context // of the caller's command being handled; nil for the actor's own
-	followups []func()        // work of the command that runs after its caller has been answered
+	call      *toTask  // the caller's command being handled; nil for the actor's own
+	followups []func() // work of the command that runs after its caller has been answered
 }
 
 // errCancelled marks a lease check on a task its owner cancelled.
@@ -97,17 +94,9 @@ func (a *taskActor) Receive(ctx actor.Context) {
 		if a.owner == "" {
 			a.owner = ownerOf(m.cmd)
 		}
-		switch c := m.cmd.(type) {
-		case *cancelCmd:
-			a.guess = c.owner
-		case *reportCmd, *renewCmd, *completeCmd, *failCmd:
-			a.named = true
-		}
-		a.deadline, a.caller = m.deadline, m.ctx
+		a.call = m
 		r := a.handle(m.cmd)
-		// A task not found under a guess is read again by the next command that finds it
-		// missing (see handle).
-		a.deadline, a.caller, a.guess, a.named = time.Time{}, nil, "", false
+		a.call = nil
 		m.answer(r)
 		a.runFollowups()
 		a.passivate(ctx, false)
@@ -227,12 +216,12 @@ func (a *taskActor) apply(cmd any) *taskReply {
 // by the call timeout. It carries the caller's values (its trace span, for the log's) but not
 // its cancellation: a write the caller left behind finishes.
 func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
-	if !a.deadline.IsZero() {
+	if a.call != nil && !a.call.deadline.IsZero() {
 		parent := context.Background()
-		if a.caller != nil {
-			parent = context.WithoutCancel(a.caller)
+		if a.call.ctx != nil {
+			parent = context.WithoutCancel(a.call.ctx)
 		}
-		return context.WithDeadline(parent, a.deadline)
+		return context.WithDeadline(parent, a.call.deadline)
 	}
 	return context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
 }
@@ -248,10 +237,10 @@ func (a *taskActor) load() error {
 	defer cancel()
 	owner := a.owner
 	if owner == "" {
-		owner = cmp.Or(a.h.feed.owner(a.id), a.guess)
+		owner = cmp.Or(a.h.feed.owner(a.id), a.call.guess())
 	}
 	if owner == "" {
-		if a.named && !a.h.byID.Allow() {
+		if a.call.byWorker() && !a.h.byID.Allow() {
 			a.h.counts.readsByIDRefused.Add(1)
 			return taskhub.Errorf(taskhub.Unavailable, "task %s: too many calls name tasks this node does not know of (it reads at most %d a second); nothing was changed: retry", a.id, byIDReads)
 		}
