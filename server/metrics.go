@@ -63,23 +63,23 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 // refused request may ask for any) counts as "other": a label per path would let anyone grow
 // the metrics without bound.
 func (m *metrics) observe(procedure string, code connect.Code) {
-	name := "ok"
-	if code != 0 {
-		name = code.String()
-	}
 	if !procedures[procedure] {
 		procedure = "/other"
 	}
-	m.calls.WithLabelValues(strings.TrimPrefix(procedure, "/"), name).Inc()
+	m.calls.WithLabelValues(strings.TrimPrefix(procedure, "/"), codeLabel(code)).Inc()
 }
 
 // observeBatched counts a report of a BatchReportProgress call (rpc.Options.ObserveBatched).
 func (m *metrics) observeBatched(code connect.Code) {
-	name := "ok"
-	if code != 0 {
-		name = code.String()
+	m.batched.WithLabelValues(codeLabel(code)).Inc()
+}
+
+// codeLabel is a call's code as a metric's label: ok for success.
+func codeLabel(code connect.Code) string {
+	if code == 0 {
+		return "ok"
 	}
-	m.batched.WithLabelValues(name).Inc()
+	return code.String()
 }
 
 // procedures are the API's procedures, such as /taskhub.v1.TaskService/CreateTask.
