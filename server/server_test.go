@@ -104,7 +104,8 @@ func bearer[T any](req *connect.Request[T], token string) *connect.Request[T] {
 	return req
 }
 
-// stream reads a WatchTasks stream on a goroutine and keeps what it got.
+// stream reads a WatchTasks stream on a goroutine and keeps what it got. watch returns it once
+// its snapshot came.
 type stream struct {
 	t      *testing.T
 	mu     sync.Mutex
@@ -155,7 +156,18 @@ func watch(t *testing.T, c taskhubv1connect.TaskServiceClient, req *taskhubv1.Wa
 		s.mu.Unlock()
 	}()
 	t.Cleanup(func() { cancel(); <-s.done })
-	return s
+	// Return once the watch has its snapshot (or has ended): a change made before would be in
+	// the snapshot rather than an event, and a test that makes one next waits for its event.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		started := s.snap != nil || s.err != nil
+		s.mu.Unlock()
+		if started || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func cmpErr(err error) error {
