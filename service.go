@@ -84,12 +84,17 @@ type Watch interface {
 
 // Sink is where a watch delivers its messages by itself (Watch.Deliver).
 type Sink struct {
-	// Send sends a batch of messages; it may block. The watch calls it one batch at a time, in
-	// order, on a goroutine that runs only while there is something to send. An error from it
-	// ends the watch.
-	Send func([]*Message) error
-	// Done is called once when the watch ends (its context ends, it is closed, or Send
-	// fails), after it was closed, with why.
+	// Send sends a batch of messages without waiting for the client: it writes what the
+	// connection takes at once, keeps the rest, and reports whether it kept some. The watch
+	// calls it one batch at a time, in order, from one of the hub's goroutines shared by many
+	// watches (so it must not block), and calls Flush before the next batch when bytes were
+	// kept. It must not keep the messages. An error from it ends the watch.
+	Send func([]*Message) (pending bool, err error)
+	// Flush writes what Send kept, waiting for the client as long as it takes, on a goroutine
+	// of the watch's own. An error from it ends the watch.
+	Flush func() error
+	// Done is called once when the watch ends (its context ends, it is closed, or Send or
+	// Flush fails), after it was closed, with why. It may block.
 	Done func(error)
 }
 

@@ -50,6 +50,7 @@ type Hub struct {
 	hooks      *hooks // nil with webhooks off
 	compactor  *compactor
 	watches    watchCount
+	writers    *writers // deliver the watches that send by themselves (Watch.Deliver)
 	counts     counters
 	// byID limits the reads of a task by its id alone for workers' calls (see taskActor.load):
 	// each costs time in proportion to the owners the log holds, and only ids the feed knows no
@@ -114,6 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		cancel:  cancel,
 		now:     time.Now,
 		byID:    rate.NewLimiter(byIDReads, byIDReads),
+		writers: newWriters(),
 		stopped: make(chan struct{}),
 	}
 	h.graceFrom.Store(h.now().UnixNano())

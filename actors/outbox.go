@@ -261,9 +261,25 @@ func (o *outbox) compact() {
 // replaying outbox owes (the caller reads it from the log and hands it back with replayed, then
 // calls replayDone), or, once the outbox is closed, its error.
 func (o *outbox) take(dst []*item) ([]*item, *replayWork, error) {
-	dst = dst[:0]
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	return o.takeLocked(dst[:0])
+}
+
+// takeQueued is take for a caller that neither reads the log nor ends the watch (the hub's
+// writers). It reports more when what comes next needs either: a snapshot is queued first
+// (then it takes nothing), events are owed, or the outbox was closed.
+func (o *outbox) takeQueued(dst []*item) (_ []*item, more bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n > 0 && o.items[0] != nil && o.items[0].snap != nil { // begin queues it first
+		return dst[:0], true
+	}
+	dst, _, _ = o.takeLocked(dst[:0])
+	return dst, o.err != nil || o.state == replaying || o.state == behind
+}
+
+func (o *outbox) takeLocked(dst []*item) ([]*item, *replayWork, error) {
 	if o.n > 0 {
 		for _, it := range o.items {
 			if it != nil {

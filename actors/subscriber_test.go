@@ -989,7 +989,7 @@ func TestHub_WatchStartOverflowReplays(t *testing.T) {
 func deliverGoroutines(t *testing.T) int {
 	var buf strings.Builder
 	require.NoError(t, pprof.Lookup("goroutine").WriteTo(&buf, 2))
-	return strings.Count(buf.String(), "actors.(*Watch).deliver(")
+	return strings.Count(buf.String(), "actors.(*Watch).deliver(") + strings.Count(buf.String(), "actors.(*writer).run(")
 }
 
 // TestWatch_DeliverHoldsNoGoroutineWhileIdle: a watch that delivers by itself runs a goroutine
@@ -1016,7 +1016,7 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 		ws[i] = w
 		ctx, cancel := context.WithCancel(t.Context())
 		cancels[i] = cancel
-		w.Deliver(ctx, taskhub.Sink{Send: func(msgs []*taskhub.Message) error {
+		w.Deliver(ctx, taskhub.Sink{Send: func(msgs []*taskhub.Message) (bool, error) {
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			for _, m := range msgs {
@@ -1027,7 +1027,7 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 					g.seqs = append(g.seqs, e.Seq)
 				}
 			}
-			return nil
+			return false, nil
 		}, Done: func(err error) {
 			g.mu.Lock()
 			defer g.mu.Unlock()
@@ -1097,25 +1097,50 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 }
 
 // TestWatch_DeliverPanicEndsTheWatch: a panic while a watch delivers by itself (no handler's
-// recovery is around it) ends that watch with Internal; the hub serves the others.
+// recovery is around it) ends that watch with Internal; the hub serves the others. The snapshot
+// is sent by the watch's own goroutine, a later event by the hub's writer: both recover.
 func TestWatch_DeliverPanicEndsTheWatch(t *testing.T) {
 	t.Parallel()
-	b := setup(t, options{lease: 10 * time.Second})
-	h := b.hub
-	other := watch(t, h, "alice", "", 0)
-	w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
-	require.NoError(t, err)
-	ended := make(chan error, 2)
-	w.Deliver(t.Context(), taskhub.Sink{Send: func([]*taskhub.Message) error { panic("injected: send panics") }, Done: func(err error) { ended <- err }})
-	select {
-	case err := <-ended:
-		require.Equal(t, taskhub.Internal, codeOf(err), err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the watch did not end")
+	for _, on := range []string{"snapshot", "event"} {
+		t.Run("on the "+on, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, options{lease: 10 * time.Second})
+			h := b.hub
+			other := watch(t, h, "alice", "", 0)
+			w, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
+			require.NoError(t, err)
+			ended := make(chan error, 2)
+			sent := make(chan struct{}, 1)
+			w.Deliver(t.Context(), taskhub.Sink{Send: func(msgs []*taskhub.Message) (bool, error) {
+				if (on == "snapshot") == (msgs[0].GetSnapshot() != nil) {
+					panic("injected: send panics")
+				}
+				sent <- struct{}{}
+				return false, nil
+			}, Done: func(err error) { ended <- err }})
+			if on == "event" {
+				select {
+				case <-sent:
+				case <-time.After(5 * time.Second):
+					t.Fatal("no snapshot")
+				}
+				create(t, h, "alice", "zero", "paint")
+			}
+			select {
+			case err := <-ended:
+				require.Equal(t, taskhub.Internal, codeOf(err), err)
+			case <-time.After(5 * time.Second):
+				t.Fatal("the watch did not end")
+			}
+			create(t, h, "alice", "one", "paint")
+			want := 1 // events the other watch gets: the tasks created
+			if on == "event" {
+				want = 2
+			}
+			other.wait(want)
+			require.Empty(t, ended, "done is called once")
+		})
 	}
-	create(t, h, "alice", "one", "paint")
-	other.wait(1)
-	require.Empty(t, ended, "done is called once")
 }
 
 // TestHub_WritesWaitForALaggingFeed: a node whose feed falls WriteAhead events behind its own

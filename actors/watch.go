@@ -35,6 +35,7 @@ type Watch struct {
 	// Set by Deliver.
 	pushCtx    context.Context
 	sink       taskhub.Sink
+	writer     *writer
 	delivering atomic.Int32 // deliverIdle, ...
 }
 
@@ -90,33 +91,38 @@ func (w *Watch) poll(ctx context.Context) ([]*taskhub.Message, error) {
 }
 
 // Deliver makes the watch hand its messages to to by itself, as Next would return them (see
-// taskhub.Sink), on a goroutine that runs only while there is something to send: an idle
-// watch holds no goroutine (nor its stack), where a Next that waits holds one. Use either Next
-// or Deliver, not both.
+// taskhub.Sink), holding no goroutine (nor its stack) while it is idle, where a Next that waits
+// holds one. When there is something to send, one of the hub's writers sends it with the
+// messages of the other watches that are ready (see writer); a goroutine of the watch's own
+// takes over while a send waits for its client, or the watch reads the log or ends. Use either
+// Next or Deliver, not both.
 func (w *Watch) Deliver(ctx context.Context, to taskhub.Sink) {
 	w.pushCtx, w.sink = ctx, to
+	w.writer = w.h.writers.pick()
+	_ = w.watchCtx(ctx) // the heartbeats wake the watch when ctx ends
 	w.out.mu.Lock()
 	w.out.notify = w.kick
 	w.out.mu.Unlock()
 	w.kick() // for what was queued before
 }
 
-// The states of a delivering watch's goroutine.
+// The states of a delivering watch. Whoever delivers it (its writer, or its own goroutine)
+// holds it running until it has nothing left to send.
 const (
-	deliverIdle    int32 = iota // none runs
-	deliverRunning              // one runs
-	deliverAgain                // one runs, and was woken meanwhile: it looks again
+	deliverIdle    int32 = iota // nobody delivers it
+	deliverRunning              // its writer or its goroutine delivers it
+	deliverAgain                // it is delivered, and was woken meanwhile: look again
 	deliverEnded                // the watch ended
 )
 
-// kick wakes the delivering goroutine, starting one if none runs. The outbox calls it under its
-// lock, so it must not take the lock.
+// kick makes the watch ready for its writer, unless it is being delivered (then that looks
+// again). The outbox calls it under its lock, so it must not take the lock.
 func (w *Watch) kick() {
 	for {
 		switch s := w.delivering.Load(); s {
 		case deliverIdle:
 			if w.delivering.CompareAndSwap(s, deliverRunning) {
-				go w.deliver()
+				w.writer.add(w)
 				return
 			}
 		case deliverRunning:
@@ -129,38 +135,70 @@ func (w *Watch) kick() {
 	}
 }
 
-// deliver sends what the watch has, until it has nothing or it ends. A panic ends the watch
-// with Internal, and is logged, rather than ending the process: no stream's handler is there
-// to recover it.
-func (w *Watch) deliver() {
-	var ended bool
-	end := func(err error) {
-		w.delivering.Store(deliverEnded)
-		clear(w.msgs)
-		w.Close()
-		if !ended {
-			ended = true
-			w.sink.Done(err)
-		}
-	}
+// pass is the writer's turn at the watch: it sends what is queued without waiting, or hands
+// the watch to a goroutine of its own (deliver) for what would wait: a send its client does not
+// take at once, a snapshot or a replay read from the log, the end of the watch. A panic ends
+// the watch rather than the writer.
+func (w *Watch) pass() {
 	defer func() {
 		if p := recover(); p != nil {
 			w.h.logger.Error("watch delivery panic", "owner", w.owner, "panic", p, "stack", string(debug.Stack()))
-			end(taskhub.Errorf(taskhub.Internal, "internal error"))
+			go w.end(taskhub.Errorf(taskhub.Internal, "internal error"))
+		}
+	}()
+	w.delivering.Store(deliverRunning)
+	items, more := w.out.takeQueued(w.items)
+	w.items = items
+	if len(items) > 0 {
+		pending, err := w.send(w.messages(items))
+		clear(w.msgs) // sent: do not keep them while the watch idles
+		if err != nil {
+			go w.end(err)
+			return
+		}
+		if pending || more {
+			go w.deliver(pending)
+			return
+		}
+	} else if more || w.pushCtx.Err() != nil {
+		go w.deliver(false)
+		return
+	}
+	if !w.delivering.CompareAndSwap(deliverRunning, deliverIdle) {
+		w.delivering.Store(deliverRunning) // woken meanwhile: after the watches ready now
+		w.writer.add(w)
+	}
+}
+
+// deliver sends what the watch has, waiting for its client and reading the log as needed,
+// until it has nothing or it ends; flush first when a send left bytes to write. A panic ends
+// the watch with Internal, and is logged, rather than ending the process: no stream's handler
+// is there to recover it.
+func (w *Watch) deliver(flush bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.h.logger.Error("watch delivery panic", "owner", w.owner, "panic", p, "stack", string(debug.Stack()))
+			w.end(taskhub.Errorf(taskhub.Internal, "internal error"))
 		}
 	}()
 	for {
 		w.delivering.Store(deliverRunning)
 		for {
-			msgs, err := w.poll(w.pushCtx)
-			if err == nil && msgs == nil {
-				break
-			}
-			if err == nil {
-				err = w.sink.Send(msgs)
+			var err error
+			if flush {
+				flush, err = false, w.sink.Flush()
+			} else {
+				var msgs []*taskhub.Message
+				msgs, err = w.poll(w.pushCtx)
+				if err == nil && msgs == nil {
+					break
+				}
+				if err == nil {
+					flush, err = w.send(msgs)
+				}
 			}
 			if err != nil {
-				end(err)
+				w.end(err)
 				return
 			}
 		}
@@ -168,6 +206,39 @@ func (w *Watch) deliver() {
 			return
 		}
 	}
+}
+
+// send hands msgs to the sink, and counts the send.
+func (w *Watch) send(msgs []*taskhub.Message) (pending bool, err error) {
+	pending, err = w.sink.Send(msgs)
+	if err == nil {
+		w.h.counts.sends.Add(1)
+		if pending {
+			w.h.counts.sendsWaited.Add(1)
+		}
+	}
+	return pending, err
+}
+
+// end ends a delivering watch with err, once.
+func (w *Watch) end(err error) {
+	if w.delivering.Swap(deliverEnded) == deliverEnded {
+		return
+	}
+	clear(w.msgs)
+	w.Close()
+	w.sink.Done(err)
+}
+
+// messages returns the messages of items, none of them a snapshot, in w.msgs.
+func (w *Watch) messages(items []*item) []*taskhub.Message {
+	w.msgs = w.msgs[:0]
+	for _, it := range items {
+		w.msgs = append(w.msgs, it.msg)
+	}
+	clear(items)
+	w.h.counts.watchMessages.Add(uint64(len(w.msgs)))
+	return w.msgs
 }
 
 // replay reads what the outbox owes from the log into it, until the queue is full or the work

@@ -145,7 +145,10 @@ func (w *fakeWatch) Deliver(ctx context.Context, to taskhub.Sink) {
 		for {
 			msgs, err := w.Next(ctx)
 			if err == nil {
-				err = to.Send(msgs)
+				var pending bool
+				if pending, err = to.Send(msgs); err == nil && pending {
+					err = to.Flush()
+				}
 			}
 			if err != nil {
 				w.Close()

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -58,6 +59,7 @@ func handOff(ctx context.Context) *http1Stream {
 	if d, ok := conn.(interface{ DirectConn() net.Conn }); ok {
 		s.w = d.DirectConn() // nothing is queued above it: net/http wrote its last byte
 	}
+	s.raw = rawConn(s.w)
 	s.codec = messageCodec{binaryCodec{}, false}
 	if strings.HasPrefix(ct, "application/connect+json") {
 		s.codec = messageCodec{strictJSON{"json"}, true}
@@ -78,6 +80,9 @@ func handOff(ctx context.Context) *http1Stream {
 type http1Stream struct {
 	conn    net.Conn        // closed at the end
 	w       net.Conn        // written to: conn, or the connection beneath its write coalescing
+	raw     syscall.RawConn // w's socket, for writes that do not wait; nil: none (TLS)
+	pending []byte          // a pooled buffer whose bytes from off on send kept, for flush
+	off     int
 	streams *Streams        // nil: not tracked
 	ctx     context.Context // ends with the stream
 	cancel  context.CancelFunc
@@ -112,7 +117,7 @@ func (s *http1Stream) serve(hub taskhub.TaskService, q taskhub.WatchQuery, id id
 	s.watch = w
 	s.streams.add(s)
 	go s.read()
-	w.Deliver(s.ctx, taskhub.Sink{Send: s.send, Done: s.end})
+	w.Deliver(s.ctx, taskhub.Sink{Send: s.send, Flush: s.flush, Done: s.end})
 }
 
 // read waits for the client to close the connection: a server-streaming call's request is all
@@ -127,24 +132,46 @@ func (s *http1Stream) read() {
 	s.watch.Close()
 }
 
-// send writes messages as one chunk of the response's body, with one write(2).
-func (s *http1Stream) send(msgs []*taskhub.Message) error {
+// send writes messages as one chunk of the response's body, with one write(2) that does not
+// wait: what the socket does not take at once is kept for flush.
+func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
 	n := 0
 	for _, m := range msgs {
 		b, err := m.Encoded(s.codec.json, s.codec.encode)
 		if err != nil {
-			return connect.NewError(connect.CodeInternal, err)
+			return false, connect.NewError(connect.CodeInternal, err)
 		}
 		n += 5 + len(b)
 	}
 	buf := appendChunkSize(getBuffer(), n)
-	defer putBuffer(buf)
 	for _, m := range msgs {
 		b, _ := m.Encoded(s.codec.json, s.codec.encode)
 		buf = appendEnvelope(buf, 0, b)
 	}
 	buf = append(buf, "\r\n"...)
-	_, err := s.w.Write(buf)
+	wrote := 0
+	if s.raw != nil {
+		if wrote, err = writeNow(s.raw, buf); err != nil {
+			putBuffer(buf)
+			s.cut.Store(true)
+			return false, err
+		}
+	}
+	if wrote == len(buf) {
+		putBuffer(buf)
+		return false, nil
+	}
+	s.pending, s.off = buf, wrote
+	return true, nil
+}
+
+// flush writes what send kept, waiting for the client (until the stream's write deadline, set
+// when the client leaves or the server shuts down).
+func (s *http1Stream) flush() error {
+	buf := s.pending
+	s.pending = nil
+	_, err := s.w.Write(buf[s.off:])
+	putBuffer(buf)
 	if err != nil {
 		s.cut.Store(true)
 	}

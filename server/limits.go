@@ -2,6 +2,7 @@ package server
 
 import (
 	"cmp"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -164,6 +166,15 @@ func (c *limitedConn) Close() error {
 		c.l.conns.give(c.ip)
 	}
 	return c.Conn.Close()
+}
+
+// SyscallConn is the socket's, for a stream that writes to it without waiting (rpc's HTTP/1.1
+// watch streams); embedding net.Conn alone would hide it.
+func (c *limitedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
 }
 
 // CloseWrite half-closes the connection, as net/http does before closing one it answered

@@ -115,6 +115,7 @@ var (
 	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
 	descReadsByID     = prometheus.NewDesc("taskhub_task_reads_by_id_total", "Reads of a task by its id alone (for a call naming a task this node knows no owner of), which cost in proportion to the users the log holds: made (read), or, for workers' calls beyond 100 a second, refused (refused).", []string{"result"}, nil)
 	descPaced         = prometheus.NewDesc("taskhub_writes_paced_total", "Writes that waited for this node's feed to come within its write-ahead (1000 events) of this node's writes.", nil, nil)
+	descSends         = prometheus.NewDesc("taskhub_watch_sends_total", "Writes of watch streams that own their connection (HTTP/1.1), by result: sent (the connection took it at once), waited (the rest waited for a client slow to read, on a goroutine of the stream's own).", []string{"result"}, nil)
 	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
 	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state (queued: the mode's queue depth).", []string{"mode", "state"}, nil)
@@ -124,7 +125,7 @@ var (
 )
 
 func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descPaced, descReadsByID, descReplayed, descWatches, descActive, descOldestQueued, descWebhooks, descHooksFailing} {
+	for _, d := range []*prometheus.Desc{descAppended, descAppendSeconds, descExpiries, descWatchMessages, descCoalesced, descPaced, descReadsByID, descSends, descReplayed, descWatches, descActive, descOldestQueued, descWebhooks, descHooksFailing} {
 		ch <- d
 	}
 }
@@ -145,6 +146,8 @@ func (c hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPaced, prometheus.CounterValue, float64(s.Paced))
 	ch <- prometheus.MustNewConstMetric(descReadsByID, prometheus.CounterValue, float64(s.ReadsByID), "read")
 	ch <- prometheus.MustNewConstMetric(descReadsByID, prometheus.CounterValue, float64(s.ReadsByIDRefused), "refused")
+	ch <- prometheus.MustNewConstMetric(descSends, prometheus.CounterValue, float64(s.WatchSends-s.WatchSendsWaited), "sent")
+	ch <- prometheus.MustNewConstMetric(descSends, prometheus.CounterValue, float64(s.WatchSendsWaited), "waited")
 	ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(s.Replayed))
 	ch <- prometheus.MustNewConstMetric(descWatches, prometheus.GaugeValue, float64(s.OpenWatches))
 	if s.Webhooks != nil {

@@ -119,6 +119,9 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, 7.0, value("taskhub_event_log_append_seconds", nil), "one observation per append")
 	require.Equal(t, 1.0, value("taskhub_watches_open", nil))
 	require.GreaterOrEqual(t, value("taskhub_watch_messages_total", nil), float64(1+len(got)), "the snapshot and the events")
+	// The watch is on an HTTP/1.1 connection of its own, which takes every write at once.
+	require.GreaterOrEqual(t, value("taskhub_watch_sends_total", map[string]string{"result": "sent"}), 2.0, "the snapshot, then events")
+	require.Equal(t, 0.0, value("taskhub_watch_sends_total", map[string]string{"result": "waited"}))
 	require.Equal(t, 1.0, value("taskhub_tasks_active", map[string]string{"mode": "later", "state": "queued"}))
 	waited := value("taskhub_queue_oldest_seconds", map[string]string{"mode": "later"})
 	require.Greater(t, waited, 0.0)

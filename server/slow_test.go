@@ -1,14 +1,17 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +26,60 @@ import (
 
 	"github.com/taskhub/taskhub/server"
 )
+
+// slowWatch is a WatchTasks stream whose client can stop reading, as a stuck one does.
+type slowWatch interface {
+	// next returns the next message.
+	next() (*taskhubv1.WatchTasksResponse, error)
+	// stop stops the client from taking more than it has taken; resume takes again.
+	stop()
+	resume() error
+	close()
+}
+
+// h1Watch is a WatchTasks stream with JSON on an HTTP/1.1 connection of its own whose socket
+// takes little (SO_RCVBUF 4 KiB): while the test does not call next, the server's writes
+// wait for it in the kernel.
+type h1Watch struct {
+	conn net.Conn
+	body io.Reader // the response's body, its chunks decoded
+}
+
+func openH1Watch(t *testing.T, addr string) *h1Watch {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := d.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = fmt.Fprintf(conn, "POST /taskhub.v1.TaskService/WatchTasks HTTP/1.1\r\nHost: %s\r\nContent-Type: application/connect+json\r\nContent-Length: 7\r\n\r\n\x00\x00\x00\x00\x02{}", addr)
+	require.NoError(t, err)
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	return &h1Watch{conn: conn, body: res.Body}
+}
+
+func (w *h1Watch) next() (*taskhubv1.WatchTasksResponse, error) {
+	var head [5]byte
+	if _, err := io.ReadFull(w.body, head[:]); err != nil {
+		return nil, err
+	}
+	data := make([]byte, binary.BigEndian.Uint32(head[1:]))
+	if _, err := io.ReadFull(w.body, data); err != nil {
+		return nil, err
+	}
+	if head[0]&2 != 0 {
+		return nil, fmt.Errorf("end of stream: %s", data)
+	}
+	m := &taskhubv1.WatchTasksResponse{}
+	return m, protojson.Unmarshal(data, m)
+}
+
+func (w *h1Watch) stop()         {}
+func (w *h1Watch) resume() error { return nil }
+func (w *h1Watch) close()        { w.conn.Close() }
 
 // h2Watch is a WatchTasks stream over HTTP/2 spoken by hand, so that it can stop reading the
 // way a stuck client does: it grants the server a 16 KiB window and no more until it resumes,
@@ -110,6 +167,9 @@ func (w *h2Watch) grant(n uint32) error {
 	return w.fr.WriteWindowUpdate(1, n)
 }
 
+func (w *h2Watch) stop()  { w.stopped = true }
+func (w *h2Watch) close() { w.conn.Close() }
+
 // resume grants the window of everything received while stopped, and goes on granting.
 func (w *h2Watch) resume() error {
 	w.stopped = false
@@ -120,22 +180,46 @@ func (w *h2Watch) resume() error {
 // churn does not hold anybody up (a keeping-up watcher gets every event as it happens, and the
 // workers' calls return), and when it reads again it gets every event but intermediate progress,
 // in order, ending in the same final states.
+//
+// Over HTTP/2 the slow client stops granting flow-control window; over an HTTP/1.1 connection
+// of its own (which the server writes to directly, beside the steady watcher's) it stops
+// reading its socket, and the server's writes wait in the kernel.
 func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 	t.Parallel()
+	for _, transport := range []string{"HTTP/2", "HTTP/1.1"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			testSlowWatcher(t, transport)
+		})
+	}
+}
+
+func testSlowWatcher(t *testing.T, transport string) {
 	b := setup(t, server.Config{Options: actors.Options{WatchBuffer: 32}})
 	ctx := t.Context()
 
-	slow := openH2Watch(t, b.srv.URL())
+	var slow slowWatch
+	if transport == "HTTP/2" {
+		slow = openH2Watch(t, b.srv.URL())
+	} else {
+		slow = openH1Watch(t, hostOf(b))
+	}
 	first, err := slow.next()
 	require.NoError(t, err)
 	require.NotNil(t, first.GetSnapshot())
-	slow.stopped = true
+	slow.stop()
 	steady := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{}, "")
 	steady.wait(0)
 
-	// The slow client grants no more window from here on, while 8 workers push 60 reports
-	// each: more than its window (16 KiB) and its queue on the server (32 events) hold.
-	const tasks, reports = 8, 60
+	// The slow client stops reading from here on, while 8 workers push 60 reports of about
+	// 1 KB each: more than its window (16 KiB) and its queue on the server (32 events) hold.
+	// Over HTTP/1.1, 600 each: about 6 MB, more than the socket buffers hold (the server's may
+	// grow to 4 MiB, Linux's default tcp_wmem).
+	const tasks = 8
+	reports := 60
+	if transport == "HTTP/1.1" {
+		reports = 600
+	}
 	var wg sync.WaitGroup
 	ids := make([]string, tasks)
 	for i := range tasks {
@@ -147,8 +231,8 @@ func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 		wg.Go(func() {
 			for p := 1; p <= reports; p++ {
 				_, err := b.work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
-					TaskId: c.Task.Id, LeaseToken: c.LeaseToken, Progress: float64(p) * 100 / reports,
-					Message: strings.Repeat("x", 200) + fmt.Sprint(p),
+					TaskId: c.Task.Id, LeaseToken: c.LeaseToken, Progress: float64(p) * 100 / float64(reports),
+					Message: strings.Repeat("x", 1000) + fmt.Sprint(p),
 				}))
 				if err != nil {
 					t.Error(err)
@@ -164,7 +248,7 @@ func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 	start := time.Now()
 	wg.Wait()
 	t.Logf("%d reports took %v", tasks*reports, time.Since(start))
-	const total = tasks * (1 + 1 + reports + 1) // created, started, reports, completed
+	total := tasks * (1 + 1 + reports + 1) // created, started, reports, completed
 
 	// The steady watcher got everything as it happened (it may coalesce progress too, when the
 	// race detector slows it down; nothing else).
@@ -177,7 +261,7 @@ func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 	// states right, and fewer progress events than were sent (it really fell behind).
 	ctx2, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	go func() { <-ctx2.Done(); slow.conn.Close() }()
+	go func() { <-ctx2.Done(); slow.close() }()
 	require.NoError(t, slow.resume())
 	var got []*taskhubv1.TaskEvent
 	completed := 0
@@ -198,6 +282,9 @@ func TestSlowWatcher_NeitherBlocksOthersNorLosesAnything(t *testing.T) {
 	progress := len(got) - len(withoutProgress(got))
 	t.Logf("the slow watcher got %d of %d events (%d of %d progress reports)", len(got), total, progress, tasks*reports)
 	require.Less(t, progress, len(all)-len(withoutProgress(all)), "the slow client never fell behind: the test did not test anything")
+	if transport == "HTTP/1.1" {
+		require.Positive(t, scrape(t, b.srv.URL())[`taskhub_watch_sends_total{result="waited"}`], "no write waited for the slow client")
+	}
 	last := map[string]*taskhubv1.Task{}
 	for _, e := range got {
 		last[e.Task.Id] = e.Task

@@ -1,0 +1,91 @@
+package actors
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// writer delivers the watches that hand their messages to a sink (Watch.Deliver): an event
+// offered to many watches makes each of them ready, and one goroutine sends to them one after
+// the other, where each used to start a goroutine of its own. A delivery that would wait (its
+// client is slow, or it needs the log: a snapshot, a replay) or ends the watch is handed to a
+// goroutine of the watch's own, and the writer goes on to the next watch (see Watch.pass).
+//
+// Two things make this cheaper than a goroutine per ready watch. Starting and scheduling 5000
+// goroutines for an event sent to 5000 watchers was about a sixth of the server's CPU, and
+// every other goroutine on the event's path (the next report's call, its actor, the log) queued
+// behind them. And while a writer is busy its watches gather events: a watch is ready once,
+// however many events it got meanwhile, and sends them with one write.
+//
+// The writer's goroutine runs only while watches are ready: an idle hub holds none.
+type writer struct {
+	mu      sync.Mutex
+	ready   []*Watch // in the order they became ready
+	spare   []*Watch // the slice the goroutine walks, kept for reuse
+	running bool     // the goroutine runs; it takes ready before it stops
+}
+
+// yieldEvery is how many watches a writer passes over before it lets the goroutines waiting to
+// run go first: about a millisecond of writes. Without it, the event path's next steps (the
+// next report's call, its actor, the log) wait behind a whole fan-out, and a delivery cost 24 %
+// more CPU at 2000 watchers on HTTP/1.1 (docs/benchmarks.md), all of it in the write(2) calls.
+// That suggests the runtime taking the processor from the writer while it is in a system call
+// and goroutines wait, a thread switch each time; not confirmed.
+const yieldEvery = 64
+
+// writers is a hub's set of writers, one per processor the runtime uses, so that deliveries
+// still spread over the cores; a watch is given one when it starts delivering.
+type writers struct {
+	all  []*writer
+	next atomic.Uint32
+}
+
+func newWriters() *writers {
+	ws := &writers{all: make([]*writer, max(runtime.GOMAXPROCS(0), 1))}
+	for i := range ws.all {
+		ws.all[i] = &writer{}
+	}
+	return ws
+}
+
+// pick returns the writer for a watch that starts delivering, in turn.
+func (ws *writers) pick() *writer {
+	return ws.all[int(ws.next.Add(1))%len(ws.all)]
+}
+
+// add makes w ready: the writer passes over it (Watch.pass) once, after the watches ready
+// before it. The outbox calls it, by way of Watch.kick, under its lock.
+func (wr *writer) add(w *Watch) {
+	wr.mu.Lock()
+	wr.ready = append(wr.ready, w)
+	start := !wr.running
+	wr.running = true
+	wr.mu.Unlock()
+	if start {
+		go wr.run()
+	}
+}
+
+// run passes over the ready watches until none is left.
+func (wr *writer) run() {
+	for {
+		wr.mu.Lock()
+		batch := wr.ready
+		if len(batch) == 0 {
+			wr.running = false
+			wr.mu.Unlock()
+			return
+		}
+		wr.ready = wr.spare[:0]
+		wr.mu.Unlock()
+		for i, w := range batch {
+			w.pass()
+			if i%yieldEvery == yieldEvery-1 {
+				runtime.Gosched()
+			}
+		}
+		clear(batch)
+		wr.spare = batch
+	}
+}
