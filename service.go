@@ -88,7 +88,7 @@ type Sink struct {
 	// connection takes at once, keeps the rest, and reports whether it kept some. The watch
 	// calls it one batch at a time, in order, from one of the hub's goroutines shared by many
 	// watches (so it must not block), and calls Flush before the next batch when bytes were
-	// kept. It must not keep the messages. An error from it ends the watch.
+	// kept. It must not keep the slice. An error from it ends the watch.
 	Send func([]*Message) (pending bool, err error)
 	// Flush writes what Send kept, waiting for the client as long as it takes, on a goroutine
 	// of the watch's own. An error from it ends the watch.

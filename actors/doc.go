@@ -26,6 +26,12 @@
 // memory stays bounded, and a slow client never blocks the feed or the task actors. The outbox
 // is one state machine (starting, replaying, live, behind) whose transitions its doc lists.
 //
+// A watch whose stream writes to its connection itself (Watch.Deliver: HTTP/1.1) is sent by
+// one of the hub's writers, one goroutine per processor, that passes over the ready watches in
+// turn and writes each one's queue without waiting. Whatever would wait (a client slow to read,
+// a snapshot or a replay to read from the log, the end of the stream) goes to a goroutine of
+// the watch's own, so one slow client delays nobody else's writes.
+//
 // # Concurrency
 //
 // Hub methods are safe for concurrent use. Messages between actors are pointers to structs that

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -35,6 +36,11 @@ type Options struct {
 	// ObserveBatched, when set, is told the code of every report of a BatchReportProgress
 	// call (0 for success): the call itself succeeds while some of its reports fail.
 	ObserveBatched func(code connect.Code)
+	// ObserveDelivered, when set, is told for every event sent to a watch stream how long it
+	// took from its time in the log (stamped by its task's actor before the append) until the
+	// server wrote it to the stream: to the socket (an HTTP/1.1 stream that owns its
+	// connection), or to net/http's stream (HTTP/2, which may still wait on flow control).
+	ObserveDelivered func(lag time.Duration)
 	// Trace, when set, is the outermost interceptor of every call the token check let
 	// through: a tracer's (server.Config.TracerProvider's, with otelconnect).
 	Trace connect.Interceptor
@@ -68,7 +74,7 @@ func Mount(mux *http.ServeMux, hub Hub, o Options) {
 		connect.WithCompressMinBytes(MinCompressBytes),
 	)...)
 	errs := connect.NewErrorWriter(options...)
-	path, h := taskhubv1connect.NewTaskServiceHandler(NewTaskServer(hub), opts)
+	path, h := taskhubv1connect.NewTaskServiceHandler(&taskServer{hub: hub, delivered: o.ObserveDelivered}, opts)
 	mux.Handle(path, withCORS(auth.Gate(batches(checkEnvelopes(h), observer(o.Observe), callLog{logger}, o.Streams), errs, o.Observe), origins))
 	path, h = taskhubv1connect.NewWorkerServiceHandler(&workerServer{hub: hub, batched: o.ObserveBatched}, opts)
 	mux.Handle(path, withCORS(auth.Gate(checkEnvelopes(h), errs, o.Observe), origins))

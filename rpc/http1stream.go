@@ -83,24 +83,27 @@ type http1Stream struct {
 	raw     syscall.RawConn // w's socket, for writes that do not wait; nil: none (TLS)
 	pending []byte          // a pooled buffer whose bytes from off on send kept, for flush
 	off     int
-	streams *Streams        // nil: not tracked
-	ctx     context.Context // ends with the stream
-	cancel  context.CancelFunc
-	id      identity
-	codec   messageCodec
-	watch   taskhub.Watch
-	gone    atomic.Bool // the client closed its side, or sent more than its request
-	cut     atomic.Bool // a write failed, maybe part-way: nothing more may follow it
-	headErr error       // the head could not be written: the client is gone
-	began   time.Time
-	observe observer
-	log     callLog
-	release func() // the request's place under the limit per address
+	times   []time.Time // with pending: its events' times in the log, for delivered
+
+	delivered func(lag time.Duration) // Options.ObserveDelivered; may be nil
+	streams   *Streams                // nil: not tracked
+	ctx       context.Context         // ends with the stream
+	cancel    context.CancelFunc
+	id        identity
+	codec     messageCodec
+	watch     taskhub.Watch
+	gone      atomic.Bool // the client closed its side, or sent more than its request
+	cut       atomic.Bool // a write failed, maybe part-way: nothing more may follow it
+	headErr   error       // the head could not be written: the client is gone
+	began     time.Time
+	observe   observer
+	log       callLog
+	release   func() // the request's place under the limit per address
 }
 
 // serve runs the watch q for the caller id until it ends; it returns at once.
-func (s *http1Stream) serve(hub taskhub.TaskService, q taskhub.WatchQuery, id identity) {
-	s.id = id
+func (s *http1Stream) serve(hub taskhub.TaskService, q taskhub.WatchQuery, id identity, delivered func(time.Duration)) {
+	s.id, s.delivered = id, delivered
 	var cancel context.CancelFunc
 	s.ctx, cancel = id.streamContext(s.ctx)
 	parent := s.cancel
@@ -159,9 +162,18 @@ func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
 	}
 	if wrote == len(buf) {
 		putBuffer(buf)
+		observeDelivered(s.delivered, time.Now(), msgs)
 		return false, nil
 	}
 	s.pending, s.off = buf, wrote
+	if s.delivered != nil {
+		s.times = s.times[:0]
+		for _, m := range msgs {
+			if e := m.GetEvent(); e != nil && e.Time != nil {
+				s.times = append(s.times, e.Time.AsTime())
+			}
+		}
+	}
 	return true, nil
 }
 
@@ -174,8 +186,15 @@ func (s *http1Stream) flush() error {
 	putBuffer(buf)
 	if err != nil {
 		s.cut.Store(true)
+		return err
 	}
-	return err
+	if s.delivered != nil {
+		now := time.Now()
+		for _, t := range s.times {
+			s.delivered(now.Sub(t))
+		}
+	}
+	return nil
 }
 
 // endWriteTimeout bounds how long the end of a stream waits for a client that does not read.

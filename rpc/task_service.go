@@ -14,7 +14,10 @@ import (
 	"github.com/taskhub/taskhub"
 )
 
-type taskServer struct{ hub taskhub.TaskService }
+type taskServer struct {
+	hub       taskhub.TaskService
+	delivered func(lag time.Duration) // Options.ObserveDelivered; may be nil
+}
 
 // NewTaskServer returns the TaskService handler. Callers act as the user the auth interceptor
 // found.
@@ -64,7 +67,7 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 	id := identityFrom(ctx)
 	q := taskhub.WatchQuery{Owner: id.user, Epoch: req.Msg.Epoch, AfterSeq: req.Msg.AfterSeq}
 	if h := handOff(ctx); h != nil {
-		h.serve(s.hub, q, id) // its own connection: it goes on by itself
+		h.serve(s.hub, q, id, s.delivered) // its own connection: it goes on by itself
 		return nil
 	}
 	ctx, cancel := id.streamContext(ctx)
@@ -93,6 +96,20 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 		}
 		if err := batch.release(); err != nil {
 			return err
+		}
+		observeDelivered(s.delivered, time.Now(), msgs)
+	}
+}
+
+// observeDelivered tells observe (nil: nobody) how long each event of msgs took from its time
+// in the log until at.
+func observeDelivered(observe func(time.Duration), at time.Time, msgs []*taskhub.Message) {
+	if observe == nil {
+		return
+	}
+	for _, m := range msgs {
+		if e := m.GetEvent(); e != nil && e.Time != nil {
+			observe(at.Sub(e.Time.AsTime()))
 		}
 	}
 }

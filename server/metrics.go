@@ -25,6 +25,7 @@ type metrics struct {
 	registry *prometheus.Registry
 	calls    *prometheus.CounterVec
 	batched  *prometheus.CounterVec
+	lag      prometheus.Histogram
 	auth     *rpc.Auth
 }
 
@@ -38,6 +39,11 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 		Name: "taskhub_batched_reports_total",
 		Help: "Progress reports of BatchReportProgress calls, by code (ok for success): each is answered on its own.",
 	}, []string{"code"})
+	m.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "taskhub_watch_delivery_seconds",
+		Help:    "How long events took from their time in the log (stamped by the task's actor, on its node's clock, before the append) until this node wrote them to a watch stream: to the socket (HTTP/1.1), or to net/http's HTTP/2 stream.",
+		Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+	})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "taskhub_build_info", Help: "The binary's version, commit and Go version: always 1.",
 	}, []string{"version", "revision", "goversion"})
@@ -54,7 +60,7 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 		Name: "taskhub_event_log_follower_restarts_total",
 		Help: "Consumers this node's event log follower replaced because they stalled while it was behind this node's writes.",
 	}, func() float64 { return float64(log.FollowerRestarts()) })
-	m.registry.MustRegister(m.calls, m.batched, build, hubCollector{hub}, restarts,
+	m.registry.MustRegister(m.calls, m.batched, m.lag, build, hubCollector{hub}, restarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -73,6 +79,9 @@ func (m *metrics) observe(procedure string, code connect.Code) {
 func (m *metrics) observeBatched(code connect.Code) {
 	m.batched.WithLabelValues(codeLabel(code)).Inc()
 }
+
+// observeDelivered observes an event's delivery to a watch stream (rpc.Options.ObserveDelivered).
+func (m *metrics) observeDelivered(lag time.Duration) { m.lag.Observe(lag.Seconds()) }
 
 // codeLabel is a call's code as a metric's label: ok for success.
 func codeLabel(code connect.Code) string {

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/server"
 )
 
@@ -122,6 +123,7 @@ func TestMetrics(t *testing.T) {
 	// The watch is on an HTTP/1.1 connection of its own, which takes every write at once.
 	require.GreaterOrEqual(t, value("taskhub_watch_sends_total", map[string]string{"result": "sent"}), 2.0, "the snapshot, then events")
 	require.Equal(t, 0.0, value("taskhub_watch_sends_total", map[string]string{"result": "waited"}))
+	require.GreaterOrEqual(t, value("taskhub_watch_delivery_seconds", nil), float64(len(got)), "one observation per event sent")
 	require.Equal(t, 1.0, value("taskhub_tasks_active", map[string]string{"mode": "later", "state": "queued"}))
 	waited := value("taskhub_queue_oldest_seconds", map[string]string{"mode": "later"})
 	require.Greater(t, waited, 0.0)
@@ -132,4 +134,19 @@ func TestMetrics(t *testing.T) {
 	require.NotNil(t, m["taskhub_build_info"])
 	require.NotNil(t, m["go_goroutines"])
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, queued.Msg.Task.State)
+}
+
+// TestMetrics_DeliveryOverHTTP2: an event sent to a watch stream that connect serves (HTTP/2)
+// is observed in the delivery histogram, as one on an HTTP/1.1 connection of its own is.
+func TestMetrics_DeliveryOverHTTP2(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	tasks := taskhubv1connect.NewTaskServiceClient(b.h2c, b.srv.URL())
+	w := watch(t, tasks, &taskhubv1.WatchTasksRequest{}, "")
+	w.wait(0)
+	createTask(t, b.tasks, "a lighthouse at dawn", "later")
+	w.waitFor(func(es []*taskhubv1.TaskEvent) bool { return len(es) == 1 })
+	require.Eventually(t, func() bool {
+		return scrape(t, b.srv.URL())["taskhub_watch_delivery_seconds_count"] == 1
+	}, 5*time.Second, 10*time.Millisecond, "the created event's delivery")
 }

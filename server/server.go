@@ -260,7 +260,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	mux := http.NewServeMux()
 	metrics := newMetrics(s.hub, s.log, auth)
 	s.streams = rpc.NewStreams()
-	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe, ObserveBatched: metrics.observeBatched, Trace: tracer, Streams: s.streams})
+	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe, ObserveBatched: metrics.observeBatched, ObserveDelivered: metrics.observeDelivered, Trace: tracer, Streams: s.streams})
 	rpc.MountStandard(mux, auth, s.hub.Ready, cfg.AllowedOrigins)
 	// Pages and assets are compressed here; Connect negotiates its own compression, and its
 	// streams must not wait in a compressor's buffer.

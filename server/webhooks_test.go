@@ -266,7 +266,7 @@ func TestWebhooks_NoRedirects(t *testing.T) {
 }
 
 // scrape reads /metrics of a server without auth: "name" or `name{label="value"}` -> value,
-// for counters and gauges with at most one label.
+// for counters and gauges with at most one label, and "name_count" for a histogram's count.
 func scrape(t *testing.T, base string) map[string]float64 {
 	t.Helper()
 	res, err := http.Get(base + "/metrics")
@@ -288,6 +288,8 @@ func scrape(t *testing.T, base string) map[string]float64 {
 				out[key] = m.Counter.GetValue()
 			case m.Gauge != nil:
 				out[key] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				out[key+"_count"] = float64(m.Histogram.GetSampleCount())
 			}
 		}
 	}

@@ -263,6 +263,10 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 			PerWatcher: float64(rss-rssBefore) / float64(c.Connected)}
 	}
 
+	lagBefore, lagErr := l.readLag(ctx)
+	if lagErr != nil {
+		l.notef("the server's part of the latency unknown: %v", lagErr)
+	}
 	m := l.startMeasure()
 	defer m.stop()
 	if cfg.tasks == 0 {
@@ -307,6 +311,13 @@ func (l *load) push(ctx context.Context, rep *report, pr *problems) error {
 		<-w.exited
 	}
 	rep.Deliveries = &deliveryStats{BytesIn: fast.in.Load() + slow.in.Load()}
+	if lagErr == nil {
+		if after, err := l.readLag(ctx); err != nil {
+			l.notef("the server's part of the latency unknown: %v", err)
+		} else {
+			rep.ServerLag = newLagStats(after.since(lagBefore))
+		}
+	}
 
 	rep.Events = d.stats(driveTime, pr)
 	tallyPush(rep, ws, d, window, pr)

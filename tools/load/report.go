@@ -31,11 +31,13 @@ type report struct {
 	Deliveries *deliveryStats `json:"deliveries,omitempty"`
 	// Latency is receive time minus the event's time (when the hub accepted it), over every
 	// delivery of a load task to a watcher that kept reading.
-	Latency *dist        `json:"latency_ms,omitempty"`
-	Slow    *slowStats   `json:"slow,omitempty"`
-	Poll    *pollStats   `json:"poll,omitempty"`
-	Server  *serverStats `json:"server,omitempty"`
-	Client  clientStats  `json:"client"`
+	Latency *dist `json:"latency_ms,omitempty"`
+	// ServerLag is the server's part of Latency, from its taskhub_watch_delivery_seconds.
+	ServerLag *lagStats    `json:"server_lag_ms,omitempty"`
+	Slow      *slowStats   `json:"slow,omitempty"`
+	Poll      *pollStats   `json:"poll,omitempty"`
+	Server    *serverStats `json:"server,omitempty"`
+	Client    clientStats  `json:"client"`
 
 	// Bottleneck says which side used (nearly) all the cores it may run on: "tool", when this
 	// tool did (its latency and achieved rate are then its own limits, not the server's), or
@@ -247,6 +249,9 @@ func (r *report) writeText(w io.Writer) error {
 			name = "latency (others)"
 		}
 		row(name, "%s", l)
+	}
+	if s := r.ServerLag; s != nil {
+		row("the server's part", "%s", s)
 	}
 	if s := r.Slow; s != nil {
 		row(fmt.Sprintf("slow watchers (%d)", s.Watchers), "stopped reading for %.1fs; %d received, %d coalesced; same final states as the others: %v",
