@@ -27,12 +27,12 @@ type writer struct {
 }
 
 // yieldEvery is how many watches a writer passes over before it lets the goroutines waiting to
-// run go first: about a millisecond of writes. Without it, the event path's next steps (the
-// next report's call, its actor, the log) wait behind a whole fan-out, and a delivery cost 24 %
-// more CPU at 2000 watchers on HTTP/1.1 (docs/benchmarks.md), all of it in the write(2) calls.
-// That suggests the runtime taking the processor from the writer while it is in a system call
-// and goroutines wait, a thread switch each time; not confirmed.
-const yieldEvery = 64
+// run go first: about 6 ms of writes. Never yielding made each delivery cost 24 % more CPU at
+// 2000 watchers on HTTP/1.1, all of it in the write(2) calls. Yielding every 64 watches gave
+// the deliveries of a node at its limit too small a share against the reports it took: with
+// 5000 users and two watchers each, 40–60 % of progress events were coalesced away, none at 512
+// or 4096; and 4096 cost more a delivery at 5000 watchers. docs/benchmarks.md has the runs.
+const yieldEvery = 512
 
 // writers is a hub's set of writers, one per processor the runtime uses, so that deliveries
 // still spread over the cores; a watch is given one when it starts delivering.
