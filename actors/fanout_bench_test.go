@@ -19,7 +19,7 @@ import (
 	"github.com/taskhub/taskhub/eventlog"
 )
 
-func benchHub(b *testing.B) *Hub {
+func benchHub(b testing.TB) *Hub {
 	b.Helper()
 	log, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

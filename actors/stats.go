@@ -25,10 +25,10 @@ type Stats struct {
 	// ReadsByID is the reads of a task by its id alone (see Hub.byID), and ReadsByIDRefused
 	// the calls refused because those reads were at their rate.
 	ReadsByID, ReadsByIDRefused uint64
-	// WatchSends is the batches of messages the watches that deliver by themselves
-	// (Watch.Deliver) handed to their connections, and WatchSendsWaited those of them the
-	// connection did not take at once: the rest waited for the client to read.
-	WatchSends, WatchSendsWaited uint64
+	// WatchSendsAtOnce is the batches of messages the watches that deliver by themselves
+	// (Watch.Deliver) handed to their connections that the connection took at once, and
+	// WatchSendsWaited those whose rest a goroutine of the watch's own wrote (Sink.Flush).
+	WatchSendsAtOnce, WatchSendsWaited uint64
 	// Replayed is the events read back from the log for watches that resumed or fell behind.
 	Replayed uint64
 	// OpenWatches is the watch streams open now.
@@ -59,7 +59,7 @@ type counters struct {
 	expiries, paced                   atomic.Uint64
 	readsByID, readsByIDRefused       atomic.Uint64
 	watchMessages, coalesced, replays atomic.Uint64
-	sends, sendsWaited                atomic.Uint64
+	sendsAtOnce, sendsWaited          atomic.Uint64
 	appendTime                        durations
 }
 
@@ -112,7 +112,7 @@ func (h *Hub) Stats() Stats {
 		WatchMessages:    c.watchMessages.Load(),
 		Coalesced:        c.coalesced.Load(),
 		Replayed:         c.replays.Load(),
-		WatchSends:       c.sends.Load(),
+		WatchSendsAtOnce: c.sendsAtOnce.Load(),
 		WatchSendsWaited: c.sendsWaited.Load(),
 		Paced:            c.paced.Load(),
 		ReadsByID:        c.readsByID.Load(),

@@ -143,25 +143,23 @@ func (w *Watch) pass() {
 	defer func() {
 		if p := recover(); p != nil {
 			w.h.logger.Error("watch delivery panic", "owner", w.owner, "panic", p, "stack", string(debug.Stack()))
-			go w.end(taskhub.Errorf(taskhub.Internal, "internal error"))
+			go w.deliver(false, taskhub.Errorf(taskhub.Internal, "internal error"))
 		}
 	}()
 	w.delivering.Store(deliverRunning)
 	items, more := w.out.takeQueued(w.items)
 	w.items = items
+	var pending bool
+	var err error
 	if len(items) > 0 {
-		pending, err := w.send(w.messages(items))
+		pending, err = w.send(w.messages(items))
 		clear(w.msgs) // sent: do not keep them while the watch idles
-		if err != nil {
-			go w.end(err)
-			return
-		}
-		if pending || more {
-			go w.deliver(pending)
-			return
-		}
-	} else if more || w.pushCtx.Err() != nil {
-		go w.deliver(false)
+	}
+	// The stream's context is looked at on every pass, not only when nothing is queued: the
+	// heartbeats wake a watch whose context ended (its token expired), and an owner's events
+	// could otherwise keep it busy, and open, for as long as they come.
+	if err != nil || pending || more || w.pushCtx.Err() != nil {
+		go w.deliver(pending, err)
 		return
 	}
 	if !w.delivering.CompareAndSwap(deliverRunning, deliverIdle) {
@@ -171,16 +169,20 @@ func (w *Watch) pass() {
 }
 
 // deliver sends what the watch has, waiting for its client and reading the log as needed,
-// until it has nothing or it ends; flush first when a send left bytes to write. A panic ends
-// the watch with Internal, and is logged, rather than ending the process: no stream's handler
-// is there to recover it.
-func (w *Watch) deliver(flush bool) {
+// until it has nothing or it ends; flush first when a send left bytes to write, or end at once
+// with failed. A panic ends the watch with Internal, and is logged, rather than ending the
+// process: no stream's handler is there to recover it.
+func (w *Watch) deliver(flush bool, failed error) {
 	defer func() {
 		if p := recover(); p != nil {
 			w.h.logger.Error("watch delivery panic", "owner", w.owner, "panic", p, "stack", string(debug.Stack()))
 			w.end(taskhub.Errorf(taskhub.Internal, "internal error"))
 		}
 	}()
+	if failed != nil {
+		w.end(failed)
+		return
+	}
 	for {
 		w.delivering.Store(deliverRunning)
 		for {
@@ -211,11 +213,12 @@ func (w *Watch) deliver(flush bool) {
 // send hands msgs to the sink, and counts the send.
 func (w *Watch) send(msgs []*taskhub.Message) (pending bool, err error) {
 	pending, err = w.sink.Send(msgs)
-	if err == nil {
-		w.h.counts.sends.Add(1)
-		if pending {
-			w.h.counts.sendsWaited.Add(1)
-		}
+	switch {
+	case err != nil:
+	case pending:
+		w.h.counts.sendsWaited.Add(1)
+	default:
+		w.h.counts.sendsAtOnce.Add(1)
 	}
 	return pending, err
 }

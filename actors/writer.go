@@ -51,7 +51,7 @@ func newWriters() *writers {
 
 // pick returns the writer for a watch that starts delivering, in turn.
 func (ws *writers) pick() *writer {
-	return ws.all[int(ws.next.Add(1))%len(ws.all)]
+	return ws.all[ws.next.Add(1)%uint32(len(ws.all))]
 }
 
 // add makes w ready: the writer passes over it (Watch.pass) once, after the watches ready

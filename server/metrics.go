@@ -41,7 +41,7 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 	}, []string{"code"})
 	m.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "taskhub_watch_delivery_seconds",
-		Help: "How long events took from their time in the log (stamped by the task's actor, on its node's clock, before the append) until this node wrote them to a watch stream: to the socket (HTTP/1.1), or to net/http's HTTP/2 stream.",
+		Help: "How long events took from their time in the log (stamped by the task's actor, on its node's clock, before the append) until this node wrote them to a watch stream: to the socket (HTTP/1.1), or to net/http's HTTP/2 stream. Events replayed to a client that resumed or fell behind count with their age.",
 		// Fine where a live stream's deliveries fall (tens of ms), so that a p99 read from it
 		// (as taskhub-load does) is not a bucket's width off.
 		Buckets: []float64{0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 5, 10},
@@ -126,7 +126,7 @@ var (
 	descCoalesced     = prometheus.NewDesc("taskhub_watch_coalesced_total", "Progress events a slow watch's queue replaced with a later one of their task.", nil, nil)
 	descReadsByID     = prometheus.NewDesc("taskhub_task_reads_by_id_total", "Reads of a task by its id alone (for a call naming a task this node knows no owner of), which cost in proportion to the users the log holds: made (read), or, for workers' calls beyond 100 a second, refused (refused).", []string{"result"}, nil)
 	descPaced         = prometheus.NewDesc("taskhub_writes_paced_total", "Writes that waited for this node's feed to come within its write-ahead (1000 events) of this node's writes.", nil, nil)
-	descSends         = prometheus.NewDesc("taskhub_watch_sends_total", "Writes of watch streams that own their connection (HTTP/1.1), by result: sent (the connection took it at once), waited (the rest waited for a client slow to read, on a goroutine of the stream's own).", []string{"result"}, nil)
+	descSends         = prometheus.NewDesc("taskhub_watch_sends_total", "Writes of watch streams that own their connection (HTTP/1.1), by result: sent (the connection took it at once), waited (a goroutine of the stream's own wrote the rest: its client was slow to read, or the connection is TLS, whose writes all go that way).", []string{"result"}, nil)
 	descReplayed      = prometheus.NewDesc("taskhub_watch_replayed_events_total", "Events read back from the event log for watches that resumed or fell behind.", nil, nil)
 	descWatches       = prometheus.NewDesc("taskhub_watches_open", "Watch streams open now.", nil, nil)
 	descActive        = prometheus.NewDesc("taskhub_tasks_active", "Queued and running tasks now, by mode and state (queued: the mode's queue depth).", []string{"mode", "state"}, nil)
@@ -157,7 +157,7 @@ func (c hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPaced, prometheus.CounterValue, float64(s.Paced))
 	ch <- prometheus.MustNewConstMetric(descReadsByID, prometheus.CounterValue, float64(s.ReadsByID), "read")
 	ch <- prometheus.MustNewConstMetric(descReadsByID, prometheus.CounterValue, float64(s.ReadsByIDRefused), "refused")
-	ch <- prometheus.MustNewConstMetric(descSends, prometheus.CounterValue, float64(s.WatchSends-s.WatchSendsWaited), "sent")
+	ch <- prometheus.MustNewConstMetric(descSends, prometheus.CounterValue, float64(s.WatchSendsAtOnce), "sent")
 	ch <- prometheus.MustNewConstMetric(descSends, prometheus.CounterValue, float64(s.WatchSendsWaited), "waited")
 	ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(s.Replayed))
 	ch <- prometheus.MustNewConstMetric(descWatches, prometheus.GaugeValue, float64(s.OpenWatches))

@@ -1,0 +1,57 @@
+package actors
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/taskhub/taskhub"
+)
+
+// TestWatch_PassEndsAWatchWhoseContextEnded: a watch whose stream's context ended (its token
+// expired, its deadline passed) is ended by its writer's next pass, even when that pass has
+// events to send: a watch whose owner's events keep it busy is not kept open by them. (The
+// heartbeat loop's wake of an ended context finds such a watch with events queued each time.)
+func TestWatch_PassEndsAWatchWhoseContextEnded(t *testing.T) {
+	h := benchHub(t)
+	tw, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
+	require.NoError(t, err)
+	w := tw.(*Watch)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	sent := make(chan int, 16)
+	done := make(chan error, 1)
+	w.Deliver(ctx, taskhub.Sink{
+		Send:  func(msgs []*taskhub.Message) (bool, error) { sent <- len(msgs); return false, nil },
+		Flush: func() error { return nil },
+		Done:  func(err error) { done <- err },
+	})
+	select {
+	case <-sent: // the snapshot
+	case <-time.After(10 * time.Second):
+		t.Fatal("no snapshot")
+	}
+	require.Eventually(t, func() bool { return w.delivering.CompareAndSwap(deliverIdle, deliverRunning) },
+		10*time.Second, time.Millisecond, "the watch never went idle")
+
+	// The test is the watch's writer now: an event comes, the stream's context ends, its pass.
+	_, err = h.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: "one", Mode: "paint"})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		w.out.mu.Lock()
+		defer w.out.mu.Unlock()
+		return w.out.n > 0
+	}, 10*time.Second, time.Millisecond)
+	cancel()
+	w.pass()
+	require.Equal(t, 1, <-sent, "the event is sent")
+	require.NotEqual(t, deliverIdle, w.delivering.Load(), "the pass left a watch whose context ended idle")
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch did not end")
+	}
+}
