@@ -14,6 +14,11 @@ import (
 // event to a thousand watchers is encoded once, not a thousand times.
 type Message struct {
 	*taskhubv1.WatchTasksResponse
+	// Replayed marks an event read back from the log for one watch (a client that resumed,
+	// or fell behind) rather than delivered as it happened: its age says how long the client
+	// was away, not how fast the server is.
+	Replayed bool
+
 	binary, json encoding
 }
 

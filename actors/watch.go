@@ -280,7 +280,9 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 				continue
 			}
 			w.h.counts.replays.Add(1)
-			if !w.out.replayed(eventItem(e)) {
+			it := eventItem(e)
+			it.msg.Replayed = true
+			if !w.out.replayed(it) {
 				return nil // the queue is full, or the watch closed: take first
 			}
 			seq = e.Seq + 1

@@ -101,14 +101,14 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 	}
 }
 
-// observeDelivered tells observe (nil: nobody) how long each event of msgs took from its time
-// in the log until at.
+// observeDelivered tells observe (nil: nobody) how long each live event of msgs took from its
+// time in the log until at. Replayed events are left out: their age is the client's absence.
 func observeDelivered(observe func(time.Duration), at time.Time, msgs []*taskhub.Message) {
 	if observe == nil {
 		return
 	}
 	for _, m := range msgs {
-		if e := m.GetEvent(); e != nil && e.Time != nil {
+		if e := m.GetEvent(); e != nil && e.Time != nil && !m.Replayed {
 			observe(at.Sub(e.Time.AsTime()))
 		}
 	}

@@ -41,7 +41,7 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 	}, []string{"code"})
 	m.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "taskhub_watch_delivery_seconds",
-		Help: "How long events took from their time in the log (stamped by the task's actor, on its node's clock, before the append) until this node wrote them to a watch stream: to the socket (HTTP/1.1), or to net/http's HTTP/2 stream. Events replayed to a client that resumed or fell behind count with their age.",
+		Help: "How long events took from their time in the log (stamped by the task's actor, on its node's clock, before the append) until this node wrote them to a watch stream: to the socket (HTTP/1.1), or to net/http's HTTP/2 stream. Events replayed to a client that resumed or fell behind are not counted: their age is the client's absence.",
 		// Fine where a live stream's deliveries fall (tens of ms), so that a p99 read from it
 		// (as taskhub-load does) is not a bucket's width off.
 		Buckets: []float64{0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 5, 10},

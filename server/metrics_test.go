@@ -136,17 +136,28 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_QUEUED, queued.Msg.Task.State)
 }
 
-// TestMetrics_DeliveryOverHTTP2: an event sent to a watch stream that connect serves (HTTP/2)
-// is observed in the delivery histogram, as one on an HTTP/1.1 connection of its own is.
+// TestMetrics_DeliveryOverHTTP2: an event sent live to a watch stream that connect serves
+// (HTTP/2) is observed in the delivery histogram, as one on an HTTP/1.1 connection of its own
+// is; an event replayed to a client that resumes is not (its age is the client's absence).
 func TestMetrics_DeliveryOverHTTP2(t *testing.T) {
 	t.Parallel()
 	b := setup(t, server.Config{})
 	tasks := taskhubv1connect.NewTaskServiceClient(b.h2c, b.srv.URL())
+	createTask(t, b.tasks, "before the watch", "later") // so that the snapshot's seq is not 0: a watch from 0 does not resume
 	w := watch(t, tasks, &taskhubv1.WatchTasksRequest{}, "")
-	w.wait(0)
+	snap, _ := w.wait(0)
+	require.NotZero(t, snap.Seq)
 	createTask(t, b.tasks, "a lighthouse at dawn", "later")
 	w.waitFor(func(es []*taskhubv1.TaskEvent) bool { return len(es) == 1 })
 	require.Eventually(t, func() bool {
 		return scrape(t, b.srv.URL())["taskhub_watch_delivery_seconds_count"] == 1
 	}, 5*time.Second, 10*time.Millisecond, "the created event's delivery")
+
+	for _, c := range []taskhubv1connect.TaskServiceClient{tasks, b.tasks} { // HTTP/2, HTTP/1.1
+		back := watch(t, c, &taskhubv1.WatchTasksRequest{Epoch: snap.Epoch, AfterSeq: snap.Seq}, "")
+		_, events := back.wait(1)
+		require.Len(t, events, 1, "the created event, replayed")
+	}
+	time.Sleep(100 * time.Millisecond) // an observation would be made as the event was written
+	require.Equal(t, 1.0, scrape(t, b.srv.URL())["taskhub_watch_delivery_seconds_count"], "replayed events are not observed")
 }
