@@ -55,27 +55,14 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 }
 
 // poll is Next without the wait: nil messages and a nil error when there is nothing to send
-// yet. The outbox wakes the watch (its signal, or Deliver's goroutine) when there is.
+// yet. The outbox wakes the watch (its signal, or, with Deliver, its writer) when there is.
 func (w *Watch) poll(ctx context.Context) ([]*taskhub.Message, error) {
 	clear(w.msgs) // sent: do not keep them (a snapshot can be large) while the watch idles
-	w.msgs = w.msgs[:0]
 	for {
 		items, work, err := w.out.take(w.items)
 		w.items = items
 		if len(items) > 0 {
-			for _, it := range items {
-				if it.snap == nil {
-					w.msgs = append(w.msgs, it.msg)
-					continue
-				}
-				if w.msgs, err = w.appendSnapshot(ctx, w.msgs, it.snap); err != nil {
-					clear(items)
-					return nil, err
-				}
-			}
-			clear(items)
-			w.h.counts.watchMessages.Add(uint64(len(w.msgs)))
-			return w.msgs, nil
+			return w.messages(ctx, items)
 		}
 		if err != nil {
 			return nil, err
@@ -152,7 +139,10 @@ func (w *Watch) pass() {
 	var pending bool
 	var err error
 	if len(items) > 0 {
-		pending, err = w.send(w.messages(items))
+		var msgs []*taskhub.Message
+		if msgs, err = w.messages(w.pushCtx, items); err == nil { // no snapshot: takeQueued leaves those
+			pending, err = w.send(msgs)
+		}
 		clear(w.msgs) // sent: do not keep them while the watch idles
 	}
 	// The stream's context is looked at on every pass, not only when nothing is queued: the
@@ -233,15 +223,23 @@ func (w *Watch) end(err error) {
 	w.sink.Done(err)
 }
 
-// messages returns the messages of items, none of them a snapshot, in w.msgs.
-func (w *Watch) messages(items []*item) []*taskhub.Message {
+// messages returns the messages of items in w.msgs, a snapshot's read from the log (see
+// appendSnapshot), and clears items.
+func (w *Watch) messages(ctx context.Context, items []*item) ([]*taskhub.Message, error) {
+	defer clear(items)
 	w.msgs = w.msgs[:0]
 	for _, it := range items {
-		w.msgs = append(w.msgs, it.msg)
+		if it.snap == nil {
+			w.msgs = append(w.msgs, it.msg)
+			continue
+		}
+		var err error
+		if w.msgs, err = w.appendSnapshot(ctx, w.msgs, it.snap); err != nil {
+			return nil, err
+		}
 	}
-	clear(items)
 	w.h.counts.watchMessages.Add(uint64(len(w.msgs)))
-	return w.msgs
+	return w.msgs, nil
 }
 
 // replay reads what the outbox owes from the log into it, until the queue is full or the work

@@ -169,8 +169,8 @@ func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
 	if s.delivered != nil {
 		s.times = s.times[:0]
 		for _, m := range msgs {
-			if e := m.GetEvent(); e != nil && e.Time != nil && !m.Replayed {
-				s.times = append(s.times, e.Time.AsTime())
+			if t, ok := liveEventTime(m); ok {
+				s.times = append(s.times, t)
 			}
 		}
 	}

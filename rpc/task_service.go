@@ -102,16 +102,26 @@ func (s *taskServer) WatchTasks(ctx context.Context, req *connect.Request[taskhu
 }
 
 // observeDelivered tells observe (nil: nobody) how long each live event of msgs took from its
-// time in the log until at. Replayed events are left out: their age is the client's absence.
+// time in the log until at.
 func observeDelivered(observe func(time.Duration), at time.Time, msgs []*taskhub.Message) {
 	if observe == nil {
 		return
 	}
 	for _, m := range msgs {
-		if e := m.GetEvent(); e != nil && e.Time != nil && !m.Replayed {
-			observe(at.Sub(e.Time.AsTime()))
+		if t, ok := liveEventTime(m); ok {
+			observe(at.Sub(t))
 		}
 	}
+}
+
+// liveEventTime is the time in the log of m's event, when m is an event delivered live.
+// Replayed events are left out: their age is the client's absence, not the server's delay.
+func liveEventTime(m *taskhub.Message) (time.Time, bool) {
+	e := m.GetEvent()
+	if e == nil || e.Time == nil || m.Replayed {
+		return time.Time{}, false
+	}
+	return e.Time.AsTime(), true
 }
 
 // streamContext is a stream's context: a minted token's stream ends when the token does, and

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,7 +36,7 @@ func (l *load) readLag(ctx context.Context) (*lagHistogram, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t := cmpOr(l.cfg.workerToken, l.cfg.token); t != "" {
+	if t := cmp.Or(l.cfg.workerToken, l.cfg.token); t != "" {
 		req.Header.Set("Authorization", "Bearer "+t)
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: l.cfg.tls}}
@@ -132,11 +133,4 @@ func newLagStats(h *lagHistogram) *lagStats {
 func (s *lagStats) String() string {
 	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  (%.0f events; from the event's time to the server's write, %s, interpolated in its buckets; the rest of the latency is the network's and this tool's)",
 		fmtMs(s.P50), fmtMs(s.P90), fmtMs(s.P99), s.Count, lagMetric)
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
