@@ -45,8 +45,9 @@ type Events interface {
 	Epoch() string
 	// Append writes rec as the next event of its task (rec.Event.Task) if the task's last
 	// sequence is still expectLast (0: none: a create), and returns its sequence once it is
-	// stored. Another writer's append in between fails it with ErrConflict: a task has one
-	// writer.
+	// stored, having set rec.Event.Seq and rec.Event.Task.Seq to it. Another writer's append in
+	// between fails it with ErrConflict: a task has one writer. A stored rec may be shared with
+	// the follower (which then hands on rec itself): nobody changes it after.
 	Append(ctx context.Context, rec *storagev1.Record, expectLast uint64) (seq uint64, err error)
 	// Last returns the task's last event: its current state. owner may be "*".
 	Last(ctx context.Context, owner, id string) (*eventlog.Entry, error)

@@ -292,7 +292,7 @@ func (a *taskActor) appendBy(kind taskhubv1.EventKind, t *taskhubv1.Task, lease 
 		return taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
 	}
 	a.h.counts.appended[kind&15].Add(1)
-	t.Seq = seq // t is not shared yet: the record holding it was encoded above
+	// Append set t.Seq, and t is shared from now on (with the follower): read-only.
 	a.task, a.lastSeq, a.lease, a.wrote = t, seq, lease, true
 	return nil
 }

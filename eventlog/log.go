@@ -106,6 +106,7 @@ type Log struct {
 	consumers   map[string]jetstream.Consumer // the queue consumers this process knows exist, by mode
 
 	appended       atomic.Uint64 // the highest sequence this process appended
+	own            own           // the records this process appended, for the followers (own.go)
 	followers      sync.Map      // *follower: the live ones (a test stalls them)
 	followRestarts atomic.Uint64 // consumers the followers replaced (follow.go)
 
@@ -493,7 +494,8 @@ func decode(subject string, seq uint64, data []byte) (*Entry, error) {
 
 // Append writes rec as the next event of its task (rec.Event.Task names the owner and id), if
 // the task's last sequence is still expectLast (0: the task has no events yet: a create), and
-// returns its sequence.
+// returns its sequence. Once it is written, Append sets rec.Event.Seq and rec.Event.Task.Seq to
+// it, and rec is shared with this process's followers: the caller must not change it after.
 //
 // It fails with ErrConflict when another append came first, with ErrUnavailable when nothing
 // was written (at once while Ready fails), and with ErrUncertain when the write was sent but not
@@ -523,6 +525,8 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	ack, attempts, err := l.publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
 	switch {
 	case err == nil:
+		rec.Event.Seq, task.Seq = ack.Sequence, ack.Sequence // as decode sets them
+		l.own.keep(ack.Sequence, rec)
 		l.wrote(ack.Sequence)
 		return ack.Sequence, nil
 	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
@@ -715,6 +719,9 @@ func (l *Log) entry(m jetstream.Msg) (e *Entry, pending uint64, ok bool) {
 	}
 	if m.Subject() == probeEvents {
 		return &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}, md.NumPending, true
+	}
+	if rec := l.own.take(md.Sequence.Stream); rec != nil {
+		return &Entry{Seq: md.Sequence.Stream, Subject: m.Subject(), Record: rec}, md.NumPending, true
 	}
 	if e, err = decode(m.Subject(), md.Sequence.Stream, m.Data()); err != nil {
 		l.logger.Error("event log: skipping a message", "err", err)

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
@@ -114,10 +115,12 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 
 	var mu sync.Mutex
 	var seqs, pendings []uint64
+	var recs []*storagev1.Record
 	stop, err := l.Follow(ctx, func(e *eventlog.Entry, pending uint64) {
 		mu.Lock()
 		defer mu.Unlock()
 		seqs = append(seqs, e.Seq)
+		recs = append(recs, e.Record)
 		pendings = append(pendings, pending)
 	})
 	require.NoError(t, err)
@@ -128,8 +131,11 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 		require.Len(c, seqs, 3)
 	}, 5*time.Second, 5*time.Millisecond)
 
-	_, err = l.Append(ctx, record("B", taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING), last["B"])
+	b := record("B", taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING)
+	seq, err := l.Append(ctx, b, last["B"])
 	require.NoError(t, err)
+	require.Equal(t, seq, b.Event.Seq, "Append numbers the record it stored")
+	require.Equal(t, seq, b.Event.Task.Seq)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -139,6 +145,8 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 	defer mu.Unlock()
 	require.Equal(t, []uint64{2, 4, 5, 6}, seqs, "last of B, C, A in order, then the new B")
 	require.Equal(t, []uint64{2, 1, 0, 0}, pendings)
+	// Handed on as appended, or decoded from the log (when the follower got there first): the same.
+	require.True(t, proto.Equal(b, recs[3]), "%v\n%v", b, recs[3])
 }
 
 func requireEnqueued(t *testing.T, l *eventlog.Log, mode, id string) {
