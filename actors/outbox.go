@@ -58,7 +58,7 @@ type outbox struct {
 	err      error           // why the outbox was closed
 	waiter   context.Context // the context of the Next that takes from it (see Watch.watchCtx)
 	signal   chan struct{}   // cap 1: something to take, or the outbox was closed
-	notify   func()          // when set (Watch.Deliver), called instead of signalling
+	notify   func(hot bool)  // when set (Watch.Deliver), called instead of signalling
 
 	state      deliveryState
 	cursor     uint64 // see the type's doc
@@ -229,10 +229,27 @@ func (o *outbox) pushLocked(it *item) bool {
 	return true
 }
 
+// hotGap is how soon after a watch's last take a wake makes it hot (see hotLocked).
+const hotGap = time.Millisecond
+
+// hotLocked reports whether the watch is woken within hotGap of its last take: its events come
+// faster than a write each can carry well. Its sender then lets the goroutines that are ready to
+// run go first (the feed among them) and sends what they queued meanwhile with the same write:
+// one write(2) for tens of events where a watcher gets thousands a second, where each
+// was a write of its own (docs/benchmarks.md). A watch woken less often is sent to at once.
+func (o *outbox) hotLocked() bool { return time.Now().UnixNano()-o.lastTaken < int64(hotGap) }
+
+// hot is hotLocked for the watch's goroutine.
+func (o *outbox) hot() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.hotLocked()
+}
+
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {
 	if o.notify != nil {
-		o.notify()
+		o.notify(o.hotLocked())
 		return
 	}
 	select {

@@ -577,3 +577,28 @@ func TestOutbox_DeliversEverything(t *testing.T) {
 		})
 	}
 }
+
+// TestOutbox_Hot: an event offered within hotGap of the watch's last take wakes it hot (its
+// sender lets the feed queue more before it sends); one offered later does not.
+func TestOutbox_Hot(t *testing.T) {
+	t.Parallel()
+	o := liveAt(t, 100, 0)
+	var wakes []bool
+	o.notify = func(hot bool) { wakes = append(wakes, hot) }
+	// The take's time is set rather than waited for, so that a slow machine cannot make the
+	// first case cold.
+	tookAt := func(d time.Duration) {
+		_, _, err := o.take(nil)
+		require.NoError(t, err)
+		o.lastTaken = time.Now().Add(d).UnixNano()
+	}
+
+	tookAt(time.Minute) // as good as now, however long the offer takes
+	o.offer(ev(1, "a", progress))
+	require.True(t, o.hot())
+
+	tookAt(-2 * hotGap)
+	require.False(t, o.hot())
+	o.offer(ev(2, "a", progress))
+	require.Equal(t, []bool{true, false}, wakes)
+}

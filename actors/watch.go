@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,9 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 			return msgs, err
 		}
 		<-w.out.signal
+		if w.out.hot() {
+			runtime.Gosched()
+		}
 	}
 }
 
@@ -90,7 +94,7 @@ func (w *Watch) Deliver(ctx context.Context, to taskhub.Sink) {
 	w.out.mu.Lock()
 	w.out.notify = w.kick
 	w.out.mu.Unlock()
-	w.kick() // for what was queued before
+	w.kick(false) // for what was queued before
 }
 
 // The states of a delivering watch. Whoever delivers it (its writer, or its own goroutine)
@@ -104,12 +108,12 @@ const (
 
 // kick makes the watch ready for its writer, unless it is being delivered (then that looks
 // again). The outbox calls it under its lock, so it must not take the lock.
-func (w *Watch) kick() {
+func (w *Watch) kick(hot bool) {
 	for {
 		switch s := w.delivering.Load(); s {
 		case deliverIdle:
 			if w.delivering.CompareAndSwap(s, deliverRunning) {
-				w.writer.add(w)
+				w.writer.add(w, hot)
 				return
 			}
 		case deliverRunning:
@@ -154,7 +158,7 @@ func (w *Watch) pass() {
 	}
 	if !w.delivering.CompareAndSwap(deliverRunning, deliverIdle) {
 		w.delivering.Store(deliverRunning) // woken meanwhile: after the watches ready now
-		w.writer.add(w)
+		w.writer.add(w, true)              // and hot: woken while it was sent to
 	}
 }
 
