@@ -22,13 +22,14 @@ import (
 // driver plays the user and the workers: it creates the load tasks, claims them, reports
 // progress on them at a steady rate and completes them, and records every change it made.
 type driver struct {
-	tasks  taskhubv1connect.TaskServiceClient
-	work   taskhubv1connect.WorkerServiceClient
-	http   *http.Client
-	mode   string
-	prefix string   // of the prompts of this run's tasks
-	users  []string // tokens: task j belongs to user j % len(users); nil: --token's user owns all
-	notes  io.Writer
+	tasks       taskhubv1connect.TaskServiceClient
+	work        taskhubv1connect.WorkerServiceClient
+	http        *http.Client
+	mode        string
+	prefix      string   // of the prompts of this run's tasks
+	promptBytes int      // --prompt-bytes
+	users       []string // tokens: task j belongs to user j % len(users); nil: --token's user owns all
+	notes       io.Writer
 	// reporters, one per worker process with --batch-workers, send task j's reports through
 	// reporters[j % len]; nil: a ReportProgress call per report.
 	reporters []*client.Reporter
@@ -81,20 +82,21 @@ func newDriver(cfg config, prefix string, users []string, notes io.Writer) *driv
 		}
 	}
 	return &driver{
-		reporters: reporters,
-		tasks:     taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false, cfg.codec)...),
-		work:      taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false, cfg.codec)...),
-		http:      hc,
-		mode:      cfg.mode,
-		prefix:    prefix,
-		users:     users,
-		notes:     notes,
-		ids:       make([]string, n),
-		leases:    make([]string, n),
-		done:      make([]bool, n),
-		changes:   make([][]change, n),
-		progress:  make([]int64, n),
-		final:     make([]*taskhubv1.Task, n),
+		reporters:   reporters,
+		tasks:       taskhubv1connect.NewTaskServiceClient(hc, cfg.url, clientOptions(cfg.token, false, cfg.codec)...),
+		work:        taskhubv1connect.NewWorkerServiceClient(hc, cfg.url, clientOptions(cfg.workerToken, false, cfg.codec)...),
+		http:        hc,
+		mode:        cfg.mode,
+		prefix:      prefix,
+		promptBytes: cfg.promptBytes,
+		users:       users,
+		notes:       notes,
+		ids:         make([]string, n),
+		leases:      make([]string, n),
+		done:        make([]bool, n),
+		changes:     make([][]change, n),
+		progress:    make([]int64, n),
+		final:       make([]*taskhubv1.Task, n),
 	}
 }
 
@@ -115,15 +117,25 @@ func taskIndex(t *taskhubv1.Task, mode, prefix string, n int) (int, bool) {
 	if !ok {
 		return 0, false
 	}
+	rest, _, _ = strings.Cut(rest, " ") // the padding of --prompt-bytes
 	j, err := strconv.Atoi(rest)
 	return j, err == nil && j >= 0 && j < n
+}
+
+// prompt is task j's prompt: prefix and j, padded with spaces and words to size bytes.
+func prompt(prefix string, j, size int) string {
+	p := prefix + strconv.Itoa(j)
+	if pad := size - len(p); pad > 0 {
+		p += " " + strings.Repeat("a watercolor fox ", pad/17+1)[:pad-1]
+	}
+	return p
 }
 
 // create creates the tasks, one after the other.
 func (d *driver) create(ctx context.Context) error {
 	for j := range d.ids {
 		res, err := d.tasks.CreateTask(ctx, asOwner(d, j, connect.NewRequest(&taskhubv1.CreateTaskRequest{
-			Prompt: d.prefix + strconv.Itoa(j), Mode: d.mode,
+			Prompt: prompt(d.prefix, j, d.promptBytes), Mode: d.mode,
 		})))
 		if err != nil {
 			return fmt.Errorf("create task %d: %w", j, err)

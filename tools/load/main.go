@@ -105,6 +105,7 @@ type config struct {
 	tls          *tls.Config // with an https URL: trusting --tls-ca
 	authFile     string      // the server's, for --users' tokens
 	workerConns  int         // with --http1: the most worker connections; 0: one per task
+	promptBytes  int         // the tasks' prompts are padded to this many bytes
 	batchWorkers int         // worker processes batching their tasks' reports; 0: a call per report
 	users        int         // users owning the tasks, each with perUser watchers; 0: --token's
 	perUser      int
@@ -158,6 +159,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.workerToken, "worker-token", "", "bearer `token` of a worker, for WorkerService (default with --users: the auth file's first worker)")
 	fs.IntVar(&cfg.users, "users", 0, "spread the tasks over this many users, each watched by --watchers-per-user watchers of their own, who must see their user's tasks only (push; needs --auth-file: the users are its first ones)")
 	fs.IntVar(&cfg.perUser, "watchers-per-user", 1, "watchers (devices) per user with --users; --watchers is then users x this")
+	fs.IntVar(&cfg.promptBytes, "prompt-bytes", 0, "pad each task's prompt to this many bytes, as an AI generation's prompt of a paragraph or a page (every event carries its task's prompt)")
 	fs.IntVar(&cfg.workerConns, "worker-conns", 0, "with --http1, at most this many worker connections, shared by the tasks' reports as worker processes that each run several tasks share theirs (default: one per task)")
 	fs.IntVar(&cfg.batchWorkers, "batch-workers", 0, "the tasks are run by this many worker processes, each sending its tasks' reports as the Go client's Worker does: those made while one is on its way go together in one BatchReportProgress call (default: a ReportProgress call per report)")
 	fs.StringVar(&tlsCA, "tls-ca", "", "PEM `file` of the certificate (or its authority) to trust for an https:// --url; with https each watcher has a TLS connection of its own (HTTP/2, or HTTP/1.1 with --http1), as a browser's page does, unless --streams-per-conn says otherwise")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -81,4 +82,21 @@ func BenchmarkDecodeMessage(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestPrompt: a padded prompt has the size asked, and still tells which task it is.
+func TestPrompt(t *testing.T) {
+	const prefix = "taskhub-load 0000abcd task "
+	for _, size := range []int{0, 10, len(prefix) + 2, 1000, 4096} {
+		for _, j := range []int{0, 7, 12345} {
+			p := prompt(prefix, j, size)
+			if size > len(prefix)+len(strconv.Itoa(j)) && len(p) != size {
+				t.Errorf("prompt(%d, %d) is %d bytes", j, size, len(p))
+			}
+			got, ok := taskIndex(&taskhubv1.Task{Mode: "load", Prompt: p}, "load", prefix, 20000)
+			if !ok || got != j {
+				t.Errorf("taskIndex of prompt(%d, %d) = %d, %v", j, size, got, ok)
+			}
+		}
+	}
 }
