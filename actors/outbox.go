@@ -53,12 +53,12 @@ import (
 // end of either are one path.
 type outbox struct {
 	mu       sync.Mutex
-	items    []*item         // in seq order; nil where a progress event was coalesced away
-	progress map[string]int  // task id -> index in items of its queued progress event; made on first use
-	err      error           // why the outbox was closed
-	waiter   context.Context // the context of the Next that takes from it (see Watch.watchCtx)
-	signal   chan struct{}   // cap 1: something to take, or the outbox was closed
-	notify   func(hot bool)  // when set (Watch.Deliver), called instead of signalling
+	items    []*item                  // in seq order; nil where a progress event was coalesced away
+	progress map[string]int           // task id -> index in items of its queued progress event; made on first use
+	err      error                    // why the outbox was closed
+	waiter   context.Context          // the context of the Next that takes from it (see Watch.watchCtx)
+	signal   chan struct{}            // cap 1: something to take, or the outbox was closed
+	notify   func(hold time.Duration) // when set (Watch.Deliver), called instead of signalling
 
 	state      deliveryState
 	cursor     uint64 // see the type's doc
@@ -229,27 +229,30 @@ func (o *outbox) pushLocked(it *item) bool {
 	return true
 }
 
-// hotGap is how soon after a watch's last take a wake makes it hot (see hotLocked).
-const hotGap = time.Millisecond
+// sendEvery is how often at most a watch is sent to while its events keep coming (see
+// holdLocked).
+const sendEvery = time.Millisecond
 
-// hotLocked reports whether the watch is woken within hotGap of its last take: its events come
-// faster than a write each can carry well. Its sender then lets the goroutines that are ready to
-// run go first (the feed among them) and sends what they queued meanwhile with the same write:
-// one write(2) for tens of events where a watcher gets thousands a second, where each
-// was a write of its own (docs/benchmarks.md). A watch woken less often is sent to at once.
-func (o *outbox) hotLocked() bool { return time.Now().UnixNano()-o.lastTaken < int64(hotGap) }
+// holdLocked is how long what is queued now waits before it is sent: 0 for a watch last sent
+// to sendEvery ago or longer, else the rest of that time. A watcher of thousands of events a
+// second then gets tens of them with each write(2), where each was a write of its own, and
+// no event waits more than sendEvery for it (docs/benchmarks.md); one that gets fewer events
+// gets each at once.
+func (o *outbox) holdLocked() time.Duration {
+	return max(0, time.Duration(o.lastTaken+int64(sendEvery)-time.Now().UnixNano()))
+}
 
-// hot is hotLocked for the watch's goroutine.
-func (o *outbox) hot() bool {
+// hold is holdLocked for the watch's goroutine.
+func (o *outbox) hold() time.Duration {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.hotLocked()
+	return o.holdLocked()
 }
 
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {
 	if o.notify != nil {
-		o.notify(o.hotLocked())
+		o.notify(o.holdLocked())
 		return
 	}
 	select {

@@ -578,27 +578,28 @@ func TestOutbox_DeliversEverything(t *testing.T) {
 	}
 }
 
-// TestOutbox_Hot: an event offered within hotGap of the watch's last take wakes it hot (its
-// sender lets the feed queue more before it sends); one offered later does not.
-func TestOutbox_Hot(t *testing.T) {
+// TestOutbox_Hold: an event queued within sendEvery of the watch's last take waits for the rest
+// of it (its sender sends it with what comes meanwhile); one queued later is sent at once.
+func TestOutbox_Hold(t *testing.T) {
 	t.Parallel()
 	o := liveAt(t, 100, 0)
-	var wakes []bool
-	o.notify = func(hot bool) { wakes = append(wakes, hot) }
-	// The take's time is set rather than waited for, so that a slow machine cannot make the
-	// first case cold.
+	var holds []time.Duration
+	o.notify = func(hold time.Duration) { holds = append(holds, hold) }
+	// The take's time is set rather than waited for, so that a slow machine cannot change what
+	// is asserted.
 	tookAt := func(d time.Duration) {
 		_, _, err := o.take(nil)
 		require.NoError(t, err)
 		o.lastTaken = time.Now().Add(d).UnixNano()
 	}
 
-	tookAt(time.Minute) // as good as now, however long the offer takes
+	tookAt(-sendEvery / 4)
 	o.offer(ev(1, "a", progress))
-	require.True(t, o.hot())
+	require.Greater(t, holds[0], time.Duration(0))
+	require.LessOrEqual(t, holds[0], sendEvery*3/4, "only the rest of sendEvery")
 
-	tookAt(-2 * hotGap)
-	require.False(t, o.hot())
+	tookAt(-2 * sendEvery)
+	require.Zero(t, o.hold())
 	o.offer(ev(2, "a", progress))
-	require.Equal(t, []bool{true, false}, wakes)
+	require.Equal(t, []time.Duration{holds[0], 0}, holds)
 }

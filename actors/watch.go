@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -52,8 +51,8 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 			return msgs, err
 		}
 		<-w.out.signal
-		if w.out.hot() {
-			runtime.Gosched()
+		if d := w.out.hold(); d > 0 {
+			time.Sleep(d)
 		}
 	}
 }
@@ -94,7 +93,7 @@ func (w *Watch) Deliver(ctx context.Context, to taskhub.Sink) {
 	w.out.mu.Lock()
 	w.out.notify = w.kick
 	w.out.mu.Unlock()
-	w.kick(false) // for what was queued before
+	w.kick(0) // for what was queued before
 }
 
 // The states of a delivering watch. Whoever delivers it (its writer, or its own goroutine)
@@ -108,12 +107,12 @@ const (
 
 // kick makes the watch ready for its writer, unless it is being delivered (then that looks
 // again). The outbox calls it under its lock, so it must not take the lock.
-func (w *Watch) kick(hot bool) {
+func (w *Watch) kick(hold time.Duration) {
 	for {
 		switch s := w.delivering.Load(); s {
 		case deliverIdle:
 			if w.delivering.CompareAndSwap(s, deliverRunning) {
-				w.writer.add(w, hot)
+				w.ready(hold)
 				return
 			}
 		case deliverRunning:
@@ -124,6 +123,15 @@ func (w *Watch) kick(hot bool) {
 			return
 		}
 	}
+}
+
+// ready hands the watch, which its caller made deliverRunning, to its writer after hold.
+func (w *Watch) ready(hold time.Duration) {
+	if hold > 0 {
+		time.AfterFunc(hold, func() { w.writer.add(w) })
+		return
+	}
+	w.writer.add(w)
 }
 
 // pass is the writer's turn at the watch: it sends what is queued without waiting, or hands
@@ -158,7 +166,7 @@ func (w *Watch) pass() {
 	}
 	if !w.delivering.CompareAndSwap(deliverRunning, deliverIdle) {
 		w.delivering.Store(deliverRunning) // woken meanwhile: after the watches ready now
-		w.writer.add(w, true)              // and hot: woken while it was sent to
+		w.ready(w.out.hold())
 	}
 }
 

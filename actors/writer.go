@@ -24,7 +24,6 @@ type writer struct {
 	ready   []*Watch // in the order they became ready
 	spare   []*Watch // the slice the goroutine walks, kept for reuse
 	running bool     // the goroutine runs; it takes ready before it stops
-	hot     bool     // a watch in ready is hot (outbox.hotLocked): yield before passing over them
 }
 
 // yieldEvery is how many watches a writer passes over before it lets the goroutines waiting to
@@ -57,10 +56,9 @@ func (ws *writers) pick() *writer {
 
 // add makes w ready: the writer passes over it (Watch.pass) once, after the watches ready
 // before it. The outbox calls it, by way of Watch.kick, under its lock.
-func (wr *writer) add(w *Watch, hot bool) {
+func (wr *writer) add(w *Watch) {
 	wr.mu.Lock()
 	wr.ready = append(wr.ready, w)
-	wr.hot = wr.hot || hot
 	start := !wr.running
 	wr.running = true
 	wr.mu.Unlock()
@@ -73,17 +71,14 @@ func (wr *writer) add(w *Watch, hot bool) {
 func (wr *writer) run() {
 	for {
 		wr.mu.Lock()
-		batch, hot := wr.ready, wr.hot
+		batch := wr.ready
 		if len(batch) == 0 {
 			wr.running = false
 			wr.mu.Unlock()
 			return
 		}
-		wr.ready, wr.hot = wr.spare[:0], false
+		wr.ready = wr.spare[:0]
 		wr.mu.Unlock()
-		if hot {
-			runtime.Gosched()
-		}
 		for i, w := range batch {
 			w.pass()
 			if i%yieldEvery == yieldEvery-1 {
