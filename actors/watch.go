@@ -51,9 +51,6 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 			return msgs, err
 		}
 		<-w.out.signal
-		if d := w.out.hold(); d > 0 {
-			time.Sleep(d)
-		}
 	}
 }
 
