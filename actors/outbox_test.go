@@ -579,27 +579,31 @@ func TestOutbox_DeliversEverything(t *testing.T) {
 }
 
 // TestOutbox_Hold: an event queued within sendEvery of a delivering watch's last take waits for
-// the rest of it (its writer sends it with what comes meanwhile); one queued later is sent at
-// once.
+// the rest of it (its writer sends it with what comes meanwhile), never longer, even if the
+// clock was set back; one queued later is sent at once.
 func TestOutbox_Hold(t *testing.T) {
 	t.Parallel()
 	o := liveAt(t, 100, 0)
 	var holds []time.Duration
 	o.notify = func(hold time.Duration) { holds = append(holds, hold) }
-	// The take's time is set rather than waited for, so that a slow machine cannot change what
-	// is asserted.
-	tookAt := func(d time.Duration) {
-		_, _, err := o.take(nil)
-		require.NoError(t, err)
-		o.lastTaken = time.Now().Add(d).UnixNano()
-	}
 
-	tookAt(-sendEvery / 4)
+	const ms = int64(time.Millisecond)
+	o.lastTaken = 1000 * ms
+	require.Equal(t, sendEvery, o.holdAt(1000*ms), "just taken: the whole of it")
+	require.Equal(t, sendEvery/4, o.holdAt(1000*ms+ms*3/4), "the rest of it")
+	require.Zero(t, o.holdAt(1000*ms+ms), "taken sendEvery ago")
+	require.Zero(t, o.holdAt(5000*ms))
+	require.Equal(t, sendEvery, o.holdAt(10*ms), "the clock was set back: no more than sendEvery")
+
+	// The wake passes it on: a take that is as good as now (its time set ahead, so that a slow
+	// machine cannot make it old), then one long ago.
+	_, _, err := o.take(nil)
+	require.NoError(t, err)
+	o.lastTaken = time.Now().Add(time.Hour).UnixNano()
 	o.offer(ev(1, "a", progress))
-	require.Greater(t, holds[0], time.Duration(0))
-	require.LessOrEqual(t, holds[0], sendEvery*3/4, "only the rest of sendEvery")
-
-	tookAt(-2 * sendEvery)
+	_, _, err = o.take(nil)
+	require.NoError(t, err)
+	o.lastTaken = time.Now().Add(-time.Hour).UnixNano()
 	o.offer(ev(2, "a", progress))
-	require.Equal(t, []time.Duration{holds[0], 0}, holds)
+	require.Equal(t, []time.Duration{sendEvery, 0}, holds)
 }

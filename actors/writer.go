@@ -55,7 +55,9 @@ func (ws *writers) pick() *writer {
 }
 
 // add makes w ready: the writer passes over it (Watch.pass) once, after the watches ready
-// before it. The outbox calls it, by way of Watch.kick, under its lock.
+// before it. Whoever made w deliverRunning calls it (Watch.ready): the outbox by way of
+// Watch.kick, under its lock; the timer of a held watch; the writer's pass of a watch woken
+// meanwhile.
 func (wr *writer) add(w *Watch) {
 	wr.mu.Lock()
 	wr.ready = append(wr.ready, w)

@@ -523,17 +523,24 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	// The fence makes a second attempt safe: if the first landed after all, the second is
 	// refused as a conflict, and the event found after expectLast is this one.
 	ack, attempts, err := l.publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
+	// stored numbers rec as decode numbers a message, and records the append for the followers;
+	// a record whose acknowledgement came is also handed to them (own), the one found after a
+	// lost acknowledgement is not: the follower may have decoded its message already.
+	stored := func(seq uint64, acked bool) (uint64, error) {
+		rec.Event.Seq, task.Seq = seq, seq
+		if acked {
+			l.own.keep(seq, rec, len(data))
+		}
+		l.wrote(seq)
+		return seq, nil
+	}
 	switch {
 	case err == nil:
-		rec.Event.Seq, task.Seq = ack.Sequence, ack.Sequence // as decode sets them
-		l.own.keep(ack.Sequence, rec)
-		l.wrote(ack.Sequence)
-		return ack.Sequence, nil
+		return stored(ack.Sequence, true)
 	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
 		if attempts > 1 {
 			if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
-				l.wrote(seq)
-				return seq, nil
+				return stored(seq, false)
 			}
 		}
 		return 0, ErrConflict
@@ -541,8 +548,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	err = l.writeErr(ctx, "append", err)
 	if errors.Is(err, ErrUncertain) {
 		if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
-			l.wrote(seq)
-			return seq, nil
+			return stored(seq, false)
 		}
 	}
 	return 0, err
