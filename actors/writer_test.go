@@ -55,3 +55,40 @@ func TestWatch_PassEndsAWatchWhoseContextEnded(t *testing.T) {
 		t.Fatal("the watch did not end")
 	}
 }
+
+// TestWatch_HeldWatchIsSent: an event that comes within sendEvery of the watch's last send is
+// held, then sent: Watch.ready's timer hands the watch to its writer.
+func TestWatch_HeldWatchIsSent(t *testing.T) {
+	h := benchHub(t)
+	tw, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
+	require.NoError(t, err)
+	w := tw.(*Watch)
+	sent := make(chan int, 16)
+	w.Deliver(t.Context(), taskhub.Sink{
+		Send:  func(msgs []*taskhub.Message) (bool, error) { sent <- len(msgs); return false, nil },
+		Flush: func() error { return nil },
+		Done:  func(error) {},
+	})
+	select {
+	case <-sent: // the snapshot
+	case <-time.After(10 * time.Second):
+		t.Fatal("no snapshot")
+	}
+	require.Eventually(t, func() bool { return w.delivering.Load() == deliverIdle },
+		10*time.Second, time.Millisecond, "the watch never went idle")
+
+	// A last send as good as now, however slow this machine: the event's wake is held, for
+	// sendEvery, and only the timer hands the watch on.
+	w.out.mu.Lock()
+	w.out.lastTaken = time.Now().Add(time.Hour).UnixNano()
+	require.Equal(t, sendEvery, w.out.holdLocked())
+	w.out.mu.Unlock()
+	_, err = h.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: "one", Mode: "paint"})
+	require.NoError(t, err)
+	select {
+	case n := <-sent:
+		require.Equal(t, 1, n, "the created event")
+	case <-time.After(10 * time.Second):
+		t.Fatal("a held watch was never sent to")
+	}
+}
