@@ -26,32 +26,44 @@ func progressMessage() *taskhubv1.WatchTasksResponse {
 	}}}
 }
 
-// TestDecodeMessage: a JSON progress event read into the fields the watcher checks says what
-// protojson says of them; any other message is read whole.
+// TestDecodeMessage: a JSON progress, created or started event read into the fields the watcher
+// checks says what protojson says of them; any other message is read whole.
 func TestDecodeMessage(t *testing.T) {
 	var jp fastjson.Parser
 	full := progressMessage()
-	b, err := protojson.Marshal(full)
-	require.NoError(t, err)
-	got, err := decodeMessage(codecJSON, b, &jp)
-	require.NoError(t, err)
-	e, want := got.GetEvent(), full.GetEvent()
-	require.Equal(t, want.Kind, e.Kind)
-	require.Equal(t, want.Seq, e.Seq)
-	require.True(t, want.Time.AsTime().Equal(e.Time.AsTime()))
-	for _, f := range []struct{ got, want any }{
-		{e.Task.Id, want.Task.Id}, {e.Task.Mode, want.Task.Mode}, {e.Task.Prompt, want.Task.Prompt},
-		{e.Task.State, want.Task.State}, {e.Task.Progress, want.Task.Progress}, {e.Task.Seq, want.Task.Seq},
+	for _, k := range []struct {
+		kind  taskhubv1.EventKind
+		state taskhubv1.TaskState
+	}{
+		{taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING},
+		{taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED},
+		{taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.TaskState_TASK_STATE_RUNNING},
 	} {
-		require.Equal(t, f.want, f.got)
+		m := proto.CloneOf(full)
+		m.GetEvent().Kind, m.GetEvent().Task.State = k.kind, k.state
+		b, err := protojson.Marshal(m)
+		require.NoError(t, err)
+		got, err := decodeMessage(codecJSON, b, &jp)
+		require.NoError(t, err)
+		e, want := got.GetEvent(), m.GetEvent()
+		require.Equal(t, want.Kind, e.Kind)
+		require.Equal(t, want.Seq, e.Seq)
+		require.True(t, want.Time.AsTime().Equal(e.Time.AsTime()))
+		for _, f := range []struct{ got, want any }{
+			{e.Task.Id, want.Task.Id}, {e.Task.Mode, want.Task.Mode}, {e.Task.Prompt, want.Task.Prompt},
+			{e.Task.State, want.Task.State}, {e.Task.Progress, want.Task.Progress}, {e.Task.Seq, want.Task.Seq},
+		} {
+			require.Equal(t, f.want, f.got, k.kind)
+		}
+		require.Empty(t, e.Task.WorkerId, "read lean: only the fields the watcher checks")
 	}
 
 	completed := proto.CloneOf(full)
 	completed.GetEvent().Kind = taskhubv1.EventKind_EVENT_KIND_COMPLETED
 	completed.GetEvent().Task.State = taskhubv1.TaskState_TASK_STATE_COMPLETED
-	b, err = protojson.Marshal(completed)
+	b, err := protojson.Marshal(completed)
 	require.NoError(t, err)
-	got, err = decodeMessage(codecJSON, b, &jp)
+	got, err := decodeMessage(codecJSON, b, &jp)
 	require.NoError(t, err)
 	require.True(t, proto.Equal(completed, got), "a completion is read whole: the final task is compared")
 
