@@ -53,12 +53,12 @@ import (
 // end of either are one path.
 type outbox struct {
 	mu       sync.Mutex
-	items    []*item                  // in seq order; nil where a progress event was coalesced away
-	progress map[string]int           // task id -> index in items of its queued progress event; made on first use
-	err      error                    // why the outbox was closed
-	waiter   context.Context          // the context of the Next that takes from it (see Watch.watchCtx)
-	signal   chan struct{}            // cap 1: something to take, or the outbox was closed
-	notify   func(hold time.Duration) // when set (Watch.Deliver), called instead of signalling
+	items    []*item         // in seq order; nil where a progress event was coalesced away
+	progress map[string]int  // task id -> index in items of its queued progress event; made on first use
+	err      error           // why the outbox was closed
+	waiter   context.Context // the context of the Next that takes from it (see Watch.watchCtx)
+	signal   chan struct{}   // cap 1: something to take, or the outbox was closed
+	notify   func()          // when set (Watch.Deliver), called under mu instead of signalling
 
 	state      deliveryState
 	cursor     uint64 // see the type's doc
@@ -259,7 +259,7 @@ func (o *outbox) hold() time.Duration {
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {
 	if o.notify != nil {
-		o.notify(o.holdLocked())
+		o.notify()
 		return
 	}
 	select {

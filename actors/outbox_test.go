@@ -585,7 +585,7 @@ func TestOutbox_Hold(t *testing.T) {
 	t.Parallel()
 	o := liveAt(t, 100, 0)
 	var holds []time.Duration
-	o.notify = func(hold time.Duration) { holds = append(holds, hold) }
+	o.notify = func() { holds = append(holds, o.holdLocked()) } // as Watch.kick, under the lock
 
 	const ms = int64(time.Millisecond)
 	o.lastTaken = 1000 * ms
@@ -595,7 +595,7 @@ func TestOutbox_Hold(t *testing.T) {
 	require.Zero(t, o.holdAt(5000*ms))
 	require.Equal(t, sendEvery, o.holdAt(10*ms), "the clock was set back: no more than sendEvery")
 
-	// The wake passes it on: a take that is as good as now (its time set ahead, so that a slow
+	// The wake's notify sees it: a take that is as good as now (its time set ahead, so that a slow
 	// machine cannot make it old), then one long ago.
 	_, _, err := o.take(nil)
 	require.NoError(t, err)

@@ -89,8 +89,8 @@ func (w *Watch) Deliver(ctx context.Context, to taskhub.Sink) {
 	_ = w.watchCtx(ctx) // the heartbeats wake the watch when ctx ends
 	w.out.mu.Lock()
 	w.out.notify = w.kick
+	w.kick() // for what was queued before
 	w.out.mu.Unlock()
-	w.kick(0) // for what was queued before
 }
 
 // The states of a delivering watch. Whoever delivers it (its writer, or its own goroutine)
@@ -102,14 +102,15 @@ const (
 	deliverEnded                // the watch ended
 )
 
-// kick makes the watch ready for its writer, unless it is being delivered (then that looks
-// again). The outbox calls it under its lock, so it must not take the lock.
-func (w *Watch) kick(hold time.Duration) {
+// kick makes the watch ready for its writer (after the outbox's hold), unless it is being
+// delivered (then that looks again). It is called under the outbox's lock, so it must not take
+// the lock.
+func (w *Watch) kick() {
 	for {
 		switch s := w.delivering.Load(); s {
 		case deliverIdle:
 			if w.delivering.CompareAndSwap(s, deliverRunning) {
-				w.ready(hold)
+				w.ready(w.out.holdLocked())
 				return
 			}
 		case deliverRunning:

@@ -43,7 +43,6 @@ func (o *own) keep(seq uint64, rec *storagev1.Record, size int) {
 	if seq <= o.passed || o.seqs[i] > o.passed || o.bytes+size > ownBytes {
 		return
 	}
-	o.clear(i) // a record passed, if any
 	o.seqs[i], o.recs[i], o.sizes[i] = seq, rec, size
 	o.bytes += size
 }
