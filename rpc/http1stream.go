@@ -19,6 +19,7 @@ import (
 
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
+	"github.com/taskhub/taskhub/internal/sockwrite"
 )
 
 // A WatchTasks stream on an HTTP/1.1 connection of its own (a browser's page without TLS, curl,
@@ -59,7 +60,7 @@ func handOff(ctx context.Context) *http1Stream {
 	if d, ok := conn.(interface{ DirectConn() net.Conn }); ok {
 		s.w = d.DirectConn() // nothing is queued above it: net/http wrote its last byte
 	}
-	s.raw = rawConn(s.w)
+	s.raw = sockwrite.Raw(s.w)
 	s.codec = messageCodec{binaryCodec{}, false}
 	if strings.HasPrefix(ct, "application/connect+json") {
 		s.codec = messageCodec{strictJSON{"json"}, true}
@@ -154,7 +155,7 @@ func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
 	buf = append(buf, "\r\n"...)
 	wrote := 0
 	if s.raw != nil {
-		if wrote, err = writeNow(s.raw, buf); err != nil {
+		if wrote, err = sockwrite.Now(s.raw, buf); err != nil {
 			putBuffer(buf)
 			s.cut.Store(true)
 			return false, err
