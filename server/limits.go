@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/taskhub/taskhub/gen/taskhub/v1/taskhubv1connect"
 	"github.com/taskhub/taskhub/internal/clientaddr"
+	"github.com/taskhub/taskhub/internal/sockwrite"
 	"github.com/taskhub/taskhub/rpc"
 )
 
@@ -34,6 +36,8 @@ const (
 	DefaultBodyTimeout = 30 * time.Second
 	// DefaultIdleTimeout is how long a connection with no request under way is kept.
 	DefaultIdleTimeout = 2 * time.Minute
+	// DefaultWriteTimeout is how long a client may take none of what the server writes to it.
+	DefaultWriteTimeout = 30 * time.Second
 	// MaxHeaderBytes bounds a request's headers.
 	MaxHeaderBytes = 64 << 10
 	// reservedFDs are the file descriptors kept from connections for the event log's files and
@@ -63,6 +67,12 @@ type Limits struct {
 	BodyTimeout time.Duration
 	// IdleTimeout is how long an idle connection is kept [DefaultIdleTimeout].
 	IdleTimeout time.Duration
+	// WriteTimeout is how long a client may take none of what the server writes to it
+	// [DefaultWriteTimeout]. A client that stops reading (a watcher that never reads, a proxy
+	// that stopped) then loses its connection, instead of holding the connection, its writer
+	// and megabytes of socket buffers for as long as its stream lasts; it resumes after the
+	// last seq it read. However slowly a client reads, each byte it takes gives it more time.
+	WriteTimeout time.Duration
 }
 
 // withDefaults fills in the defaults; fdLimit is the process's file descriptor limit (0 when
@@ -85,6 +95,7 @@ func (l Limits) withDefaults(fdLimit int) Limits {
 	l.HeaderTimeout = cmp.Or(l.HeaderTimeout, DefaultHeaderTimeout)
 	l.BodyTimeout = cmp.Or(l.BodyTimeout, DefaultBodyTimeout)
 	l.IdleTimeout = cmp.Or(l.IdleTimeout, DefaultIdleTimeout)
+	l.WriteTimeout = cmp.Or(l.WriteTimeout, DefaultWriteTimeout)
 	return l
 }
 
@@ -121,15 +132,17 @@ func (c *counter) give(ip netip.Addr) {
 // connections can take the file descriptors the event log needs.
 type limitedListener struct {
 	net.Listener
-	conns   counter
-	refused atomic.Int64
-	logger  *slog.Logger
-	warned  atomic.Int64 // when it last logged a refusal, in UnixNano
+	conns        counter
+	writeTimeout time.Duration // Limits.WriteTimeout
+	refused      atomic.Int64
+	stalled      atomic.Int64 // writes failed for their client taking nothing for writeTimeout
+	logger       *slog.Logger
+	warned       atomic.Int64 // when it last logged a refusal, in UnixNano
 }
 
 func newLimitedListener(ln net.Listener, l Limits, logger *slog.Logger) *limitedListener {
 	perIP := max(l.MaxConnsPerIP, 0)
-	return &limitedListener{Listener: ln, logger: logger,
+	return &limitedListener{Listener: ln, logger: logger, writeTimeout: l.WriteTimeout,
 		conns: counter{max: l.MaxConns, perIP: perIP, byIP: map[netip.Addr]int{}}}
 }
 
@@ -141,7 +154,7 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 		}
 		ip := clientaddr.Of(c.RemoteAddr().String())
 		if l.conns.take(ip) {
-			return &limitedConn{Conn: c, l: l, ip: ip}, nil
+			return &limitedConn{Conn: c, l: l, ip: ip, raw: sockwrite.Raw(c)}, nil
 		}
 		c.Close()
 		n := l.refused.Add(1)
@@ -153,12 +166,92 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 	}
 }
 
-// limitedConn gives its place back when it closes.
+// limitedConn gives its place back when it closes, and fails a write its client takes nothing of
+// for the listener's writeTimeout. It is the connection beneath TLS and write coalescing, so
+// every protocol's writes meet that bound: an HTTP/1.1 response or watch stream, an HTTP/2
+// connection's frames (all its streams then end), a TLS record.
 type limitedConn struct {
 	net.Conn
 	l      *limitedListener
 	ip     netip.Addr
+	raw    syscall.RawConn // the socket, for a first write that does not wait; nil: none
 	closed atomic.Bool
+
+	writing  sync.Mutex // held by a Write throughout, so that writes never interleave
+	wmu      sync.Mutex
+	deadline time.Time // the write deadline set by SetWriteDeadline (zero: none)
+	waiting  bool      // a Write waits for the client, with the socket's deadline at limit
+	limit    time.Time // while waiting: when the client must have taken more
+}
+
+// Write writes p with one write(2) if the socket has room, the common case, which sets no
+// deadline. Otherwise it waits for the client to read, for at most the listener's writeTimeout
+// at a time: each wait in which the client takes some of p starts another, one in which it takes
+// nothing fails the write (os.ErrDeadlineExceeded, as a deadline would). The deadline set by
+// SetWriteDeadline holds throughout.
+func (c *limitedConn) Write(p []byte) (int, error) {
+	if c.l.writeTimeout <= 0 {
+		return c.Conn.Write(p)
+	}
+	c.writing.Lock()
+	defer c.writing.Unlock()
+	n := 0
+	if c.raw != nil {
+		m, err := sockwrite.Now(c.raw, p)
+		if err != nil || m == len(p) {
+			return m, err
+		}
+		n = m
+	}
+	for {
+		c.wmu.Lock()
+		c.waiting, c.limit = true, time.Now().Add(c.l.writeTimeout)
+		_ = c.Conn.SetWriteDeadline(c.effective())
+		c.wmu.Unlock()
+		m, err := c.Conn.Write(p[n:])
+		n += m
+		c.wmu.Lock()
+		c.waiting = false
+		_ = c.Conn.SetWriteDeadline(c.deadline)
+		passed := !c.deadline.IsZero() && !time.Now().Before(c.deadline)
+		c.wmu.Unlock()
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || passed {
+			return n, err
+		}
+		if m == 0 { // the client took nothing for writeTimeout
+			c.l.stalled.Add(1)
+			return n, err
+		}
+	}
+}
+
+// effective is the socket's write deadline while a Write waits: the sooner of the set deadline
+// and the write's limit. c.wmu is held.
+func (c *limitedConn) effective() time.Time {
+	if !c.deadline.IsZero() && c.deadline.Before(c.limit) {
+		return c.deadline
+	}
+	return c.limit
+}
+
+// SetWriteDeadline makes writes fail from t on (never, if t is zero); a Write waiting for the
+// client meanwhile keeps its own limit too.
+func (c *limitedConn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.deadline = t
+	if c.waiting {
+		return c.Conn.SetWriteDeadline(c.effective())
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline sets the read deadline, and the write deadline as SetWriteDeadline does.
+func (c *limitedConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
 }
 
 func (c *limitedConn) Close() error {

@@ -29,7 +29,7 @@ type metrics struct {
 	auth     *rpc.Auth
 }
 
-func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
+func newMetrics(hub *actors.Hub, log *eventlog.Log, conns *limitedListener, auth *rpc.Auth) *metrics {
 	m := &metrics{registry: prometheus.NewRegistry(), auth: auth}
 	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "taskhub_rpc_calls_total",
@@ -62,7 +62,11 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, auth *rpc.Auth) *metrics {
 		Name: "taskhub_event_log_follower_restarts_total",
 		Help: "Consumers this node's event log follower replaced because they stalled while it was behind this node's writes.",
 	}, func() float64 { return float64(log.FollowerRestarts()) })
-	m.registry.MustRegister(m.calls, m.batched, m.lag, build, hubCollector{hub}, restarts,
+	stalled := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "taskhub_write_timeouts_total",
+		Help: "Writes that failed because their client took none of them for --write-timeout: each cost its client the connection.",
+	}, func() float64 { return float64(conns.stalled.Load()) })
+	m.registry.MustRegister(m.calls, m.batched, m.lag, build, hubCollector{hub}, restarts, stalled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

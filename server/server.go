@@ -97,12 +97,13 @@ type Config struct {
 
 // Server is a running taskhub.
 type Server struct {
-	cfg  Config
-	ln   net.Listener
-	srv  *http.Server
-	log  *eventlog.Log
-	hub  *actors.Hub
-	demo *demo.Executor
+	cfg   Config
+	ln    net.Listener
+	conns *limitedListener // beneath ln: the connections' limits
+	srv   *http.Server
+	log   *eventlog.Log
+	hub   *actors.Hub
+	demo  *demo.Executor
 	// inproc serves the API to the demo executor over in-memory connections (pipeListener).
 	inproc          *http.Server
 	inprocTransport *http.Transport
@@ -191,7 +192,8 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if tcp, ok := s.ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && !authOn {
 		return nil, fmt.Errorf("refusing to listen on %s without --auth-file or minted tokens (--jwt-secret-file, --jwks-url): anyone who can reach it could read and forge tasks", s.ln.Addr())
 	}
-	s.ln = coalescingListener{newLimitedListener(s.ln, limits, cfg.Logger)}
+	s.conns = newLimitedListener(s.ln, limits, cfg.Logger)
+	s.ln = coalescingListener{s.conns}
 
 	s.log, err = eventlog.Open(ctx, eventlog.Config{
 		DataDir:    cfg.DataDir,
@@ -258,7 +260,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	mux := http.NewServeMux()
-	metrics := newMetrics(s.hub, s.log, auth)
+	metrics := newMetrics(s.hub, s.log, s.conns, auth)
 	s.streams = rpc.NewStreams()
 	rpc.Mount(mux, s.hub, rpc.Options{Auth: auth, Logger: cfg.Logger, Origins: cfg.AllowedOrigins, Observe: metrics.observe, ObserveBatched: metrics.observeBatched, ObserveDelivered: metrics.observeDelivered, Trace: tracer, Streams: s.streams})
 	rpc.MountStandard(mux, auth, s.hub.Ready, cfg.AllowedOrigins)

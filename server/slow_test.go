@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,12 +46,15 @@ type h1Watch struct {
 	body io.Reader // the response's body, its chunks decoded
 }
 
+// smallDialer dials connections whose socket takes 4 KiB (SO_RCVBUF): a client that stops
+// reading fills it at once.
+var smallDialer = net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+	return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+}}
+
 func openH1Watch(t *testing.T, addr string) *h1Watch {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
-	conn, err := d.Dial("tcp", addr)
+	conn, err := smallDialer.Dial("tcp", addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	_, err = fmt.Fprintf(conn, "POST /taskhub.v1.TaskService/WatchTasks HTTP/1.1\r\nHost: %s\r\nContent-Type: application/connect+json\r\nContent-Length: 7\r\n\r\n\x00\x00\x00\x00\x02{}", addr)
@@ -83,7 +87,8 @@ func (w *h1Watch) close()        { w.conn.Close() }
 
 // h2Watch is a WatchTasks stream over HTTP/2 spoken by hand, so that it can stop reading the
 // way a stuck client does: it grants the server a 16 KiB window and no more until it resumes,
-// so the server's writes to it block in HTTP/2 flow control, not in kernel buffers.
+// so the server's writes to it block in HTTP/2 flow control, not in kernel buffers. Its socket
+// takes 4 KiB (SO_RCVBUF), as h1Watch's.
 type h2Watch struct {
 	conn    net.Conn
 	fr      *http2.Framer
@@ -94,7 +99,7 @@ type h2Watch struct {
 func openH2Watch(t *testing.T, base string) *h2Watch {
 	t.Helper()
 	addr := strings.TrimPrefix(base, "http://")
-	conn, err := net.Dial("tcp", addr)
+	conn, err := smallDialer.Dial("tcp", addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	_, err = io.WriteString(conn, http2.ClientPreface)
@@ -305,4 +310,116 @@ func countKind(events []*taskhubv1.TaskEvent, kind taskhubv1.EventKind) int {
 		}
 	}
 	return n
+}
+
+// TestWriteTimeout_AClientThatStopsReadingLosesItsConnection: a watcher whose client reads
+// nothing more (its socket's buffers full) loses its connection after --write-timeout, instead
+// of holding it, a goroutine and megabytes of socket buffers for as long as its stream lasts. A
+// watcher that reads is untouched, and the cut client, reading what it was sent and then
+// resuming after the last seq it got, misses no event but progress.
+//
+// Over HTTP/2 the client grants all the window it may and stops reading its socket: the cut
+// falls on the whole connection, beneath net/http's HTTP/2 server.
+func TestWriteTimeout_AClientThatStopsReadingLosesItsConnection(t *testing.T) {
+	t.Parallel()
+	for _, transport := range []string{"HTTP/1.1", "HTTP/2"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			testWriteTimeout(t, transport)
+		})
+	}
+}
+
+func testWriteTimeout(t *testing.T, transport string) {
+	b := setup(t, server.Config{Limits: server.Limits{WriteTimeout: time.Second}, Options: actors.Options{WatchBuffer: 32}})
+	ctx := t.Context()
+
+	// The tasks exist before the watches start: the stuck client's snapshot has a seq to
+	// resume after, even if it reads no event.
+	const tasks, reports = 4, 600
+	for i := range tasks {
+		createTask(t, b.tasks, fmt.Sprintf("churn %d", i), "churn")
+	}
+	var stuck slowWatch
+	if transport == "HTTP/2" {
+		h2 := openH2Watch(t, b.srv.URL())
+		require.NoError(t, h2.grant(1<<30)) // flow control never holds the server back
+		stuck = h2
+	} else {
+		stuck = openH1Watch(t, hostOf(b))
+	}
+	first, err := stuck.next()
+	require.NoError(t, err)
+	snap := first.GetSnapshot()
+	require.NotNil(t, snap)
+	steady := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{}, "")
+	steady.wait(0)
+
+	// 600 reports of about 1 KB each a task: 2.4 MB, more than the stuck client's socket and
+	// the server's take before the server's writes wait.
+	var wg sync.WaitGroup
+	for range tasks {
+		c := claimTask(t, b.work, "w", "churn")
+		wg.Go(func() {
+			for p := 1; p <= reports; p++ {
+				if _, err := b.work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
+					TaskId: c.Task.Id, LeaseToken: c.LeaseToken, Progress: float64(p) * 100 / float64(reports),
+					Message: strings.Repeat("x", 1000) + fmt.Sprint(p),
+				})); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			if _, err := b.work.CompleteTask(ctx, connect.NewRequest(&taskhubv1.CompleteTaskRequest{TaskId: c.Task.Id, LeaseToken: c.LeaseToken, Result: "ok"})); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	all := steady.waitFor(func(events []*taskhubv1.TaskEvent) bool {
+		return countKind(events, taskhubv1.EventKind_EVENT_KIND_COMPLETED) == tasks
+	})
+
+	// The server gives up on the stuck client: its watch closes, the steady one stays.
+	require.Eventually(t, func() bool {
+		m := scrape(t, b.srv.URL())
+		return m["taskhub_write_timeouts_total"] >= 1 && m["taskhub_watches_open"] == 1
+	}, 20*time.Second, 50*time.Millisecond, "the stuck client's watch is still open")
+
+	// The stuck client reads again: what it was sent, then the end of its connection, with no
+	// end-of-stream message (the server could not write one).
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			stuck.close()
+		}
+	}()
+	var got []*taskhubv1.TaskEvent
+	for {
+		m, err := stuck.next()
+		if err != nil {
+			require.NotContains(t, err.Error(), "end of stream", "the server wrote to a client it had given up on")
+			break
+		}
+		if e := m.GetEvent(); e != nil {
+			got = append(got, e)
+		}
+	}
+	require.Less(t, countKind(got, taskhubv1.EventKind_EVENT_KIND_COMPLETED), tasks, "the stuck client got everything: it was never stuck")
+	require.Positive(t, snap.Seq)
+
+	// It resumes after the last seq it read and misses nothing but progress.
+	after := snap.Seq
+	if len(got) > 0 {
+		after = got[len(got)-1].Seq
+	}
+	resumed := watch(t, b.tasks, &taskhubv1.WatchTasksRequest{Epoch: snap.Epoch, AfterSeq: after}, "")
+	rest := resumed.waitFor(func(events []*taskhubv1.TaskEvent) bool {
+		return countKind(append(slices.Clone(got), events...), taskhubv1.EventKind_EVENT_KIND_COMPLETED) == tasks
+	})
+	require.Equal(t, keys(withoutProgress(all)), keys(withoutProgress(append(got, rest...))), "no event but progress may be missed")
+	t.Logf("the stuck client got %d events before the cut, %d after resuming", len(got), len(rest))
 }

@@ -130,6 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Limits.HeaderTimeout, "header-timeout", server.DefaultHeaderTimeout, "time allowed for a request's headers (and a new connection's first request)")
 	fs.DurationVar(&cfg.Limits.BodyTimeout, "body-timeout", server.DefaultBodyTimeout, "time allowed for a request's whole body")
 	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", server.DefaultIdleTimeout, "how long an idle connection is kept")
+	fs.DurationVar(&cfg.Limits.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a client may take none of what is written to it before its connection is closed")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM `file` of the TLS certificate: serve HTTPS (HTTP/1.1 and HTTP/2); needs --tls-key")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM `file` of the TLS certificate's private key")
 	fs.StringVar(&debugAddr, "debug-addr", "", "loopback `host:port` serving Go's profiles (/debug/pprof/), for measuring the server; off by default")
