@@ -8,7 +8,8 @@
 // storagev1.Record carrying the full task after the change. Its stream sequence is the event's
 // seq, its identity (name and creation time) is the epoch, and the last message on a task's
 // subject is the task's current state. Appends are fenced with ExpectLastSequencePerSubject, so a
-// task has a single writer even across processes, and creates are de-duplicated with Nats-Msg-Id.
+// task has a single writer even across processes; a create is fenced on the task having no event,
+// so a second create of a task is refused.
 //
 // A third stream (TASKHUB) keeps taskhub's own state, one message per subject: the compaction
 // watermark, below which finished tasks' events may have been removed; the live index, a

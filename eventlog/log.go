@@ -545,13 +545,14 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 		}
 		return 0, ErrConflict
 	}
-	err = l.writeErr(ctx, "append", err)
-	if errors.Is(err, ErrUncertain) {
+	// An append whose answer was lost may be stored: then it is one, and no failure of the
+	// log's (its store answered the read that found it).
+	if mayBeStored(err) {
 		if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
 			return stored(seq, false)
 		}
 	}
-	return 0, err
+	return 0, l.writeErr(ctx, "append", err)
 }
 
 // wrote records that seq was appended, for the followers (follow.go).
@@ -567,14 +568,29 @@ func (l *Log) Appended() uint64 { return l.appended.Load() }
 func (l *Log) FollowerRestarts() uint64 { return l.followRestarts.Load() }
 
 // landed returns the sequence of an append whose answer was lost, if it landed after all, or 0:
-// a task has one writer, so an event after expectLast with the same bytes is this one.
+// a task has one writer, so an event after expectLast with the same bytes is this one. A read
+// that fails (the connection that lost the answer is being made again) is tried again for up
+// to 2 s.
 func (l *Log) landed(ctx context.Context, subject string, expectLast uint64, data []byte) uint64 {
 	check, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(l.cfg.Timeout, 2*time.Second))
 	defer cancel()
-	if m, err := l.events.GetLastMsgForSubject(check, subject); err == nil && m.Sequence > expectLast && bytes.Equal(m.Data, data) {
-		return m.Sequence
+	for {
+		m, err := l.events.GetLastMsgForSubject(check, subject)
+		switch {
+		case err == nil:
+			if m.Sequence > expectLast && bytes.Equal(m.Data, data) {
+				return m.Sequence
+			}
+			return 0
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return 0
+		}
+		select {
+		case <-check.Done():
+			return 0
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return 0
 }
 
 // publish sends a write that is safe to send twice (fenced by an expected sequence, or one
@@ -614,12 +630,20 @@ func (l *Log) writeErr(ctx context.Context, op string, err error) error {
 	if ctx.Err() == nil || !errors.Is(err, ctx.Err()) {
 		l.writeFailed(fmt.Errorf("%s: %w", op, err))
 	}
-	if _, ok := errors.AsType[*jetstream.APIError](err); ok ||
-		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, nats.ErrReconnectBufExceeded) {
+	if !mayBeStored(err) {
 		return l.unavailable(op, err)
 	}
 	return fmt.Errorf("%w: %s: %w", ErrUncertain, op, err)
+}
+
+// mayBeStored reports whether a write that failed with err may have been stored: an answer
+// from JetStream (an API error), or no stream listening, means it was not.
+func mayBeStored(err error) bool {
+	if _, ok := errors.AsType[*jetstream.APIError](err); ok {
+		return false
+	}
+	return !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) &&
+		!errors.Is(err, nats.ErrReconnectBufExceeded)
 }
 
 // Last returns the last event of a task: its current state. Owner may be "*".
