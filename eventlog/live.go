@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskhub/taskhub"
@@ -41,7 +42,7 @@ func liveSubject(owner, id string) string { return livePrefix + owner + "." + id
 
 // markLive writes the live marker of a task about to be created.
 func (l *Log) markLive(ctx context.Context, owner, id string) error {
-	if _, _, err := l.publish(ctx, liveSubject(owner, id), nil); err != nil {
+	if _, _, err := l.publish(ctx, &nats.Msg{Subject: liveSubject(owner, id)}); err != nil {
 		_ = l.writeErr(ctx, "mark live", err) // a failed write, as any other
 		return l.unavailable("append", err)   // the create itself was not sent
 	}

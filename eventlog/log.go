@@ -522,7 +522,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	subject := Subject(task.Owner, task.Id)
 	// The fence makes a second attempt safe: if the first landed after all, the second is
 	// refused as a conflict, and the event found after expectLast is this one.
-	ack, attempts, err := l.publish(ctx, subject, data, jetstream.WithExpectLastSequencePerSubject(expectLast))
+	seq, attempts, err := l.publish(ctx, fenced(subject, data, expectLast))
 	// stored numbers rec as decode numbers a message, and records the append for the followers;
 	// a record whose acknowledgement came is also handed to them (own), the one found after a
 	// lost acknowledgement is not: the follower may have decoded its message already.
@@ -536,7 +536,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	}
 	switch {
 	case err == nil:
-		return stored(ack.Sequence, true)
+		return stored(seq, true)
 	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
 		if attempts > 1 {
 			if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
@@ -593,17 +593,17 @@ func (l *Log) landed(ctx context.Context, subject string, expectLast uint64, dat
 	}
 }
 
-// publish sends a write that is safe to send twice (fenced by an expected sequence, or one
-// whose repeat changes nothing) in attempts of 2 s, then 4, 8...  while ctx lasts: a replicated
+// publish sends m, a write that is safe to send twice (fenced by an expected sequence, or one
+// whose repeat changes nothing), in attempts of 2 s, then 4, 8...  while ctx lasts: a replicated
 // stream whose leader changes drops the requests in flight unanswered, and waiting for an answer until
 // ctx ends would fail a write the next attempt makes. A ctx without a deadline gets
-// Config.Timeout. It returns how many attempts it made.
-func (l *Log) publish(ctx context.Context, subject string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, int, error) {
+// Config.Timeout. It returns the sequence m was stored as, and how many attempts it made.
+func (l *Log) publish(ctx context.Context, m *nats.Msg) (uint64, int, error) {
 	if l.cfg.Replicas == 1 {
 		// One replica: its leader never changes, and the attempts' contexts would cost every
 		// write (3 % of an in-process progress report) for nothing.
-		ack, err := l.js.Publish(ctx, subject, data, opts...)
-		return ack, 1, err
+		seq, err := l.request(ctx, m)
+		return seq, 1, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -612,11 +612,11 @@ func (l *Log) publish(ctx context.Context, subject string, data []byte, opts ...
 	}
 	for n, wait := 1, min(2*time.Second, l.cfg.Timeout); ; n, wait = n+1, wait*2 {
 		attempt, cancel := context.WithTimeout(ctx, wait)
-		ack, err := l.js.Publish(attempt, subject, data, opts...)
+		seq, err := l.request(attempt, m)
 		timedOut := attempt.Err() == context.DeadlineExceeded
 		cancel()
 		if err == nil || !timedOut || ctx.Err() != nil {
-			return ack, n, err
+			return seq, n, err
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -49,7 +50,7 @@ func (l *Log) Enqueue(ctx context.Context, mode, owner, id string) (added bool, 
 	if err := l.EnsureQueue(ctx, mode); err != nil {
 		return false, err
 	}
-	if _, _, err := l.publish(ctx, QueueSubject(mode, id), []byte(owner)); err != nil {
+	if _, _, err := l.publish(ctx, &nats.Msg{Subject: QueueSubject(mode, id), Data: []byte(owner)}); err != nil {
 		if hasCode(err, jsStoreFailed) && strings.Contains(err.Error(), "maximum messages per subject") {
 			return false, nil
 		}
