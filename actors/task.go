@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
@@ -410,7 +409,7 @@ func (a *taskActor) claim(c *claimCmd) *taskReply {
 		if a.lease != nil && a.lease.QueueSeq == d.QueueSeq {
 			// JetStream redelivered the message this lease holds (its ack wait ran out before
 			// the lease did, for example across a restart): keep the lease, follow the delivery.
-			lease := proto.CloneOf(a.lease)
+			lease := copyLease(a.lease)
 			lease.AckSubject = d.AckSubject
 			a.lease, a.queueRenewed = lease, a.h.now()
 			a.then(func() { _ = a.h.log.Renew(d.AckSubject) })
@@ -482,7 +481,7 @@ func (a *taskActor) report(c *reportCmd) *taskReply {
 	}
 	now := a.h.now()
 	expires := now.Add(a.h.cfg.LeaseTimeout)
-	lease := proto.CloneOf(a.lease)
+	lease := copyLease(a.lease)
 	lease.ExpiresAt = timestamppb.New(expires)
 	t := a.next()
 	t.Progress, t.Message, t.Stalled, t.ProgressedAt = c.progress, c.message, false, timestamppb.New(now)
@@ -504,7 +503,7 @@ func (a *taskActor) renew(c *renewCmd) *taskReply {
 	}
 	now := a.h.now()
 	expires := now.Add(a.h.cfg.LeaseTimeout)
-	lease := proto.CloneOf(a.lease)
+	lease := copyLease(a.lease)
 	lease.ExpiresAt = timestamppb.New(expires)
 	if err := a.append(taskhubv1.EventKind_EVENT_KIND_LEASE_RENEWED, a.next(), lease); err != nil {
 		return &taskReply{err: err}
@@ -644,7 +643,32 @@ func (a *taskActor) wake(c *wakeCmd) *taskReply {
 }
 
 // next returns a copy of the current task to change into the next state.
-func (a *taskActor) next() *taskhubv1.Task { return proto.CloneOf(a.task) }
+func (a *taskActor) next() *taskhubv1.Task { return copyTask(a.task) }
+
+// copyTask and copyLease copy a stored task or lease to change into the next: a shallow copy,
+// which shares the params, the webhook and the timestamps with the original. A stored record's
+// parts are read-only (a change sets a field of the copy to a new value, never changes a part
+// in place), so they need no copying, and a task's params (up to 32 KiB) are not copied with
+// every report as proto.Clone did (with them a tenth of a report's allocations). TestCopyTask
+// fails when a field is added to Task or Lease and not here.
+func copyTask(t *taskhubv1.Task) *taskhubv1.Task {
+	if t == nil {
+		return nil
+	}
+	return &taskhubv1.Task{Id: t.Id, Owner: t.Owner, Prompt: t.Prompt, Mode: t.Mode, Params: t.Params,
+		State: t.State, Progress: t.Progress, Message: t.Message, Result: t.Result, Error: t.Error,
+		Attempt: t.Attempt, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt, StartedAt: t.StartedAt,
+		FinishedAt: t.FinishedAt, WorkerId: t.WorkerId, Seq: t.Seq, Stalled: t.Stalled,
+		ProgressedAt: t.ProgressedAt, Webhook: t.Webhook, WebhookStatus: t.WebhookStatus}
+}
+
+func copyLease(l *storagev1.Lease) *storagev1.Lease {
+	if l == nil {
+		return nil
+	}
+	return &storagev1.Lease{TokenSha256: l.TokenSha256, Worker: l.Worker, ExpiresAt: l.ExpiresAt,
+		AckSubject: l.AckSubject, QueueSeq: l.QueueSeq}
+}
 
 // after sends msg to the actor after d, replacing what *t was set to.
 func (a *taskActor) after(t **time.Timer, d time.Duration, msg any) {
