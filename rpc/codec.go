@@ -49,6 +49,18 @@ func (c strictJSON) Unmarshal(data []byte, message any) error {
 	if len(data) == 0 {
 		return errors.New("zero-length payload is not a valid JSON object")
 	}
+	switch r := m.(type) { // progress reports in their plain form (reportjson.go)
+	case *taskhubv1.ReportProgressRequest:
+		if decodeReport(data, r) {
+			return nil
+		}
+		proto.Reset(r)
+	case *taskhubv1.BatchReportProgressRequest:
+		if decodeBatch(data, r) {
+			return nil
+		}
+		proto.Reset(r)
+	}
 	if err := protojson.Unmarshal(data, m); err != nil {
 		return fmt.Errorf("unmarshal into %T: %w", message, err)
 	}

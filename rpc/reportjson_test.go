@@ -1,0 +1,114 @@
+package rpc
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
+)
+
+var reportSeeds = []string{
+	`{"taskId":"T1","leaseToken":"L1","progress":40,"message":"row 400 of 1000"}`,
+	`{"task_id":"T1","lease_token":"L1","progress":-0.5e-3,"message":""}`,
+	` { "taskId" : "T1" , "progress" : 12.5 } `,
+	`{}`,
+	`{"reports":[]}`,
+	`{"reports":[{"taskId":"a","leaseToken":"b","progress":1},{"taskId":"c","progress":2E+2,"message":"é ✓"}]}`,
+	// Left to protojson: an escape, a field twice, unknown or null, the progress as a string,
+	// a number JSON does not allow, trailing bytes, invalid UTF-8.
+	`{"taskId":"T\u0031","progress":1}`,
+	`{"taskId":"a","task_id":"b"}`,
+	`{"taskID":"a"}`,
+	`{"message":null}`,
+	`{"progress":"NaN"}`,
+	`{"progress":01}`,
+	`{"progress":1e400}`,
+	`{"taskId":"a"} x`,
+	"{\"message\":\"\xff\"}",
+	`{"reports":[{"taskId":"a"},]}`,
+	`{"reports":null}`,
+}
+
+// TestReportJSON: the plain form is read here, and as protojson reads it; anything else is
+// left to protojson.
+func TestReportJSON(t *testing.T) {
+	var m taskhubv1.ReportProgressRequest
+	require.True(t, decodeReport([]byte(reportSeeds[0]), &m))
+	require.True(t, proto.Equal(&taskhubv1.ReportProgressRequest{TaskId: "T1", LeaseToken: "L1", Progress: 40, Message: "row 400 of 1000"}, &m))
+	var b taskhubv1.BatchReportProgressRequest
+	require.True(t, decodeBatch([]byte(reportSeeds[5]), &b))
+	require.Len(t, b.Reports, 2)
+	require.Equal(t, 200.0, b.Reports[1].Progress)
+	require.Equal(t, "é ✓", b.Reports[1].Message)
+	for _, s := range reportSeeds[6:] {
+		require.False(t, decodeReport([]byte(s), &taskhubv1.ReportProgressRequest{}), "%s", s)
+		require.False(t, decodeBatch([]byte(s), &taskhubv1.BatchReportProgressRequest{}), "%s", s)
+	}
+	for _, s := range reportSeeds {
+		checkReportJSON(t, []byte(s))
+	}
+}
+
+// FuzzReportJSON: whatever body the plain-form reader reads, protojson reads too, into the same
+// message; and the codec answers what protojson answers.
+func FuzzReportJSON(f *testing.F) {
+	for _, s := range reportSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(checkReportJSON)
+}
+
+func checkReportJSON(t *testing.T, body []byte) {
+	one, batch := &taskhubv1.ReportProgressRequest{}, &taskhubv1.BatchReportProgressRequest{}
+	for _, c := range []struct {
+		fast   func() bool
+		m      proto.Message
+		viaPJ  proto.Message
+		viaSJ  proto.Message
+		reader string
+	}{
+		{func() bool { return decodeReport(body, one) }, one, &taskhubv1.ReportProgressRequest{}, &taskhubv1.ReportProgressRequest{}, "decodeReport"},
+		{func() bool { return decodeBatch(body, batch) }, batch, &taskhubv1.BatchReportProgressRequest{}, &taskhubv1.BatchReportProgressRequest{}, "decodeBatch"},
+	} {
+		pjErr := protojson.Unmarshal(body, c.viaPJ)
+		if c.fast() {
+			if pjErr != nil {
+				t.Fatalf("%s read %q, which protojson refuses: %v", c.reader, body, pjErr)
+			}
+			if !proto.Equal(c.m, c.viaPJ) {
+				t.Fatalf("%s read %q as %v, protojson as %v", c.reader, body, c.m, c.viaPJ)
+			}
+		}
+		// The codec, fast path or not, answers as protojson does.
+		sjErr := strictJSON{"json"}.Unmarshal(body, c.viaSJ)
+		if (sjErr == nil) != (pjErr == nil) {
+			t.Fatalf("%q: the codec says %v, protojson %v", body, sjErr, pjErr)
+		}
+		if sjErr == nil && !proto.Equal(c.viaSJ, c.viaPJ) {
+			t.Fatalf("%q: the codec read %v, protojson %v", body, c.viaSJ, c.viaPJ)
+		}
+	}
+}
+
+func BenchmarkReportJSON(b *testing.B) {
+	body := []byte(`{"reports":[` + reportSeeds[0] + `,` + reportSeeds[0] + `,` + reportSeeds[0] + `]}`)
+	b.Run("plain", func(b *testing.B) {
+		for b.Loop() {
+			var m taskhubv1.BatchReportProgressRequest
+			if !decodeBatch(body, &m) {
+				b.Fatal("not read")
+			}
+		}
+	})
+	b.Run("protojson", func(b *testing.B) {
+		for b.Loop() {
+			var m taskhubv1.BatchReportProgressRequest
+			if err := protojson.Unmarshal(body, &m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
