@@ -80,7 +80,7 @@ bench: ## run the benchmarks (fan-out by subscriber count, create->complete thro
 # found nothing with "context deadline exceeded" as the time runs out (go.dev/issue/75804, fixed in
 # Go 1.27). A count has no deadline to race.
 FUZZTIME ?= 50000x
-FUZZ     := FuzzTaskSpec:. FuzzIDs:. FuzzPageToken:./actors FuzzStrictJSON:./rpc FuzzReportJSON:./rpc FuzzAuthorization:./rpc FuzzSessionCookie:./rpc
+FUZZ     := FuzzTaskSpec:. FuzzIDs:. FuzzPageToken:./actors FuzzStrictJSON:./rpc FuzzReportJSON:./rpc FuzzReportResponseJSON:./rpc FuzzTimestampJSON:./rpc FuzzAuthorization:./rpc FuzzSessionCookie:./rpc
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME (50000x: executions) each, from the seed corpora in testdata/fuzz

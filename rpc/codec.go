@@ -30,6 +30,9 @@ func (c strictJSON) Marshal(message any) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("%T is not a protobuf message", message)
 	}
+	if b, ok := appendReportJSON(nil, m); ok {
+		return b, nil
+	}
 	return protojson.Marshal(m)
 }
 
@@ -37,6 +40,9 @@ func (c strictJSON) MarshalAppend(dst []byte, message any) ([]byte, error) {
 	m, ok := message.(proto.Message)
 	if !ok {
 		return nil, fmt.Errorf("%T is not a protobuf message", message)
+	}
+	if b, ok := appendReportJSON(dst, m); ok {
+		return b, nil
 	}
 	return protojson.MarshalOptions{}.MarshalAppend(dst, m)
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 )
@@ -110,5 +111,92 @@ func BenchmarkReportJSON(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	})
+}
+
+// FuzzReportResponseJSON: the answers to reports written by hand are what protojson reads back
+// as the same message; what the hand cannot write (an error's text, a timestamp out of range)
+// is left to protojson.
+func FuzzReportResponseJSON(f *testing.F) {
+	f.Add(false, int64(1796630425), int32(0), uint8(3), false)
+	f.Add(true, int64(1796630425), int32(123000000), uint8(1), false)
+	f.Add(false, int64(1796630425), int32(123456000), uint8(0), false)
+	f.Add(true, int64(-62135596800), int32(1), uint8(2), true)
+	f.Add(false, int64(253402300800), int32(0), uint8(1), false)
+	f.Add(false, int64(0), int32(-1), uint8(1), false)
+	f.Fuzz(func(t *testing.T, cancel bool, secs int64, nanos int32, n uint8, withErr bool) {
+		ts := &timestamppb.Timestamp{Seconds: secs, Nanos: nanos}
+		one := &taskhubv1.ReportProgressResponse{CancelRequested: cancel, LeaseExpiresAt: ts}
+		batch := &taskhubv1.BatchReportProgressResponse{}
+		for i := range int(n % 8) {
+			r := &taskhubv1.ReportProgressResult{CancelRequested: cancel && i%2 == 0}
+			if i%3 != 2 {
+				r.LeaseExpiresAt = ts
+			}
+			if withErr && i == 1 {
+				r.Error = &taskhubv1.ReportError{Code: "not_found", Message: `task "x" \\ é`}
+			}
+			batch.Results = append(batch.Results, r)
+		}
+		for _, m := range []proto.Message{one, batch, &taskhubv1.ReportProgressResponse{}} {
+			_, pjErr := protojson.Marshal(m)
+			b, ok := appendReportJSON([]byte("prefix"), m)
+			if !ok {
+				continue
+			}
+			require.NoError(t, pjErr, "written by hand, refused by protojson: %v", m)
+			require.Equal(t, "prefix", string(b[:6]))
+			back := m.ProtoReflect().New().Interface()
+			require.NoError(t, protojson.Unmarshal(b[6:], back), "%s", b[6:])
+			require.True(t, proto.Equal(m, back), "%v written as %s", m, b[6:])
+		}
+		if withErr && len(batch.Results) > 1 {
+			_, ok := appendReportJSON(nil, batch)
+			require.False(t, ok, "an error's text is protojson's to write")
+		}
+	})
+}
+
+func BenchmarkReportResponseJSON(b *testing.B) {
+	ts := timestamppb.Now()
+	m := &taskhubv1.BatchReportProgressResponse{Results: []*taskhubv1.ReportProgressResult{{LeaseExpiresAt: ts}, {LeaseExpiresAt: ts}, {LeaseExpiresAt: ts}}}
+	b.Run("plain", func(b *testing.B) {
+		for b.Loop() {
+			if _, ok := appendReportJSON(nil, m); !ok {
+				b.Fatal("not written")
+			}
+		}
+	})
+	b.Run("protojson", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := protojson.Marshal(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// FuzzTimestampJSON: a timestamp is written as protojson writes it, byte for byte, and refused
+// where protojson refuses it.
+func FuzzTimestampJSON(f *testing.F) {
+	f.Add(int64(1796630425), int32(0))
+	f.Add(int64(1796630425), int32(120000000))
+	f.Add(int64(1796630425), int32(123450000))
+	f.Add(int64(1796630425), int32(123456789))
+	f.Add(int64(-62135596800), int32(1))
+	f.Add(int64(253402300799), int32(999999999))
+	f.Add(int64(253402300800), int32(0))
+	f.Add(int64(0), int32(1000000000))
+	f.Fuzz(func(t *testing.T, secs int64, nanos int32) {
+		ts := &timestamppb.Timestamp{Seconds: secs, Nanos: nanos}
+		want, err := protojson.Marshal(ts)
+		got, ok := appendTimestamp([]byte("x"), ts)
+		if err != nil {
+			require.False(t, ok, "%v: written, but protojson refuses it: %v", ts, err)
+			require.Equal(t, "x", string(got))
+			return
+		}
+		require.True(t, ok, "%v: refused, but protojson writes %s", ts, want)
+		require.Equal(t, string(want), string(got[1:]))
 	})
 }
