@@ -137,12 +137,19 @@ func TestHub_SupervisorFailsTaskThatKeepsPanicking(t *testing.T) {
 	// Every report panics; after the supervisor's bounded restarts it fails the task.
 	var got *taskhubv1.Task
 	for i := range 30 {
-		// Each is answered, at once: the panic's answer, or the task's end.
+		// Each is answered: the panic's answer, or the task's end. A report that reaches the
+		// actor's mailbox while the supervisor's strategy stops it is lost with the mailbox and
+		// waits for its deadline (the hub's doc says so); that happens at most once, to the
+		// report after the last restart.
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := h.ReportProgress(rctx, taskhub.Report{Lease: taskhub.Lease{TaskID: task.Id, Token: c.LeaseToken}, Progress: 10, Message: "boom"})
 		cancel()
 		require.Error(t, err, "report %d", i)
-		require.Contains(t, []taskhub.Code{taskhub.Internal, taskhub.Unavailable, taskhub.FailedPrecondition}, codeOf(err), "report %d: %v", i, err)
+		codes := []taskhub.Code{taskhub.Internal, taskhub.Unavailable, taskhub.FailedPrecondition}
+		if i == 11 { // after the 11th panic (10 restarts) stopped the actor
+			codes = append(codes, taskhub.DeadlineExceeded)
+		}
+		require.Contains(t, codes, codeOf(err), "report %d: %v", i, err)
 		var gerr error
 		got, gerr = h.GetTask(ctx, "alice", task.Id)
 		require.NoError(t, gerr)
@@ -449,6 +456,9 @@ func TestHub_QueueKeepsARunningTaskWhileItsLeaseHolds(t *testing.T) {
 	time.Sleep(700 * time.Millisecond)
 	st, err := h.ReportProgress(t.Context(), taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: 10})
 	require.NoError(t, err)
+	r.mu.Lock()
+	reported := time.Since(r.start) // the report's renewal, if any, came before its answer
+	r.mu.Unlock()
 	leaseEnds := time.Until(st.Expires)
 
 	// The worker goes silent; another waits for work until just before the lease ends.
@@ -458,7 +468,7 @@ func TestHub_QueueKeepsARunningTaskWhileItsLeaseHolds(t *testing.T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, at := range r.at {
-		require.Less(t, at, time.Second, "a renewal while the worker was silent is the queue delivering the task again: %v", r.at)
+		require.Less(t, at, reported, "a renewal while the worker was silent is the queue delivering the task again: %v (the report answered at %v)", r.at, reported)
 	}
 }
 
