@@ -47,8 +47,9 @@ const (
 	hostileNoFile  = 1024
 	hostileAlice   = "alice-token-0123456789"
 	hostileBob     = "bob-token-0123456789ab"
+	hostileCarol   = "carol-token-0123456789"
 	hostileWorker  = "worker-token-0123456789"
-	hostileTimeout = 2 * time.Second // --body-timeout and --header-timeout of the child
+	hostileTimeout = 2 * time.Second // --body-timeout, --header-timeout and --write-timeout of the child
 	hostileQuota   = 50              // --max-active-tasks-per-user of the child
 )
 
@@ -75,7 +76,7 @@ func TestHostile(t *testing.T) {
 	}
 	dir := t.TempDir()
 	authFile := filepath.Join(dir, "auth.json")
-	require.NoError(t, os.WriteFile(authFile, []byte(`{"users":[{"name":"alice","token":"`+hostileAlice+`"},{"name":"bob","token":"`+hostileBob+`"}],`+
+	require.NoError(t, os.WriteFile(authFile, []byte(`{"users":[{"name":"alice","token":"`+hostileAlice+`"},{"name":"bob","token":"`+hostileBob+`"},{"name":"carol","token":"`+hostileCarol+`"}],`+
 		`"workers":[{"name":"gpu-1","token":"`+hostileWorker+`"}]}`), 0o600))
 	bin := filepath.Join(dir, "taskhub")
 	build := exec.Command("go", "build", "-o", bin, ".")
@@ -84,8 +85,8 @@ func TestHostile(t *testing.T) {
 	addr := freeport.Addr(t)
 	c := &child{t: t, url: "http://" + addr, bin: bin, nofile: hostileNoFile,
 		args: fmt.Sprintf("serve --addr %s --data-dir %s --demo-workers 0 --log-level error --auth-file %s "+
-			"--body-timeout %s --header-timeout %s --idle-timeout 30s --max-active-tasks-per-user %d",
-			addr, filepath.Join(dir, "data"), authFile, hostileTimeout, hostileTimeout, hostileQuota)}
+			"--body-timeout %s --header-timeout %s --write-timeout %s --idle-timeout 30s --max-active-tasks-per-user %d",
+			addr, filepath.Join(dir, "data"), authFile, hostileTimeout, hostileTimeout, hostileTimeout, hostileQuota)}
 	c.start()
 	t.Cleanup(c.kill)
 
@@ -112,6 +113,7 @@ func TestHostile(t *testing.T) {
 		{"a user's task flood", 5 * time.Second, quotaFlood},
 		{"gzip bombs", 5 * time.Second, gzipBombs},
 		{"sign-in brute force", 4 * time.Second, signInFlood("127.0.0.7")},
+		{"watchers that never read", 15 * time.Second, stuckWatchers("127.0.0.8")},
 	} {
 		t.Run(a.name, func(t *testing.T) { h.under(t, a) })
 	}
@@ -703,5 +705,82 @@ func signInFlood(ip string) func(ctx context.Context, h *hostile) string {
 		require.Equal(h.t, http.StatusSeeOther, res.StatusCode, "alice signs in from her address")
 		require.LessOrEqual(h.t, statuses[http.StatusUnauthorized], 10+int(4*time.Second/(6*time.Second))+1, "guesses let through")
 		return fmt.Sprintf("%d guesses: %d tried (401), %d refused (429)", n.Load(), statuses[http.StatusUnauthorized], statuses[http.StatusTooManyRequests])
+	}
+}
+
+// stuckWatchers opens as many WatchTasks streams as it can from ip, as bob, over HTTP/1.1
+// connections whose sockets take 4 KiB and which never read, while a worker reports progress
+// on a task of bob's with a message of 1000 bytes as fast as it can: every stream's socket
+// buffers fill, and the server's writes to it wait. At the end each holder reads what it can:
+// the server had closed its connection (--write-timeout), or it is still open.
+func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
+	return func(ctx context.Context, h *hostile) string {
+		var opened, refused, cut, open, reports atomic.Int64
+		cctx, cancel := call()
+		defer cancel()
+		res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "watched by the stuck", Mode: "stuck"}), hostileCarol))
+		if err != nil {
+			h.t.Errorf("carol's task: %v", err)
+			return "no task"
+		}
+		claim, err := h.work.ClaimTask(cctx, bearer(connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"stuck"}, WaitSeconds: 10}), hostileWorker))
+		if err != nil || claim.Msg.GetTask().GetId() != res.Msg.Task.Id {
+			h.t.Errorf("the claim of carol's task: %v", err)
+			return "no claim"
+		}
+		message := strings.Repeat("m", 1000)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for p := 0; ctx.Err() == nil; p++ {
+				cctx, cancel := call()
+				_, err := h.work.ReportProgress(cctx, bearer(connect.NewRequest(&taskhubv1.ReportProgressRequest{
+					TaskId: res.Msg.Task.Id, LeaseToken: claim.Msg.LeaseToken, Progress: float64(p % 100), Message: message}), hostileWorker))
+				cancel()
+				if err != nil {
+					h.t.Errorf("a report on carol's task: %v", err)
+					return
+				}
+				reports.Add(1)
+			}
+		})
+		small := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second,
+			Control: func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+			}}
+		holders(ctx, h.attack, 200*time.Millisecond, func(ctx context.Context) {
+			c, err := small.DialContext(ctx, "tcp", h.host)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := fmt.Fprintf(c, "POST /taskhub.v1.TaskService/WatchTasks HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
+				"Content-Type: application/connect+json\r\nContent-Length: 7\r\n\r\n\x00\x00\x00\x00\x02{}", h.host, hostileCarol); err != nil {
+				refused.Add(1)
+				return
+			}
+			r := bufio.NewReaderSize(c, 512)
+			if res, err := http.ReadResponse(r, nil); err != nil || res.StatusCode != http.StatusOK {
+				refused.Add(1) // closed as accepted, over the connection limits, or answered an error
+				return
+			}
+			opened.Add(1)
+			<-ctx.Done() // read nothing more while the attack lasts
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					open.Add(1) // the server still writes to it
+					return
+				}
+			}
+			cut.Add(1)
+		})
+		wg.Wait()
+		if cut.Load() == 0 {
+			h.t.Errorf("the server closed none of the %d connections that read nothing", opened.Load())
+		}
+		return fmt.Sprintf("%d reports of 1000 bytes; %d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
+			"by the end the server had closed %d of those streams' connections, the rest were younger or their buffers not yet full (%d)",
+			reports.Load(), opened.Load(), refused.Load(), cut.Load(), open.Load())
 	}
 }
