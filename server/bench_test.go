@@ -96,6 +96,103 @@ func BenchmarkServer_ReportProgress(b *testing.B) {
 	}
 }
 
+// BenchmarkServer_BatchReportProgress is the write path through the RPC with batched reports,
+// as workers that run many tasks send them: 1000 claimed tasks, 10 workers of 100 tasks each,
+// each sending one BatchReportProgress after another with a report for each of its tasks, one
+// watcher of all events (taskhub-load's `--batch-workers 10`, in process). HTTP1/json: each
+// worker keeps an HTTP/1.1 connection and speaks JSON; HTTP2/proto: they share one h2c
+// connection. An op is one report; the metrics are BenchmarkServer_ReportProgress's.
+func BenchmarkServer_BatchReportProgress(b *testing.B) {
+	const tasks, workers = 1000, 10
+	for _, tc := range []struct {
+		name  string
+		http1 bool
+		codec string
+	}{
+		{name: "HTTP1/json", http1: true, codec: "json"},
+		{name: "HTTP2/proto", http1: false, codec: "proto"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			bd := setup(b, server.Config{})
+			hc, opts := bd.h2c, []connect.ClientOption(nil)
+			if tc.http1 {
+				tr := &http.Transport{Protocols: http1Only(), MaxIdleConnsPerHost: workers + 1}
+				b.Cleanup(tr.CloseIdleConnections)
+				hc, opts = &http.Client{Transport: tr}, []connect.ClientOption{connect.WithProtoJSON()}
+			}
+			work := taskhubv1connect.NewWorkerServiceClient(hc, bd.srv.URL(), opts...)
+			claims := claimBenchTasks(b, bd, tasks)
+			watches := openWatches(b, bd.srv.URL(), tc.codec, 1)
+
+			cpu := processCPU(b)
+			b.ReportAllocs()
+			b.ResetTimer()
+			made := reportBatches(b, work, claims, workers, b.N)
+			b.StopTimer()
+			elapsed := b.Elapsed()
+			watches.await(b, lastSeq(b, bd, claims, made))
+			cpu = processCPU(b) - cpu
+
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
+			b.ReportMetric(watches.coalesced(b, b.N), "coalesced-%")
+		})
+	}
+}
+
+// reportBatches has workers report n times in all on claims, each worker on its share of them,
+// a batch with a report for each of its tasks at a time; it returns how many reports each task
+// made.
+func reportBatches(b *testing.B, work taskhubv1connect.WorkerServiceClient, claims []*taskhubv1.ClaimTaskResponse, workers, n int) []int {
+	b.Helper()
+	made := make([]int, len(claims))
+	var left atomic.Int64
+	left.Store(int64(n))
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	per := len(claims) / workers
+	for w := range workers {
+		mine := claims[w*per : (w+1)*per]
+		wg.Go(func() {
+			for k := 1; !failed.Load(); k++ {
+				take := min(int64(len(mine)), left.Add(-int64(len(mine)))+int64(len(mine)))
+				if take <= 0 {
+					return
+				}
+				req := &taskhubv1.BatchReportProgressRequest{}
+				for _, c := range mine[:take] {
+					req.Reports = append(req.Reports, &taskhubv1.ReportProgressRequest{
+						TaskId: c.Task.Id, LeaseToken: c.LeaseToken, Progress: progressAt(k), Message: "step"})
+				}
+				ctx, cancel := context.WithTimeout(b.Context(), benchCallTimeout)
+				res, err := work.BatchReportProgress(ctx, connect.NewRequest(req))
+				cancel()
+				if err == nil {
+					for _, r := range res.Msg.Results {
+						if r.Error != nil {
+							err = errors.New(r.Error.Message)
+							break
+						}
+					}
+				}
+				if err != nil {
+					failed.Store(true)
+					b.Errorf("batch %d of worker %d: %v", k, w, err)
+					return
+				}
+				for i := range mine[:take] {
+					made[w*per+i] = k
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() {
+		b.FailNow()
+	}
+	return made
+}
+
 // BenchmarkServer_DeliveryOneConnection is the fan-out to watchers that each hold their own
 // HTTP/1.1 connection, as a page in a browser without TLS or curl does: 200 watchers, in the
 // protobuf or the JSON codec, and progress reports on 4 claimed tasks, one worker per task over a
