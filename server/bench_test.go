@@ -59,64 +59,41 @@ const (
 // the share of the events the watcher did not receive because its queue replaced them with a
 // later progress of their task (the server's contract for a watcher that falls behind).
 func BenchmarkServer_ReportProgress(b *testing.B) {
-	for _, tc := range []struct {
-		name  string
-		http1 bool
-		codec string
-	}{
-		{name: "HTTP2/proto", http1: false, codec: "proto"},
-		{name: "HTTP1/json", http1: true, codec: "json"},
-	} {
-		b.Run(tc.name, func(b *testing.B) {
-			bd := setup(b, server.Config{})
-			hc, opts := bd.h2c, []connect.ClientOption(nil)
-			if tc.http1 {
-				// A report waits for its answer, so each worker keeps one connection.
-				tr := &http.Transport{Protocols: http1Only(), MaxIdleConnsPerHost: benchReporters + 1}
-				b.Cleanup(tr.CloseIdleConnections)
-				hc, opts = &http.Client{Transport: tr}, []connect.ClientOption{connect.WithProtoJSON()}
-			}
-			work := taskhubv1connect.NewWorkerServiceClient(hc, bd.srv.URL(), opts...)
-			claims := claimBenchTasks(b, bd, benchReporters)
-			watches := openWatches(b, bd.srv.URL(), tc.codec, 1)
-
-			cpu := processCPU(b)
-			b.ReportAllocs()
-			b.ResetTimer()
-			made := reportAll(b, work, claims, b.N)
-			b.StopTimer()
-			elapsed := b.Elapsed()
-			watches.await(b, lastSeq(b, bd, claims, made))
-			cpu = processCPU(b) - cpu
-
-			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
-			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
-			b.ReportMetric(watches.coalesced(b, b.N), "coalesced-%")
-		})
-	}
+	benchWritePath(b, benchReporters, benchReporters, func(b *testing.B, work taskhubv1connect.WorkerServiceClient, claims []*taskhubv1.ClaimTaskResponse) []int {
+		return reportAll(b, work, claims, b.N)
+	})
 }
 
 // BenchmarkServer_BatchReportProgress is the write path through the RPC with batched reports,
 // as workers that run many tasks send them: 1000 claimed tasks, 10 workers of 100 tasks each,
 // each sending one BatchReportProgress after another with a report for each of its tasks, one
-// watcher of all events (taskhub-load's `--batch-workers 10`, in process). HTTP1/json: each
-// worker keeps an HTTP/1.1 connection and speaks JSON; HTTP2/proto: they share one h2c
-// connection. An op is one report; the metrics are BenchmarkServer_ReportProgress's.
+// watcher of all events (taskhub-load's `--batch-workers 10`, in process). The transports,
+// codecs and metrics are BenchmarkServer_ReportProgress's; an op is one report.
 func BenchmarkServer_BatchReportProgress(b *testing.B) {
 	const tasks, workers = 1000, 10
+	benchWritePath(b, tasks, workers, func(b *testing.B, work taskhubv1connect.WorkerServiceClient, claims []*taskhubv1.ClaimTaskResponse) []int {
+		return reportBatches(b, work, claims, workers, b.N)
+	})
+}
+
+// benchWritePath runs report (which makes b.N reports on claims and returns how many each task
+// made) over HTTP/2 with proto and over HTTP/1.1 with JSON, with tasks claimed tasks, conns
+// callers at once and one watcher, and reports events/s, cpu-µs/event and coalesced-%.
+func benchWritePath(b *testing.B, tasks, conns int, report func(*testing.B, taskhubv1connect.WorkerServiceClient, []*taskhubv1.ClaimTaskResponse) []int) {
 	for _, tc := range []struct {
 		name  string
 		http1 bool
 		codec string
 	}{
-		{name: "HTTP1/json", http1: true, codec: "json"},
 		{name: "HTTP2/proto", http1: false, codec: "proto"},
+		{name: "HTTP1/json", http1: true, codec: "json"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			bd := setup(b, server.Config{})
 			hc, opts := bd.h2c, []connect.ClientOption(nil)
 			if tc.http1 {
-				tr := &http.Transport{Protocols: http1Only(), MaxIdleConnsPerHost: workers + 1}
+				// A call waits for its answer, so each caller keeps one connection.
+				tr := &http.Transport{Protocols: http1Only(), MaxIdleConnsPerHost: conns + 1}
 				b.Cleanup(tr.CloseIdleConnections)
 				hc, opts = &http.Client{Transport: tr}, []connect.ClientOption{connect.WithProtoJSON()}
 			}
@@ -127,7 +104,7 @@ func BenchmarkServer_BatchReportProgress(b *testing.B) {
 			cpu := processCPU(b)
 			b.ReportAllocs()
 			b.ResetTimer()
-			made := reportBatches(b, work, claims, workers, b.N)
+			made := report(b, work, claims)
 			b.StopTimer()
 			elapsed := b.Elapsed()
 			watches.await(b, lastSeq(b, bd, claims, made))
