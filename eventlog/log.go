@@ -569,8 +569,8 @@ func (l *Log) FollowerRestarts() uint64 { return l.followRestarts.Load() }
 
 // landed returns the sequence of an append whose answer was lost, if it landed after all, or 0:
 // a task has one writer, so an event after expectLast with the same bytes is this one. A read
-// that fails (the connection that lost the answer is being made again) is tried again for up
-// to 2 s.
+// that fails without an answer from JetStream (the connection that lost the answer is being
+// made again) is tried again for up to 2 s; an answer, such as a store's refusal, is not.
 func (l *Log) landed(ctx context.Context, subject string, expectLast uint64, data []byte) uint64 {
 	check, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(l.cfg.Timeout, 2*time.Second))
 	defer cancel()
@@ -584,6 +584,9 @@ func (l *Log) landed(ctx context.Context, subject string, expectLast uint64, dat
 			return 0
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			return 0
+		}
+		if _, answered := errors.AsType[*jetstream.APIError](err); answered {
+			return 0 // asking again gets the same answer
 		}
 		select {
 		case <-check.Done():
