@@ -49,6 +49,7 @@ type Hub struct {
 	claims     *claims
 	hooks      *hooks // nil with webhooks off
 	compactor  *compactor
+	deadlines  *deadlines // the ends of calls to task actors, shared by the calls of a tick
 	watches    watchCount
 	writers    *writers // deliver the watches that send by themselves (Watch.Deliver)
 	counts     counters
@@ -106,17 +107,18 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	})
 	life, cancel := context.WithCancel(context.Background())
 	h := &Hub{
-		cfg:     cfg,
-		log:     cfg.Log,
-		logger:  cfg.Logger,
-		system:  system,
-		root:    system.Root,
-		life:    life,
-		cancel:  cancel,
-		now:     time.Now,
-		byID:    rate.NewLimiter(byIDReads, byIDReads),
-		writers: newWriters(),
-		stopped: make(chan struct{}),
+		deadlines: newDeadlines(),
+		cfg:       cfg,
+		log:       cfg.Log,
+		logger:    cfg.Logger,
+		system:    system,
+		root:      system.Root,
+		life:      life,
+		cancel:    cancel,
+		now:       time.Now,
+		byID:      rate.NewLimiter(byIDReads, byIDReads),
+		writers:   newWriters(),
+		stopped:   make(chan struct{}),
 	}
 	h.graceFrom.Store(h.now().UnixNano())
 	h.queueRenewEvery = min(cfg.LeaseTimeout/4, cfg.Log.AckWait()-cfg.LeaseTimeout)
@@ -431,17 +433,13 @@ func (h *Hub) ask(ctx context.Context, id string, cmd any) *taskReply {
 			return &taskReply{err: err}
 		}
 	}
-	expired, stop := expiry(deadline)
-	defer stop()
-	return h.send(ctx, id, cmd, deadline).answer(expired)
+	return h.send(ctx, id, cmd, deadline).answer(h.expiry(deadline))
 }
 
 // expiry returns a channel closed answerMargin after deadline, when a call stops waiting for
-// its actors' answers, and a function that releases its timer: one for a whole batch.
-func expiry(deadline time.Time) (expired <-chan struct{}, stop func()) {
-	ch := make(chan struct{})
-	t := time.AfterFunc(time.Until(deadline)+answerMargin, func() { close(ch) })
-	return ch, func() { t.Stop() }
+// its actors' answers: one for a whole batch.
+func (h *Hub) expiry(deadline time.Time) <-chan struct{} {
+	return h.deadlines.at(deadline.Add(answerMargin)).done
 }
 
 // deadline is a call's: the caller's, or the call timeout if that comes first.
@@ -499,7 +497,7 @@ type asked struct {
 	failed  *taskReply      // the reply when it could not be sent
 }
 
-// answer waits for the actor's reply until expired is closed (see expiry), or the hub's actors
+// answer waits for the actor's reply until expired is closed (see Hub.expiry), or the hub's actors
 // are stopped. A reply that came is taken over either: the channels of a batch's expiry and of
 // Close may be closed long before a reply is read, and select picks among ready cases at random.
 func (a asked) answer(expired <-chan struct{}) *taskReply {

@@ -214,15 +214,15 @@ func (a *taskActor) apply(cmd any) *taskReply {
 // ctx bounds a call to the log: by the deadline of the caller's command being handled, or else
 // by the call timeout. It carries the caller's values (its trace span, for the log's) but not
 // its cancellation: a write the caller left behind finishes.
-func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
+func (a *taskActor) ctx() context.Context {
 	if a.call != nil && !a.call.deadline.IsZero() {
 		parent := context.Background()
 		if a.call.ctx != nil {
 			parent = context.WithoutCancel(a.call.ctx)
 		}
-		return context.WithDeadline(parent, a.call.deadline)
+		return a.h.deadlines.ctx(parent, a.call.deadline)
 	}
-	return context.WithTimeout(context.Background(), a.h.cfg.CallTimeout)
+	return a.h.deadlines.ctx(context.Background(), time.Now().Add(a.h.cfg.CallTimeout))
 }
 
 // load reads the task's last event by owner and id: the owner this actor knows, else the one
@@ -232,8 +232,7 @@ func (a *taskActor) ctx() (context.Context, context.CancelFunc) {
 // holds (BenchmarkLog_Last: 9x at 5000 owners). A worker's call may name any id, so those reads
 // are limited to byIDReads a second (Hub.byID): beyond that the call is refused at once.
 func (a *taskActor) load() error {
-	ctx, cancel := a.ctx()
-	defer cancel()
+	ctx := a.ctx()
 	owner := a.owner
 	if owner == "" {
 		owner = cmp.Or(a.h.feed.owner(a.id), a.call.guess())
@@ -275,8 +274,7 @@ func (a *taskActor) appendBy(kind taskhubv1.EventKind, t *taskhubv1.Task, lease 
 	now := timestamppb.New(a.h.now())
 	t.UpdatedAt = now
 	rec := &storagev1.Record{Event: &taskhubv1.TaskEvent{Kind: kind, Task: t, Time: now, ActedBy: actedBy}, Lease: lease}
-	ctx, cancel := a.ctx()
-	defer cancel()
+	ctx := a.ctx()
 	began := time.Now()
 	seq, err := a.h.log.Append(ctx, rec, a.lastSeq)
 	a.h.counts.appendTime.observe(time.Since(began))

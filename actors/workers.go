@@ -87,8 +87,7 @@ func (h *Hub) BatchReportProgress(ctx context.Context, rs []taskhub.Report) ([]t
 	}
 	sent := make([]asked, len(rs))
 	answered := make([]bool, len(rs))
-	expired, stop := expiry(deadline)
-	defer stop()
+	expired := h.expiry(deadline)
 	answer := func(i int) {
 		if !answered[i] {
 			answered[i] = true
