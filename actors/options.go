@@ -24,6 +24,7 @@ const (
 	DefaultIdleTimeout           = time.Minute
 	DefaultCallTimeout           = 10 * time.Second
 	DefaultWriteAhead            = 1000
+	DefaultWatchInterval         = time.Millisecond
 )
 
 // Options are the hub's behaviour a deployment may tune. Zero values take the Default…
@@ -44,6 +45,12 @@ type Options struct {
 	Modes []string
 	// Heartbeat is how often an idle watch gets a heartbeat.
 	Heartbeat time.Duration
+	// WatchInterval is how often at most a busy watch that writes to its own connection (an
+	// HTTP/1.1 stream) is written to: an event that comes sooner after the last write waits for
+	// the rest of it and leaves in the next write, with whatever else came meanwhile; a task's
+	// progress events that wait together go as its latest (the outbox coalesces them). A watch
+	// that gets an event less often gets each at once. Negative: every event is written at once.
+	WatchInterval time.Duration
 	// WatchBuffer bounds each watch's queue (its outbox), in events: past it, a watch that
 	// reads slowly stops queueing and is refilled from the event log once it catches up.
 	WatchBuffer int
@@ -86,6 +93,7 @@ func (o Options) WithDefaults() Options {
 	o.IdleTimeout = cmp.Or(o.IdleTimeout, DefaultIdleTimeout)
 	o.CallTimeout = cmp.Or(o.CallTimeout, DefaultCallTimeout)
 	o.WriteAhead = cmp.Or(o.WriteAhead, DefaultWriteAhead)
+	o.WatchInterval = cmp.Or(o.WatchInterval, DefaultWatchInterval)
 	return o
 }
 

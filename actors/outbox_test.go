@@ -578,9 +578,9 @@ func TestOutbox_DeliversEverything(t *testing.T) {
 	}
 }
 
-// TestOutbox_Hold: an event queued within sendEvery of a delivering watch's last take waits for
-// the rest of it (its writer sends it with what comes meanwhile), never longer, even if the
-// clock was set back; one queued later is sent at once.
+// TestOutbox_Hold: an event queued within the watch interval of a delivering watch's last take
+// waits for the rest of it (its writer sends it with what comes meanwhile), never longer, even
+// if the clock was set back; one queued later is sent at once; with no interval, none waits.
 func TestOutbox_Hold(t *testing.T) {
 	t.Parallel()
 	o := liveAt(t, 100, 0)
@@ -588,12 +588,17 @@ func TestOutbox_Hold(t *testing.T) {
 	o.notify = func() { holds = append(holds, o.holdLocked()) } // as Watch.kick, under the lock
 
 	const ms = int64(time.Millisecond)
+	every := 20 * time.Millisecond
+	o.every = int64(every)
 	o.lastTaken = 1000 * ms
-	require.Equal(t, sendEvery, o.holdAt(1000*ms), "just taken: the whole of it")
-	require.Equal(t, sendEvery/4, o.holdAt(1000*ms+ms*3/4), "the rest of it")
-	require.Zero(t, o.holdAt(1000*ms+ms), "taken sendEvery ago")
+	require.Equal(t, every, o.holdAt(1000*ms), "just taken: the whole of it")
+	require.Equal(t, every/4, o.holdAt(1000*ms+15*ms), "the rest of it")
+	require.Zero(t, o.holdAt(1000*ms+20*ms), "taken the interval ago")
 	require.Zero(t, o.holdAt(5000*ms))
-	require.Equal(t, sendEvery, o.holdAt(10*ms), "the clock was set back: no more than sendEvery")
+	require.Equal(t, every, o.holdAt(10*ms), "the clock was set back: no more than the interval")
+	o.every = 0
+	require.Zero(t, o.holdAt(1000*ms), "no interval: no hold")
+	o.every = int64(every)
 
 	// The wake's notify sees it: a take that is as good as now (its time set ahead, so that a slow
 	// machine cannot make it old), then one long ago.
@@ -605,5 +610,5 @@ func TestOutbox_Hold(t *testing.T) {
 	require.NoError(t, err)
 	o.lastTaken = time.Now().Add(-time.Hour).UnixNano()
 	o.offer(ev(2, "a", progress))
-	require.Equal(t, []time.Duration{sendEvery, 0}, holds)
+	require.Equal(t, []time.Duration{every, 0}, holds)
 }

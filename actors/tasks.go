@@ -245,6 +245,7 @@ func (h *Hub) Watch(ctx context.Context, q taskhub.WatchQuery) (taskhub.Watch, e
 	}
 	w := &Watch{h: h, owner: q.Owner}
 	w.out.init(h.cfg.WatchBuffer)
+	w.out.every = max(0, h.cfg.WatchInterval.Nanoseconds())
 	w.out.coalesced = &h.counts.coalesced
 	w.pid = h.root.Spawn(h.subscriber)
 	h.root.Send(w.pid, &startWatch{w: w, epoch: q.Epoch, after: q.AfterSeq})

@@ -56,7 +56,7 @@ func TestWatch_PassEndsAWatchWhoseContextEnded(t *testing.T) {
 	}
 }
 
-// TestWatch_HeldWatchIsSent: an event that comes within sendEvery of the watch's last send is
+// TestWatch_HeldWatchIsSent: an event that comes within the watch interval of the watch's last send is
 // held, then sent: Watch.ready's timer hands the watch to its writer.
 func TestWatch_HeldWatchIsSent(t *testing.T) {
 	h := benchHub(t)
@@ -78,10 +78,10 @@ func TestWatch_HeldWatchIsSent(t *testing.T) {
 		10*time.Second, time.Millisecond, "the watch never went idle")
 
 	// A last send as good as now, however slow this machine: the event's wake is held, for
-	// sendEvery, and only the timer hands the watch on.
+	// the watch interval, and only the timer hands the watch on.
 	w.out.mu.Lock()
 	w.out.lastTaken = time.Now().Add(time.Hour).UnixNano()
-	require.Equal(t, sendEvery, w.out.holdLocked())
+	require.Equal(t, DefaultWatchInterval, w.out.holdLocked())
 	w.out.mu.Unlock()
 	_, err = h.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: "one", Mode: "paint"})
 	require.NoError(t, err)
