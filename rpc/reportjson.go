@@ -22,13 +22,8 @@ import (
 // decodeReport reads a ReportProgressRequest in the plain form into m (reset), and reports
 // whether it did.
 func decodeReport(data []byte, m *taskhubv1.ReportProgressRequest) bool {
-	var r jsonReader
-	r.data = data
-	if !r.report(m) {
-		return false
-	}
-	r.space()
-	return r.i == len(r.data)
+	r := jsonReader{data: data}
+	return r.report(m) && r.end()
 }
 
 // decodeBatch is decodeReport for a BatchReportProgressRequest.
@@ -38,8 +33,7 @@ func decodeBatch(data []byte, m *taskhubv1.BatchReportProgressRequest) bool {
 		return false
 	}
 	if r.byte('}') {
-		r.space()
-		return r.i == len(r.data)
+		return r.end()
 	}
 	key, ok := r.str()
 	if !ok || string(key) != "reports" || !r.byte(':') || !r.byte('[') {
@@ -60,11 +54,7 @@ func decodeBatch(data []byte, m *taskhubv1.BatchReportProgressRequest) bool {
 			}
 		}
 	}
-	if !r.byte('}') {
-		return false
-	}
-	r.space()
-	return r.i == len(r.data)
+	return r.byte('}') && r.end()
 }
 
 // jsonReader reads the plain form of a report's JSON from data, at i.
@@ -83,6 +73,12 @@ func (r *jsonReader) space() {
 			return
 		}
 	}
+}
+
+// end reports whether nothing but whitespace is left.
+func (r *jsonReader) end() bool {
+	r.space()
+	return r.i == len(r.data)
 }
 
 // byte skips whitespace and c, if c is next.
