@@ -211,28 +211,12 @@ func (f *feed) countMode(mode string, d int) {
 
 // slim is t without its prompt and params: what the feed keeps of an active task. Those two are
 // the bulk of a task (up to 16 KiB and 32 KiB), never change after the create, and are read
-// from the event log when a snapshot needs them (see subscriber.fill).
+// from the event log when a snapshot needs them (see subscriber.fill). Nor its webhook status,
+// which GetTask reads for itself.
 func slim(t *taskhubv1.Task) *taskhubv1.Task {
-	return &taskhubv1.Task{
-		Id:           t.Id,
-		Owner:        t.Owner,
-		Mode:         t.Mode,
-		State:        t.State,
-		Progress:     t.Progress,
-		Message:      t.Message,
-		Result:       t.Result,
-		Error:        t.Error,
-		Attempt:      t.Attempt,
-		CreatedAt:    t.CreatedAt,
-		UpdatedAt:    t.UpdatedAt,
-		StartedAt:    t.StartedAt,
-		FinishedAt:   t.FinishedAt,
-		WorkerId:     t.WorkerId,
-		Seq:          t.Seq,
-		Stalled:      t.Stalled,
-		ProgressedAt: t.ProgressedAt,
-		Webhook:      t.Webhook,
-	}
+	s := copyTask(t)
+	s.Prompt, s.Params, s.WebhookStatus = "", nil, nil
+	return s
 }
 
 // subscribe registers w, a watch of owner, for the events of owner after the returned position,
