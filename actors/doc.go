@@ -20,9 +20,9 @@
 // A watch's subscriber actor decides how its stream starts: it registers the watch with the
 // feed and takes the snapshot in one step that cannot interleave with an event, so the snapshot
 // (or the replay a resuming client is owed) ends exactly where live events begin: no gap, no
-// duplicate. The outbox is bounded: the progress of one task is coalesced to the latest, and
-// when even that overflows the outbox stops taking live events, lets the client drain, and the
-// stream's send loop refills it from the log from the last seq it queued. Nothing is lost,
+// duplicate. The outbox is bounded: once it is full, the progress of one task is coalesced to
+// the latest, and when even that overflows the outbox stops taking live events, lets the client
+// drain, and the stream's send loop refills it from the log from the last seq it queued. Nothing is lost,
 // memory stays bounded, and a slow client never blocks the feed or the task actors. The outbox
 // is one state machine (starting, replaying, live, behind) whose transitions its doc lists.
 //

@@ -19,13 +19,16 @@ import (
 	"github.com/taskhub/taskhub/eventlog"
 )
 
-func benchHub(b testing.TB) *Hub {
+func benchHub(b testing.TB) *Hub { return benchHubWith(b, Options{}) }
+
+// benchHubWith is benchHub with opts.
+func benchHubWith(b testing.TB, opts Options) *Hub {
 	b.Helper()
 	log, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := Open(b.Context(), Config{Log: log, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	h, err := Open(b.Context(), Config{Log: log, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Options: opts})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -24,7 +24,7 @@ const (
 	DefaultIdleTimeout           = time.Minute
 	DefaultCallTimeout           = 10 * time.Second
 	DefaultWriteAhead            = 1000
-	DefaultWatchInterval         = time.Millisecond
+	DefaultWatchInterval         = 20 * time.Millisecond
 )
 
 // Options are the hub's behaviour a deployment may tune. Zero values take the Default…
@@ -47,9 +47,10 @@ type Options struct {
 	Heartbeat time.Duration
 	// WatchInterval is how often at most a busy watch that writes to its own connection (an
 	// HTTP/1.1 stream) is written to: an event that comes sooner after the last write waits for
-	// the rest of it and leaves in the next write, with whatever else came meanwhile; a task's
-	// progress events that wait together go as its latest (the outbox coalesces them). A watch
-	// that gets an event less often gets each at once. Negative: every event is written at once.
+	// the rest of it and leaves in the next write, with whatever else came meanwhile (a watch
+	// whose queue is half full is written to at once, so nothing is coalesced while it waits).
+	// A watch that gets an event less often gets each at once. Negative: every event is written
+	// at once.
 	WatchInterval time.Duration
 	// WatchBuffer bounds each watch's queue (its outbox), in events: past it, a watch that
 	// reads slowly stops queueing and is refilled from the event log once it catches up.

@@ -15,10 +15,13 @@ import (
 // outbox is one watch's delivery: its bounded queue, and the state machine that decides what
 // goes into it. The feed offers it its owner's events; the stream's send loop (Watch.Next)
 // takes what is queued and, when the outbox owes events the queue could not keep, reads them
-// from the log and hands them back (replayed) as the client makes room. A progress event
-// replaces the queued progress event of its task, if any, at the tail, so the seq order of
-// what is queued never goes backwards. Only progress is coalesced; every other event is kept
-// until it is taken.
+// from the log and hands them back (replayed) as the client makes room. Every event is queued
+// while the queue has room. Once it is full, its client is behind what it is sent (real
+// backlog: a writer that holds a busy watch, see holdLocked, sends it before it is half full),
+// and each task's queued progress events are coalesced to the latest, which keeps its place, so
+// the seq order of what is queued never goes backwards. Only progress is coalesced; every other
+// event is kept until it is taken. "The queue has room" below means it holds fewer than its
+// limit, at once or once its progress is so coalesced.
 //
 // The promise it keeps: every event of the owner with seq <= cursor is queued, was taken, or was
 // replaced by a newer progress event of its task; every event after cursor up to replayTo is
@@ -71,9 +74,10 @@ type outbox struct {
 	coalesced *atomic.Uint64 // counts the progress events replaced; nil: not counted
 
 	delivered uint64 // the seq of the last item taken
-	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano
+	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano; 0: never
 	every     int64  // Options.WatchInterval in nanoseconds (holdLocked); 0: no hold
 	n         int32  // non-nil items
+	dups      int32  // queued progress events a later one of their task follows
 	limit     int32
 }
 
@@ -94,7 +98,6 @@ type replayWork struct{ from, next, to uint64 }
 // needed: an idle watch costs only the outbox itself and its signal channel.
 func (o *outbox) init(limit int) {
 	o.limit = int32(min(limit, math.MaxInt32))
-	o.lastTaken = time.Now().UnixNano()
 	o.signal = make(chan struct{}, 1)
 }
 
@@ -202,18 +205,17 @@ func (o *outbox) pushLocked(it *item) bool {
 		return true // closed: nobody will read it
 	}
 	progress := it.kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS
-	if progress {
-		if i, ok := o.progress[it.taskID]; ok {
-			o.items[i] = nil
-			o.n--
-			delete(o.progress, it.taskID)
-			if o.coalesced != nil {
-				o.coalesced.Add(1)
-			}
+	if o.n >= o.limit { // backlog: each task's progress goes as its latest
+		if o.dups > 0 {
+			o.coalesceLocked()
 		}
-	}
-	if o.n >= o.limit {
-		return false
+		if i, ok := o.progress[it.taskID]; ok && progress && o.n >= o.limit {
+			o.drop(i)
+			delete(o.progress, it.taskID)
+		}
+		if o.n >= o.limit {
+			return false
+		}
 	}
 	if len(o.items) >= 2*int(o.limit) {
 		o.compact()
@@ -224,38 +226,60 @@ func (o *outbox) pushLocked(it *item) bool {
 		if o.progress == nil {
 			o.progress = map[string]int{}
 		}
+		if _, ok := o.progress[it.taskID]; ok {
+			o.dups++
+		}
 		o.progress[it.taskID] = len(o.items) - 1
 	}
 	o.wake()
 	return true
 }
 
+// coalesceLocked drops every queued progress event that a later one of its task follows.
+func (o *outbox) coalesceLocked() {
+	for i, it := range o.items {
+		if it != nil && it.kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS && o.progress[it.taskID] != i {
+			o.drop(i)
+		}
+	}
+	o.dups = 0
+}
+
+// drop removes the queued item at i, a progress event a later one of its task replaces.
+func (o *outbox) drop(i int) {
+	o.items[i] = nil
+	o.n--
+	if o.coalesced != nil {
+		o.coalesced.Add(1)
+	}
+}
+
 // holdLocked is how long what is queued now waits before it is sent, with Watch.Deliver: 0 for
-// a watch last sent to o.every (Options.WatchInterval) ago or longer, else the rest of that
-// time. A watcher of thousands of events a second then gets tens of them with each write(2),
-// where each was a write of its own, and no event waits more than o.every for it; one that
-// gets fewer events gets each at once. The write(2) is most of a delivery's cost (71-77 % of
-// the server's CPU with 1000 watchers on HTTP/1.1 connections of their own, each getting 100
-// events a second), so at 20 ms such a watcher's events go two to a write, and a delivery costs
-// a quarter less (docs/benchmarks.md); the default stays 1 ms, because events that wait
-// together are coalesced (a task's progress, to its latest). A stream that waits in
-// Watch.Next (HTTP/2) is not held: its connection gathers the frames of its streams into fewer writes itself, and holding
-// its watches too cost the shape of many streams a connection (1000 watchers x 100 events/s)
-// 9 % more CPU a delivery and 5 ms of p99, in timers and waits that gathered little.
+// a watch last sent to o.every (Options.WatchInterval) ago or longer, or whose queue is half
+// full (it is sent before the queue fills, so nothing is coalesced while it waits), else the
+// rest of that time. A watcher of thousands of events a second then gets tens of them with
+// each write(2), where each was a write of its own, and no event waits more than o.every for
+// it; one that gets fewer events gets each at once. The write(2) is most of a delivery's cost
+// (71-77 % of the server's CPU with 1000 watchers on HTTP/1.1 connections of their own, each
+// getting 100 events a second), so at 20 ms such a watcher's events go two to a write, and a
+// delivery costs a quarter less (docs/benchmarks.md). A stream that waits in Watch.Next
+// (HTTP/2) is not held: its connection gathers the frames of its streams into fewer writes
+// itself, and holding its watches too cost the shape of many streams a connection (1000
+// watchers x 100 events/s) 9 % more CPU a delivery and 5 ms of p99, in timers and waits that
+// gathered little.
 func (o *outbox) holdLocked() time.Duration { return o.holdAt(time.Now().UnixNano()) }
 
 // holdAt is holdLocked at now (UnixNano). It is never more than o.every, even if the clock
 // was set back since the last take.
 func (o *outbox) holdAt(now int64) time.Duration {
+	if o.filling() {
+		return 0
+	}
 	return time.Duration(min(o.every, max(0, o.lastTaken+o.every-now)))
 }
 
-// hold is holdLocked for the watch's writer.
-func (o *outbox) hold() time.Duration {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.holdLocked()
-}
+// filling reports whether the queue is half full: a watch held this far is sent at once.
+func (o *outbox) filling() bool { return 2*o.n >= o.limit }
 
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {
@@ -319,7 +343,7 @@ func (o *outbox) takeLocked(dst []*item) ([]*item, *replayWork, error) {
 		if len(o.progress) > 0 {
 			clear(o.progress)
 		}
-		o.n = 0
+		o.n, o.dups = 0, 0
 		o.delivered = dst[len(dst)-1].seq
 		o.lastTaken = time.Now().UnixNano()
 	}

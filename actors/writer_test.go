@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -56,10 +57,10 @@ func TestWatch_PassEndsAWatchWhoseContextEnded(t *testing.T) {
 	}
 }
 
-// TestWatch_HeldWatchIsSent: an event that comes within the watch interval of the watch's last send is
-// held, then sent: Watch.ready's timer hands the watch to its writer.
-func TestWatch_HeldWatchIsSent(t *testing.T) {
-	h := benchHub(t)
+// deliveredWatch is alice's watch of h delivering to a sink that reports the count of each
+// send's messages, once its snapshot is sent and it went idle.
+func deliveredWatch(t *testing.T, h *Hub) (*Watch, <-chan int) {
+	t.Helper()
 	tw, err := h.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice"})
 	require.NoError(t, err)
 	w := tw.(*Watch)
@@ -76,6 +77,14 @@ func TestWatch_HeldWatchIsSent(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return w.delivering.Load() == deliverIdle },
 		10*time.Second, time.Millisecond, "the watch never went idle")
+	return w, sent
+}
+
+// TestWatch_HeldWatchIsSent: an event that comes within the watch interval of the watch's last send is
+// held, then sent: Watch.readyLocked's timer hands the watch to its writer.
+func TestWatch_HeldWatchIsSent(t *testing.T) {
+	h := benchHub(t)
+	w, sent := deliveredWatch(t, h)
 
 	// A last send as good as now, however slow this machine: the event's wake is held, for
 	// the watch interval, and only the timer hands the watch on.
@@ -83,7 +92,7 @@ func TestWatch_HeldWatchIsSent(t *testing.T) {
 	w.out.lastTaken = time.Now().Add(time.Hour).UnixNano()
 	require.Equal(t, DefaultWatchInterval, w.out.holdLocked())
 	w.out.mu.Unlock()
-	_, err = h.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: "one", Mode: "paint"})
+	_, err := h.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: "one", Mode: "paint"})
 	require.NoError(t, err)
 	select {
 	case n := <-sent:
@@ -91,4 +100,30 @@ func TestWatch_HeldWatchIsSent(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a held watch was never sent to")
 	}
+}
+
+// TestWatch_HalfFullHeldWatchIsSent: a held watch is sent as soon as its queue is half full, not
+// when its hold ends, so a busy watch's events are not coalesced while it waits.
+func TestWatch_HalfFullHeldWatchIsSent(t *testing.T) {
+	const buffer = 8
+	h := benchHubWith(t, Options{WatchInterval: time.Hour, WatchBuffer: buffer})
+	_, sent := deliveredWatch(t, h)
+	for i := range buffer / 2 {
+		_, err := h.CreateTask(t.Context(), "alice", taskhub.TaskSpec{Prompt: fmt.Sprint(i), Mode: "paint"})
+		require.NoError(t, err)
+		if i == 0 {
+			select {
+			case n := <-sent: // the first event after the snapshot's send waits an hour
+				t.Fatalf("a watch sent to just now was sent %d messages at once", n)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	select {
+	case n := <-sent:
+		require.Equal(t, buffer/2, n, "the created events, all in one send")
+	case <-time.After(10 * time.Second):
+		t.Fatal("a half-full held watch was not sent to")
+	}
+	require.Zero(t, h.Stats().Coalesced)
 }
