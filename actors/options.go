@@ -45,12 +45,11 @@ type Options struct {
 	Modes []string
 	// Heartbeat is how often an idle watch gets a heartbeat.
 	Heartbeat time.Duration
-	// WatchInterval is how often at most a busy watch that writes to its own connection (an
-	// HTTP/1.1 stream) is written to: an event that comes sooner after the last write waits for
-	// the rest of it and leaves in the next write, with whatever else came meanwhile (a watch
-	// whose queue is half full is written to at once, so nothing is coalesced while it waits).
-	// A watch that gets an event less often gets each at once. Negative: every event is written
-	// at once.
+	// WatchInterval is how often at most a busy watch is sent to: an event that comes sooner
+	// after the last send waits for the rest of it and leaves in the next send, with whatever
+	// else came meanwhile (a watch whose queue is half full is sent at once, so nothing is
+	// coalesced while it waits). A watch that gets an event less often gets each at once.
+	// Negative: every event is sent at once.
 	WatchInterval time.Duration
 	// WatchBuffer bounds each watch's queue (its outbox), in events: past it, a watch that
 	// reads slowly stops queueing and is refilled from the event log once it catches up.

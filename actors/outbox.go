@@ -73,11 +73,13 @@ type outbox struct {
 
 	coalesced *atomic.Uint64 // counts the progress events replaced; nil: not counted
 
-	delivered uint64 // the seq of the last item taken
-	lastTaken int64  // when items were last taken (or a heartbeat queued), in UnixNano; 0: never
-	every     int64  // Options.WatchInterval in nanoseconds (holdLocked); 0: no hold
-	n         int32  // non-nil items
-	dups      int32  // queued progress events a later one of their task follows
+	delivered uint64      // the seq of the last item taken
+	lastTaken int64       // when items were last taken (or a heartbeat queued), in UnixNano; 0: never
+	every     int64       // Options.WatchInterval in nanoseconds (holdLocked); 0: no hold
+	holdTimer *time.Timer // wakes a held taker (release); made on the first hold
+	holding   bool        // holdTimer is set to release the taker
+	n         int32       // non-nil items
+	dups      int32       // queued progress events a later one of their task follows
 	limit     int32
 }
 
@@ -231,7 +233,7 @@ func (o *outbox) pushLocked(it *item) bool {
 		}
 		o.progress[it.taskID] = len(o.items) - 1
 	}
-	o.wake()
+	o.wakeSoon()
 	return true
 }
 
@@ -254,7 +256,7 @@ func (o *outbox) drop(i int) {
 	}
 }
 
-// holdLocked is how long what is queued now waits before it is sent, with Watch.Deliver: 0 for
+// holdLocked is how long what is queued now waits before its taker is woken (wakeSoon): 0 for
 // a watch last sent to o.every (Options.WatchInterval) ago or longer, or whose queue is half
 // full (it is sent before the queue fills, so nothing is coalesced while it waits), else the
 // rest of that time. A watcher of thousands of events a second then gets tens of them with
@@ -262,11 +264,7 @@ func (o *outbox) drop(i int) {
 // it; one that gets fewer events gets each at once. The write(2) is most of a delivery's cost
 // (71-77 % of the server's CPU with 1000 watchers on HTTP/1.1 connections of their own, each
 // getting 100 events a second), so at 20 ms such a watcher's events go two to a write, and a
-// delivery costs a quarter less (docs/benchmarks.md). A stream that waits in Watch.Next
-// (HTTP/2) is not held: its connection gathers the frames of its streams into fewer writes
-// itself, and holding its watches too cost the shape of many streams a connection (1000
-// watchers x 100 events/s) 9 % more CPU a delivery and 5 ms of p99, in timers and waits that
-// gathered little.
+// delivery costs a quarter less (docs/benchmarks.md).
 func (o *outbox) holdLocked() time.Duration { return o.holdAt(time.Now().UnixNano()) }
 
 // holdAt is holdLocked at now (UnixNano). It is never more than o.every, even if the clock
@@ -280,6 +278,33 @@ func (o *outbox) holdAt(now int64) time.Duration {
 
 // filling reports whether the queue is half full: a watch held this far is sent at once.
 func (o *outbox) filling() bool { return 2*o.n >= o.limit }
+
+// wakeSoon wakes the taker for what was just queued: at once, or when the hold ends
+// (holdLocked), by which time more may have come to go with it.
+func (o *outbox) wakeSoon() {
+	hold := o.holdLocked()
+	switch {
+	case hold <= 0:
+		if o.holding && o.holdTimer.Stop() {
+			o.holding = false
+		}
+		o.wake()
+	case o.holding:
+	case o.holdTimer == nil:
+		o.holding, o.holdTimer = true, time.AfterFunc(hold, o.release)
+	default:
+		o.holding = true
+		o.holdTimer.Reset(hold)
+	}
+}
+
+// release is the hold timer's: the hold is over.
+func (o *outbox) release() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.holding = false
+	o.wake()
+}
 
 // wake tells whoever waits in take's caller to look again.
 func (o *outbox) wake() {

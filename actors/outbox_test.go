@@ -603,8 +603,6 @@ func TestOutbox_DeliversEverything(t *testing.T) {
 func TestOutbox_Hold(t *testing.T) {
 	t.Parallel()
 	o := liveAt(t, 100, 0)
-	var holds []time.Duration
-	o.notify = func() { holds = append(holds, o.holdLocked()) } // as Watch.kick, under the lock
 
 	const ms = int64(time.Millisecond)
 	every := 20 * time.Millisecond
@@ -617,28 +615,39 @@ func TestOutbox_Hold(t *testing.T) {
 	require.Equal(t, every, o.holdAt(10*ms), "the clock was set back: no more than the interval")
 	o.every = 0
 	require.Zero(t, o.holdAt(1000*ms), "no interval: no hold")
-	o.every = int64(every)
 
-	// The wake's notify sees it: a take that is as good as now (its time set ahead, so that a slow
-	// machine cannot make it old), then one long ago.
+	// The taker is woken (notify, as Watch.kick, under the lock) at once for a queue taken long
+	// ago; when the hold ends for one taken just now (its time set ahead, so that a slow machine
+	// cannot make it old); and at once when the queue is half full.
+	var wokenN atomic.Int32
+	o.notify = func() { wokenN.Add(1) }
+	woken := func() int { return int(wokenN.Load()) }
+	hold := func() bool { o.mu.Lock(); defer o.mu.Unlock(); return o.holding }
+	o.every = int64(time.Second)
+	o.lastTaken = time.Now().Add(-time.Hour).UnixNano()
+	o.offer(ev(1, "a", progress))
+	require.Equal(t, 1, woken(), "taken long ago: woken at once")
+	require.False(t, hold())
+
 	_, _, err := o.take(nil)
 	require.NoError(t, err)
 	o.lastTaken = time.Now().Add(time.Hour).UnixNano()
-	o.offer(ev(1, "a", progress))
-	_, _, err = o.take(nil)
-	require.NoError(t, err)
-	o.lastTaken = time.Now().Add(-time.Hour).UnixNano()
 	o.offer(ev(2, "a", progress))
-	require.Equal(t, []time.Duration{every, 0}, holds)
+	o.offer(ev(3, "a", progress))
+	require.Equal(t, 1, woken(), "taken just now: held")
+	require.True(t, hold())
+	require.Eventually(t, func() bool { return woken() == 2 }, 10*time.Second, time.Millisecond, "woken when the hold ends")
+	require.False(t, hold())
+	require.Equal(t, []uint64{2, 3}, takeAll(t, o), "both went together")
 
-	// A queue half full is not held, however recent the last take.
-	_, _, err = o.take(nil)
-	require.NoError(t, err)
+	o.every = int64(time.Hour)
 	o.lastTaken = time.Now().Add(time.Hour).UnixNano()
-	holds = nil
-	for seq := range uint64(50) {
-		o.offer(ev(3+seq, "a", progress))
+	for seq := range uint64(49) {
+		o.offer(ev(4+seq, "a", progress))
 	}
-	require.Equal(t, every, holds[48], "49 of 100 queued: held")
-	require.Zero(t, holds[49], "50 of 100 queued: sent at once")
+	require.Equal(t, 2, woken(), "49 of 100 queued: held")
+	require.True(t, hold())
+	o.offer(ev(53, "a", progress))
+	require.Equal(t, 3, woken(), "50 of 100 queued: woken at once")
+	require.False(t, hold(), "and the hold's timer stopped")
 }

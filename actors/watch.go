@@ -37,8 +37,6 @@ type Watch struct {
 	sink       taskhub.Sink
 	writer     *writer
 	delivering atomic.Int32 // deliverIdle, ...
-	holdTimer  *time.Timer  // hands a held watch to its writer; made on its first hold
-	holding    bool         // under out.mu: holdTimer was set since the watch was last ready
 }
 
 // Next waits for the next messages to send: queued events, or a heartbeat when the watch has
@@ -112,17 +110,11 @@ func (w *Watch) kick() {
 		switch s := w.delivering.Load(); s {
 		case deliverIdle:
 			if w.delivering.CompareAndSwap(s, deliverRunning) {
-				w.readyLocked(w.out.holdLocked())
+				w.writer.add(w)
 				return
 			}
-		case deliverRunning, deliverAgain:
-			if s == deliverAgain || w.delivering.CompareAndSwap(s, deliverAgain) {
-				if w.holding && w.out.filling() { // send it now, before its queue is full
-					w.holding = false
-					if w.holdTimer.Stop() {
-						w.writer.add(w)
-					}
-				}
+		case deliverRunning:
+			if w.delivering.CompareAndSwap(s, deliverAgain) {
 				return
 			}
 		default:
@@ -130,23 +122,6 @@ func (w *Watch) kick() {
 		}
 	}
 }
-
-// readyLocked hands the watch, which its caller made deliverRunning, to its writer after hold.
-// Its caller holds the outbox's lock.
-func (w *Watch) readyLocked(hold time.Duration) {
-	w.holding = hold > 0
-	switch {
-	case hold <= 0:
-		w.writer.add(w)
-	case w.holdTimer == nil:
-		w.holdTimer = time.AfterFunc(hold, w.release)
-	default:
-		w.holdTimer.Reset(hold)
-	}
-}
-
-// release is the hold timer's: the held watch is ready.
-func (w *Watch) release() { w.writer.add(w) }
 
 // pass is the writer's turn at the watch: it sends what is queued without waiting, or hands
 // the watch to a goroutine of its own (deliver) for what would wait: a send its client does not
@@ -180,9 +155,7 @@ func (w *Watch) pass() {
 	}
 	if !w.delivering.CompareAndSwap(deliverRunning, deliverIdle) {
 		w.delivering.Store(deliverRunning) // woken meanwhile: after the watches ready now
-		w.out.mu.Lock()
-		w.readyLocked(w.out.holdLocked())
-		w.out.mu.Unlock()
+		w.writer.add(w)
 	}
 }
 

@@ -55,9 +55,8 @@ func (ws *writers) pick() *writer {
 }
 
 // add makes w ready: the writer passes over it (Watch.pass) once, after the watches ready
-// before it. Whoever made w deliverRunning calls it (Watch.ready): the outbox by way of
-// Watch.kick, under its lock; the timer of a held watch; the writer's pass of a watch woken
-// meanwhile.
+// before it. Whoever made w deliverRunning calls it: the outbox's wake (at once, or when its
+// hold ends) by way of Watch.kick, under its lock; the writer's pass of a watch woken meanwhile.
 func (wr *writer) add(w *Watch) {
 	wr.mu.Lock()
 	wr.ready = append(wr.ready, w)

@@ -81,7 +81,7 @@ func deliveredWatch(t *testing.T, h *Hub) (*Watch, <-chan int) {
 }
 
 // TestWatch_HeldWatchIsSent: an event that comes within the watch interval of the watch's last send is
-// held, then sent: Watch.readyLocked's timer hands the watch to its writer.
+// held, then sent: the outbox's hold timer (release) hands the watch to its writer.
 func TestWatch_HeldWatchIsSent(t *testing.T) {
 	h := benchHub(t)
 	w, sent := deliveredWatch(t, h)

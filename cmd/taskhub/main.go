@@ -119,7 +119,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&modes, "modes", "", "comma-separated `list` of the only modes tasks may use (default: any well-formed mode)")
 	fs.IntVar(&cfg.DemoWorkers, "demo-workers", server.DefaultDemoWorkers, "how many demo tasks run at once; 0 disables the built-in demo executor")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", actors.DefaultHeartbeat, "heartbeat interval of idle watch streams")
-	fs.DurationVar(&cfg.WatchInterval, "watch-interval", actors.DefaultWatchInterval, "how often at most a busy watch stream on an HTTP/1.1 connection is written to; events that come sooner wait and go together in one write; a negative value writes each at once")
+	fs.DurationVar(&cfg.WatchInterval, "watch-interval", actors.DefaultWatchInterval, "how often at most a busy watch stream is sent to; events that come sooner wait and go together in one write; a negative value sends each at once")
 	fs.IntVar(&cfg.WatchBuffer, "watch-buffer", actors.DefaultWatchBuffer, "events queued per watch for a slow client before it refills from the event log")
 	fs.IntVar(&cfg.MaxWatches, "max-watches", actors.DefaultMaxWatches, "open watch streams allowed in all")
 	fs.IntVar(&cfg.MaxWatchesPerUser, "max-watches-per-user", actors.DefaultMaxWatchesPerUser, "open watch streams allowed per user")
