@@ -46,7 +46,10 @@ func BenchmarkFanout(b *testing.B) {
 }
 
 func benchFanout(b *testing.B, subs int) {
-	h := benchHub(b)
+	// One event at a time, each waited for: held for the watch interval (Options.WatchInterval),
+	// every op would take it. The hold's gain is measured with taskhub-load (docs/benchmarks.md);
+	// this is what a delivery costs.
+	h := benchHubWith(b, Options{WatchInterval: -1})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
