@@ -401,10 +401,10 @@ func (o *outbox) tick(now time.Time, interval time.Duration) {
 	if o.err != nil || o.state != live || o.n > 0 || now.UnixNano()-o.lastTaken < interval.Nanoseconds() {
 		return
 	}
-	o.lastTaken = now.UnixNano()
 	o.pushLocked(&item{seq: o.delivered, msg: taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Heartbeat{
 		Heartbeat: &taskhubv1.Heartbeat{Seq: o.delivered},
 	}})})
+	o.lastTaken = now.UnixNano() // after the push, which it would hold (wakeSoon)
 }
 
 // close ends the outbox with err: what is queued can still be taken, then take returns err.

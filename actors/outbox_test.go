@@ -650,4 +650,12 @@ func TestOutbox_Hold(t *testing.T) {
 	o.offer(ev(53, "a", progress))
 	require.Equal(t, 3, woken(), "50 of 100 queued: woken at once")
 	require.False(t, hold(), "and the hold's timer stopped")
+
+	// A heartbeat, queued after the heartbeat interval of quiet, is not held.
+	takeAll(t, o)
+	o.every = int64(time.Second)
+	o.lastTaken = time.Now().Add(-time.Minute).UnixNano()
+	o.tick(time.Now(), time.Second)
+	require.Equal(t, 4, woken(), "the heartbeat: woken at once")
+	require.False(t, hold())
 }
