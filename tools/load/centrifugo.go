@@ -33,6 +33,11 @@ package main
 // connection limit nor connection rate limit, a client may have 128 channels, and its queue
 // (1 MiB) holds seconds of this load.
 //
+// With an https --url and --tls-ca, each watcher's WebSocket is over TLS of its own (wss), as
+// a browser's page over https has it, and the HTTP API is called over TLS; Centrifugo then
+// needs "tls": {"enabled": true, "cert_pem": "cert.pem", "key_pem": "key.pem"} in its
+// http_server.
+//
 // The protocol, as this tool speaks it: once the WebSocket is open a watcher sends
 // {"id":1,"connect":{}} and, once that is answered, {"id":2,"subscribe":{"channel":C}}.
 // Every message after that (a text message holds one or more, a line each) is a push,
@@ -87,8 +92,8 @@ func (l *load) centrifugo(ctx context.Context) (*report, error) {
 	c := &centrifugoLoad{
 		load:    l,
 		channel: fmt.Sprintf("taskhub-load-%08x", rand.Uint32()),
-		sockets: newPool(1, 1, nil, true, nil),
-		api:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.publishers}},
+		sockets: newPool(1, 1, nil, true, cfg.tls), // with an https URL, wss: WebSocket over TLS, a connection each
+		api:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.publishers, TLSClientConfig: cfg.tls}},
 	}
 	defer c.sockets.close()
 	defer c.api.CloseIdleConnections()
