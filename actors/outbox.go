@@ -19,9 +19,10 @@ import (
 // while the queue has room. Once it is full, its client is behind what it is sent (real
 // backlog: a writer that holds a busy watch, see holdLocked, sends it before it is half full),
 // and each task's queued progress events are coalesced to the latest, which keeps its place, so
-// the seq order of what is queued never goes backwards. Only progress is coalesced; every other
-// event is kept until it is taken. "The queue has room" below means it holds fewer than its
-// limit, at once or once its progress is so coalesced.
+// the seq order of what is queued never goes backwards; until the client takes, a progress
+// event that comes then replaces its task's queued one at once. Only progress is coalesced;
+// every other event is kept until it is taken. "The queue has room" below means it holds fewer
+// than its limit, at once or once its progress is so coalesced.
 //
 // The promise it keeps: every event of the owner with seq <= cursor is queued, was taken, or was
 // replaced by a newer progress event of its task; every event after cursor up to replayTo is
@@ -73,14 +74,15 @@ type outbox struct {
 
 	coalesced *atomic.Uint64 // counts the progress events replaced; nil: not counted
 
-	delivered uint64      // the seq of the last item taken
-	lastTaken int64       // when items were last taken (or a heartbeat queued), in UnixNano; 0: never
-	every     int64       // Options.WatchInterval in nanoseconds (holdLocked); 0: no hold
-	holdTimer *time.Timer // wakes a held taker (release); made on the first hold
-	holding   bool        // holdTimer is set to release the taker
-	n         int32       // non-nil items
-	dups      int32       // queued progress events a later one of their task follows
-	limit     int32
+	delivered  uint64      // the seq of the last item taken
+	lastTaken  int64       // when items were last taken (or a heartbeat queued), in UnixNano; 0: never
+	every      int64       // Options.WatchInterval in nanoseconds (holdLocked); 0: no hold
+	holdTimer  *time.Timer // wakes a held taker (release); made on the first hold
+	holding    bool        // holdTimer is set to release the taker
+	n          int32       // non-nil items
+	dups       int32       // queued progress events a later one of their task follows
+	coalescing bool        // the queue was full since the last take: progress is coalesced as it comes
+	limit      int32
 }
 
 type deliveryState uint8
@@ -207,17 +209,18 @@ func (o *outbox) pushLocked(it *item) bool {
 		return true // closed: nobody will read it
 	}
 	progress := it.kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS
-	if o.n >= o.limit { // backlog: each task's progress goes as its latest
+	if o.n >= o.limit && !o.coalescing { // backlog: until the client takes, progress goes as its task's latest
+		o.coalescing = true
 		if o.dups > 0 {
 			o.coalesceLocked()
 		}
-		if i, ok := o.progress[it.taskID]; ok && progress && o.n >= o.limit {
-			o.drop(i)
-			delete(o.progress, it.taskID)
-		}
-		if o.n >= o.limit {
-			return false
-		}
+	}
+	if i, ok := o.progress[it.taskID]; ok && progress && o.coalescing {
+		o.drop(i)
+		delete(o.progress, it.taskID)
+	}
+	if o.n >= o.limit {
+		return false
 	}
 	if len(o.items) >= 2*int(o.limit) {
 		o.compact()
@@ -368,7 +371,7 @@ func (o *outbox) takeLocked(dst []*item) ([]*item, *replayWork, error) {
 		if len(o.progress) > 0 {
 			clear(o.progress)
 		}
-		o.n, o.dups = 0, 0
+		o.n, o.dups, o.coalescing = 0, 0, false
 		o.delivered = dst[len(dst)-1].seq
 		o.lastTaken = time.Now().UnixNano()
 	}

@@ -468,6 +468,24 @@ func TestOutbox_Coalescing(t *testing.T) {
 	}
 }
 
+// TestOutbox_CoalescesUntilTaken: once full, the queue coalesces progress as it comes (one
+// pass, then a replacement per event) until its client takes; then it keeps every event again.
+func TestOutbox_CoalescesUntilTaken(t *testing.T) {
+	t.Parallel()
+	o := liveAt(t, 4, 0)
+	o.offer(ev(1, "a", progress))
+	o.offer(ev(2, "a", progress))
+	o.offer(ev(3, "a", progress))
+	o.offer(ev(4, "b", progress))
+	o.offer(ev(5, "c", progress)) // full: 1 and 2 are coalesced away, and 5 fits
+	o.offer(ev(6, "b", progress)) // replaces 4 at once, though the queue has room
+	require.Equal(t, live, o.state)
+	require.Equal(t, []uint64{3, 5, 6}, takeAll(t, o))
+	o.offer(ev(7, "a", progress))
+	o.offer(ev(8, "a", progress))
+	require.Equal(t, []uint64{7, 8}, takeAll(t, o), "taken: every event is kept again")
+}
+
 // TestOutbox_FullNeverDisplaces: an event that does not fit puts the outbox behind; it never
 // displaces what was queued, except a progress event its task's newer progress replaces.
 func TestOutbox_FullNeverDisplaces(t *testing.T) {
