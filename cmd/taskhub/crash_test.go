@@ -458,6 +458,7 @@ type resumer struct {
 	last       uint64
 	seqs       []uint64
 	resumes    int
+	on         string // the node (nodeHeader) of the stream it reads, once that sent a message
 	violations []string
 	broke      time.Time       // when its last stream ended
 	gaps       []time.Duration // from a stream's end to the resumed snapshot, one per resume
@@ -477,6 +478,7 @@ func (r *resumer) run(ctx context.Context) {
 		for stream.Receive() {
 			m := stream.Msg()
 			r.mu.Lock()
+			r.on = stream.ResponseHeader().Get(nodeHeader)
 			switch {
 			case m.GetSnapshot() != nil:
 				s := m.GetSnapshot()
@@ -505,6 +507,7 @@ func (r *resumer) run(ctx context.Context) {
 			r.mu.Unlock()
 		}
 		r.mu.Lock()
+		r.on = ""
 		r.broke = time.Now()
 		r.history = append(r.history, fmt.Sprintf("stream after %d on %s ended at last %d: %v",
 			req.AfterSeq, cmp.Or(stream.ResponseHeader().Get(nodeHeader), "the node"), r.last, stream.Err()))
