@@ -80,7 +80,6 @@ type outbox struct {
 	holdTimer  *time.Timer // wakes a held taker (release); made on the first hold
 	holding    bool        // holdTimer is set to release the taker
 	n          int32       // non-nil items
-	dups       int32       // queued progress events a later one of their task follows
 	coalescing bool        // the queue was full since the last take: progress is coalesced as it comes
 	limit      int32
 }
@@ -211,13 +210,12 @@ func (o *outbox) pushLocked(it *item) bool {
 	progress := it.kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS
 	if o.n >= o.limit && !o.coalescing { // backlog: until the client takes, progress goes as its task's latest
 		o.coalescing = true
-		if o.dups > 0 {
-			o.coalesceLocked()
-		}
+		o.coalesceLocked() // once a fill: the queue took limit events since the last take
 	}
-	if i, ok := o.progress[it.taskID]; ok && progress && o.coalescing {
-		o.drop(i)
-		delete(o.progress, it.taskID)
+	if progress && o.coalescing {
+		if i, ok := o.progress[it.taskID]; ok {
+			o.drop(i)
+		}
 	}
 	if o.n >= o.limit {
 		return false
@@ -230,9 +228,6 @@ func (o *outbox) pushLocked(it *item) bool {
 	if progress {
 		if o.progress == nil {
 			o.progress = map[string]int{}
-		}
-		if _, ok := o.progress[it.taskID]; ok {
-			o.dups++
 		}
 		o.progress[it.taskID] = len(o.items) - 1
 	}
@@ -247,7 +242,6 @@ func (o *outbox) coalesceLocked() {
 			o.drop(i)
 		}
 	}
-	o.dups = 0
 }
 
 // drop removes the queued item at i, a progress event a later one of its task replaces.
@@ -285,14 +279,15 @@ func (o *outbox) filling() bool { return 2*o.n >= o.limit }
 // wakeSoon wakes the taker for what was just queued: at once, or when the hold ends
 // (holdLocked), by which time more may have come to go with it.
 func (o *outbox) wakeSoon() {
-	hold := o.holdLocked()
-	switch {
+	if o.holding && !o.filling() {
+		return // the hold's timer wakes it
+	}
+	switch hold := o.holdLocked(); {
 	case hold <= 0:
 		if o.holding && o.holdTimer.Stop() {
 			o.holding = false
 		}
 		o.wake()
-	case o.holding:
 	case o.holdTimer == nil:
 		o.holding, o.holdTimer = true, time.AfterFunc(hold, o.release)
 	default:
@@ -371,7 +366,7 @@ func (o *outbox) takeLocked(dst []*item) ([]*item, *replayWork, error) {
 		if len(o.progress) > 0 {
 			clear(o.progress)
 		}
-		o.n, o.dups, o.coalescing = 0, 0, false
+		o.n, o.coalescing = 0, false
 		o.delivered = dst[len(dst)-1].seq
 		o.lastTaken = time.Now().UnixNano()
 	}
