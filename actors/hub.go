@@ -325,6 +325,7 @@ func (h *Hub) Close() error {
 		}
 		h.system.Shutdown()
 		h.dispatcher.stop()
+		h.writers.stop()
 	})
 	return nil
 }

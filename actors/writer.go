@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // writer delivers the watches that hand their messages to a sink (Watch.Deliver): an event
@@ -18,12 +19,19 @@ import (
 // behind them. And while a writer is busy its watches gather events: a watch is ready once,
 // however many events it got meanwhile, and sends them with one write.
 //
-// The writer's goroutine runs only while watches are ready: an idle hub holds none.
+// The writer's goroutine waits for watches to become ready for up to workerIdle (as the
+// actors' goroutines do, see workerDispatcher), then ends: an idle hub holds none. A goroutine
+// started for each burst of ready watches had a small stack that grew, and was copied, for the
+// first event's encoding every time: 2–4 % of the CPU of a node whose watchers are on HTTP/1.1
+// connections of their own.
 type writer struct {
 	mu      sync.Mutex
-	ready   []*Watch // in the order they became ready
-	spare   []*Watch // the slice the goroutine walks, kept for reuse
-	running bool     // the goroutine runs; it takes ready before it stops
+	ready   []*Watch      // in the order they became ready
+	spare   []*Watch      // the slice the goroutine walks, kept for reuse
+	running bool          // the goroutine runs; it takes ready before it ends
+	waiting bool          // the goroutine waits for wake
+	wake    chan struct{} // add's signal to the waiting goroutine; holds one
+	quit    <-chan struct{}
 }
 
 // yieldEvery is how many watches a writer passes over before it lets the goroutines waiting to
@@ -37,17 +45,23 @@ const yieldEvery = 512
 // writers is a hub's set of writers, one per processor the runtime uses, so that deliveries
 // still spread over the cores; a watch is given one when it starts delivering.
 type writers struct {
-	all  []*writer
-	next atomic.Uint32
+	all      []*writer
+	next     atomic.Uint32
+	quit     chan struct{} // closed by stop
+	stopOnce sync.Once
 }
 
 func newWriters() *writers {
-	ws := &writers{all: make([]*writer, max(runtime.GOMAXPROCS(0), 1))}
+	ws := &writers{all: make([]*writer, max(runtime.GOMAXPROCS(0), 1)), quit: make(chan struct{})}
 	for i := range ws.all {
-		ws.all[i] = &writer{}
+		ws.all[i] = &writer{wake: make(chan struct{}, 1), quit: ws.quit}
 	}
 	return ws
 }
+
+// stop ends the writers' goroutines once they have nothing to send. A watch made ready later
+// is still sent to, by a goroutine that ends when it is done.
+func (ws *writers) stop() { ws.stopOnce.Do(func() { close(ws.quit) }) }
 
 // pick returns the writer for a watch that starts delivering, in turn.
 func (ws *writers) pick() *writer {
@@ -60,23 +74,31 @@ func (ws *writers) pick() *writer {
 func (wr *writer) add(w *Watch) {
 	wr.mu.Lock()
 	wr.ready = append(wr.ready, w)
-	start := !wr.running
-	wr.running = true
+	start, wake := !wr.running, wr.waiting
+	wr.running, wr.waiting = true, false
 	wr.mu.Unlock()
-	if start {
+	switch {
+	case start:
 		go wr.run()
+	case wake:
+		wr.wake <- struct{}{} // one a wait: it never blocks
 	}
 }
 
-// run passes over the ready watches until none is left.
+// run passes over the ready watches until none is left, and none became ready for workerIdle.
 func (wr *writer) run() {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
 	for {
 		wr.mu.Lock()
 		batch := wr.ready
 		if len(batch) == 0 {
-			wr.running = false
+			wr.waiting = true
 			wr.mu.Unlock()
-			return
+			if !wr.wait(idle) {
+				return
+			}
+			continue
 		}
 		wr.ready = wr.spare[:0]
 		wr.mu.Unlock()
@@ -89,4 +111,24 @@ func (wr *writer) run() {
 		clear(batch)
 		wr.spare = batch
 	}
+}
+
+// wait waits for add to wake the goroutine, and reports false if it should end instead: nothing
+// became ready for workerIdle, or the writers were stopped.
+func (wr *writer) wait(idle *time.Timer) bool {
+	idle.Reset(workerIdle)
+	select {
+	case <-wr.wake:
+		return true
+	case <-idle.C:
+	case <-wr.quit:
+	}
+	wr.mu.Lock()
+	defer wr.mu.Unlock()
+	if wr.waiting { // not woken: end
+		wr.running, wr.waiting = false, false
+		return false
+	}
+	<-wr.wake // add woke it meanwhile; its signal is sent, or about to be
+	return true
 }
