@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -177,4 +178,85 @@ func TestReporter_LongMessages(t *testing.T) {
 	}
 	batches := b.calls.of("/" + taskhubv1connect.WorkerServiceName + "/BatchReportProgress")
 	require.GreaterOrEqual(t, batches, 2, "1000 reports of 1 KiB are over a request's limit")
+}
+
+// TestReporter_BatchDelay: with a BatchDelay, reports made one after another within it wait
+// for it and go together in one call, where without it the first would go alone at once; each
+// is recorded and answered.
+func TestReporter_BatchDelay(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	c := b.client()
+	ctx := t.Context()
+	const tasks, delay = 5, 300 * time.Millisecond
+	type running struct{ id, lease string }
+	runs := make([]running, tasks)
+	for i := range runs {
+		_, err := c.Create(ctx, &taskhubv1.CreateTaskRequest{Prompt: "task " + strconv.Itoa(i), Mode: "delayed"})
+		require.NoError(t, err)
+		res, err := c.Work().ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"delayed"}, WaitSeconds: 5}))
+		require.NoError(t, err)
+		runs[i] = running{res.Msg.Task.Id, res.Msg.LeaseToken}
+	}
+	single := "/" + taskhubv1connect.WorkerServiceName + "/ReportProgress"
+	batch := "/" + taskhubv1connect.WorkerServiceName + "/BatchReportProgress"
+	before := b.calls.of(single) + b.calls.of(batch)
+
+	r := c.Reporter(client.BatchDelay(delay))
+	first := time.Now()
+	var answered []time.Duration
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, run := range runs {
+		if i > 0 {
+			time.Sleep(delay / 20) // within the delay, however slow this machine, unless it stalls for 250 ms
+		}
+		wg.Go(func() {
+			_, err := r.Report(ctx, &taskhubv1.ReportProgressRequest{TaskId: run.id, LeaseToken: run.lease, Progress: 50, Message: "half"})
+			assert.NoError(t, err, "task %d", i)
+			mu.Lock()
+			answered = append(answered, time.Since(first))
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	require.Equal(t, 1, b.calls.of(batch)+b.calls.of(single)-before, "the reports went in one call")
+	require.Equal(t, 0, b.calls.of(single), "no report went alone")
+	for _, took := range answered {
+		require.GreaterOrEqual(t, took, delay, "a report was answered before the delay was out")
+	}
+	for i, run := range runs {
+		task, err := c.Get(ctx, run.id)
+		require.NoError(t, err)
+		require.Equal(t, "half", task.Message, "task %d", i)
+	}
+}
+
+// TestReporter_BatchDelayFull: a batch that fills up goes at once, however long its delay.
+func TestReporter_BatchDelayFull(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	c := b.client()
+	batch := "/" + taskhubv1connect.WorkerServiceName + "/BatchReportProgress"
+	before := b.calls.of(batch)
+
+	r := c.Reporter(client.BatchDelay(time.Hour))
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	const full = 1000 // the most reports a batch holds
+	errs := make(chan error, full)
+	for i := range full {
+		go func() {
+			// No such task: each report is refused on its own, in the batch's answer (NotFound,
+			// or Unavailable past the node's cap on reads of tasks it does not know).
+			_, err := r.Report(ctx, &taskhubv1.ReportProgressRequest{TaskId: fmt.Sprintf("01JX%022d", i), LeaseToken: "AAAAAAAAAAAAAAAAAAAAAAAAAA", Progress: 1})
+			errs <- err
+		}()
+	}
+	for range full {
+		err := <-errs
+		require.NotErrorIs(t, err, context.DeadlineExceeded, "the full batch waited for its delay")
+		require.Contains(t, []connect.Code{connect.CodeNotFound, connect.CodeUnavailable}, connect.CodeOf(err), "%v", err)
+	}
+	require.Equal(t, 1, b.calls.of(batch)-before, "the reports went in one call")
 }

@@ -28,6 +28,9 @@ type Worker struct {
 	// are dropped: they go back to the queue when their leases run out. Zero waits as long as
 	// they take; negative does not wait at all.
 	DrainTimeout time.Duration
+	// BatchDelay is how long a batch of the jobs' reports waits after its first for more to
+	// join it (see BatchDelay) [0: it goes as soon as no other is on its way].
+	BatchDelay time.Duration
 	// Logger receives what goes wrong [slog.Default()].
 	Logger *slog.Logger
 	// TaskEnded, when set, tells the worker early that a task ended (it was cancelled, say),
@@ -138,7 +141,7 @@ func (w *Worker) Run(ctx context.Context, modes []string, handle Handler) error 
 	}
 	// The jobs' reports go through one Reporter: those that come while one is on its way go
 	// together in one call.
-	rep := w.Client.Reporter()
+	rep := w.Client.Reporter(BatchDelay(w.BatchDelay))
 	var wg sync.WaitGroup
 	for range max(w.Concurrency, 1) {
 		wg.Go(func() {

@@ -78,7 +78,7 @@ func newDriver(cfg config, prefix string, users []string, notes io.Writer) *driv
 	if cfg.batchWorkers > 0 {
 		c := client.New(cfg.url, client.WithHTTPClient(hc), client.WithConnectOptions(clientOptions(cfg.workerToken, false, cfg.codec)...))
 		for range cfg.batchWorkers {
-			reporters = append(reporters, c.Reporter())
+			reporters = append(reporters, c.Reporter(client.BatchDelay(cfg.batchDelay)))
 		}
 	}
 	return &driver{

@@ -102,12 +102,13 @@ type config struct {
 	client       string // how push's watchers read: clientRaw or clientConnect
 	codec        string // of the watchers' and pollers' messages: codecProto or codecJSON
 	json         bool
-	tls          *tls.Config // with an https URL: trusting --tls-ca
-	authFile     string      // the server's, for --users' tokens
-	workerConns  int         // with --http1: the most worker connections; 0: one per task
-	promptBytes  int         // the tasks' prompts are padded to this many bytes
-	batchWorkers int         // worker processes batching their tasks' reports; 0: a call per report
-	users        int         // users owning the tasks, each with perUser watchers; 0: --token's
+	tls          *tls.Config   // with an https URL: trusting --tls-ca
+	authFile     string        // the server's, for --users' tokens
+	workerConns  int           // with --http1: the most worker connections; 0: one per task
+	promptBytes  int           // the tasks' prompts are padded to this many bytes
+	batchWorkers int           // worker processes batching their tasks' reports; 0: a call per report
+	batchDelay   time.Duration // each batch waits this long after its first report (client.BatchDelay)
+	users        int           // users owning the tasks, each with perUser watchers; 0: --token's
 	perUser      int
 	apiKey       string // centrifugo: of its server HTTP API
 	publishers   int    // centrifugo: goroutines publishing, each in order
@@ -161,6 +162,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.perUser, "watchers-per-user", 1, "watchers (devices) per user with --users; --watchers is then users x this")
 	fs.IntVar(&cfg.promptBytes, "prompt-bytes", 0, "pad each task's prompt to this many bytes, as an AI generation's prompt of a paragraph or a page (every event carries its task's prompt)")
 	fs.IntVar(&cfg.workerConns, "worker-conns", 0, "with --http1, at most this many worker connections, shared by the tasks' reports as worker processes that each run several tasks share theirs (default: one per task)")
+	fs.DurationVar(&cfg.batchDelay, "batch-delay", 0, "with --batch-workers, each batch waits this long after its first report for more to join it (the Go client's BatchDelay; default: it goes when no other batch of its worker is on its way)")
 	fs.IntVar(&cfg.batchWorkers, "batch-workers", 0, "the tasks are run by this many worker processes, each sending its tasks' reports as the Go client's Worker does: those made while one is on its way go together in one BatchReportProgress call (default: a ReportProgress call per report)")
 	fs.StringVar(&tlsCA, "tls-ca", "", "PEM `file` of the certificate (or its authority) to trust for an https:// --url; with https each watcher has a TLS connection of its own (HTTP/2, or HTTP/1.1 with --http1), as a browser's page does, unless --streams-per-conn says otherwise")
 	fs.StringVar(&cfg.authFile, "auth-file", "", "the server's --auth-file, for --users' tokens (taskhub-load users writes one)")
@@ -226,6 +228,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return cfg, errors.New("--worker-conns is for --http1 (over HTTP/2 the workers share one connection), and at least 0")
 	case cfg.batchWorkers < 0 || cfg.batchWorkers > maxTasks:
 		return cfg, fmt.Errorf("--batch-workers must be 0..%d: got %d", maxTasks, cfg.batchWorkers)
+	case cfg.batchDelay < 0 || (cfg.batchDelay > 0 && cfg.batchWorkers == 0):
+		return cfg, errors.New("--batch-delay is for --batch-workers, and at least 0")
 	case cfg.gzip && cfg.http1 && cfg.client == clientRaw:
 		return cfg, errors.New("--client raw over HTTP/1.1 does not decompress: drop --gzip, or use --client connect")
 	}

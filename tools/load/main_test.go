@@ -342,6 +342,7 @@ func TestRun_RefusesBadClients(t *testing.T) {
 		"--client raw --http1 --gzip": "does not decompress",
 		"--worker-conns 5":            "--worker-conns is for --http1",
 		"--batch-workers -1":          "--batch-workers must be",
+		"--batch-delay 5ms":           "--batch-delay is for --batch-workers",
 	} {
 		t.Run(args, func(t *testing.T) {
 			err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)
