@@ -42,7 +42,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	var (
 		server, token, mode, id string
 		concurrency             int
-		grace                   time.Duration
+		grace, batchDelay       time.Duration
 	)
 	fs.StringVar(&server, "server", "http://127.0.0.1:8080", "taskhub's `URL`")
 	fs.StringVar(&token, "token", "", "a worker's bearer `token` (with --auth-file)")
@@ -50,6 +50,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&id, "worker-id", "", "the worker_id to claim as (default: taskhub-worker-<host>-<pid>)")
 	fs.IntVar(&concurrency, "concurrency", 1, "tasks run at once")
 	fs.DurationVar(&grace, "grace", 10*time.Second, "how long a command has to stop after SIGTERM before SIGKILL")
+	fs.DurationVar(&batchDelay, "batch-delay", 0, "how long a batch of the commands' progress reports waits after its first for more (0: it goes when no other is on its way); with many commands at once, fewer and larger batches cost the server less")
 	if err := fromEnv(fs); err != nil {
 		return err
 	}
@@ -64,13 +65,15 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		return errors.New("worker: give the command to run after --, such as: taskhub worker --mode import -- python3 import.py")
 	case concurrency < 1 || concurrency > 1000:
 		return fmt.Errorf("worker: --concurrency must be 1..1000: got %d", concurrency)
+	case batchDelay < 0 || batchDelay > 10*time.Second:
+		return fmt.Errorf("worker: --batch-delay must be 0..10s: got %v", batchDelay)
 	}
 	if id == "" {
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("taskhub-worker-%s-%d", host, os.Getpid())
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
-	w := &client.Worker{Client: client.New(server, client.WithToken(token)), ID: id, Concurrency: concurrency, Logger: logger}
+	w := &client.Worker{Client: client.New(server, client.WithToken(token)), ID: id, Concurrency: concurrency, BatchDelay: batchDelay, Logger: logger}
 	logger.Info("worker claiming", "mode", mode, "command", command)
 	err := w.Run(ctx, []string{mode}, func(ctx context.Context, job *client.Job) (string, error) {
 		return runCommand(ctx, job, command, grace, stderr)

@@ -144,6 +144,33 @@ func TestWorker_ShellScript(t *testing.T) {
 	require.Equal(t, "the last line", done.Result)
 }
 
+// TestWorker_BatchDelay: with --batch-delay the commands' reports still reach the task; a delay
+// out of range is refused before anything runs.
+func TestWorker_BatchDelay(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, server.Config{})
+	id := e.create("sh-delayed", "delayed", nil)
+	events := e.events(id)
+	e.worker("sh-delayed", `cat > /dev/null; echo "progress 60 halfway"; sleep 0.2; echo "result done"`, "--batch-delay", "20ms", "--concurrency", "4")
+	got := events()
+	var progress []*taskhubv1.Task
+	for _, ev := range got {
+		if ev.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS {
+			progress = append(progress, ev.Task)
+		}
+	}
+	require.Len(t, progress, 1, "the report: %v", got)
+	require.Equal(t, 60.0, progress[0].Progress)
+	require.Equal(t, "halfway", progress[0].Message)
+	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_COMPLETED, got[len(got)-1].Kind)
+	require.Equal(t, "done", got[len(got)-1].Task.Result)
+
+	for _, bad := range []string{"-1ms", "11s"} {
+		err := runWorker(t.Context(), []string{"--mode", "m", "--batch-delay", bad, "--", "true"}, io.Discard)
+		require.ErrorContains(t, err, "--batch-delay must be 0..10s", bad)
+	}
+}
+
 // TestWorker_ExitCodes: exit 100 fails the task for good with the end of stderr; another
 // non-zero exit fails it retryably, until its attempts run out.
 func TestWorker_ExitCodes(t *testing.T) {
