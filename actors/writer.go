@@ -32,6 +32,7 @@ type writer struct {
 	waiting bool          // the goroutine waits for wake
 	wake    chan struct{} // add's signal to the waiting goroutine; holds one
 	quit    <-chan struct{}
+	idle    time.Duration // how long the goroutine waits for more: workerIdle
 }
 
 // yieldEvery is how many watches a writer passes over before it lets the goroutines waiting to
@@ -54,7 +55,7 @@ type writers struct {
 func newWriters() *writers {
 	ws := &writers{all: make([]*writer, max(runtime.GOMAXPROCS(0), 1)), quit: make(chan struct{})}
 	for i := range ws.all {
-		ws.all[i] = &writer{wake: make(chan struct{}, 1), quit: ws.quit}
+		ws.all[i] = &writer{wake: make(chan struct{}, 1), quit: ws.quit, idle: workerIdle}
 	}
 	return ws
 }
@@ -85,9 +86,9 @@ func (wr *writer) add(w *Watch) {
 	}
 }
 
-// run passes over the ready watches until none is left, and none became ready for workerIdle.
+// run passes over the ready watches until none is left, and none became ready for wr.idle.
 func (wr *writer) run() {
-	idle := time.NewTimer(workerIdle)
+	idle := time.NewTimer(wr.idle)
 	defer idle.Stop()
 	for {
 		wr.mu.Lock()
@@ -114,9 +115,9 @@ func (wr *writer) run() {
 }
 
 // wait waits for add to wake the goroutine, and reports false if it should end instead: nothing
-// became ready for workerIdle, or the writers were stopped.
+// became ready for wr.idle, or the writers were stopped.
 func (wr *writer) wait(idle *time.Timer) bool {
-	idle.Reset(workerIdle)
+	idle.Reset(wr.idle)
 	select {
 	case <-wr.wake:
 		return true
@@ -124,11 +125,13 @@ func (wr *writer) wait(idle *time.Timer) bool {
 	case <-wr.quit:
 	}
 	wr.mu.Lock()
-	defer wr.mu.Unlock()
-	if wr.waiting { // not woken: end
+	woken := !wr.waiting
+	if !woken { // end
 		wr.running, wr.waiting = false, false
-		return false
 	}
-	<-wr.wake // add woke it meanwhile; its signal is sent, or about to be
-	return true
+	wr.mu.Unlock()
+	if woken {
+		<-wr.wake // add woke it meanwhile; its signal is sent, or about to be
+	}
+	return woken
 }

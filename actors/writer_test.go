@@ -130,37 +130,51 @@ func TestWatch_HalfFullHeldWatchIsSent(t *testing.T) {
 
 // TestWriter_WaitsForMoreThenEnds: a writer's goroutine that has passed over its ready watches
 // waits for more, rather than ending (a new goroutine's stack grows again for each burst), and
-// passes over a watch made ready meanwhile; once the writers are stopped it ends, and a watch
-// made ready later is still passed over.
+// passes over a watch made ready meanwhile; it ends when nothing became ready for its idle time,
+// or once the writers are stopped, and a watch made ready later is still passed over.
 func TestWriter_WaitsForMoreThenEnds(t *testing.T) {
-	ws := newWriters()
-	wr := ws.all[0]
+	t.Parallel()
 	w := &Watch{pushCtx: t.Context()} // nothing to send: a pass leaves it idle
 	w.out.init(8)
-	state := func() (running, waiting bool) {
+	state := func(wr *writer) (running, waiting bool) {
 		wr.mu.Lock()
 		defer wr.mu.Unlock()
 		return wr.running, wr.waiting
 	}
-	passed := func(msg string) {
+	ready := func(wr *writer, msg string) {
 		t.Helper()
-		require.Eventually(t, func() bool { return w.delivering.Load() == deliverIdle }, 10*time.Second, time.Millisecond, msg)
-	}
-
-	for i := range 3 {
 		w.delivering.Store(deliverRunning)
 		wr.add(w)
-		passed(fmt.Sprintf("add %d: the watch was not passed over", i))
-		require.Eventually(t, func() bool { running, waiting := state(); return running && waiting },
-			10*time.Second, time.Millisecond, "add %d: the writer's goroutine did not wait for more", i)
+		require.Eventually(t, func() bool { return w.delivering.Load() == deliverIdle }, 10*time.Second, time.Millisecond,
+			"%s: the watch was not passed over", msg)
+	}
+	ended := func(wr *writer, msg string) {
+		t.Helper()
+		// Well within the writer's idle time (an hour), unless that is what is tested.
+		require.Eventually(t, func() bool { running, _ := state(wr); return !running }, 5*time.Second, time.Millisecond,
+			"%s: the writer's goroutine did not end", msg)
 	}
 
+	ws := newWriters()
+	wr := ws.all[0]
+	wr.idle = time.Hour
+	for i := range 3 {
+		ready(wr, fmt.Sprint("add ", i))
+		require.Eventually(t, func() bool { running, waiting := state(wr); return running && waiting },
+			10*time.Second, time.Millisecond, "add %d: the writer's goroutine did not wait for more", i)
+	}
 	ws.stop()
-	require.Eventually(t, func() bool { running, _ := state(); return !running }, 10*time.Second, time.Millisecond,
-		"the stopped writer's goroutine did not end")
-	w.delivering.Store(deliverRunning)
-	wr.add(w)
-	passed("after stop, the watch was not passed over")
-	require.Eventually(t, func() bool { running, _ := state(); return !running }, 10*time.Second, time.Millisecond,
-		"after stop, the goroutine of a later add did not end")
+	ended(wr, "stopped")
+	ready(wr, "after stop")
+	ended(wr, "after stop")
+
+	// Idle for its idle time, it ends by itself; the next watch starts it again.
+	ws = newWriters()
+	wr = ws.all[0]
+	wr.idle = 50 * time.Millisecond
+	ready(wr, "idle")
+	ended(wr, "idle")
+	ready(wr, "after idle")
+	ws.stop()
+	ended(wr, "stopped after idle")
 }
