@@ -27,9 +27,10 @@ type Reporter struct {
 	mu      sync.Mutex
 	sending bool          // a goroutine is sending
 	queue   []*pending    // what came while it was
+	queued  int           // the size of queue's reports in a batch, bytes
 	single  bool          // the server has no BatchReportProgress: a call per report, at once
 	waiting bool          // the sending goroutine waits the delay out
-	full    chan struct{} // a full batch ends the wait; holds one
+	look    chan struct{} // ends the wait (see lookLocked); holds one
 }
 
 // pending is a report waiting for its answer.
@@ -37,6 +38,7 @@ type pending struct {
 	ctx  context.Context
 	at   time.Time // when Report was called
 	req  *taskhubv1.ReportProgressRequest
+	size int // of req in a batch, with its field's tag and length
 	res  *taskhubv1.ReportProgressResponse
 	err  error
 	done chan struct{}
@@ -44,7 +46,7 @@ type pending struct {
 
 // Reporter returns a Reporter sending through c.
 func (c *Client) Reporter(opts ...ReporterOption) *Reporter {
-	r := &Reporter{work: c.work, full: make(chan struct{}, 1)}
+	r := &Reporter{work: c.work, look: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(r)
 	}
@@ -55,10 +57,12 @@ func (c *Client) Reporter(opts ...ReporterOption) *Reporter {
 type ReporterOption func(*Reporter)
 
 // BatchDelay makes a batch wait until d after its first report came, for more reports to join
-// it, or until it holds the most a batch may. Each report is then up to d later, and a worker
-// of hundreds of tasks sends fewer, larger batches: with 5000 tasks reporting 7,000 times a
-// second through 10 workers, a delay of 20 ms took 18 % off the server's CPU a report
-// (docs/benchmarks.md). Zero, the default, sends a report at once when no batch is on its way.
+// it, or until it holds the most a batch may (1000 reports, or 512 KiB). Each report is then up
+// to d later (Report returns with its answer, so a caller that reports in a loop makes one
+// report per d at most), and a worker of hundreds of tasks sends fewer, larger batches: with
+// 5000 tasks reporting 7,000 times a second through 10 workers, a delay of 20 ms took 18 % off
+// the server's CPU a report (docs/benchmarks.md). Zero, the default, sends a report at once
+// when no batch is on its way. Against a server without BatchReportProgress it does nothing.
 func BatchDelay(d time.Duration) ReporterOption { return func(r *Reporter) { r.delay = max(d, 0) } }
 
 // maxBatch is the server's limit on the reports of one BatchReportProgress call; maxBatchBytes
@@ -78,7 +82,7 @@ const batchTimeout = 30 * time.Second
 // have had alone). When ctx ends before the answer, it returns ctx's error, and the report
 // may or may not have been recorded.
 func (r *Reporter) Report(ctx context.Context, req *taskhubv1.ReportProgressRequest) (*taskhubv1.ReportProgressResponse, error) {
-	p := &pending{ctx: ctx, at: time.Now(), req: req, done: make(chan struct{})}
+	p := &pending{ctx: ctx, at: time.Now(), req: req, size: proto.Size(req) + 8, done: make(chan struct{})}
 	r.mu.Lock()
 	if r.single {
 		r.mu.Unlock()
@@ -86,20 +90,32 @@ func (r *Reporter) Report(ctx context.Context, req *taskhubv1.ReportProgressRequ
 		return p.res, p.err
 	}
 	r.queue = append(r.queue, p)
+	r.queued += p.size
 	switch {
 	case !r.sending:
 		r.sending = true
 		go r.send()
-	case r.waiting && len(r.queue) >= maxBatch:
-		r.waiting = false
-		r.full <- struct{}{} // one a wait: it never blocks
+	case r.fullLocked():
+		r.lookLocked()
 	}
 	r.mu.Unlock()
 	select {
 	case <-p.done:
 		return p.res, p.err
 	case <-ctx.Done():
+		r.mu.Lock()
+		r.lookLocked() // the report may be all the wait is for
+		r.mu.Unlock()
 		return nil, ctx.Err()
+	}
+}
+
+// lookLocked ends the sending goroutine's wait for the delay, if it waits, to look at the queue
+// again: a batch filled, or a caller left.
+func (r *Reporter) lookLocked() {
+	if r.waiting {
+		r.waiting = false
+		r.look <- struct{}{} // one a wait: it never blocks
 	}
 }
 
@@ -113,6 +129,7 @@ func (r *Reporter) send() {
 	}()
 	for {
 		r.mu.Lock()
+		r.dropLeftLocked()
 		if wait := r.delayLocked(); wait > 0 {
 			if delay == nil {
 				delay = time.NewTimer(wait)
@@ -123,25 +140,28 @@ func (r *Reporter) send() {
 			r.mu.Unlock()
 			select {
 			case <-delay.C:
-			case <-r.full:
+			case <-r.look:
 			}
 			r.mu.Lock()
 			if !r.waiting {
-				select { // a full batch ended the wait as the timer did: take its signal
-				case <-r.full:
+				select { // lookLocked ended the wait as the timer did: take its signal
+				case <-r.look:
 				default:
 				}
 			}
 			r.waiting = false
+			r.mu.Unlock()
+			continue // look again
 		}
 		n, size := 0, 0
 		for n < len(r.queue) && n < maxBatch {
-			size += proto.Size(r.queue[n].req) + 8 // and its field's tag and length
-			if n > 0 && size > maxBatchBytes {
+			if n > 0 && size+r.queue[n].size > maxBatchBytes {
 				break
 			}
+			size += r.queue[n].size
 			n++
 		}
+		r.queued -= size
 		batch := r.queue[:n]
 		r.queue = r.queue[n:]
 		if len(r.queue) == 0 {
@@ -174,10 +194,33 @@ func (r *Reporter) send() {
 // delayLocked is how long the next batch waits for more reports (BatchDelay): until the delay
 // after its first report, unless it is full.
 func (r *Reporter) delayLocked() time.Duration {
-	if r.delay <= 0 || len(r.queue) == 0 || len(r.queue) >= maxBatch {
+	if r.delay <= 0 || len(r.queue) == 0 || r.fullLocked() || r.single {
 		return 0
 	}
 	return time.Until(r.queue[0].at.Add(r.delay))
+}
+
+// dropLeftLocked drops the queued reports whose callers left (their contexts ended): they are
+// not sent, and a wait is not for them.
+func (r *Reporter) dropLeftLocked() {
+	if r.delay <= 0 {
+		return // they are dropped as their batch goes
+	}
+	kept := r.queue[:0]
+	for _, p := range r.queue {
+		if p.ctx.Err() == nil {
+			kept = append(kept, p)
+		} else {
+			r.queued -= p.size
+		}
+	}
+	clear(r.queue[len(kept):])
+	r.queue = kept
+}
+
+// fullLocked reports whether what is queued fills a batch.
+func (r *Reporter) fullLocked() bool {
+	return len(r.queue) >= maxBatch || r.queued >= maxBatchBytes
 }
 
 // sendOne sends a report in a call of its own, for at most batchTimeout: the reports queued

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -188,7 +189,7 @@ func TestReporter_BatchDelay(t *testing.T) {
 	b := setup(t, server.Config{})
 	c := b.client()
 	ctx := t.Context()
-	const tasks, delay = 5, 300 * time.Millisecond
+	const tasks, delay = 5, 2 * time.Second
 	type running struct{ id, lease string }
 	runs := make([]running, tasks)
 	for i := range runs {
@@ -209,7 +210,7 @@ func TestReporter_BatchDelay(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, run := range runs {
 		if i > 0 {
-			time.Sleep(delay / 20) // within the delay, however slow this machine, unless it stalls for 250 ms
+			time.Sleep(15 * time.Millisecond) // all within the delay, unless this machine stalls for 1.9 s
 		}
 		wg.Go(func() {
 			_, err := r.Report(ctx, &taskhubv1.ReportProgressRequest{TaskId: run.id, LeaseToken: run.lease, Progress: 50, Message: "half"})
@@ -259,4 +260,37 @@ func TestReporter_BatchDelayFull(t *testing.T) {
 		require.Contains(t, []connect.Code{connect.CodeNotFound, connect.CodeUnavailable}, connect.CodeOf(err), "%v", err)
 	}
 	require.Equal(t, 1, b.calls.of(batch)-before, "the reports went in one call")
+}
+
+// TestReporter_BatchDelayFullBytes: a batch that fills up by its size (512 KiB) goes at once,
+// however long its delay; the reports left over wait for theirs.
+func TestReporter_BatchDelayFullBytes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, server.Config{})
+	c := b.client()
+	r := c.Reporter(client.BatchDelay(time.Hour))
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	const reports = 600 // of about 1 KiB each: one full batch, and some left over
+	long := strings.Repeat("x", 1000)
+	errs := make(chan error, reports)
+	for i := range reports {
+		go func() {
+			_, err := r.Report(ctx, &taskhubv1.ReportProgressRequest{TaskId: fmt.Sprintf("01JX%022d", i), LeaseToken: "AAAAAAAAAAAAAAAAAAAAAAAAAA", Progress: 1, Message: long})
+			errs <- err
+		}()
+	}
+	answered, waited := 0, 0
+	for range reports {
+		switch err := <-errs; {
+		case errors.Is(err, context.DeadlineExceeded):
+			waited++
+		case connect.CodeOf(err) == connect.CodeNotFound, connect.CodeOf(err) == connect.CodeUnavailable: // no such task, as in TestReporter_BatchDelayFull
+			answered++
+		default:
+			t.Errorf("unexpected: %v", err)
+		}
+	}
+	require.Greater(t, answered, 400, "the full batch waited for its delay")
+	require.Positive(t, waited, "the reports left over did not wait for their delay")
 }

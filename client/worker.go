@@ -29,7 +29,8 @@ type Worker struct {
 	// they take; negative does not wait at all.
 	DrainTimeout time.Duration
 	// BatchDelay is how long a batch of the jobs' reports waits after its first for more to
-	// join it (see BatchDelay) [0: it goes as soon as no other is on its way].
+	// join it (see BatchDelay) [0: it goes as soon as no other is on its way]. Job.Report
+	// returns with its answer, so a job makes one report per BatchDelay at most.
 	BatchDelay time.Duration
 	// Logger receives what goes wrong [slog.Default()].
 	Logger *slog.Logger

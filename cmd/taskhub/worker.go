@@ -50,7 +50,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&id, "worker-id", "", "the worker_id to claim as (default: taskhub-worker-<host>-<pid>)")
 	fs.IntVar(&concurrency, "concurrency", 1, "tasks run at once")
 	fs.DurationVar(&grace, "grace", 10*time.Second, "how long a command has to stop after SIGTERM before SIGKILL")
-	fs.DurationVar(&batchDelay, "batch-delay", 0, "how long a batch of the commands' progress reports waits after its first for more (0: it goes when no other is on its way); with many commands at once, fewer and larger batches cost the server less")
+	fs.DurationVar(&batchDelay, "batch-delay", 0, "how long a batch of the commands' progress reports waits after its first for more (0: it goes when no other is on its way): with many commands at once, fewer and larger batches cost the server less, but each command's progress lines are then read one per delay at most")
 	if err := fromEnv(fs); err != nil {
 		return err
 	}

@@ -144,14 +144,15 @@ func TestWorker_ShellScript(t *testing.T) {
 	require.Equal(t, "the last line", done.Result)
 }
 
-// TestWorker_BatchDelay: with --batch-delay the commands' reports still reach the task; a delay
-// out of range is refused before anything runs.
+// TestWorker_BatchDelay: with --batch-delay the commands' reports wait for it, and reach the
+// task; a delay out of range is refused before anything runs.
 func TestWorker_BatchDelay(t *testing.T) {
 	t.Parallel()
 	e := newWorkerEnv(t, server.Config{})
 	id := e.create("sh-delayed", "delayed", nil)
 	events := e.events(id)
-	e.worker("sh-delayed", `cat > /dev/null; echo "progress 60 halfway"; sleep 0.2; echo "result done"`, "--batch-delay", "20ms", "--concurrency", "4")
+	const delay = time.Second
+	e.worker("sh-delayed", `cat > /dev/null; echo "progress 60 halfway"; echo "result done"`, "--batch-delay", delay.String(), "--concurrency", "4")
 	got := events()
 	var progress []*taskhubv1.Task
 	for _, ev := range got {
@@ -160,6 +161,8 @@ func TestWorker_BatchDelay(t *testing.T) {
 		}
 	}
 	require.Len(t, progress, 1, "the report: %v", got)
+	require.GreaterOrEqual(t, got[len(got)-2].Time.AsTime().Sub(got[0].Time.AsTime()), delay,
+		"the report was taken less than the delay after the task started")
 	require.Equal(t, 60.0, progress[0].Progress)
 	require.Equal(t, "halfway", progress[0].Message)
 	require.Equal(t, taskhubv1.EventKind_EVENT_KIND_COMPLETED, got[len(got)-1].Kind)
