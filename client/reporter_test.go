@@ -33,15 +33,7 @@ func TestReporter(t *testing.T) {
 	ctx := t.Context()
 	const tasks, reports = 40, 10
 
-	type running struct{ id, lease string }
-	runs := make([]running, tasks)
-	for i := range runs {
-		_, err := c.Create(ctx, &taskhubv1.CreateTaskRequest{Prompt: "task " + strconv.Itoa(i), Mode: "rep"})
-		require.NoError(t, err)
-		res, err := c.Work().ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"rep"}, WaitSeconds: 5}))
-		require.NoError(t, err)
-		runs[i] = running{res.Msg.Task.Id, res.Msg.LeaseToken}
-	}
+	runs := claimTasks(t, c, tasks, "rep")
 	cancelled := runs[0]
 	_, err := c.Cancel(ctx, cancelled.id)
 	require.NoError(t, err)
@@ -92,6 +84,23 @@ func TestReporter(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, taskhubv1.TaskState_TASK_STATE_CANCELLED, task.State)
 	require.Zero(t, task.Progress, "no report was recorded on the cancelled task")
+}
+
+// running is a task a test claimed, with its lease.
+type running struct{ id, lease string }
+
+// claimTasks creates n tasks of mode and claims them.
+func claimTasks(t *testing.T, c *client.Client, n int, mode string) []running {
+	t.Helper()
+	runs := make([]running, n)
+	for i := range runs {
+		_, err := c.Create(t.Context(), &taskhubv1.CreateTaskRequest{Prompt: "task " + strconv.Itoa(i), Mode: mode})
+		require.NoError(t, err)
+		res, err := c.Work().ClaimTask(t.Context(), connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{mode}, WaitSeconds: 5}))
+		require.NoError(t, err)
+		runs[i] = running{res.Msg.Task.Id, res.Msg.LeaseToken}
+	}
+	return runs
 }
 
 // olderServer is a WorkerService without BatchReportProgress, as a server before it answers.
@@ -190,15 +199,7 @@ func TestReporter_BatchDelay(t *testing.T) {
 	c := b.client()
 	ctx := t.Context()
 	const tasks, delay = 5, 2 * time.Second
-	type running struct{ id, lease string }
-	runs := make([]running, tasks)
-	for i := range runs {
-		_, err := c.Create(ctx, &taskhubv1.CreateTaskRequest{Prompt: "task " + strconv.Itoa(i), Mode: "delayed"})
-		require.NoError(t, err)
-		res, err := c.Work().ClaimTask(ctx, connect.NewRequest(&taskhubv1.ClaimTaskRequest{WorkerId: "w", Modes: []string{"delayed"}, WaitSeconds: 5}))
-		require.NoError(t, err)
-		runs[i] = running{res.Msg.Task.Id, res.Msg.LeaseToken}
-	}
+	runs := claimTasks(t, c, tasks, "delayed")
 	single := "/" + taskhubv1connect.WorkerServiceName + "/ReportProgress"
 	batch := "/" + taskhubv1connect.WorkerServiceName + "/BatchReportProgress"
 	before := b.calls.of(single) + b.calls.of(batch)
