@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"sync"
@@ -56,16 +57,27 @@ func TestExternalCluster(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, float64(50), got.Msg.Task.Progress, "read on the first node what the third wrote")
 
-	// One task for one idempotency key, whichever nodes get it.
-	ids := make([]string, 2)
+	// One task for one idempotency key, whichever nodes get it. A create answered Unavailable
+	// ("retry") is sent again, as the API tells a client to: on a cluster just formed, the keys'
+	// bucket may still be electing its leader, and a busy machine makes that take seconds.
+	ids, errs := make([]string, 2), make([]error, 2)
 	for i := range 2 {
 		wg.Go(func() {
-			res, err := tasks[i].CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "once", Mode: "render", IdempotencyKey: "k1"}))
-			require.NoError(t, err)
-			ids[i] = res.Msg.Task.Id
+			for retryUntil := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				res, err := tasks[i].CreateTask(ctx, connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "once", Mode: "render", IdempotencyKey: "k1"}))
+				if connect.CodeOf(err) == connect.CodeUnavailable && time.Now().Before(retryUntil) {
+					continue
+				}
+				if err == nil {
+					ids[i] = res.Msg.Task.Id
+				}
+				errs[i] = err
+				return
+			}
 		})
 	}
 	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
 	require.Equal(t, ids[0], ids[1])
 
 	// The NATS node that leads the event stream stops (with one replica, the stream would be
