@@ -29,8 +29,7 @@ type Reporter struct {
 	queue   []*pending    // what came while it was
 	queued  int           // the size of queue's reports in a batch, bytes
 	single  bool          // the server has no BatchReportProgress: a call per report, at once
-	waiting bool          // the sending goroutine waits the delay out
-	look    chan struct{} // ends the wait (see lookLocked); holds one
+	wake    chan struct{} // ends the sending goroutine's wait for the delay (see look); holds one
 }
 
 // pending is a report waiting for its answer.
@@ -46,7 +45,7 @@ type pending struct {
 
 // Reporter returns a Reporter sending through c.
 func (c *Client) Reporter(opts ...ReporterOption) *Reporter {
-	r := &Reporter{work: c.work, look: make(chan struct{}, 1)}
+	r := &Reporter{work: c.work, wake: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(r)
 	}
@@ -96,26 +95,25 @@ func (r *Reporter) Report(ctx context.Context, req *taskhubv1.ReportProgressRequ
 		r.sending = true
 		go r.send()
 	case r.fullLocked():
-		r.lookLocked()
+		r.look()
 	}
 	r.mu.Unlock()
 	select {
 	case <-p.done:
 		return p.res, p.err
 	case <-ctx.Done():
-		r.mu.Lock()
-		r.lookLocked() // the report may be all the wait is for
-		r.mu.Unlock()
+		r.look() // the report may be all the wait is for
 		return nil, ctx.Err()
 	}
 }
 
-// lookLocked ends the sending goroutine's wait for the delay, if it waits, to look at the queue
-// again: a batch filled, or a caller left.
-func (r *Reporter) lookLocked() {
-	if r.waiting {
-		r.waiting = false
-		r.look <- struct{}{} // one a wait: it never blocks
+// look ends the sending goroutine's wait for the delay, to look at the queue again: a batch
+// filled, or a caller left. A signal sent while it does not wait makes its next wait look once
+// more, and wait again.
+func (r *Reporter) look() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -136,21 +134,11 @@ func (r *Reporter) send() {
 			} else {
 				delay.Reset(wait)
 			}
-			r.waiting = true
 			r.mu.Unlock()
 			select {
 			case <-delay.C:
-			case <-r.look:
+			case <-r.wake:
 			}
-			r.mu.Lock()
-			if !r.waiting {
-				select { // lookLocked ended the wait as the timer did: take its signal
-				case <-r.look:
-				default:
-				}
-			}
-			r.waiting = false
-			r.mu.Unlock()
 			continue // look again
 		}
 		n, size := 0, 0
