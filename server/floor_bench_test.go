@@ -4,11 +4,10 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,8 +21,8 @@ import (
 )
 
 // BenchmarkServer_CallFloor is what a ReportProgress call costs before taskhub does anything:
-// BenchmarkServer_ReportProgress's 64 callers, clients and transports, against servers on
-// 127.0.0.1 that only answer. net/http: a bare handler that reads the request and writes a
+// BenchmarkServer_ReportProgress's 64 callers (reportAll), clients and transports, against
+// servers on 127.0.0.1 that only answer. net/http: a bare handler that reads the request and writes a
 // ready answer, the least any Go server built on net/http does for a call. connect: connect-go's
 // generated handler for WorkerService, whose ReportProgress makes its answer and returns. Run
 // beside BenchmarkServer_ReportProgress, it tells how much of a report's CPU is the call itself
@@ -88,7 +87,7 @@ func BenchmarkServer_CallFloor(b *testing.B) {
 				cpu := processCPU(b)
 				b.ReportAllocs()
 				b.ResetTimer()
-				callAll(b, work, b.N)
+				reportAll(b, work, floorClaims, b.N)
 				b.StopTimer()
 				cpu = processCPU(b) - cpu
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
@@ -98,6 +97,16 @@ func BenchmarkServer_CallFloor(b *testing.B) {
 	}
 }
 
+// floorClaims are benchReporters made-up claims, so that reportAll calls as in
+// BenchmarkServer_ReportProgress: the servers answer without looking.
+var floorClaims = func() []*taskhubv1.ClaimTaskResponse {
+	claims := make([]*taskhubv1.ClaimTaskResponse, benchReporters)
+	for i := range claims {
+		claims[i] = &taskhubv1.ClaimTaskResponse{Task: &taskhubv1.Task{Id: fmt.Sprintf("01JX%022d", i)}, LeaseToken: "0123456789abcdef0123456789abcdef"}
+	}
+	return claims
+}()
+
 // floorWorker answers every ReportProgress with answer.
 type floorWorker struct {
 	taskhubv1connect.UnimplementedWorkerServiceHandler
@@ -106,31 +115,4 @@ type floorWorker struct {
 
 func (f floorWorker) ReportProgress(context.Context, *connect.Request[taskhubv1.ReportProgressRequest]) (*connect.Response[taskhubv1.ReportProgressResponse], error) {
 	return connect.NewResponse(f.answer), nil
-}
-
-// callAll makes n ReportProgress calls in all from benchReporters callers at once, each call as
-// reportAll makes it, and fails the benchmark if one fails.
-func callAll(b *testing.B, work taskhubv1connect.WorkerServiceClient, n int) {
-	b.Helper()
-	var next atomic.Int64
-	var failed atomic.Bool
-	var wg sync.WaitGroup
-	for range benchReporters {
-		wg.Go(func() {
-			for k := 1; !failed.Load() && next.Add(1) <= int64(n); k++ {
-				ctx, cancel := context.WithTimeout(b.Context(), benchCallTimeout)
-				_, err := work.ReportProgress(ctx, connect.NewRequest(&taskhubv1.ReportProgressRequest{
-					TaskId: "01JXAMPLETASK0000000000000", LeaseToken: "0123456789abcdef0123456789abcdef", Progress: progressAt(k), Message: "step",
-				}))
-				cancel()
-				if err != nil && failed.CompareAndSwap(false, true) {
-					b.Errorf("call %d: %v", k, err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if failed.Load() {
-		b.FailNow()
-	}
 }
