@@ -27,8 +27,9 @@
 // is one state machine (starting, replaying, live, behind) whose transitions its doc lists.
 //
 // A watch whose stream writes to its connection itself (Watch.Deliver: HTTP/1.1) is sent by
-// one of the hub's writers, one goroutine per processor, that passes over the ready watches in
-// turn and writes each one's queue without waiting. Whatever would wait (a client slow to read,
+// one of the hub's writers, one per processor, that passes over the ready watches in turn (on
+// a goroutine of the actors' dispatcher, kept between bursts) and writes each one's queue
+// without waiting. Whatever would wait (a client slow to read,
 // a snapshot or a replay to read from the log, the end of the stream) goes to a goroutine of
 // the watch's own, so one slow client delays nobody else's writes.
 //

@@ -106,19 +106,21 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 		}
 	})
 	life, cancel := context.WithCancel(context.Background())
+	dispatcher := newWorkerDispatcher(mailboxThroughput)
 	h := &Hub{
-		deadlines: newDeadlines(),
-		cfg:       cfg,
-		log:       cfg.Log,
-		logger:    cfg.Logger,
-		system:    system,
-		root:      system.Root,
-		life:      life,
-		cancel:    cancel,
-		now:       time.Now,
-		byID:      rate.NewLimiter(byIDReads, byIDReads),
-		writers:   newWriters(),
-		stopped:   make(chan struct{}),
+		deadlines:  newDeadlines(),
+		cfg:        cfg,
+		log:        cfg.Log,
+		logger:     cfg.Logger,
+		system:     system,
+		root:       system.Root,
+		life:       life,
+		cancel:     cancel,
+		now:        time.Now,
+		byID:       rate.NewLimiter(byIDReads, byIDReads),
+		dispatcher: dispatcher,
+		writers:    newWriters(dispatcher.Schedule),
+		stopped:    make(chan struct{}),
 	}
 	h.graceFrom.Store(h.now().UnixNano())
 	h.queueRenewEvery = min(cfg.LeaseTimeout/4, cfg.Log.AckWait()-cfg.LeaseTimeout)
@@ -166,7 +168,6 @@ func Open(ctx context.Context, cfg Config) (*Hub, error) {
 	// message) costs less than the default ring buffer it would keep for each idle watch.
 	h.subscriber = actor.PropsFromProducer(func() actor.Actor { return &subscriber{h: h} },
 		actor.WithMailbox(actor.UnboundedLockfree()))
-	h.dispatcher = newWorkerDispatcher(mailboxThroughput)
 	h.supervisor = h.root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &supervisor{h: h} },
 		actor.WithSupervisor(supervisorStrategy()), actor.WithDispatcher(h.dispatcher)))
 	go func() {
@@ -325,7 +326,6 @@ func (h *Hub) Close() error {
 		}
 		h.system.Shutdown()
 		h.dispatcher.stop()
-		h.writers.stop()
 	})
 	return nil
 }

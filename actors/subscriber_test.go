@@ -986,7 +986,7 @@ func TestHub_WatchStartOverflowReplays(t *testing.T) {
 }
 
 // deliverGoroutines counts the goroutines of this process that run a watch's own delivery. (A
-// hub's writers, one a processor, wait a while for more: TestWriter_WaitsForMoreThenEnds.)
+// hub's writers run on its workerDispatcher's goroutines, kept a while for more.)
 func deliverGoroutines(t *testing.T) int {
 	var buf strings.Builder
 	require.NoError(t, pprof.Lookup("goroutine").WriteTo(&buf, 2))

@@ -4,7 +4,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // writer delivers the watches that hand their messages to a sink (Watch.Deliver): an event
@@ -19,20 +18,17 @@ import (
 // behind them. And while a writer is busy its watches gather events: a watch is ready once,
 // however many events it got meanwhile, and sends them with one write.
 //
-// The writer's goroutine waits for watches to become ready for up to workerIdle (as the
-// actors' goroutines do, see workerDispatcher), then ends: an idle hub holds none. A goroutine
-// started for each burst of ready watches had a small stack that grew, and was copied, for the
-// first event's encoding every time: 2–4 % of the CPU of a node whose watchers are on HTTP/1.1
-// connections of their own.
+// The writer runs only while watches are ready, on a goroutine of the hub's workerDispatcher,
+// which keeps its goroutines (and their grown stacks) for a while between bursts, as it does
+// for the actors: a goroutine started for each burst had a small stack that grew, and was
+// copied, in the first event's JSON every time (2–4 % of the CPU of a node whose watchers are
+// on HTTP/1.1 connections of their own).
 type writer struct {
-	mu      sync.Mutex
-	ready   []*Watch      // in the order they became ready
-	spare   []*Watch      // the slice the goroutine walks, kept for reuse
-	running bool          // the goroutine runs; it takes ready before it ends
-	waiting bool          // the goroutine waits for wake
-	wake    chan struct{} // add's signal to the waiting goroutine; holds one
-	quit    <-chan struct{}
-	idle    time.Duration // how long the goroutine waits for more: workerIdle
+	mu       sync.Mutex
+	ready    []*Watch     // in the order they became ready
+	spare    []*Watch     // the slice the goroutine walks, kept for reuse
+	running  bool         // run runs; it takes ready before it returns
+	schedule func(func()) // runs run on a goroutine: the hub's workerDispatcher's Schedule
 }
 
 // yieldEvery is how many watches a writer passes over before it lets the goroutines waiting to
@@ -46,23 +42,18 @@ const yieldEvery = 512
 // writers is a hub's set of writers, one per processor the runtime uses, so that deliveries
 // still spread over the cores; a watch is given one when it starts delivering.
 type writers struct {
-	all      []*writer
-	next     atomic.Uint32
-	quit     chan struct{} // closed by stop
-	stopOnce sync.Once
+	all  []*writer
+	next atomic.Uint32
 }
 
-func newWriters() *writers {
-	ws := &writers{all: make([]*writer, max(runtime.GOMAXPROCS(0), 1)), quit: make(chan struct{})}
+// newWriters makes the writers, which run on goroutines that schedule gives them.
+func newWriters(schedule func(func())) *writers {
+	ws := &writers{all: make([]*writer, max(runtime.GOMAXPROCS(0), 1))}
 	for i := range ws.all {
-		ws.all[i] = &writer{wake: make(chan struct{}, 1), quit: ws.quit, idle: workerIdle}
+		ws.all[i] = &writer{schedule: schedule}
 	}
 	return ws
 }
-
-// stop ends the writers' goroutines once they have nothing to send. A watch made ready later
-// is still sent to, by a goroutine that ends when it is done.
-func (ws *writers) stop() { ws.stopOnce.Do(func() { close(ws.quit) }) }
 
 // pick returns the writer for a watch that starts delivering, in turn.
 func (ws *writers) pick() *writer {
@@ -75,31 +66,23 @@ func (ws *writers) pick() *writer {
 func (wr *writer) add(w *Watch) {
 	wr.mu.Lock()
 	wr.ready = append(wr.ready, w)
-	start, wake := !wr.running, wr.waiting
-	wr.running, wr.waiting = true, false
+	start := !wr.running
+	wr.running = true
 	wr.mu.Unlock()
-	switch {
-	case start:
-		go wr.run()
-	case wake:
-		wr.wake <- struct{}{} // one a wait: it never blocks
+	if start {
+		wr.schedule(wr.run)
 	}
 }
 
-// run passes over the ready watches until none is left, and none became ready for wr.idle.
+// run passes over the ready watches until none is left.
 func (wr *writer) run() {
-	idle := time.NewTimer(wr.idle)
-	defer idle.Stop()
 	for {
 		wr.mu.Lock()
 		batch := wr.ready
 		if len(batch) == 0 {
-			wr.waiting = true
+			wr.running = false
 			wr.mu.Unlock()
-			if !wr.wait(idle) {
-				return
-			}
-			continue
+			return
 		}
 		wr.ready = wr.spare[:0]
 		wr.mu.Unlock()
@@ -112,26 +95,4 @@ func (wr *writer) run() {
 		clear(batch)
 		wr.spare = batch
 	}
-}
-
-// wait waits for add to wake the goroutine, and reports false if it should end instead: nothing
-// became ready for wr.idle, or the writers were stopped.
-func (wr *writer) wait(idle *time.Timer) bool {
-	idle.Reset(wr.idle)
-	select {
-	case <-wr.wake:
-		return true
-	case <-idle.C:
-	case <-wr.quit:
-	}
-	wr.mu.Lock()
-	woken := !wr.waiting
-	if !woken { // end
-		wr.running, wr.waiting = false, false
-	}
-	wr.mu.Unlock()
-	if woken {
-		<-wr.wake // add woke it meanwhile; its signal is sent, or about to be
-	}
-	return woken
 }

@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,53 +129,24 @@ func TestWatch_HalfFullHeldWatchIsSent(t *testing.T) {
 	require.Zero(t, h.Stats().Coalesced)
 }
 
-// TestWriter_WaitsForMoreThenEnds: a writer's goroutine that has passed over its ready watches
-// waits for more, rather than ending (a new goroutine's stack grows again for each burst), and
-// passes over a watch made ready meanwhile; it ends when nothing became ready for its idle time,
-// or once the writers are stopped, and a watch made ready later is still passed over.
-func TestWriter_WaitsForMoreThenEnds(t *testing.T) {
+// TestWriter_RunsOnTheDispatcher: a writer runs on the goroutines its schedule gives it (the
+// hub's workerDispatcher, which keeps them between bursts: TestWorkerDispatcher), once a burst
+// of ready watches, and passes over each; between bursts it does not run.
+func TestWriter_RunsOnTheDispatcher(t *testing.T) {
 	t.Parallel()
+	d := newWorkerDispatcher(mailboxThroughput)
+	defer d.stop()
+	var runs atomic.Int32
+	wr := newWriters(func(fn func()) { runs.Add(1); d.Schedule(fn) }).all[0]
 	w := &Watch{pushCtx: t.Context()} // nothing to send: a pass leaves it idle
 	w.out.init(8)
-	state := func(wr *writer) (running, waiting bool) {
-		wr.mu.Lock()
-		defer wr.mu.Unlock()
-		return wr.running, wr.waiting
-	}
-	ready := func(wr *writer, msg string) {
-		t.Helper()
+	for i := range 3 {
 		w.delivering.Store(deliverRunning)
 		wr.add(w)
 		require.Eventually(t, func() bool { return w.delivering.Load() == deliverIdle }, 10*time.Second, time.Millisecond,
-			"%s: the watch was not passed over", msg)
+			"burst %d: the watch was not passed over", i)
+		require.Eventually(t, func() bool { wr.mu.Lock(); defer wr.mu.Unlock(); return !wr.running },
+			10*time.Second, time.Millisecond, "burst %d: the writer still runs", i)
+		require.EqualValues(t, i+1, runs.Load(), "burst %d: the writer did not run through its schedule once", i)
 	}
-	ended := func(wr *writer, msg string) {
-		t.Helper()
-		// Well within the writer's idle time (an hour), unless that is what is tested.
-		require.Eventually(t, func() bool { running, _ := state(wr); return !running }, 5*time.Second, time.Millisecond,
-			"%s: the writer's goroutine did not end", msg)
-	}
-
-	ws := newWriters()
-	wr := ws.all[0]
-	wr.idle = time.Hour
-	for i := range 3 {
-		ready(wr, fmt.Sprint("add ", i))
-		require.Eventually(t, func() bool { running, waiting := state(wr); return running && waiting },
-			10*time.Second, time.Millisecond, "add %d: the writer's goroutine did not wait for more", i)
-	}
-	ws.stop()
-	ended(wr, "stopped")
-	ready(wr, "after stop")
-	ended(wr, "after stop")
-
-	// Idle for its idle time, it ends by itself; the next watch starts it again.
-	ws = newWriters()
-	wr = ws.all[0]
-	wr.idle = 50 * time.Millisecond
-	ready(wr, "idle")
-	ended(wr, "idle")
-	ready(wr, "after idle")
-	ws.stop()
-	ended(wr, "stopped after idle")
 }
