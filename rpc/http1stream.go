@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -60,7 +59,7 @@ func handOff(ctx context.Context) *http1Stream {
 	if d, ok := conn.(interface{ DirectConn() net.Conn }); ok {
 		s.w = d.DirectConn() // nothing is queued above it: net/http wrote its last byte
 	}
-	s.raw = sockwrite.Raw(s.w)
+	s.raw = sockwrite.Of(s.w)
 	s.codec = messageCodec{binaryCodec{}, false}
 	if strings.HasPrefix(ct, "application/connect+json") {
 		s.codec = messageCodec{strictJSON{"json"}, true}
@@ -79,10 +78,10 @@ func handOff(ctx context.Context) *http1Stream {
 
 // http1Stream is a handed-off WatchTasks stream (see handOff).
 type http1Stream struct {
-	conn    net.Conn        // closed at the end
-	w       net.Conn        // written to: conn, or the connection beneath its write coalescing
-	raw     syscall.RawConn // w's socket, for writes that do not wait; nil: none (TLS)
-	pending []byte          // a pooled buffer whose bytes from off on send kept, for flush
+	conn    net.Conn          // closed at the end
+	w       net.Conn          // written to: conn, or the connection beneath its write coalescing
+	raw     *sockwrite.Socket // w's socket, for writes that do not wait; nil: none (TLS)
+	pending []byte            // a pooled buffer whose bytes from off on send kept, for flush
 	off     int
 	times   []time.Time // with pending: its events' times in the log, for delivered
 
@@ -155,7 +154,7 @@ func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
 	buf = append(buf, "\r\n"...)
 	wrote := 0
 	if s.raw != nil {
-		if wrote, err = sockwrite.Now(s.raw, buf); err != nil {
+		if wrote, err = s.raw.Write(buf); err != nil {
 			putBuffer(buf)
 			s.cut.Store(true)
 			return false, err

@@ -154,7 +154,7 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 		}
 		ip := clientaddr.Of(c.RemoteAddr().String())
 		if l.conns.take(ip) {
-			return &limitedConn{Conn: c, l: l, ip: ip, raw: sockwrite.Raw(c)}, nil
+			return &limitedConn{Conn: c, l: l, ip: ip, raw: sockwrite.Of(c)}, nil
 		}
 		c.Close()
 		n := l.refused.Add(1)
@@ -174,7 +174,7 @@ type limitedConn struct {
 	net.Conn
 	l      *limitedListener
 	ip     netip.Addr
-	raw    syscall.RawConn // the socket, for a first write that does not wait; nil: none
+	raw    *sockwrite.Socket // the socket, for a first write that does not wait; nil: none
 	closed atomic.Bool
 
 	writing  sync.Mutex // held by a Write throughout, so that writes never interleave
@@ -197,7 +197,7 @@ func (c *limitedConn) Write(p []byte) (int, error) {
 	defer c.writing.Unlock()
 	n := 0
 	if c.raw != nil {
-		m, err := sockwrite.Now(c.raw, p)
+		m, err := c.raw.Write(p)
 		if err != nil || m == len(p) {
 			return m, err
 		}

@@ -4,13 +4,13 @@
 // none to write to, and writers go through their connections.
 package sockwrite
 
-import (
-	"net"
-	"syscall"
-)
+import "net"
 
-// Raw returns nil: writes go through the connection.
-func Raw(net.Conn) syscall.RawConn { return nil }
+// A Socket is never made without unix sockets.
+type Socket struct{}
 
-// Now is not called without a raw connection.
-func Now(syscall.RawConn, []byte) (int, error) { return 0, nil }
+// Of returns nil: writes go through the connection.
+func Of(net.Conn) *Socket { return nil }
+
+// Write is not called: Of made no Socket.
+func (*Socket) Write([]byte) (int, error) { return 0, nil }
