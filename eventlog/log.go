@@ -520,27 +520,27 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 		}
 	}
 	subject := Subject(task.Owner, task.Id)
+	// Held for the followers from before it is sent: one may get the message before this gets
+	// its acknowledgement (own.go).
+	held := l.own.expect(subject, expectLast, rec, data)
 	// The fence makes a second attempt safe: if the first landed after all, the second is
 	// refused as a conflict, and the event found after expectLast is this one.
 	seq, attempts, err := l.publish(ctx, fenced(subject, data, expectLast))
-	// stored numbers rec as decode numbers a message, and records the append for the followers;
-	// a record whose acknowledgement came is also handed to them (own), the one found after a
-	// lost acknowledgement is not: the follower may have decoded its message already.
-	stored := func(seq uint64, acked bool) (uint64, error) {
-		rec.Event.Seq, task.Seq = seq, seq
-		if acked {
-			l.own.keep(seq, rec, len(data))
-		}
+	// stored numbers rec as decode numbers a message, and hands it to the followers unless one
+	// has passed it (it may have decoded its message, when it was not held).
+	stored := func(seq uint64) (uint64, error) {
+		l.own.stored(held, rec, seq, len(data))
 		l.wrote(seq)
 		return seq, nil
 	}
+	defer l.own.drop(held) // settled by stored; else the append failed, or may not have landed
 	switch {
 	case err == nil:
-		return stored(seq, true)
+		return stored(seq)
 	case hasCode(err, jetstream.JSErrCodeStreamWrongLastSequence), hasCode(err, jetstream.JSErrCodeStreamWrongLastSequenceConstant):
 		if attempts > 1 {
 			if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
-				return stored(seq, false)
+				return stored(seq)
 			}
 		}
 		return 0, ErrConflict
@@ -549,7 +549,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	// log's (its store answered the read that found it).
 	if mayBeStored(err) {
 		if seq := l.landed(ctx, subject, expectLast, data); seq > 0 {
-			return stored(seq, false)
+			return stored(seq)
 		}
 	}
 	return 0, l.writeErr(ctx, "append", err)
@@ -753,7 +753,7 @@ func (l *Log) entry(m jetstream.Msg) (e *Entry, pending uint64, ok bool) {
 	if m.Subject() == probeEvents {
 		return &Entry{Seq: md.Sequence.Stream, Subject: m.Subject()}, md.NumPending, true
 	}
-	if rec := l.own.take(md.Sequence.Stream); rec != nil {
+	if rec := l.own.take(md.Sequence.Stream, m); rec != nil {
 		return &Entry{Seq: md.Sequence.Stream, Subject: m.Subject(), Record: rec}, md.NumPending, true
 	}
 	if e, err = decode(m.Subject(), md.Sequence.Stream, m.Data()); err != nil {

@@ -149,6 +149,64 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 	require.True(t, proto.Equal(b, recs[3]), "%v\n%v", b, recs[3])
 }
 
+// TestLog_FollowHandsOnItsOwnRecords: a follower hands on each record this process appended as
+// the record itself, numbered, not decoded again from its message: also the appends whose
+// message reaches the follower before their acknowledgement reaches the appender, which many
+// appends at once make common.
+func TestLog_FollowHandsOnItsOwnRecords(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	ctx := t.Context()
+	var mu sync.Mutex
+	got := map[uint64]*storagev1.Record{}
+	stop, err := l.Follow(ctx, func(e *eventlog.Entry, _ uint64) {
+		if e.Record != nil { // not the position a follower of an empty log starts at
+			mu.Lock()
+			defer mu.Unlock()
+			got[e.Seq] = e.Record
+		}
+	})
+	require.NoError(t, err)
+	defer stop()
+
+	const tasks, each = 50, 20
+	appended := make([][]*storagev1.Record, tasks)
+	var wg sync.WaitGroup
+	for i := range tasks {
+		wg.Go(func() {
+			last := uint64(0)
+			for range each {
+				r := record(fmt.Sprintf("T%d", i), taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING)
+				seq, err := l.Append(ctx, r, last)
+				if !assert.NoError(t, err) {
+					return
+				}
+				appended[i], last = append(appended[i], r), seq
+			}
+		})
+	}
+	wg.Wait()
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		mu.Lock()
+		defer mu.Unlock()
+		require.Equal(c, tasks*each, len(got))
+	}, 10*time.Second, 10*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	decoded := 0
+	for _, rs := range appended {
+		for _, r := range rs {
+			seq := r.Event.Seq
+			require.Equal(t, seq, r.Event.Task.Seq)
+			if got[seq] != r {
+				decoded++
+				require.True(t, proto.Equal(r, got[seq]), "%v\n%v", r, got[seq])
+			}
+		}
+	}
+	require.Zero(t, decoded, "of %d records appended, decoded again instead of handed on", tasks*each)
+}
+
 func requireEnqueued(t *testing.T, l *eventlog.Log, mode, id string) {
 	t.Helper()
 	added, err := l.Enqueue(t.Context(), mode, "alice", id)

@@ -1,7 +1,12 @@
 package eventlog
 
 import (
+	"bytes"
+	"strconv"
 	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	storagev1 "github.com/taskhub/taskhub/gen/taskhub/storage/v1"
 )
@@ -16,29 +21,109 @@ const (
 	ownBytes = 4 << 20
 )
 
-// own holds the records this process appended, by sequence, until a follower reaches them: the
-// follower hands on the record as it was appended instead of decoding its message again (a
-// proto decode and its allocations, about a twentieth of a progress report's CPU). A record is
-// read-only from its append on; its appender keeps it too, as its task's state.
+// own holds the records this process appended until a follower reaches them: the follower
+// hands on the record as it was appended instead of decoding its message again (a proto decode
+// and its allocations, about a twentieth of a progress report's CPU). A record is read-only
+// from its append on, but for its sequence; its appender keeps it too, as its task's state.
 //
-// Slot seq%ownSlots holds the record appended as seq. A follower reaching seq takes it, and
-// clears the slots of the sequences it passed without taking (another process's appends,
-// or events a consumer that delivers the last of each task skips), so nothing is held
-// longer than it can be wanted.
+// A record is held from before its append is sent (expect), by the task's subject and the
+// sequence the append expects last on it, which the message's header carries: the fence admits
+// one message for that pair, and a message with the record's bytes is this append's (another
+// writer's, whose append for the pair won, has other bytes: a time at least). A follower often gets the message before the appender gets the
+// acknowledgement (at 10,000 appends a second, a node at its core's limit decoded a third of
+// its own records): it then takes the record, and numbers it, first. Once acknowledged, an
+// append's record moves to the ring, by sequence (stored).
+//
+// Slot seq%ownSlots of the ring holds the record appended as seq. A follower reaching seq takes
+// it, and clears the slots of the sequences it passed without taking (another process's
+// appends, or events a consumer that delivers the last of each task skips), so nothing is held
+// longer than it can be wanted. Records awaiting their acknowledgement are the appends in flight,
+// one a task at most, each settled by its appender (stored or drop).
 type own struct {
-	mu     sync.Mutex
-	seqs   [ownSlots]uint64
-	recs   [ownSlots]*storagev1.Record
-	sizes  [ownSlots]int
-	bytes  int    // the sizes held
-	passed uint64 // the furthest sequence a follower reached: a record at or below it is not kept
+	mu      sync.Mutex
+	seqs    [ownSlots]uint64
+	recs    [ownSlots]*storagev1.Record
+	sizes   [ownSlots]int
+	bytes   int    // the sizes held, in the ring and awaiting
+	passed  uint64 // the furthest sequence a follower reached: a record at or below it is not kept
+	waiting map[fence]*expected
 }
 
-// keep holds rec, appended as seq and size bytes encoded, for the followers, unless one has
-// passed seq already, its slot holds a record still wanted, or the records held are ownBytes.
-func (o *own) keep(seq uint64, rec *storagev1.Record, size int) {
+// fence is an append's subject and the sequence it expects last on it.
+type fence struct {
+	subject string
+	last    uint64
+}
+
+// expected is a record held while its append awaits its acknowledgement.
+type expected struct {
+	key   fence
+	rec   *storagev1.Record
+	data  []byte // rec encoded, as sent
+	taken bool   // a follower took it, and numbered it
+}
+
+// expect holds rec, encoded as data, about to be appended to subject after last, and returns
+// what stored or drop settles; nil when the records held are ownBytes already, or another
+// append for the same pair is in flight (a task's actor and its successor: one will fail).
+func (o *own) expect(subject string, last uint64, rec *storagev1.Record, data []byte) *expected {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	key := fence{subject, last}
+	if o.bytes+len(data) > ownBytes || o.waiting[key] != nil {
+		return nil
+	}
+	if o.waiting == nil {
+		o.waiting = map[fence]*expected{}
+	}
+	e := &expected{key: key, rec: rec, data: data}
+	o.waiting[key] = e
+	o.bytes += len(data)
+	return e
+}
+
+// stored numbers rec, appended as seq, and holds it for the followers unless one has passed seq
+// or took it already. e is what expect returned for it (nil: not held).
+func (o *own) stored(e *expected, rec *storagev1.Record, seq uint64, size int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if e != nil {
+		if e.taken {
+			return // numbered by the follower that took it
+		}
+		o.forget(e)
+	}
+	number(rec, seq)
+	o.keep(seq, rec, size)
+}
+
+// drop lets e go: its append failed, or may not have been stored.
+func (o *own) drop(e *expected) {
+	if e == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.forget(e)
+}
+
+// forget lets e go, once.
+func (o *own) forget(e *expected) {
+	if o.waiting[e.key] == e {
+		delete(o.waiting, e.key)
+		o.bytes -= len(e.data)
+	}
+}
+
+// number sets the sequence a record was stored as.
+func number(rec *storagev1.Record, seq uint64) {
+	rec.Event.Seq, rec.Event.Task.Seq = seq, seq
+}
+
+// keep holds rec, appended as seq and size bytes encoded, in the ring, unless a follower has
+// passed seq, its slot holds a record still wanted, or the records held are ownBytes. o.mu is
+// held.
+func (o *own) keep(seq uint64, rec *storagev1.Record, size int) {
 	i := seq % ownSlots
 	if seq <= o.passed || o.seqs[i] > o.passed || o.bytes+size > ownBytes {
 		return
@@ -47,8 +132,10 @@ func (o *own) keep(seq uint64, rec *storagev1.Record, size int) {
 	o.bytes += size
 }
 
-// take returns the record appended as seq, if it is held, and notes that a follower reached seq.
-func (o *own) take(seq uint64) (rec *storagev1.Record) {
+// take returns the record of m, the message stored as seq, if it is held, and notes that a
+// follower reached seq. A message with a fence finds its record by it, and by its bytes, while
+// its append awaits its acknowledgement.
+func (o *own) take(seq uint64, m fencedMsg) (rec *storagev1.Record) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if seq <= o.passed {
@@ -67,7 +154,39 @@ func (o *own) take(seq uint64) (rec *storagev1.Record) {
 		}
 	}
 	o.passed = seq
+	if rec != nil || len(o.waiting) == 0 {
+		return rec
+	}
+	if key, ok := fenceOf(m); ok {
+		if e := o.waiting[key]; e != nil && bytes.Equal(e.data, m.Data()) {
+			o.forget(e)
+			e.taken = true
+			rec = e.rec
+			number(rec, seq)
+		}
+	}
 	return rec
+}
+
+// fencedMsg is a message of the event log as a follower gets it.
+type fencedMsg interface {
+	Subject() string
+	Data() []byte
+	Headers() nats.Header
+}
+
+// fenceOf returns the subject of m and the sequence its append expected last on it; false
+// for a message without (a probe).
+func fenceOf(m fencedMsg) (fence, bool) {
+	v := m.Headers()[jetstream.ExpectedLastSubjSeqHeader]
+	if len(v) != 1 {
+		return fence{}, false
+	}
+	last, err := strconv.ParseUint(v[0], 10, 64)
+	if err != nil {
+		return fence{}, false
+	}
+	return fence{m.Subject(), last}, true
 }
 
 func (o *own) clear(i uint64) {
