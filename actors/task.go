@@ -289,7 +289,7 @@ func (a *taskActor) appendBy(kind taskhubv1.EventKind, t *taskhubv1.Task, lease 
 		return taskhub.Errorf(taskhub.Unavailable, "task %s: %v", t.Id, err)
 	}
 	a.h.counts.appended[kind&15].Add(1)
-	// Append set t.Seq, and t is shared from now on (with the follower): read-only.
+	// t is numbered, and shared with the follower since the append began: read-only.
 	a.task, a.lastSeq, a.lease, a.wrote = t, seq, lease, true
 	return nil
 }

@@ -25,3 +25,11 @@ func StallFollowers(l *Log) {
 		return true
 	})
 }
+
+// OwnHeld is what l holds of its own records for its followers: the records whose append
+// awaits its acknowledgement, and the bytes held in all.
+func OwnHeld(l *Log) (waiting, bytes int) {
+	l.own.mu.Lock()
+	defer l.own.mu.Unlock()
+	return len(l.own.waiting), l.own.bytes
+}

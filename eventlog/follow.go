@@ -80,14 +80,14 @@ func (f *follower) consume(ctx context.Context) error {
 }
 
 func (f *follower) receive(m jetstream.Msg) {
-	e, pending, ok := f.l.entry(m)
-	if !ok {
-		return
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.stopped || e.Seq < f.next {
-		return // a replaced consumer's
+	if f.stopped {
+		return // before entry, which would take a record of this process's for nothing
+	}
+	e, pending, ok := f.l.entry(m)
+	if !ok || e.Seq < f.next {
+		return // a replaced consumer's (entry took no record: the follower has passed it)
 	}
 	f.next = e.Seq + 1
 	f.fn(e, pending)

@@ -494,8 +494,10 @@ func decode(subject string, seq uint64, data []byte) (*Entry, error) {
 
 // Append writes rec as the next event of its task (rec.Event.Task names the owner and id), if
 // the task's last sequence is still expectLast (0: the task has no events yet: a create), and
-// returns its sequence. Once it is written, Append sets rec.Event.Seq and rec.Event.Task.Seq to
-// it, and rec is shared with this process's followers: the caller must not change it after.
+// returns its sequence, which it sets as rec.Event.Seq and rec.Event.Task.Seq. rec is shared
+// with this process's followers from the call on, whatever its outcome (a follower may get the
+// message, and number rec, before Append gets its answer, or when the answer is lost): the
+// caller must not change it, nor read its sequence before Append returns.
 //
 // It fails with ErrConflict when another append came first, with ErrUnavailable when nothing
 // was written (at once while Ready fails), and with ErrUncertain when the write was sent but not
@@ -523,6 +525,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	// Held for the followers from before it is sent: one may get the message before this gets
 	// its acknowledgement (own.go).
 	held := l.own.expect(subject, expectLast, rec, data)
+	defer l.own.drop(held) // settled by stored; else the append failed, or may not have landed
 	// The fence makes a second attempt safe: if the first landed after all, the second is
 	// refused as a conflict, and the event found after expectLast is this one.
 	seq, attempts, err := l.publish(ctx, fenced(subject, data, expectLast))
@@ -533,7 +536,6 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 		l.wrote(seq)
 		return seq, nil
 	}
-	defer l.own.drop(held) // settled by stored; else the append failed, or may not have landed
 	switch {
 	case err == nil:
 		return stored(seq)

@@ -54,6 +54,8 @@ func TestLog_AppendFences(t *testing.T) {
 	// A second create of the same task: the fence refuses it.
 	_, err = l.Append(ctx, record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
 	require.ErrorIs(t, err, eventlog.ErrConflict)
+	waiting, _ := eventlog.OwnHeld(l)
+	require.Zero(t, waiting, "a refused append's record is let go")
 
 	seq, err := l.Append(ctx, record("T1", taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.TaskState_TASK_STATE_RUNNING), first)
 	require.NoError(t, err)
@@ -178,7 +180,7 @@ func TestLog_FollowHandsOnItsOwnRecords(t *testing.T) {
 			for range each {
 				r := record(fmt.Sprintf("T%d", i), taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING)
 				seq, err := l.Append(ctx, r, last)
-				if !assert.NoError(t, err) {
+				if !assert.NoError(t, err) || !assert.Equal(t, seq, r.Event.Seq) {
 					return
 				}
 				appended[i], last = append(appended[i], r), seq
@@ -205,6 +207,9 @@ func TestLog_FollowHandsOnItsOwnRecords(t *testing.T) {
 		}
 	}
 	require.Zero(t, decoded, "of %d records appended, decoded again instead of handed on", tasks*each)
+	waiting, bytes := eventlog.OwnHeld(l)
+	require.Zero(t, waiting)
+	require.Zero(t, bytes, "every record held was taken")
 }
 
 func requireEnqueued(t *testing.T, l *eventlog.Log, mode, id string) {

@@ -30,17 +30,19 @@ const (
 //
 // A record is held from before its append is sent (expect), by the task's subject and the
 // sequence the append expects last on it, which the message's header carries: the fence admits
-// one message for that pair, and a message with the record's bytes is this append's (another
-// writer's, whose append for the pair won, has other bytes: a time at least). A follower often gets the message before the appender gets the
-// acknowledgement (at 10,000 appends a second, a node at its core's limit decoded a third of
-// its own records): it then takes the record, and numbers it, first. Once acknowledged, an
-// append's record moves to the ring, by sequence (stored).
+// one stored message for that pair. A message takes the record only if it has the record's
+// bytes: that of another writer whose append won the fence (a task's actor and its successor)
+// differs, in its time at least, and one identical to it stands for the same event. A follower
+// often gets the message before the appender gets the acknowledgement (at 10,000 appends a
+// second, a node at its core's limit decoded a third of its own records): it then takes the
+// record, and numbers it, first. Once acknowledged, a record not taken moves to the ring, by
+// sequence (stored).
 //
 // Slot seq%ownSlots of the ring holds the record appended as seq. A follower reaching seq takes
 // it, and clears the slots of the sequences it passed without taking (another process's
 // appends, or events a consumer that delivers the last of each task skips), so nothing is held
-// longer than it can be wanted. Records awaiting their acknowledgement are the appends in flight,
-// one a task at most, each settled by its appender (stored or drop).
+// longer than it can be wanted. The records awaiting their acknowledgement are the appends in
+// flight, one a fence at most, each settled by its appender (stored or drop).
 type own struct {
 	mu      sync.Mutex
 	seqs    [ownSlots]uint64
