@@ -39,8 +39,10 @@ import (
 
 // handOff takes the connection of the WatchTasks call whose context is ctx when the call is
 // Connect's protocol over HTTP/1.1, writes the response's head, and returns the stream that now
-// owns it; nil when the call stays with connect. The stream's context keeps ctx's values and
-// deadline, not its cancellation: net/http cancels that when the handler returns.
+// owns it; nil when the call stays with connect. The stream's context keeps ctx's deadline,
+// neither its cancellation (net/http cancels it when the handler returns) nor its values: they
+// lead to the call's request and response, and so to net/http's buffers and the headers, which
+// the stream needs none of once serve has the caller's identity.
 func handOff(ctx context.Context) *http1Stream {
 	b := batchOf(ctx)
 	if b == nil || !b.http1 {
@@ -64,7 +66,7 @@ func handOff(ctx context.Context) *http1Stream {
 	if strings.HasPrefix(ct, "application/connect+json") {
 		s.codec = messageCodec{strictJSON{"json"}, true}
 	}
-	base := context.WithoutCancel(ctx)
+	base := context.Background()
 	if d, ok := ctx.Deadline(); ok { // Connect-Timeout-Ms
 		s.ctx, s.cancel = context.WithDeadline(base, d)
 	} else {
