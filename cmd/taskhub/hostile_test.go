@@ -113,7 +113,10 @@ func TestHostile(t *testing.T) {
 		{"a user's task flood", 5 * time.Second, quotaFlood},
 		{"gzip bombs", 5 * time.Second, gzipBombs},
 		{"sign-in brute force", 4 * time.Second, signInFlood("127.0.0.7")},
-		{"watchers that never read", 15 * time.Second, stuckWatchers("127.0.0.8")},
+		// Longer than the rest: a stream is cut only once its buffers fill and then its write
+		// waits --write-timeout, and a CI run with other packages' tests beside it reported too
+		// slowly to see one cut within 15 s.
+		{"watchers that never read", 25 * time.Second, stuckWatchers("127.0.0.8")},
 	} {
 		t.Run(a.name, func(t *testing.T) { h.under(t, a) })
 	}
@@ -777,7 +780,7 @@ func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 		})
 		wg.Wait()
 		if cut.Load() == 0 {
-			h.t.Errorf("the server closed none of the %d connections that read nothing", opened.Load())
+			h.t.Errorf("the server closed none of the %d connections that read nothing (%d reports, %d still open)", opened.Load(), reports.Load(), open.Load())
 		}
 		return fmt.Sprintf("%d reports of 1000 bytes; %d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
 			"by the end the server had closed %d of those streams' connections, the rest were younger or their buffers not yet full (%d)",
