@@ -19,8 +19,8 @@ import (
 
 // TestHandOff_LetsTheCallGo: a WatchTasks stream that owns its connection keeps nothing of the
 // call it came from while it lives: its context has none of the call's values, and the call's
-// response writer, which leads to net/http's buffers, the request and its headers (half an idle
-// watcher's memory), is collected.
+// response writer, which leads to net/http's buffers, and its request with the headers (half an
+// idle watcher's memory), are collected.
 func TestHandOff_LetsTheCallGo(t *testing.T) {
 	type marker struct{}
 	let := make(chan struct{})
@@ -30,7 +30,13 @@ func TestHandOff_LetsTheCallGo(t *testing.T) {
 		runtime.AddCleanup(w.(*batchWriter), func(chan struct{}) { close(let) }, let)
 		streams <- handOff(context.WithValue(r.Context(), marker{}, "the call's"))
 	}), nil, callLog{slog.New(slog.DiscardHandler)}, nil)
-	srv := httptest.NewServer(h)
+	// net/http's own request, which its response and connection lead to: let go too.
+	letReq := make(chan struct{})
+	outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runtime.AddCleanup(r, func(chan struct{}) { close(letReq) }, letReq)
+		h.ServeHTTP(w, r)
+	})
+	srv := httptest.NewServer(outer)
 	t.Cleanup(srv.Close)
 
 	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
@@ -56,5 +62,14 @@ func TestHandOff_LetsTheCallGo(t *testing.T) {
 			return false
 		}
 	}, 5*time.Second, 10*time.Millisecond, "the call's response writer is still held")
+	require.Eventually(t, func() bool {
+		runtime.GC()
+		select {
+		case <-letReq:
+			return true
+		default:
+			return false
+		}
+	}, 5*time.Second, 10*time.Millisecond, "the call's request is still held")
 	runtime.KeepAlive(s)
 }

@@ -72,7 +72,7 @@ type attack struct {
 
 func TestHostile(t *testing.T) {
 	if testing.Short() {
-		t.Skip("attacks a child server for about a minute")
+		t.Skip("attacks a child server for about two minutes")
 	}
 	dir := t.TempDir()
 	authFile := filepath.Join(dir, "auth.json")
