@@ -53,23 +53,18 @@ func TestHandOff_LetsTheCallGo(t *testing.T) {
 	require.Equal(t, http.StatusOK, res.StatusCode)
 
 	require.Nil(t, s.ctx.Value(marker{}), "the call's values")
-	require.Eventually(t, func() bool {
-		runtime.GC()
-		select {
-		case <-let:
-			return true
-		default:
-			return false
+	gone := func(let chan struct{}) func() bool {
+		return func() bool {
+			runtime.GC()
+			select {
+			case <-let:
+				return true
+			default:
+				return false
+			}
 		}
-	}, 5*time.Second, 10*time.Millisecond, "the call's response writer is still held")
-	require.Eventually(t, func() bool {
-		runtime.GC()
-		select {
-		case <-letReq:
-			return true
-		default:
-			return false
-		}
-	}, 5*time.Second, 10*time.Millisecond, "the call's request is still held")
+	}
+	require.Eventually(t, gone(let), 5*time.Second, 10*time.Millisecond, "the call's response writer is still held")
+	require.Eventually(t, gone(letReq), 5*time.Second, 10*time.Millisecond, "the call's request is still held")
 	runtime.KeepAlive(s)
 }
