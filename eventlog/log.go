@@ -525,7 +525,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	// Held for the followers from before it is sent: one may get the message before this gets
 	// its acknowledgement (own.go).
 	held := l.own.expect(subject, expectLast, rec, data)
-	defer l.own.drop(held) // settled by stored; else the append failed, or may not have landed
+	defer func() { l.own.drop(held) }() // unless stored settled it: the append failed, or may not have landed
 	// The fence makes a second attempt safe: if the first landed after all, the second is
 	// refused as a conflict, and the event found after expectLast is this one.
 	seq, attempts, err := l.publish(ctx, fenced(subject, data, expectLast))
@@ -533,6 +533,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	// has passed it (it may have decoded its message, when it was not held).
 	stored := func(seq uint64) (uint64, error) {
 		l.own.stored(held, rec, seq, len(data))
+		held = nil // settled: the deferred drop need not take own's lock again
 		l.wrote(seq)
 		return seq, nil
 	}
