@@ -84,12 +84,15 @@ type Watch interface {
 
 // Sink is where a watch delivers its messages by itself (Watch.Deliver).
 type Sink struct {
-	// Send sends a batch of messages without waiting for the client: it writes what the
-	// connection takes at once, keeps the rest, and reports whether it kept some. The watch
-	// calls it one batch at a time, in order, from one of the hub's goroutines shared by many
-	// watches (so it must not block), and calls Flush before the next batch when bytes were
-	// kept. It must not keep the slice. An error from it ends the watch.
-	Send func([]*Message) (pending bool, err error)
+	// Send sends the first messages of a batch, at least one, without waiting for the client:
+	// as many as make one write of the size the sink allows, so that what it holds of a
+	// client's messages stays bounded however many are queued and however large. Of that
+	// write it writes what the connection takes at once, keeps the rest, and reports how many
+	// messages it took and whether it kept bytes. The watch calls it in order, from one of the
+	// hub's goroutines shared by many watches (so it must not block), with the messages it did
+	// not take first, and calls Flush before the next call when bytes were kept. It must not
+	// keep the slice. An error from it ends the watch.
+	Send func([]*Message) (sent int, pending bool, err error)
 	// Flush writes what Send kept, waiting for the client as long as it takes, on a goroutine
 	// of the watch's own. An error from it ends the watch.
 	Flush func() error

@@ -145,20 +145,23 @@ func watch(t *testing.T, h *actors.Hub, owner, epoch string, after uint64) *watc
 	// watchers compare the two.
 	n, _ := watchesOf.LoadOrStore(t.Name(), new(atomic.Int32))
 	if n.(*atomic.Int32).Add(1)%2 == 0 {
-		// Every other batch is kept by Send, as a connection whose socket is full keeps it,
-		// and taken by Flush.
+		// Each send takes one to three messages, as a connection takes a write of bounded size,
+		// and every other one is kept, as a connection whose socket is full keeps it, and taken
+		// by Flush.
 		var sends int
 		var kept []*taskhub.Message
 		w.Deliver(ctx, taskhub.Sink{
-			Send: func(msgs []*taskhub.Message) (bool, error) {
-				if sends++; sends%2 == 0 {
+			Send: func(msgs []*taskhub.Message) (int, bool, error) {
+				sends++
+				msgs = msgs[:min(len(msgs), 1+sends%3)]
+				if sends%2 == 0 {
 					kept = append(kept[:0], msgs...)
-					return true, nil
+					return len(msgs), true, nil
 				}
 				r.mu.Lock()
 				defer r.mu.Unlock()
 				r.take(msgs)
-				return false, nil
+				return len(msgs), false, nil
 			},
 			Flush: func() error {
 				r.mu.Lock()

@@ -1017,7 +1017,7 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 		ws[i] = w
 		ctx, cancel := context.WithCancel(t.Context())
 		cancels[i] = cancel
-		w.Deliver(ctx, taskhub.Sink{Send: func(msgs []*taskhub.Message) (bool, error) {
+		w.Deliver(ctx, taskhub.Sink{Send: func(msgs []*taskhub.Message) (int, bool, error) {
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			for _, m := range msgs {
@@ -1028,7 +1028,7 @@ func TestWatch_DeliverHoldsNoGoroutineWhileIdle(t *testing.T) {
 					g.seqs = append(g.seqs, e.Seq)
 				}
 			}
-			return false, nil
+			return len(msgs), false, nil
 		}, Done: func(err error) {
 			g.mu.Lock()
 			defer g.mu.Unlock()
@@ -1112,12 +1112,12 @@ func TestWatch_DeliverPanicEndsTheWatch(t *testing.T) {
 			require.NoError(t, err)
 			ended := make(chan error, 2)
 			sent := make(chan struct{}, 1)
-			w.Deliver(t.Context(), taskhub.Sink{Send: func(msgs []*taskhub.Message) (bool, error) {
+			w.Deliver(t.Context(), taskhub.Sink{Send: func(msgs []*taskhub.Message) (int, bool, error) {
 				if (on == "snapshot") == (msgs[0].GetSnapshot() != nil) {
 					panic("injected: send panics")
 				}
 				sent <- struct{}{}
-				return false, nil
+				return len(msgs), false, nil
 			}, Done: func(err error) { ended <- err }})
 			if on == "event" {
 				select {

@@ -29,7 +29,8 @@ type Watch struct {
 	owner     string
 	items     []*item
 	msgs      []*taskhub.Message
-	waitDone  <-chan struct{} // ctx.Done() of the context in out.waiter
+	rest      []*taskhub.Message // with Deliver: the end of msgs the sink has not taken yet
+	waitDone  <-chan struct{}    // ctx.Done() of the context in out.waiter
 	closeOnce sync.Once
 
 	// Set by Deliver.
@@ -144,7 +145,9 @@ func (w *Watch) pass() {
 		if msgs, err = w.messages(w.pushCtx, items); err == nil { // no snapshot: takeQueued leaves those
 			pending, err = w.send(msgs)
 		}
-		clear(w.msgs) // sent: do not keep them while the watch idles
+		if len(w.rest) == 0 {
+			clear(w.msgs) // sent: do not keep them while the watch idles
+		}
 	}
 	// The stream's context is looked at on every pass, not only when nothing is queued: the
 	// heartbeats wake a watch whose context ended (its token expired), and an owner's events
@@ -180,6 +183,8 @@ func (w *Watch) deliver(flush bool, failed error) {
 			var err error
 			if flush {
 				flush, err = false, w.sink.Flush()
+			} else if len(w.rest) > 0 {
+				flush, err = w.send(w.rest)
 			} else {
 				var msgs []*taskhub.Message
 				msgs, err = w.poll(w.pushCtx)
@@ -201,16 +206,27 @@ func (w *Watch) deliver(flush bool, failed error) {
 	}
 }
 
-// send hands msgs to the sink, and counts the send.
+// send hands msgs to the sink, a write at a time, until it has taken them all or a write waits
+// for the client (pending: flush it, then send w.rest, what the sink has not taken yet). It
+// counts the writes.
 func (w *Watch) send(msgs []*taskhub.Message) (pending bool, err error) {
-	pending, err = w.sink.Send(msgs)
-	switch {
-	case err != nil:
-	case pending:
-		w.h.counts.sendsWaited.Add(1)
-	default:
-		w.h.counts.sendsAtOnce.Add(1)
+	for len(msgs) > 0 && !pending {
+		var n int
+		n, pending, err = w.sink.Send(msgs)
+		if err == nil && (n < 1 || n > len(msgs)) {
+			err = taskhub.Errorf(taskhub.Internal, "the stream took %d of %d messages", n, len(msgs))
+		}
+		if err != nil {
+			break
+		}
+		msgs = msgs[n:]
+		if pending {
+			w.h.counts.sendsWaited.Add(1)
+		} else {
+			w.h.counts.sendsAtOnce.Add(1)
+		}
 	}
+	w.rest = msgs
 	return pending, err
 }
 
@@ -220,6 +236,7 @@ func (w *Watch) end(err error) {
 		return
 	}
 	clear(w.msgs)
+	w.rest = nil
 	w.Close()
 	w.sink.Done(err)
 }

@@ -26,7 +26,7 @@ func TestWatch_PassEndsAWatchWhoseContextEnded(t *testing.T) {
 	sent := make(chan int, 16)
 	done := make(chan error, 1)
 	w.Deliver(ctx, taskhub.Sink{
-		Send:  func(msgs []*taskhub.Message) (bool, error) { sent <- len(msgs); return false, nil },
+		Send:  func(msgs []*taskhub.Message) (int, bool, error) { sent <- len(msgs); return len(msgs), false, nil },
 		Flush: func() error { return nil },
 		Done:  func(err error) { done <- err },
 	})
@@ -67,7 +67,7 @@ func deliveredWatch(t *testing.T, h *Hub) (*Watch, <-chan int) {
 	w := tw.(*Watch)
 	sent := make(chan int, 16)
 	w.Deliver(t.Context(), taskhub.Sink{
-		Send:  func(msgs []*taskhub.Message) (bool, error) { sent <- len(msgs); return false, nil },
+		Send:  func(msgs []*taskhub.Message) (int, bool, error) { sent <- len(msgs); return len(msgs), false, nil },
 		Flush: func() error { return nil },
 		Done:  func(error) {},
 	})

@@ -145,9 +145,13 @@ func (w *fakeWatch) Deliver(ctx context.Context, to taskhub.Sink) {
 		for {
 			msgs, err := w.Next(ctx)
 			if err == nil {
-				var pending bool
-				if pending, err = to.Send(msgs); err == nil && pending {
-					err = to.Flush()
+				for len(msgs) > 0 && err == nil {
+					var n int
+					var pending bool
+					if n, pending, err = to.Send(msgs); err == nil && pending {
+						err = to.Flush()
+					}
+					msgs = msgs[n:]
 				}
 			}
 			if err != nil {

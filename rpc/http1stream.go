@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math/bits"
 	"net"
 	"net/http"
 	"strconv"
@@ -23,11 +24,12 @@ import (
 
 // A WatchTasks stream on an HTTP/1.1 connection of its own (a browser's page without TLS, curl,
 // most scripts) is handed the connection once connect has read and checked its request: the
-// stream then writes its messages to the socket itself, each batch one write(2), and holds no
-// goroutine while it is idle. Served by net/http and connect, such a stream held two
-// goroutines for its life (the connection's, whose stack runs through every handler and
-// interceptor, and its background reader) and net/http's buffers: 37 KB of server memory per
-// idle watcher, over half of it stacks (docs/benchmarks.md). Handed off, it holds its
+// stream then writes its messages to the socket itself, in writes of at most maxWrite bytes,
+// each one write(2), and holds no goroutine while it is idle. Served by net/http and connect,
+// such a stream held two goroutines for its life (the connection's, whose stack runs through
+// every handler and interceptor, and its background reader) and net/http's buffers: 37 KB of
+// server memory per idle watcher, over half of it stacks (docs/benchmarks.md). Handed off, it
+// holds its
 // connection, a goroutine blocked in a one-byte read that notices the client leave, and its
 // watch; a goroutine runs only while there is something to send (taskhub.Watch.Deliver).
 //
@@ -137,18 +139,29 @@ func (s *http1Stream) read() {
 	s.watch.Close()
 }
 
-// send writes messages as one chunk of the response's body, with one write(2) that does not
-// wait: what the socket does not take at once is kept for flush.
-func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
+// send writes the first messages of msgs, as many as make a write of at most maxWrite bytes
+// (at least one), as one chunk of the response's body, with one write(2) that does not wait:
+// what the socket does not take at once is kept for flush.
+func (s *http1Stream) send(msgs []*taskhub.Message) (sent int, pending bool, err error) {
 	n := 0
 	for _, m := range msgs {
 		b, err := m.Encoded(s.codec.json, s.codec.encode)
 		if err != nil {
-			return false, connect.NewError(connect.CodeInternal, err)
+			return 0, false, connect.NewError(connect.CodeInternal, err)
+		}
+		if sent > 0 && chunkBytes(n+5+len(b)) > maxWrite {
+			break
 		}
 		n += 5 + len(b)
+		sent++
 	}
-	buf := appendChunkSize(getBuffer(), n)
+	msgs = msgs[:sent]
+	buf := getBuffer()
+	if need := chunkBytes(n); cap(buf) < need {
+		putBuffer(buf)
+		buf = make([]byte, 0, need) // exactly: up to maxWrite, it goes back to the pool
+	}
+	buf = appendChunkSize(buf, n)
 	for _, m := range msgs {
 		b, _ := m.Encoded(s.codec.json, s.codec.encode)
 		buf = appendEnvelope(buf, 0, b)
@@ -159,13 +172,13 @@ func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
 		if wrote, err = s.raw.Write(buf); err != nil {
 			putBuffer(buf)
 			s.cut.Store(true)
-			return false, err
+			return 0, false, err
 		}
 	}
 	if wrote == len(buf) {
 		putBuffer(buf)
 		observeDelivered(s.delivered, time.Now(), msgs)
-		return false, nil
+		return sent, false, nil
 	}
 	s.pending, s.off = buf, wrote
 	if s.delivered != nil {
@@ -176,7 +189,7 @@ func (s *http1Stream) send(msgs []*taskhub.Message) (pending bool, err error) {
 			}
 		}
 	}
-	return true, nil
+	return sent, true, nil
 }
 
 // flush writes what send kept, waiting for the client (until the stream's write deadline, set
@@ -206,8 +219,12 @@ const endWriteTimeout = 2 * time.Second
 // the body's last chunk, closes the connection, and reports the call.
 func (s *http1Stream) end(err error) {
 	gone := s.gone.Load()
-	if gone {
-		err = context.Canceled // the client left: its watch was closed for that
+	if gone || s.cut.Load() {
+		// The client left (its watch was closed for that), or a write to it failed: it left, or
+		// took nothing for the write timeout. Its doing, not the server's: not an internal
+		// error, which is logged as the server's (and an attacker's stuck streams would fill
+		// the log with them).
+		err = context.Canceled
 	}
 	err = s.id.streamEnd(s.ctx, err)
 	if !gone && !s.cut.Load() && s.headErr == nil {
@@ -262,6 +279,16 @@ func appendEndStream(dst []byte, err error) []byte {
 // connectEndStream flags the envelope of Connect's end-of-stream message.
 const connectEndStream = 0x02
 
+// maxWrite bounds a write to a handed-off stream's socket, in bytes, unless one message alone
+// is larger: it bounds what the server holds of a client's bytes while the client does not
+// read (its queue holds messages shared with the other watchers), and such writes' buffers are
+// shared by the streams (buffers). Without it a stream that fell behind copied its whole queue
+// for one write: a thousand messages, each up to about 50 KiB with a long prompt.
+const maxWrite = 64 << 10
+
+// chunkBytes is the size of a chunk of n bytes of a chunked body, with its size line and CRLF.
+func chunkBytes(n int) int { return max((bits.Len(uint(n))+3)/4, 1) + 2 + n + 2 }
+
 // appendChunkSize appends the line that opens a chunk of n bytes of a chunked body; the
 // chunk's bytes and a CRLF follow it.
 func appendChunkSize(dst []byte, n int) []byte {
@@ -282,7 +309,7 @@ func getBuffer() []byte { return (*buffers.Get().(*[]byte))[:0] }
 
 // putBuffer keeps buf for another write, unless it grew large (a snapshot's).
 func putBuffer(buf []byte) {
-	if cap(buf) <= 64<<10 {
+	if cap(buf) <= maxWrite {
 		buffers.Put(&buf)
 	}
 }

@@ -51,6 +51,7 @@ const (
 	hostileWorker  = "worker-token-0123456789"
 	hostileTimeout = 2 * time.Second // --body-timeout, --header-timeout and --write-timeout of the child
 	hostileQuota   = 50              // --max-active-tasks-per-user of the child
+	hostileMaxRSS  = 1536 << 20      // the child's resident memory at most, under any attack
 )
 
 type hostile struct {
@@ -167,6 +168,7 @@ func (h *hostile) under(t *testing.T, a attack) {
 	require.Empty(t, saw.Err, "alice's calls during the attack")
 	require.Positive(t, saw.Calls)
 	require.Less(t, peakFDs, hostileNoFile)
+	require.Less(t, peakRSS, hostileMaxRSS, "the server's memory")
 	_, err = h.tasks.CancelTask(t.Context(), bearer(connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: task.Id}), hostileAlice))
 	require.NoError(t, err)
 	h.endToEnd(t, "after")
@@ -711,9 +713,10 @@ func signInFlood(ip string) func(ctx context.Context, h *hostile) string {
 	}
 }
 
-// stuckWatchers opens as many WatchTasks streams as it can from ip, as bob, over HTTP/1.1
+// stuckWatchers opens as many WatchTasks streams as it can from ip, as carol, over HTTP/1.1
 // connections whose sockets take 4 KiB and which never read, while a worker reports progress
-// on a task of bob's with a message of 1000 bytes as fast as it can: every stream's socket
+// on a task of carol's with a message of 1000 bytes as fast as it can. The task's prompt is as
+// long as a prompt may be, and every event carries it: 17 KiB an event. Every stream's socket
 // buffers fill, and the server's writes to it wait. At the end each holder reads what it can:
 // the server had closed its connection (--write-timeout), or it is still open.
 func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
@@ -721,7 +724,7 @@ func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 		var opened, refused, cut, open, reports atomic.Int64
 		cctx, cancel := call()
 		defer cancel()
-		res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "watched by the stuck", Mode: "stuck"}), hostileCarol))
+		res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: strings.Repeat("p", taskhub.MaxPromptBytes), Mode: "stuck"}), hostileCarol))
 		if err != nil {
 			h.t.Errorf("carol's task: %v", err)
 			return "no task"
@@ -782,7 +785,7 @@ func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 		if cut.Load() == 0 {
 			h.t.Errorf("the server closed none of the %d connections that read nothing (%d reports, %d still open)", opened.Load(), reports.Load(), open.Load())
 		}
-		return fmt.Sprintf("%d reports of 1000 bytes; %d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
+		return fmt.Sprintf("%d reports of 1000 bytes on a task with a prompt of 16 KiB; %d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
 			"by the end the server had closed %d of those streams' connections, the rest were younger or their buffers not yet full (%d)",
 			reports.Load(), opened.Load(), refused.Load(), cut.Load(), open.Load())
 	}
