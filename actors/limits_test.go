@@ -421,7 +421,7 @@ func TestHub_UnreadWatchesHoldNoPrompts(t *testing.T) {
 	for _, w := range ws {
 		w.Close()
 	}
-	// And a watch that reads gets the prompts, in parts of at most 1 MiB.
+	// And a watch that reads gets the prompts, in parts.
 	w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	defer w.Close()

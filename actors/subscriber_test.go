@@ -874,11 +874,15 @@ func TestWatch_NextTakesAnyContext(t *testing.T) {
 }
 
 // TestHub_WatchSnapshotInParts: a snapshot too large for one message comes in parts at one
-// seq, each of at most 1 MiB of tasks, all but the last marked more, together every active task
-// newest first. Events follow the last part, even when the parts outnumber the watch's buffer.
+// seq, each of about 64 KiB of tasks (at most one task more), all but the last marked more,
+// together every active task newest first. The watch reads a part's tasks from the log only
+// when its client has taken the part before: a client that takes nothing holds one part of the
+// server's memory, not the whole. Events follow the last part, even when the parts outnumber
+// the watch's buffer.
 func TestHub_WatchSnapshotInParts(t *testing.T) {
 	t.Parallel()
-	b := setup(t, options{lease: 10 * time.Second, outbox: 1})
+	r := &readsLog{}
+	b := setup(t, options{lease: 10 * time.Second, outbox: 1, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }})
 	prompt := strings.Repeat("p", taskhub.MaxPromptBytes)
 	var want []string
 	for range 150 { // 2.4 MiB of prompts
@@ -887,6 +891,12 @@ func TestHub_WatchSnapshotInParts(t *testing.T) {
 	slices.Reverse(want)
 	_, _, err := b.hub.Position(t.Context()) // the hub has applied every create
 	require.NoError(t, err)
+	reads := func() int {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.owners)
+	}
+	before := reads()
 	w, err := b.hub.Watch(t.Context(), taskhub.WatchQuery{Owner: "alice", Epoch: "", AfterSeq: 0})
 	require.NoError(t, err)
 	defer w.Close()
@@ -897,6 +907,7 @@ func TestHub_WatchSnapshotInParts(t *testing.T) {
 	for !whole {
 		msgs, err := w.Next(t.Context())
 		require.NoError(t, err)
+		require.Len(t, msgs, 1, "one part at a time")
 		for _, m := range msgs {
 			require.False(t, whole, "a message after the last part before any event: %v", m)
 			s := m.GetSnapshot()
@@ -907,17 +918,22 @@ func TestHub_WatchSnapshotInParts(t *testing.T) {
 			}
 			seq = s.Seq
 			parts++
-			size := 0
+			size, last := 0, 0
 			for _, task := range s.Tasks {
-				size += proto.Size(task)
+				last = proto.Size(task)
+				size += last
 				got = append(got, task.Id)
 			}
-			require.LessOrEqual(t, size, 1<<20)
 			require.NotEmpty(t, s.Tasks)
+			require.Less(t, size-last, 64<<10, "a part of %d tasks", len(s.Tasks))
+			if s.More {
+				require.GreaterOrEqual(t, size, 64<<10, "a part of %d tasks, not the last", len(s.Tasks))
+			}
 			whole = !s.More
 		}
+		require.Equal(t, len(got), reads()-before, "the tasks the watch read from the log, with %d sent", len(got))
 	}
-	require.Equal(t, 3, parts, "2.4 MiB of tasks in parts of at most 1 MiB")
+	require.Equal(t, 38, parts, "2.4 MiB of tasks in parts of 4 tasks of 16.5 KiB")
 	require.Equal(t, want, got)
 
 	task := create(t, b.hub, "alice", "after", "paint")

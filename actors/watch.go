@@ -33,6 +33,12 @@ type Watch struct {
 	waitDone  <-chan struct{}    // ctx.Done() of the context in out.waiter
 	closeOnce sync.Once
 
+	// While a snapshot is sent: it, the index in its tasks of its next part's first task, and
+	// the items taken with it, sent after its last part (see snapshotPart).
+	snap     *snapshot
+	snapNext int
+	after    []*item
+
 	// Set by Deliver.
 	pushCtx    context.Context
 	sink       taskhub.Sink
@@ -58,7 +64,10 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 // poll is Next without the wait: nil messages and a nil error when there is nothing to send
 // yet. The outbox wakes the watch (its signal, or, with Deliver, its writer) when there is.
 func (w *Watch) poll(ctx context.Context) ([]*taskhub.Message, error) {
-	clear(w.msgs) // sent: do not keep them (a snapshot can be large) while the watch idles
+	clear(w.msgs) // sent: do not keep them (a snapshot's part can be large) while the watch idles
+	if w.snap != nil {
+		return w.snapshotPart(ctx)
+	}
 	for {
 		items, work, err := w.out.take(w.items)
 		w.items = items
@@ -236,25 +245,25 @@ func (w *Watch) end(err error) {
 		return
 	}
 	clear(w.msgs)
-	w.rest = nil
+	clear(w.after)
+	w.rest, w.snap = nil, nil
 	w.Close()
 	w.sink.Done(err)
 }
 
-// messages returns the messages of items in w.msgs, a snapshot's read from the log (see
-// appendSnapshot), and clears items.
+// messages returns the messages of items in w.msgs, and clears items. A snapshot among them
+// (begin queues it first) is sent a part at a time (see snapshotPart): its first part then, the
+// rest and the items after it on the next polls.
 func (w *Watch) messages(ctx context.Context, items []*item) ([]*taskhub.Message, error) {
 	defer clear(items)
 	w.msgs = w.msgs[:0]
-	for _, it := range items {
-		if it.snap == nil {
-			w.msgs = append(w.msgs, it.msg)
-			continue
+	for i, it := range items {
+		if it.snap != nil {
+			w.snap, w.snapNext = it.snap, 0
+			w.after = append(w.after[:0], items[i+1:]...)
+			return w.snapshotPart(ctx)
 		}
-		var err error
-		if w.msgs, err = w.appendSnapshot(ctx, w.msgs, it.snap); err != nil {
-			return nil, err
-		}
+		w.msgs = append(w.msgs, it.msg)
 	}
 	w.h.counts.watchMessages.Add(uint64(len(w.msgs)))
 	return w.msgs, nil
@@ -347,43 +356,53 @@ func (w *Watch) floor(ctx context.Context) (uint64, error) {
 	return w.h.compactor.floor(ctx)
 }
 
-// appendSnapshot appends the messages of a snapshot to msgs: its tasks with their prompts and
-// params, read from the event log (they never change after a create, so any event of the task
-// has them), in one Snapshot message, or in several at the same seq of at most
-// maxSnapshotPart bytes of tasks each, all but the last with more set.
-func (w *Watch) appendSnapshot(ctx context.Context, msgs []*taskhub.Message, snap *snapshot) ([]*taskhub.Message, error) {
-	add := func(tasks []*taskhubv1.Task, more bool) {
-		msgs = append(msgs, taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
-			Snapshot: &taskhubv1.Snapshot{Epoch: snap.epoch, Seq: snap.seq, Tasks: tasks, More: more},
-		}}))
-	}
+// snapshotPart returns, in w.msgs, the next part of the snapshot being sent (w.snap): one
+// Snapshot message at the snapshot's seq, of its next tasks with their prompts and params read
+// from the event log (they never change after a create, so any event of the task has them),
+// as many as reach maxSnapshotPart bytes, with more set unless it is the last; then, after the
+// last, the messages of the items taken with the snapshot. A watch so holds one part of its
+// snapshot at a time, read when its client has taken the part before: the whole of a large one
+// held by each stream whose client does not read (1000 active tasks of 50 KiB each, 50 MB)
+// would let a few hundred such streams take the server's memory.
+func (w *Watch) snapshotPart(ctx context.Context) ([]*taskhub.Message, error) {
+	snap := w.snap
 	var part []*taskhubv1.Task
-	size := 0
-	for _, t := range snap.tasks {
+	for size := 0; w.snapNext < len(snap.tasks) && size < maxSnapshotPart; w.snapNext++ {
+		t := snap.tasks[w.snapNext]
 		call, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
 		e, err := w.h.log.Last(call, t.Owner, t.Id)
 		cancel()
 		if err != nil {
+			w.snap = nil
+			clear(w.after)
 			return nil, taskhub.Errorf(taskhub.Unavailable, "read the event log for the snapshot: %v; watch again", err)
 		}
 		full := proto.CloneOf(t)
 		full.Prompt, full.Params = e.Record.Event.Task.Prompt, e.Record.Event.Task.Params
-		n := proto.Size(full)
-		if len(part) > 0 && size+n > maxSnapshotPart {
-			add(part, true)
-			part, size = nil, 0
-		}
 		part = append(part, full)
-		size += n
+		size += proto.Size(full)
 	}
-	add(part, false)
-	return msgs, nil
+	more := w.snapNext < len(snap.tasks)
+	w.msgs = append(w.msgs[:0], taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+		Snapshot: &taskhubv1.Snapshot{Epoch: snap.epoch, Seq: snap.seq, Tasks: part, More: more},
+	}}))
+	if !more {
+		w.snap = nil
+		for _, it := range w.after {
+			w.msgs = append(w.msgs, it.msg)
+		}
+		clear(w.after)
+		w.after = w.after[:0]
+	}
+	w.h.counts.watchMessages.Add(uint64(len(w.msgs)))
+	return w.msgs, nil
 }
 
-// maxSnapshotPart bounds the tasks of one Snapshot message, in encoded bytes. An active task is
-// at most about 50 KiB (the limits on prompt, params and progress message), so a part holds at
-// least 20, and every message stays well under the 4 MiB that gRPC clients accept by default.
-const maxSnapshotPart = 1 << 20
+// maxSnapshotPart is the size in encoded bytes a Snapshot message's tasks reach, unless they are
+// the snapshot's last: a part is at most this and one task more (an active task is at most about
+// 50 KiB, with the limits on prompt, params and progress message). It bounds what a watch holds
+// of its snapshot at a time, and is about what a handed-off stream writes at a time.
+const maxSnapshotPart = 64 << 10
 
 // watchCtx makes the end of ctx wake Next, so that Next waits on one channel rather than
 // selecting over two: the wait is on the path of every delivery. The hub's heartbeat loop looks
