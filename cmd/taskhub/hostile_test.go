@@ -716,15 +716,27 @@ func signInFlood(ip string) func(ctx context.Context, h *hostile) string {
 // stuckWatchers opens as many WatchTasks streams as it can from ip, as carol, over HTTP/1.1
 // connections whose sockets take 4 KiB and which never read, while a worker reports progress
 // on a task of carol's with a message of 1000 bytes as fast as it can. The task's prompt is as
-// long as a prompt may be, and every event carries it: 17 KiB an event. Every stream's socket
-// buffers fill, and the server's writes to it wait. At the end each holder reads what it can:
-// the server had closed its connection (--write-timeout), or it is still open.
+// long as a prompt may be, and every event carries it: 17 KiB an event. Carol's other active
+// tasks, as many as she may have, are as large as a task may be (prompt and params: 49 KiB),
+// so every stream starts with a snapshot of 2.4 MiB. Every stream's socket buffers fill, and
+// the server's writes to it wait. At the end each holder reads what it can: the server had
+// closed its connection (--write-timeout), or it is still open.
 func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 	return func(ctx context.Context, h *hostile) string {
 		var opened, refused, cut, open, reports atomic.Int64
 		cctx, cancel := call()
 		defer cancel()
-		res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: strings.Repeat("p", taskhub.MaxPromptBytes), Mode: "stuck"}), hostileCarol))
+		largest := &taskhubv1.CreateTaskRequest{Prompt: strings.Repeat("p", taskhub.MaxPromptBytes), Mode: "stuck-queued", Params: map[string]string{}}
+		for i := range taskhub.MaxParams {
+			largest.Params[fmt.Sprintf("param%02d", i)] = strings.Repeat("v", taskhub.MaxParamValueBytes)
+		}
+		for range hostileQuota - 1 {
+			if _, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(largest), hostileCarol)); err != nil {
+				h.t.Errorf("carol's queued tasks: %v", err)
+				return "no tasks"
+			}
+		}
+		res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: largest.Prompt, Mode: "stuck"}), hostileCarol))
 		if err != nil {
 			h.t.Errorf("carol's task: %v", err)
 			return "no task"
@@ -785,8 +797,8 @@ func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 		if cut.Load() == 0 {
 			h.t.Errorf("the server closed none of the %d connections that read nothing (%d reports, %d still open)", opened.Load(), reports.Load(), open.Load())
 		}
-		return fmt.Sprintf("%d reports of 1000 bytes on a task with a prompt of 16 KiB; %d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
+		return fmt.Sprintf("%d reports of 1000 bytes on a task with a prompt of 16 KiB, with %d tasks of 49 KiB queued; %d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
 			"by the end the server had closed %d of those streams' connections, the rest were younger or their buffers not yet full (%d)",
-			reports.Load(), opened.Load(), refused.Load(), cut.Load(), open.Load())
+			reports.Load(), hostileQuota-1, opened.Load(), refused.Load(), cut.Load(), open.Load())
 	}
 }
