@@ -30,9 +30,10 @@ type item struct {
 }
 
 // snapshot is how a fresh watch starts: its owner's active tasks as of seq, as the feed keeps
-// them (without prompts and params). The stream's own goroutine reads those from the log as it
-// sends it (Watch.Next), so a watch that does not read holds no copy of them: a user with many
-// large tasks cannot fill the server's memory by opening watches and not reading.
+// them (without prompts and params). The stream's own goroutine reads those from the log a part
+// at a time as it sends it (Watch.snapshotPart), so a watch that does not read holds at most one
+// part of them: a user with many large tasks cannot fill the server's memory by opening watches
+// and not reading.
 type snapshot struct {
 	epoch string
 	seq   uint64

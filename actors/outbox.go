@@ -41,6 +41,7 @@ import (
 //	replaying  take           nothing queued             replaying  (cursor, replayTo] owed, to read from the log
 //	replaying  replayed(e)    the queue has room         replaying  queued; cursor = e.seq
 //	replaying  replayed(e)    the queue is full          replaying  refused: read again after a take
+//	replaying  replayed(e)    maxReplayBytes queued      replaying  refused: read again after a take
 //	replaying  done           nothing lost, held fit     live       held queued; cursor = replayTo, then the last held
 //	replaying  done           lost, or held overflowed   behind     cursor = replayTo, or the last held that fit
 //	live       offer(e)       the queue has room         live       queued; cursor = e.seq
@@ -80,6 +81,7 @@ type outbox struct {
 	holdTimer  *time.Timer // wakes a held taker (release); made on the first hold
 	holding    bool        // holdTimer is set to release the taker
 	n          int32       // non-nil items
+	replayedN  int32       // the bytes of the replayed events queued, up to maxReplayBytes+1
 	coalescing bool        // the queue was full since the last take: progress is coalesced as it comes
 	limit      int32
 }
@@ -162,9 +164,10 @@ func (o *outbox) queueLocked(it *item) bool {
 }
 
 // replayed queues an event read from the log for a replaying outbox and reports whether the
-// reader should go on: false when the queue is full (the reader lets the client take what is
-// queued, then reads it again) or the outbox was closed.
-func (o *outbox) replayed(it *item) bool {
+// reader should go on: false when the queue is full, or holds maxReplayBytes of replayed events
+// (the reader lets the client take what is queued, then reads it again), or the outbox was
+// closed. size is the event's in bytes.
+func (o *outbox) replayed(it *item, size int) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch {
@@ -172,12 +175,21 @@ func (o *outbox) replayed(it *item) bool {
 		return false
 	case it.seq <= o.cursor:
 		return true
+	case o.n > 0 && int(o.replayedN)+size > maxReplayBytes:
+		return false
 	case !o.pushLocked(it):
 		return false
 	}
 	o.cursor = it.seq
+	o.replayedN = int32(min(int(o.replayedN)+size, maxReplayBytes+1))
 	return true
 }
+
+// maxReplayBytes bounds the replayed events an outbox queues, in their encoded bytes, unless it
+// queues one. Those are the watch's own copies, read from the log for it, where live events are
+// shared by the watches of their owner: a client that resumes far back and does not read holds
+// at most this of them, where a queue full of its largest events would be 50 MB.
+const maxReplayBytes = 256 << 10
 
 // replayDone ends a replay that read the log up to replayTo: the held events are queued and the
 // outbox is live, or behind if some were lost or do not fit.
@@ -366,7 +378,7 @@ func (o *outbox) takeLocked(dst []*item) ([]*item, *replayWork, error) {
 		if len(o.progress) > 0 {
 			clear(o.progress)
 		}
-		o.n, o.coalescing = 0, false
+		o.n, o.coalescing, o.replayedN = 0, false, 0
 		o.delivered = dst[len(dst)-1].seq
 		o.lastTaken = time.Now().UnixNano()
 	}

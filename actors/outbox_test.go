@@ -180,18 +180,18 @@ func TestOutbox_Transitions(t *testing.T) {
 		{
 			row:   "replaying replayed, the queue has room",
 			from:  func(t *testing.T) *outbox { return replayingFrom(t, 2, 2, 5) },
-			input: func(o *outbox) *replayWork { o.replayed(ev(4, "a", created)); return nil },
+			input: func(o *outbox) *replayWork { o.replayed(ev(4, "a", created), 0); return nil },
 			want:  want{state: replaying, cursor: 4, queued: []uint64{4}},
 		},
 		{
 			row: "replaying replayed, the queue is full",
 			from: func(t *testing.T) *outbox {
 				o := replayingFrom(t, 1, 2, 5)
-				require.True(t, o.replayed(ev(3, "a", created)))
+				require.True(t, o.replayed(ev(3, "a", created), 0))
 				return o
 			},
 			input: func(o *outbox) *replayWork {
-				if o.replayed(ev(4, "a", started)) {
+				if o.replayed(ev(4, "a", started), 0) {
 					panic("a full queue accepted a replayed event")
 				}
 				o.take(nil) // then the client takes 3, and the read resumes at 4
@@ -199,6 +199,25 @@ func TestOutbox_Transitions(t *testing.T) {
 				return w
 			},
 			want: want{state: replaying, cursor: 3, work: &replayWork{from: 3, next: 4, to: 5}},
+		},
+		{
+			row: "replaying replayed, maxReplayBytes queued",
+			from: func(t *testing.T) *outbox {
+				o := replayingFrom(t, 5, 2, 5)
+				require.True(t, o.replayed(ev(3, "a", created), maxReplayBytes), "one event, however large")
+				return o
+			},
+			input: func(o *outbox) *replayWork {
+				if o.replayed(ev(4, "a", started), 1) {
+					panic("a replayed event past maxReplayBytes accepted")
+				}
+				o.take(nil) // then the client takes 3, and the read resumes at 4
+				if !o.replayed(ev(4, "a", started), maxReplayBytes/2) || !o.replayed(ev(5, "a", completed), maxReplayBytes/2) {
+					panic("maxReplayBytes of replayed events refused")
+				}
+				return nil
+			},
+			want: want{state: replaying, cursor: 5, queued: []uint64{4, 5}},
 		},
 		{
 			row: "replaying done, nothing lost, held fit",
@@ -226,7 +245,7 @@ func TestOutbox_Transitions(t *testing.T) {
 			row: "replaying done, held overflowed the queue",
 			from: func(t *testing.T) *outbox {
 				o := replayingFrom(t, 2, 2, 5)
-				require.True(t, o.replayed(ev(4, "a", created)))
+				require.True(t, o.replayed(ev(4, "a", created), 0))
 				o.offer(ev(6, "b", created))
 				o.offer(ev(7, "b", started))
 				return o
@@ -331,7 +350,7 @@ func TestOutbox_Close(t *testing.T) {
 				t.Fatal("close must wake the send loop")
 			}
 			o.offer(ev(100, "z", created))
-			require.False(t, o.replayed(ev(100, "z", created)), "a closed outbox stops the reader")
+			require.False(t, o.replayed(ev(100, "z", created), 0), "a closed outbox stops the reader")
 			o.begin(snap(5), 5)
 			o.tick(time.Now().Add(time.Minute), time.Second)
 
@@ -566,7 +585,7 @@ func TestOutbox_DeliversEverything(t *testing.T) {
 					return len(items) > 0
 				}
 				for seq := work.next; seq <= work.to; seq++ {
-					if !o.replayed(log[seq-1]) {
+					if !o.replayed(log[seq-1], 0) {
 						return true
 					}
 				}

@@ -307,7 +307,7 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 			w.h.counts.replays.Add(1)
 			it := eventItem(e)
 			it.msg.Replayed = true
-			if !w.out.replayed(it) {
+			if !w.out.replayed(it, proto.Size(e.Record.Event)) {
 				return nil // the queue is full, or the watch closed: take first
 			}
 			seq = e.Seq + 1

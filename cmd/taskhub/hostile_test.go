@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -118,6 +119,7 @@ func TestHostile(t *testing.T) {
 		// waits --write-timeout, and a CI run with other packages' tests beside it reported too
 		// slowly to see one cut within 15 s.
 		{"watchers that never read", 25 * time.Second, stuckWatchers("127.0.0.8")},
+		{"watchers that resume far back and never read", 8 * time.Second, resumingWatchers("127.0.0.9")},
 	} {
 		t.Run(a.name, func(t *testing.T) { h.under(t, a) })
 	}
@@ -723,7 +725,7 @@ func signInFlood(ip string) func(ctx context.Context, h *hostile) string {
 // closed its connection (--write-timeout), or it is still open.
 func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 	return func(ctx context.Context, h *hostile) string {
-		var opened, refused, cut, open, reports atomic.Int64
+		var reports atomic.Int64
 		cctx, cancel := call()
 		defer cancel()
 		largest := &taskhubv1.CreateTaskRequest{Prompt: strings.Repeat("p", taskhub.MaxPromptBytes), Mode: "stuck-queued", Params: map[string]string{}}
@@ -761,44 +763,85 @@ func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 				reports.Add(1)
 			}
 		})
-		small := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second,
-			Control: func(_, _ string, c syscall.RawConn) error {
-				return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-			}}
-		holders(ctx, h.attack, 200*time.Millisecond, func(ctx context.Context) {
-			c, err := small.DialContext(ctx, "tcp", h.host)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-			if _, err := fmt.Fprintf(c, "POST /taskhub.v1.TaskService/WatchTasks HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
-				"Content-Type: application/connect+json\r\nContent-Length: 7\r\n\r\n\x00\x00\x00\x00\x02{}", h.host, hostileCarol); err != nil {
-				refused.Add(1)
-				return
-			}
-			r := bufio.NewReaderSize(c, 512)
-			if res, err := http.ReadResponse(r, nil); err != nil || res.StatusCode != http.StatusOK {
-				refused.Add(1) // closed as accepted, over the connection limits, or answered an error
-				return
-			}
-			opened.Add(1)
-			<-ctx.Done() // read nothing more while the attack lasts
-			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-			if _, err := io.Copy(io.Discard, r); err != nil {
-				if ne, ok := err.(net.Error); ok && ne.Timeout() {
-					open.Add(1) // the server still writes to it
-					return
-				}
-			}
-			cut.Add(1)
-		})
+		var stuck stuckCounts
+		holders(ctx, h.attack, 200*time.Millisecond, stuck.hold(h, ip, `{}`))
 		wg.Wait()
-		if cut.Load() == 0 {
-			h.t.Errorf("the server closed none of the %d connections that read nothing (%d reports, %d still open)", opened.Load(), reports.Load(), open.Load())
+		if stuck.cut.Load() == 0 {
+			h.t.Errorf("the server closed none of the %d connections that read nothing (%d reports, %d still open)", stuck.opened.Load(), reports.Load(), stuck.open.Load())
 		}
-		return fmt.Sprintf("%d reports of 1000 bytes on a task with a prompt of 16 KiB, with %d tasks of 49 KiB queued; %d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
-			"by the end the server had closed %d of those streams' connections, the rest were younger or their buffers not yet full (%d)",
-			reports.Load(), hostileQuota-1, opened.Load(), refused.Load(), cut.Load(), open.Load())
+		return fmt.Sprintf("%d reports of 1000 bytes on a task with a prompt of 16 KiB, with %d tasks of 49 KiB queued; %s", reports.Load(), hostileQuota-1, &stuck)
 	}
+}
+
+// resumingWatchers opens WatchTasks streams as carol from ip, over connections whose sockets
+// take 4 KiB and which never read, that resume after the log's first event: far behind, as
+// stuckWatchers left her tens of thousands of events of 17 KiB. Each stream replays them, read
+// from the log for it alone.
+func resumingWatchers(ip string) func(ctx context.Context, h *hostile) string {
+	return func(ctx context.Context, h *hostile) string {
+		cctx, cancel := call()
+		defer cancel()
+		stream, err := h.tasks.WatchTasks(cctx, bearer(connect.NewRequest(&taskhubv1.WatchTasksRequest{}), hostileCarol))
+		if err != nil || !stream.Receive() {
+			h.t.Errorf("carol's snapshot: %v %v", err, stream.Err())
+			return "no snapshot"
+		}
+		epoch := stream.Msg().GetSnapshot().GetEpoch()
+		stream.Close()
+		var stuck stuckCounts
+		holders(ctx, 200, 100*time.Millisecond, stuck.hold(h, ip, fmt.Sprintf(`{"epoch":%q,"afterSeq":"1"}`, epoch)))
+		if stuck.cut.Load() == 0 {
+			h.t.Errorf("the server closed none of the %d connections that read nothing (%d still open)", stuck.opened.Load(), stuck.open.Load())
+		}
+		return fmt.Sprintf("carol's streams resuming after seq 1; %s", &stuck)
+	}
+}
+
+// stuckCounts counts what became of streams that never read (stuckCounts.hold).
+type stuckCounts struct{ opened, refused, cut, open atomic.Int64 }
+
+// hold is a holder that opens a WatchTasks stream as carol from ip with request body, over an
+// HTTP/1.1 connection whose socket takes 4 KiB, and reads nothing of it while its context
+// lasts. At the end it reads what it can: the server had closed its connection
+// (--write-timeout), or it is still open.
+func (n *stuckCounts) hold(h *hostile, ip, body string) func(ctx context.Context) {
+	small := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		}}
+	return func(ctx context.Context) {
+		c, err := small.DialContext(ctx, "tcp", h.host)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := fmt.Fprintf(c, "POST /taskhub.v1.TaskService/WatchTasks HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
+			"Content-Type: application/connect+json\r\nContent-Length: %d\r\n\r\n\x00%s%s", h.host, hostileCarol, 5+len(body),
+			binary.BigEndian.AppendUint32(nil, uint32(len(body))), body); err != nil {
+			n.refused.Add(1)
+			return
+		}
+		r := bufio.NewReaderSize(c, 512)
+		if res, err := http.ReadResponse(r, nil); err != nil || res.StatusCode != http.StatusOK {
+			n.refused.Add(1) // closed as accepted, over the connection limits, or answered an error
+			return
+		}
+		n.opened.Add(1)
+		<-ctx.Done() // read nothing more while the attack lasts
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				n.open.Add(1) // the server still writes to it
+				return
+			}
+		}
+		n.cut.Add(1)
+	}
+}
+
+func (n *stuckCounts) String() string {
+	return fmt.Sprintf("%d streams opened and never read (as many at once as the address may hold connections), %d connections refused at once; "+
+		"by the end the server had closed %d of those streams' connections, the rest were younger or their buffers not yet full (%d)",
+		n.opened.Load(), n.refused.Load(), n.cut.Load(), n.open.Load())
 }
