@@ -3,9 +3,11 @@ package actors_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 	"github.com/taskhub/taskhub/webhook"
@@ -521,4 +524,42 @@ func TestHub_ListPagesNewestFirst(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, cancelled, 1)
 	require.Equal(t, ids[1], cancelled[0].Id)
+}
+
+// TestHub_ListPagesOfLargeTasks: a page holds fewer tasks than its size asks for when they
+// would pass 1 MiB, at least one, and the next page goes on from there: every task once.
+func TestHub_ListPagesOfLargeTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{lease: 10 * time.Second})
+	h, ctx := b.hub, t.Context()
+	spec := taskhub.TaskSpec{Prompt: strings.Repeat("p", taskhub.MaxPromptBytes), Mode: "paint", Params: map[string]string{}}
+	for i := range taskhub.MaxParams {
+		spec.Params[fmt.Sprintf("param%02d", i)] = strings.Repeat("v", taskhub.MaxParamValueBytes)
+	}
+	var want []string
+	for range 30 { // 49 KiB each, 1.5 MiB in all
+		task, err := h.CreateTask(ctx, "alice", spec)
+		require.NoError(t, err)
+		want = append(want, task.Id)
+	}
+	slices.Reverse(want)
+	var got []string
+	pages := 0
+	for token := ""; ; {
+		pages++
+		res, err := h.ListTasks(ctx, taskhub.ListQuery{Owner: "alice", PageSize: 500, PageToken: token})
+		require.NoError(t, err)
+		require.NotEmpty(t, res.Tasks)
+		size := 0
+		for _, task := range res.Tasks {
+			size += proto.Size(task)
+			got = append(got, task.Id)
+		}
+		require.LessOrEqual(t, size, 1<<20)
+		if token = res.NextPageToken; token == "" {
+			break
+		}
+	}
+	require.Equal(t, want, got)
+	require.Equal(t, 2, pages, "21 tasks of 49 KiB, then 9")
 }

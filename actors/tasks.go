@@ -179,6 +179,7 @@ func (h *Hub) ListTasks(ctx context.Context, q taskhub.ListQuery) (taskhub.TaskP
 	}
 	slices.SortFunc(ids, func(a, b string) int { return cmp.Compare(b, a) })
 	var out []*taskhubv1.Task
+	size := 0
 	for _, id := range ids {
 		if before != "" && id >= before {
 			continue
@@ -194,11 +195,22 @@ func (h *Hub) ListTasks(ctx context.Context, q taskhub.ListQuery) (taskhub.TaskP
 			return taskhub.TaskPage{}, taskhub.Errorf(taskhub.Unavailable, "list tasks: %v", err)
 		}
 		if t := e.Record.Event.Task; want == nil || want[t.State] {
+			n := proto.Size(t)
+			if len(out) > 0 && size+n > maxPageBytes {
+				return taskhub.TaskPage{Tasks: out, NextPageToken: encodePageToken(out[len(out)-1].Id)}, nil
+			}
 			out = append(out, t)
+			size += n
 		}
 	}
 	return taskhub.TaskPage{Tasks: out}, nil
 }
+
+// maxPageBytes bounds a page of ListTasks in encoded bytes of tasks, unless it holds one: past
+// it a page holds fewer tasks than its size asks for. A page of 500 tasks as large as they may
+// be (a prompt of 16 KiB, params of 32 KiB) would be 25 MB, which the server builds and holds
+// until its client reads it: a hundred such calls whose clients never read took 10 GB.
+const maxPageBytes = 1 << 20
 
 // A page token is the id of the last task of the page before, base64url-encoded.
 func encodePageToken(lastID string) string {

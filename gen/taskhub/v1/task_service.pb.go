@@ -238,7 +238,8 @@ type ListTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only tasks in these states; all states when empty.
 	States []TaskState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=taskhub.v1.TaskState" json:"states,omitempty"`
-	// 1..500; 50 when 0.
+	// 1..500; 50 when 0. A page holds fewer tasks when they would pass 1 MiB (with their
+	// prompts, params and results); next_page_token then goes on from there.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`

@@ -124,7 +124,8 @@ export type ListTasksRequest = Message<"taskhub.v1.ListTasksRequest"> & {
   states: TaskState[];
 
   /**
-   * 1..500; 50 when 0.
+   * 1..500; 50 when 0. A page holds fewer tasks when they would pass 1 MiB (with their
+   * prompts, params and results); next_page_token then goes on from there.
    *
    * @generated from field: int32 page_size = 2;
    */
