@@ -33,11 +33,13 @@ type Watch struct {
 	waitDone  <-chan struct{}    // ctx.Done() of the context in out.waiter
 	closeOnce sync.Once
 
-	// While a snapshot is sent: it, the index in its tasks of its next part's first task, and
-	// the items taken with it, sent after its last part (see snapshotPart).
-	snap     *snapshot
-	snapNext int
-	after    []*item
+	// While a snapshot is sent: it, the index in its tasks of the next task to read, the task
+	// read that did not fit in the part before, and the items taken with the snapshot, sent
+	// after its last part (see snapshotPart).
+	snap      *snapshot
+	snapNext  int
+	snapCarry *taskhubv1.Task
+	after     []*item
 
 	// Set by Deliver.
 	pushCtx    context.Context
@@ -66,6 +68,7 @@ func (w *Watch) Next(ctx context.Context) ([]*taskhub.Message, error) {
 func (w *Watch) poll(ctx context.Context) ([]*taskhub.Message, error) {
 	clear(w.msgs) // sent: do not keep them (a snapshot's part can be large) while the watch idles
 	if w.snap != nil {
+		w.msgs = w.msgs[:0]
 		return w.snapshotPart(ctx)
 	}
 	for {
@@ -246,7 +249,7 @@ func (w *Watch) end(err error) {
 	}
 	clear(w.msgs)
 	clear(w.after)
-	w.rest, w.snap = nil, nil
+	w.rest, w.snap, w.snapCarry = nil, nil, nil
 	w.Close()
 	w.sink.Done(err)
 }
@@ -269,18 +272,21 @@ func (w *Watch) messages(ctx context.Context, items []*item) ([]*taskhub.Message
 	return w.msgs, nil
 }
 
-// replay reads what the outbox owes from the log into it, until the queue is full or the work
-// is done. A failed read, or a compaction that may have removed events it needs, closes the
-// outbox: what it queued is still sent, then the error.
+// replay reads what the outbox owes from the log into it, until the queue is full or holds
+// maxReplayBytes of them (the client takes them, then the replay goes on from there), or the
+// work is done. A failed read, or a compaction that may have removed events it needs, closes
+// the outbox: what it queued is still sent, then the error.
 func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 	if work.next <= work.to {
 		if floor, err := w.floor(ctx); err != nil || work.from-1 < floor {
 			w.out.close(cmp.Or(err, errTooFarBehind))
 			return nil
 		}
-		if err := w.leaderHolds(ctx, work.to); err != nil {
-			w.out.close(err)
-			return nil
+		if work.next == work.from { // once a replay: a leader holds what it has held
+			if err := w.leaderHolds(ctx, work.to); err != nil {
+				w.out.close(err)
+				return nil
+			}
 		}
 		filter := eventlog.OwnerFilter(w.owner)
 		for seq := work.next; seq <= work.to; {
@@ -304,12 +310,12 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 				seq = e.Seq + 1 // not for watchers (see feed.apply)
 				continue
 			}
-			w.h.counts.replays.Add(1)
 			it := eventItem(e)
 			it.msg.Replayed = true
 			if !w.out.replayed(it, proto.Size(e.Record.Event)) {
 				return nil // the queue is full, or the watch closed: take first
 			}
+			w.h.counts.replays.Add(1)
 			seq = e.Seq + 1
 		}
 		if floor, err := w.floor(ctx); err != nil || work.from-1 < floor {
@@ -356,34 +362,48 @@ func (w *Watch) floor(ctx context.Context) (uint64, error) {
 	return w.h.compactor.floor(ctx)
 }
 
-// snapshotPart returns, in w.msgs, the next part of the snapshot being sent (w.snap): one
-// Snapshot message at the snapshot's seq, of its next tasks with their prompts and params read
-// from the event log (they never change after a create, so any event of the task has them),
-// as many as reach maxSnapshotPart bytes, with more set unless it is the last; then, after the
-// last, the messages of the items taken with the snapshot. A watch so holds one part of its
-// snapshot at a time, read when its client has taken the part before: the whole of a large one
-// held by each stream whose client does not read (1000 active tasks of 50 KiB each, 50 MB)
-// would let a few hundred such streams take the server's memory.
+// snapshotPart appends to w.msgs, and returns them, the next part of the snapshot being sent
+// (w.snap): one Snapshot message at the snapshot's seq, of its next tasks with their prompts and
+// params read from the event log (they never change after a create, so any event of the task
+// has them), as many as fit in maxSnapshotPart bytes (one task alone, however large), with more
+// set unless it is the last; then, after the last, the messages of the items taken with the
+// snapshot. A watch so holds one part of its snapshot at a time, read when its client has taken
+// the part before: the whole of a large one held by each stream whose client does not read
+// (1000 active tasks of 50 KiB each, 50 MB) would let a few hundred such streams take the
+// server's memory.
 func (w *Watch) snapshotPart(ctx context.Context) ([]*taskhub.Message, error) {
 	snap := w.snap
 	var part []*taskhubv1.Task
-	for size := 0; w.snapNext < len(snap.tasks) && size < maxSnapshotPart; w.snapNext++ {
-		t := snap.tasks[w.snapNext]
-		call, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
-		e, err := w.h.log.Last(call, t.Owner, t.Id)
-		cancel()
-		if err != nil {
-			w.snap = nil
-			clear(w.after)
-			return nil, taskhub.Errorf(taskhub.Unavailable, "read the event log for the snapshot: %v; watch again", err)
+	size := 0
+	for w.snapCarry != nil || w.snapNext < len(snap.tasks) {
+		full := w.snapCarry
+		if full == nil {
+			t := snap.tasks[w.snapNext]
+			call, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
+			e, err := w.h.log.Last(call, t.Owner, t.Id)
+			cancel()
+			if err != nil {
+				err = taskhub.Errorf(taskhub.Unavailable, "read the event log for the snapshot: %v; watch again", err)
+				w.snap, w.snapCarry = nil, nil
+				clear(w.after)
+				w.out.close(err) // nothing may follow half a snapshot
+				return nil, err
+			}
+			full = proto.CloneOf(t)
+			full.Prompt, full.Params = e.Record.Event.Task.Prompt, e.Record.Event.Task.Params
+			w.snapNext++
 		}
-		full := proto.CloneOf(t)
-		full.Prompt, full.Params = e.Record.Event.Task.Prompt, e.Record.Event.Task.Params
+		n := proto.Size(full)
+		if len(part) > 0 && size+n > maxSnapshotPart {
+			w.snapCarry = full // the next part's first
+			break
+		}
+		w.snapCarry = nil
 		part = append(part, full)
-		size += proto.Size(full)
+		size += n
 	}
-	more := w.snapNext < len(snap.tasks)
-	w.msgs = append(w.msgs[:0], taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
+	more := w.snapCarry != nil || w.snapNext < len(snap.tasks)
+	w.msgs = append(w.msgs, taskhub.NewMessage(&taskhubv1.WatchTasksResponse{Message: &taskhubv1.WatchTasksResponse_Snapshot{
 		Snapshot: &taskhubv1.Snapshot{Epoch: snap.epoch, Seq: snap.seq, Tasks: part, More: more},
 	}}))
 	if !more {
@@ -398,11 +418,11 @@ func (w *Watch) snapshotPart(ctx context.Context) ([]*taskhub.Message, error) {
 	return w.msgs, nil
 }
 
-// maxSnapshotPart is the size in encoded bytes a Snapshot message's tasks reach, unless they are
-// the snapshot's last: a part is at most this and one task more (an active task is at most about
-// 50 KiB, with the limits on prompt, params and progress message). It bounds what a watch holds
-// of its snapshot at a time, and is about what a handed-off stream writes at a time.
-const maxSnapshotPart = 64 << 10
+// maxSnapshotPart bounds the tasks of a Snapshot message, in encoded bytes, unless it holds one
+// (an active task is at most about 50 KiB, with the limits on prompt, params and progress
+// message). It bounds what a watch holds of its snapshot at a time, and leaves room for the
+// part's JSON in one write of a handed-off stream (maxWrite, in package rpc).
+const maxSnapshotPart = 48 << 10
 
 // watchCtx makes the end of ctx wake Next, so that Next waits on one channel rather than
 // selecting over two: the wait is on the path of every delivery. The hub's heartbeat loop looks

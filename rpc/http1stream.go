@@ -9,10 +9,12 @@ import (
 	"math/bits"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -24,14 +26,14 @@ import (
 
 // A WatchTasks stream on an HTTP/1.1 connection of its own (a browser's page without TLS, curl,
 // most scripts) is handed the connection once connect has read and checked its request: the
-// stream then writes its messages to the socket itself, in writes of at most maxWrite bytes,
-// each one write(2), and holds no goroutine while it is idle. Served by net/http and connect,
-// such a stream held two goroutines for its life (the connection's, whose stack runs through
-// every handler and interceptor, and its background reader) and net/http's buffers: 37 KB of
-// server memory per idle watcher, over half of it stacks (docs/benchmarks.md). Handed off, it
-// holds its
-// connection, a goroutine blocked in a one-byte read that notices the client leave, and its
-// watch; a goroutine runs only while there is something to send (taskhub.Watch.Deliver).
+// stream then writes its messages to the socket itself, in writes of at most maxWrite bytes
+// (a larger message alone), each one write(2), and holds no goroutine while it is idle. Served
+// by net/http and connect, such a stream held two goroutines for its life (the connection's,
+// whose stack runs through every handler and interceptor, and its background reader) and
+// net/http's buffers: 37 KB of server memory per idle watcher, over half of it stacks
+// (docs/benchmarks.md). Handed off, it holds its connection, a goroutine blocked in a one-byte
+// read that notices the client leave, and its watch; a goroutine runs only while there is
+// something to send (taskhub.Watch.Deliver).
 //
 // Only the Connect protocol is handed off (application/connect+proto and +json, which is what
 // browsers, curl and the clients here speak over HTTP/1.1); gRPC-Web and HTTP/2 streams stay
@@ -212,6 +214,14 @@ func (s *http1Stream) flush() error {
 	return nil
 }
 
+// clientsWriteError reports whether a write failed with err because of its client: it reset
+// or closed the connection, or took nothing for the write timeout (or the server's shutdown
+// cut it short, see Streams.Cut).
+func clientsWriteError(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
+}
+
 // endWriteTimeout bounds how long the end of a stream waits for a client that does not read.
 const endWriteTimeout = 2 * time.Second
 
@@ -219,11 +229,11 @@ const endWriteTimeout = 2 * time.Second
 // the body's last chunk, closes the connection, and reports the call.
 func (s *http1Stream) end(err error) {
 	gone := s.gone.Load()
-	if gone || s.cut.Load() {
-		// The client left (its watch was closed for that), or a write to it failed: it left, or
-		// took nothing for the write timeout. Its doing, not the server's: not an internal
-		// error, which is logged as the server's (and an attacker's stuck streams would fill
-		// the log with them).
+	if gone || s.cut.Load() && clientsWriteError(err) {
+		// The client left (its watch was closed for that), or a write to it failed because it
+		// left or took nothing for the write timeout. Its doing, not the server's: not an
+		// internal error, which is logged as the server's (and an attacker's stuck streams
+		// would fill the log with them).
 		err = context.Canceled
 	}
 	err = s.id.streamEnd(s.ctx, err)

@@ -52,7 +52,7 @@ const (
 	hostileWorker  = "worker-token-0123456789"
 	hostileTimeout = 2 * time.Second // --body-timeout, --header-timeout and --write-timeout of the child
 	hostileQuota   = 50              // --max-active-tasks-per-user of the child
-	hostileMaxRSS  = 1536 << 20      // the child's resident memory at most, under any attack
+	hostileMaxRSS  = 1 << 30         // the child's resident memory at most, under any attack
 )
 
 type hostile struct {
@@ -119,7 +119,7 @@ func TestHostile(t *testing.T) {
 		// waits --write-timeout, and a CI run with other packages' tests beside it reported too
 		// slowly to see one cut within 15 s.
 		{"watchers that never read", 25 * time.Second, stuckWatchers("127.0.0.8")},
-		{"watchers that resume far back and never read", 8 * time.Second, resumingWatchers("127.0.0.9")},
+		{"watchers of large tasks that never read", 8 * time.Second, largeWatchers("127.0.0.9")},
 	} {
 		t.Run(a.name, func(t *testing.T) { h.under(t, a) })
 	}
@@ -717,28 +717,15 @@ func signInFlood(ip string) func(ctx context.Context, h *hostile) string {
 
 // stuckWatchers opens as many WatchTasks streams as it can from ip, as carol, over HTTP/1.1
 // connections whose sockets take 4 KiB and which never read, while a worker reports progress
-// on a task of carol's with a message of 1000 bytes as fast as it can. The task's prompt is as
-// long as a prompt may be, and every event carries it: 17 KiB an event. Carol's other active
-// tasks, as many as she may have, are as large as a task may be (prompt and params: 49 KiB),
-// so every stream starts with a snapshot of 2.4 MiB. Every stream's socket buffers fill, and
-// the server's writes to it wait. At the end each holder reads what it can: the server had
-// closed its connection (--write-timeout), or it is still open.
+// on a task of carol's with a message of 1000 bytes as fast as it can: every stream's socket
+// buffers fill, and the server's writes to it wait. At the end each holder reads what it can:
+// the server had closed its connection (--write-timeout), or it is still open.
 func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 	return func(ctx context.Context, h *hostile) string {
 		var reports atomic.Int64
 		cctx, cancel := call()
 		defer cancel()
-		largest := &taskhubv1.CreateTaskRequest{Prompt: strings.Repeat("p", taskhub.MaxPromptBytes), Mode: "stuck-queued", Params: map[string]string{}}
-		for i := range taskhub.MaxParams {
-			largest.Params[fmt.Sprintf("param%02d", i)] = strings.Repeat("v", taskhub.MaxParamValueBytes)
-		}
-		for range hostileQuota - 1 {
-			if _, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(largest), hostileCarol)); err != nil {
-				h.t.Errorf("carol's queued tasks: %v", err)
-				return "no tasks"
-			}
-		}
-		res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: largest.Prompt, Mode: "stuck"}), hostileCarol))
+		res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(&taskhubv1.CreateTaskRequest{Prompt: "watched by the stuck", Mode: "stuck"}), hostileCarol))
 		if err != nil {
 			h.t.Errorf("carol's task: %v", err)
 			return "no task"
@@ -769,31 +756,63 @@ func stuckWatchers(ip string) func(ctx context.Context, h *hostile) string {
 		if stuck.cut.Load() == 0 {
 			h.t.Errorf("the server closed none of the %d connections that read nothing (%d reports, %d still open)", stuck.opened.Load(), reports.Load(), stuck.open.Load())
 		}
-		return fmt.Sprintf("%d reports of 1000 bytes on a task with a prompt of 16 KiB, with %d tasks of 49 KiB queued; %s", reports.Load(), hostileQuota-1, &stuck)
+		return fmt.Sprintf("%d reports of 1000 bytes; %s", reports.Load(), &stuck)
 	}
 }
 
-// resumingWatchers opens WatchTasks streams as carol from ip, over connections whose sockets
-// take 4 KiB and which never read, that resume after the log's first event: far behind, as
-// stuckWatchers left her tens of thousands of events of 17 KiB. Each stream replays them, read
-// from the log for it alone.
-func resumingWatchers(ip string) func(ctx context.Context, h *hostile) string {
+// largeWatchers has carol make as many tasks as she may have active, each as large as a task
+// may be (prompt and params: 49 KiB), and cancel them, then make as many again, which stay
+// queued. From ip it then opens WatchTasks streams as carol over HTTP/1.1 connections whose
+// sockets take 4 KiB and which never read: two of three fresh, each of which starts with a
+// snapshot of 2.4 MiB, the others resuming from before the first of these tasks, each of which
+// replays their 7 MiB of events. A server that held a stream's whole snapshot, or a replay's whole
+// queue of events read for it alone, went past the test's memory bound.
+func largeWatchers(ip string) func(ctx context.Context, h *hostile) string {
 	return func(ctx context.Context, h *hostile) string {
 		cctx, cancel := call()
 		defer cancel()
+		largest := &taskhubv1.CreateTaskRequest{Prompt: strings.Repeat("p", taskhub.MaxPromptBytes), Mode: "large", Params: map[string]string{}}
+		for i := range taskhub.MaxParams {
+			largest.Params[fmt.Sprintf("param%02d", i)] = strings.Repeat("v", taskhub.MaxParamValueBytes)
+		}
+		n := hostileQuota - 1 // carol's task of stuckWatchers is active too
+		var first uint64
+		for round := range 2 {
+			for range n {
+				res, err := h.tasks.CreateTask(cctx, bearer(connect.NewRequest(largest), hostileCarol))
+				if first == 0 && err == nil {
+					first = res.Msg.Task.Seq
+				}
+				if err == nil && round == 0 {
+					_, err = h.tasks.CancelTask(cctx, bearer(connect.NewRequest(&taskhubv1.CancelTaskRequest{Id: res.Msg.Task.Id}), hostileCarol))
+				}
+				if err != nil {
+					h.t.Errorf("carol's large tasks: %v", err)
+					return "no tasks"
+				}
+			}
+		}
 		stream, err := h.tasks.WatchTasks(cctx, bearer(connect.NewRequest(&taskhubv1.WatchTasksRequest{}), hostileCarol))
 		if err != nil || !stream.Receive() {
 			h.t.Errorf("carol's snapshot: %v %v", err, stream.Err())
 			return "no snapshot"
 		}
-		epoch := stream.Msg().GetSnapshot().GetEpoch()
+		resume := fmt.Sprintf(`{"epoch":%q,"afterSeq":"%d"}`, stream.Msg().GetSnapshot().GetEpoch(), first-1)
 		stream.Close()
 		var stuck stuckCounts
-		holders(ctx, 200, 100*time.Millisecond, stuck.hold(h, ip, fmt.Sprintf(`{"epoch":%q,"afterSeq":"1"}`, epoch)))
+		var i atomic.Int64
+		fresh, resuming := stuck.hold(h, ip, `{}`), stuck.hold(h, ip, resume)
+		holders(ctx, h.attack/2, 200*time.Millisecond, func(ctx context.Context) { // as many as the address may hold
+			if i.Add(1)%3 != 0 {
+				fresh(ctx)
+			} else {
+				resuming(ctx)
+			}
+		})
 		if stuck.cut.Load() == 0 {
 			h.t.Errorf("the server closed none of the %d connections that read nothing (%d still open)", stuck.opened.Load(), stuck.open.Load())
 		}
-		return fmt.Sprintf("carol's streams resuming after seq 1; %s", &stuck)
+		return fmt.Sprintf("carol's %d tasks of 49 KiB, made, cancelled and made again; two of three streams fresh, the others resuming from before them; %s", n, &stuck)
 	}
 }
 

@@ -71,22 +71,29 @@ else:
         s.sendall(request("WatchTasks", "application/connect+json", envelope(b"{}")))
         got = b""
         while b'"epoch"' not in got:
-            got += s.recv(65536)
+            chunk = s.recv(65536)
+            if not chunk:
+                raise SystemExit(f"WatchTasks: the server closed the stream: {got[:300]!r}")
+            got += chunk
         s.close()
         start = got.index(b'"epoch":"') + len(b'"epoch":"')
         body = {"epoch": got[start:got.index(b'"', start)].decode(), "afterSeq": "1"}
     req = request("WatchTasks", "application/connect+json", envelope(json.dumps(body).encode()))
 
-held = []
+held, refused = [], 0
 for _ in range(a.calls):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.bind((a.from_ip, 0))
-    s.connect((a.host, a.port))
-    s.sendall(req)
-    held.append(s)
+    try:
+        s.connect((a.host, a.port))
+        s.sendall(req)
+        held.append(s)
+    except OSError:
+        refused += 1
+        s.close()
 peak, end = 0, time.time() + a.hold
 while time.time() < end:
     peak = max(peak, rss())
     time.sleep(0.2)
-print(f"{a.attack}: {len(held)} calls that never read, held {a.hold:g} s: the server's RSS at most {peak} MiB")
+print(f"{a.attack}: {len(held)} calls that never read ({refused} refused), held {a.hold:g} s: the server's RSS at most {peak} MiB")
