@@ -603,10 +603,10 @@ type Snapshot struct {
 	Recovered bool    `protobuf:"varint,3,opt,name=recovered,proto3" json:"recovered,omitempty"`
 	Tasks     []*Task `protobuf:"bytes,4,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// True when more Snapshot messages follow, at the same seq, with the rest of the active tasks:
-	// a snapshot's tasks come in parts of about 64 KiB each (at most one task more), each sent once
-	// the client has taken the one before, so that no message is larger than clients accept and a
-	// server holds one part for a client at a time. The snapshot is whole with the message whose
-	// more is false; events follow it.
+	// a snapshot's tasks come in parts of at most 48 KiB each (one task alone, however large),
+	// each sent once the client has taken the one before, so that no message is larger than
+	// clients accept and a server holds one part for a client at a time. The snapshot is whole
+	// with the message whose more is false; events follow it.
 	More          bool `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

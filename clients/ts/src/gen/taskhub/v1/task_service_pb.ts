@@ -300,10 +300,10 @@ export type Snapshot = Message<"taskhub.v1.Snapshot"> & {
 
   /**
    * True when more Snapshot messages follow, at the same seq, with the rest of the active tasks:
-   * a snapshot's tasks come in parts of about 64 KiB each (at most one task more), each sent once
-   * the client has taken the one before, so that no message is larger than clients accept and a
-   * server holds one part for a client at a time. The snapshot is whole with the message whose
-   * more is false; events follow it.
+   * a snapshot's tasks come in parts of at most 48 KiB each (one task alone, however large),
+   * each sent once the client has taken the one before, so that no message is larger than
+   * clients accept and a server holds one part for a client at a time. The snapshot is whole
+   * with the message whose more is false; events follow it.
    *
    * @generated from field: bool more = 5;
    */
