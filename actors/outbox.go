@@ -81,7 +81,7 @@ type outbox struct {
 	holdTimer  *time.Timer // wakes a held taker (release); made on the first hold
 	holding    bool        // holdTimer is set to release the taker
 	n          int32       // non-nil items
-	replayedN  int32       // the bytes of the replayed events queued, up to maxReplayBytes+1
+	replayedN  int32       // the bytes of the replayed events queued: maxReplayBytes and one event at most
 	coalescing bool        // the queue was full since the last take: progress is coalesced as it comes
 	limit      int32
 }
@@ -181,7 +181,7 @@ func (o *outbox) replayed(it *item, size int) bool {
 		return false
 	}
 	o.cursor = it.seq
-	o.replayedN = int32(min(int(o.replayedN)+size, maxReplayBytes+1))
+	o.replayedN += int32(size)
 	return true
 }
 
