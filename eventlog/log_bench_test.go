@@ -68,3 +68,45 @@ func BenchmarkLog_Last(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLog_Next reads one owner's events in order, as a resumed watch's replay does
+// (Log.Next with the owner's filter, from the sequence after the last one read), in a log whose
+// events are interleaved with those of other owners: every owner's task reports in turn, as
+// many users' running tasks do. An op is one event read.
+func BenchmarkLog_Next(b *testing.B) {
+	for _, owners := range []int{1, 100, 5000} {
+		b.Run(fmt.Sprintf("owners=%d", owners), func(b *testing.B) {
+			l, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(),
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			const events = 100_000
+			last := make([]uint64, owners)
+			for i := range events {
+				o := i % owners
+				kind := taskhubv1.EventKind_EVENT_KIND_PROGRESS
+				if last[o] == 0 {
+					kind = taskhubv1.EventKind_EVENT_KIND_CREATED
+				}
+				rec := record(fmt.Sprintf("T%d", o), kind, taskhubv1.TaskState_TASK_STATE_RUNNING)
+				rec.Event.Task.Owner = fmt.Sprintf("user%d", o)
+				if last[o], err = l.Append(b.Context(), rec, last[o]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			filter, seq := eventlog.OwnerFilter("user0"), uint64(1)
+			for range b.N {
+				e, err := l.Next(b.Context(), filter, seq)
+				if err != nil { // past the owner's last: from its first again
+					seq = 1
+					continue
+				}
+				seq = e.Seq + 1
+			}
+		})
+	}
+}
