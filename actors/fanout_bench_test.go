@@ -188,17 +188,21 @@ func heapInUse() int64 {
 // BenchmarkHub_ReportProgress is the write path: progress reports on running tasks, each
 // stored in the real embedded event log before it is answered. Sequential: one report at a
 // time, round-robin over the tasks. Parallel: one reporter per task, 64 at once, as many
-// workers report. It reports events/s; run it under `taskset -c 0` with GOMAXPROCS=1 for the
-// CPU of one core per event (ns/op is then the CPU per event).
+// workers report. Batched: 1000 tasks run by 10 workers, each sending a BatchReportProgress
+// with a report for each of its 100 tasks at a time (taskhub-load's --batch-workers 10). It
+// reports events/s; run it under `taskset -c 0` with GOMAXPROCS=1 for the CPU of one core per
+// event (ns/op is then the CPU per event). An op is one report.
 func BenchmarkHub_ReportProgress(b *testing.B) {
 	for _, tc := range []struct {
-		name      string
-		reporters int
-	}{{"Sequential", 1}, {"Parallel64", 64}} {
+		name    string
+		tasks   int
+		callers int // at once, each with tasks/callers of the tasks
+		batched bool
+	}{{"Sequential", 1, 1, false}, {"Parallel64", 64, 64, false}, {"Batched", 1000, 10, true}} {
 		b.Run(tc.name, func(b *testing.B) {
 			h := benchHub(b)
 			ctx := b.Context()
-			claims := make([]*taskhub.Claim, tc.reporters)
+			claims := make([]*taskhub.Claim, tc.tasks)
 			for i := range claims {
 				if _, err := h.CreateTask(ctx, "bench", taskhub.TaskSpec{Prompt: "p", Mode: "bench"}); err != nil {
 					b.Fatal(err)
@@ -209,17 +213,44 @@ func BenchmarkHub_ReportProgress(b *testing.B) {
 				}
 				claims[i] = c
 			}
+			per := tc.tasks / tc.callers
 			b.ReportAllocs()
 			b.ResetTimer()
 			var next atomic.Int64
 			var wg sync.WaitGroup
-			for _, c := range claims {
+			for w := range tc.callers {
+				mine := claims[w*per : (w+1)*per]
 				wg.Go(func() {
-					for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
-						if _, err := h.ReportProgress(ctx, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken},
-							Progress: float64(n % 100), Message: "step"}); err != nil {
+					for {
+						n := next.Add(int64(per)) - int64(per) // reports made before these
+						if n >= int64(b.N) {
+							return
+						}
+						batch := make([]taskhub.Report, min(per, b.N-int(n)))
+						for i := range batch {
+							c := mine[i]
+							batch[i] = taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken},
+								Progress: float64((n + int64(i)) % 100), Message: "step"}
+						}
+						if !tc.batched {
+							for _, r := range batch {
+								if _, err := h.ReportProgress(ctx, r); err != nil {
+									b.Error(err)
+									return
+								}
+							}
+							continue
+						}
+						res, err := h.BatchReportProgress(ctx, batch)
+						if err != nil {
 							b.Error(err)
 							return
+						}
+						for _, r := range res {
+							if r.Err != nil {
+								b.Error(r.Err)
+								return
+							}
 						}
 					}
 				})
@@ -228,4 +259,67 @@ func BenchmarkHub_ReportProgress(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 		})
 	}
+}
+
+// BenchmarkHub_Resume is a watch that resumes: one owner's events since its task started (18
+// progress reports) to replay, among those of 5000 owners, each with a task reporting in turn,
+// as many users' running tasks do. An op is one resume, from the watch's start until its last
+// replayed event; run it under `taskset -c 0` with GOMAXPROCS=1 for its CPU.
+func BenchmarkHub_Resume(b *testing.B) {
+	const owners, rounds, batch = 5000, 18, 500
+	h := benchHub(b)
+	ctx := b.Context()
+	for i := range owners {
+		if _, err := h.CreateTask(ctx, fmt.Sprint("user", i), taskhub.TaskSpec{Prompt: "p", Mode: "bench"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	claims := make([]*taskhub.Claim, owners)
+	for i := range claims {
+		c, err := h.ClaimTask(ctx, taskhub.ClaimParams{WorkerID: "w", Modes: []string{"bench"}, Wait: time.Second})
+		if err != nil || c == nil {
+			b.Fatal("claim", err)
+		}
+		claims[i] = c
+	}
+	for r := range rounds {
+		for i := 0; i < owners; i += batch {
+			reports := make([]taskhub.Report, 0, batch)
+			for _, c := range claims[i : i+batch] {
+				reports = append(reports, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: float64(r), Message: "step"})
+			}
+			res, err := h.BatchReportProgress(ctx, reports)
+			if err != nil || res[0].Err != nil {
+				b.Fatal(err, res[0].Err)
+			}
+		}
+	}
+	last := make([]uint64, owners)
+	for i, c := range claims {
+		t, err := h.GetTask(ctx, c.Task.Owner, c.Task.Id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		last[i] = t.Seq
+	}
+	b.Run(fmt.Sprintf("owners=%d", owners), func(b *testing.B) {
+		b.ReportAllocs()
+		for n := range b.N {
+			c := claims[n%owners]
+			w, err := h.Watch(ctx, taskhub.WatchQuery{Owner: c.Task.Owner, Epoch: h.Epoch(), AfterSeq: c.Task.Seq})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for done := false; !done; {
+				msgs, err := w.Next(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, m := range msgs {
+					done = done || m.GetEvent().GetSeq() == last[n%owners]
+				}
+			}
+			w.Close()
+		}
+	})
 }
