@@ -83,6 +83,7 @@ type feed struct {
 	running  map[string]runTimes                   // task id -> its lease and stall times
 	after    afterHeap                             // what to do once pos reaches a seq
 	creating creating                              // creates admitted, not yet applied
+	history  history                               // the owners' events, for replays
 	ready    chan struct{}                         // closed once every task has been read
 	once     sync.Once
 	stop     func()
@@ -146,13 +147,19 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 			hooked = ev.Task.Webhook != nil && (webhook.Wants(ev.Task.Webhook, ev.Kind) || taskhub.Terminal(ev.Task.State))
 		}
 		if it != nil {
-			for w := range f.subs[it.msg.GetEvent().Task.Owner] {
+			owner := it.msg.GetEvent().Task.Owner
+			f.history.add(owner, e.Seq)
+			for w := range f.subs[owner] {
 				w.out.offer(it)
 			}
 		}
 		f.pos = e.Seq
 		f.applied.Store(e.Seq)
 		due = f.after.due(f.pos)
+	}
+	if pending == 0 && f.history.floor == 0 {
+		// Every task is read: from here on the follower hands over every event in order.
+		f.history.start(f.pos + 1)
 	}
 	f.mu.Unlock()
 	for _, fn := range due {
@@ -314,6 +321,14 @@ func (f *feed) await(ctx context.Context, seq uint64, timeout time.Duration) boo
 	}
 	f.cancel(e)
 	return false
+}
+
+// nextOf returns the owner's first event at or after seq that watchers are sent (0: none yet),
+// and whether the feed's index of its events covers seq; if not, it does not know (history).
+func (f *feed) nextOf(owner string, seq uint64) (uint64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.history.next(owner, seq)
 }
 
 // position is the last sequence applied.

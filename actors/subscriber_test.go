@@ -524,6 +524,64 @@ func TestHub_WatchResumeOnANodeThatLags(t *testing.T) {
 	require.Equal(t, three.Id, events[0].Task.Id, "what comes next, and nothing before it")
 }
 
+// readsOfReplays counts how a replay reads the log: the next event on an owner's subjects
+// (which JetStream finds by reading every event in between), or an event by its sequence.
+type readsOfReplays struct {
+	actors.Log
+	next, get atomic.Int64
+}
+
+func (r *readsOfReplays) Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error) {
+	r.next.Add(1)
+	return r.Log.Next(ctx, filter, from)
+}
+
+func (r *readsOfReplays) Get(ctx context.Context, seq uint64) (*eventlog.Entry, error) {
+	r.get.Add(1)
+	return r.Log.Get(ctx, seq)
+}
+
+// TestHub_WatchReplaysByIndex: alice's tasks are created between bob's. A watch that resumes
+// gets every event of hers after its seq, and reads each by its sequence from the feed's index,
+// without asking the log to search bob's events for hers. After a restart the index starts
+// afresh: a resume from before it searches the log as before, and gets the same events.
+func TestHub_WatchReplaysByIndex(t *testing.T) {
+	t.Parallel()
+	r := &readsOfReplays{}
+	opts := options{lease: 10 * time.Second, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }}
+	b := setup(t, opts)
+	h := b.hub
+	first := create(t, h, "alice", "first", "paint")
+	for i := range 12 {
+		create(t, h, "bob", fmt.Sprint("b", i), "paint")
+		create(t, h, "alice", fmt.Sprint("a", i), "paint")
+	}
+	want := logEvents(t, b.log, "alice", first.Seq)
+	require.Len(t, want, 12)
+
+	resume := func() []*taskhubv1.TaskEvent {
+		t.Helper()
+		back := watch(t, b.hub, "alice", b.hub.Epoch(), first.Seq)
+		snap, _ := back.wait(len(want))
+		require.True(t, snap.Recovered)
+		time.Sleep(50 * time.Millisecond) // a duplicate would arrive by now
+		_, got := back.wait(0)
+		back.stop()
+		return got
+	}
+	r.next.Store(0)
+	r.get.Store(0)
+	require.Equal(t, keysOf(want), keysOf(resume()))
+	require.Zero(t, r.next.Load(), "the replay searched the log")
+	require.Equal(t, int64(len(want)), r.get.Load(), "one read an event")
+
+	b.close()
+	b.open(t, opts)
+	r.next.Store(0)
+	require.Equal(t, keysOf(want), keysOf(resume()))
+	require.NotZero(t, r.next.Load(), "events from before the restart are not in the index")
+}
+
 func TestHub_WatchResumeAcrossRestart(t *testing.T) {
 	t.Parallel()
 

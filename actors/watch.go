@@ -291,7 +291,7 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 		filter := eventlog.OwnerFilter(w.owner)
 		for seq := work.next; seq <= work.to; {
 			call, cancel := context.WithTimeout(ctx, w.h.cfg.CallTimeout)
-			e, err := w.h.log.Next(call, filter, seq)
+			e, err := w.next(call, filter, seq, work.to)
 			cancel()
 			switch {
 			case ctx.Err() != nil:
@@ -325,6 +325,27 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 	}
 	w.out.replayDone()
 	return nil
+}
+
+// next reads the owner's first event at or after seq, if it is at most to (ErrNotFound if
+// none is): by its sequence when the feed's index covers seq (see history), else by asking the
+// log for the next event on the owner's subjects. An indexed event that the log no longer holds
+// (compacted) is passed over, as the log's own search passes over it.
+func (w *Watch) next(ctx context.Context, filter string, seq, to uint64) (*eventlog.Entry, error) {
+	for {
+		s, indexed := w.h.feed.nextOf(w.owner, seq)
+		switch {
+		case !indexed:
+			return w.h.log.Next(ctx, filter, seq)
+		case s == 0 || s > to:
+			return nil, eventlog.ErrNotFound
+		}
+		e, err := w.h.log.Get(ctx, s)
+		if !errors.Is(err, eventlog.ErrNotFound) {
+			return e, err
+		}
+		seq = s + 1
+	}
 }
 
 // leaderHolds waits, for at most clusterReadTimeout, until the log's reads (answered by its
