@@ -1,7 +1,7 @@
 // Command taskhub-load puts a running taskhub under a bounded load and measures what its
 // watchers get: every event, in order, and how soon.
 //
-//	taskhub-load [push|poll|centrifugo|users] [flags]
+//	taskhub-load [push|poll|centrifugo|users|resume] [flags]
 //
 // push (the default) opens --watchers WatchTasks streams (Connect, binary codec, HTTP/2
 // cleartext; read by the tool's own lean HTTP/2 client, or with --client connect by the
@@ -14,6 +14,8 @@
 // centrifugo puts the same shape of load on a local Centrifugo, the peer push is compared
 // with, and writes the same report (see centrifugo.go). users writes an auth file of many
 // users, for push --users: the tasks spread over users, each watched by its own devices.
+// resume has many of those users' clients resume their watches at once, as a load balancer's
+// restart makes every page reconnect, and reports the server's CPU a resume (see resume.go).
 //
 // It only targets a server on this machine, and exits non-zero when anything was lost.
 package main
@@ -51,6 +53,9 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "users" {
 		return runUsers(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "resume" {
+		return runResume(ctx, args[1:], stdout, stderr)
 	}
 	cfg, err := parseConfig(args, stderr)
 	if err != nil {

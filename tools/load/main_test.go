@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -250,6 +251,41 @@ func TestRun_PushUsers(t *testing.T) {
 		"--users 3 --auth-file x --watchers 5":                      "is not --users x --watchers-per-user",
 		"poll --users 3 --auth-file x":                              "--users is for push",
 		"--users 5 --auth-file " + authFile + " --url " + srv.URL(): "has 4 users",
+	} {
+		err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)
+		require.ErrorContains(t, err, want, args)
+	}
+}
+
+// TestRun_Resume: after a push of three users' tasks, resume has each user's clients resume
+// their watches at once, and every one resumes and gets its events in order.
+func TestRun_Resume(t *testing.T) {
+	t.Parallel()
+	authFile := filepath.Join(t.TempDir(), "auth.json")
+	require.NoError(t, run(t.Context(), []string{"users", "--users", "3", "--out", authFile}, io.Discard, io.Discard))
+	srv, err := server.Open(t.Context(), server.Config{
+		Addr: "127.0.0.1:0", DataDir: t.TempDir(), DemoWorkers: -1, AuthFile: authFile,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	runLoad(t, "push", "--url", srv.URL(), "--users", "3", "--watchers-per-user", "1", "--auth-file", authFile,
+		"--tasks", "6", "--rate", "100", "--duration", "1s")
+
+	var out, notes bytes.Buffer
+	pid := strconv.Itoa(os.Getpid())
+	require.NoError(t, run(t.Context(), []string{"resume", "--url", srv.URL(), "--auth-file", authFile, "--server-pid", pid,
+		"--resumes", "6", "--concurrency", "2", "--back", "30", "--quiet", "200ms"}, &out, &notes), "%s\n%s", out.String(), notes.String())
+	require.Contains(t, out.String(), "6 resumed, 0 started afresh, 0 failed")
+	require.Contains(t, out.String(), "result             OK")
+	require.Regexp(t, `; [1-9]\d* events replayed`, out.String())
+
+	for args, want := range map[string]string{
+		"resume":                                         "--auth-file is required",
+		"resume --auth-file x --resumes 0":               "--resumes must be",
+		"resume --auth-file x --concurrency 0":           "--concurrency must be",
+		"resume --auth-file x --url https://127.0.0.1:1": "--url must be http://host:port",
+		"resume --auth-file x --quiet 0s":                "--quiet must be",
 	} {
 		err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)
 		require.ErrorContains(t, err, want, args)

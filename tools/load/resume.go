@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/taskhub/taskhub/rpc"
+)
+
+// runResume is the resume command: many users' clients resume their watches at once, as a load
+// balancer's restart or a network's blip makes every page reconnect, each after the seq it last
+// saw. Each is a WatchTasks stream of its own, JSON over HTTP/1.1 as a page without TLS or curl
+// opens it, resumed --back events before the log's end (the seq of a fresh snapshot), and read
+// until it sends nothing for --quiet. It checks that each resumed (its snapshot recovered) and
+// got its events in order, all after its seq, and reports the server's CPU a resume and a
+// replayed event.
+func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("taskhub-load resume", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	rawURL := fs.String("url", "http://127.0.0.1:8080", "the taskhub server (on this machine, without TLS)")
+	authFile := fs.String("auth-file", "", "the server's --auth-file: each resume is one of its users' (taskhub-load users writes one)")
+	resumes := fs.Int("resumes", 2000, "how many streams resume, one user's each, round-robin over the users")
+	concurrency := fs.Int("concurrency", 20, "how many resume at once")
+	back := fs.Uint64("back", 50000, "each resumes after the seq this many events before the log's end")
+	quiet := fs.Duration("quiet", 300*time.Millisecond, "a stream that sends nothing for this long has sent its replay")
+	serverPID := fs.Int("server-pid", 0, "`pid` of the server, for its CPU (default: the process listening on the URL's port)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	u, err := url.Parse(*rawURL)
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	case err != nil || u.Scheme != "http" || u.Port() == "":
+		return fmt.Errorf("--url must be http://host:port: got %q", *rawURL)
+	case *authFile == "":
+		return errors.New("resume: --auth-file is required")
+	case *resumes < 1 || *resumes > maxWatchers:
+		return fmt.Errorf("--resumes must be 1..%d: got %d", maxWatchers, *resumes)
+	case *concurrency < 1 || *concurrency > *resumes:
+		return fmt.Errorf("--concurrency must be 1..%d (--resumes): got %d", *resumes, *concurrency)
+	case *quiet <= 0 || *quiet > time.Minute:
+		return fmt.Errorf("--quiet must be above 0 and at most 1m: got %v", *quiet)
+	}
+	f, err := rpc.ReadAuthFile(*authFile)
+	if err != nil {
+		return err
+	}
+	if len(f.Users) == 0 {
+		return fmt.Errorf("%s has no users", *authFile)
+	}
+	pid := *serverPID
+	if pid == 0 {
+		port, _ := strconv.Atoi(u.Port())
+		if pid, err = findListener(port); err != nil {
+			return err
+		}
+	}
+	srv := proc{pid}
+
+	tr := &http.Transport{DisableKeepAlives: true, Protocols: new(http.Protocols)}
+	tr.Protocols.SetHTTP1(true)
+	hc := &http.Client{Transport: tr}
+	var fresh resumed
+	if err := readWatch(ctx, hc, *rawURL, f.Users[0].Token, `{}`, *quiet, &fresh); err != nil {
+		return fmt.Errorf("a fresh watch: %w", err)
+	}
+	after := uint64(1)
+	if fresh.snapSeq > *back {
+		after = fresh.snapSeq - *back
+	}
+	body := fmt.Sprintf(`{"epoch":%q,"afterSeq":"%d"}`, fresh.epoch, after)
+	fmt.Fprintf(stderr, "resuming %d streams, %d at once, after seq %d (the log's end %d)\n", *resumes, *concurrency, after, fresh.snapSeq)
+
+	cpu0, err := srv.cpu()
+	if err != nil {
+		return err
+	}
+	self0 := selfCPU()
+	var events, afresh, failed atomic.Int64
+	var mu sync.Mutex
+	var violations []string
+	work := make(chan int)
+	var wg sync.WaitGroup
+	began := time.Now()
+	for range *concurrency {
+		wg.Go(func() {
+			for i := range work {
+				var r resumed
+				err := readWatch(ctx, hc, *rawURL, f.Users[i%len(f.Users)].Token, body, *quiet, &r)
+				switch {
+				case err != nil:
+					failed.Add(1)
+					mu.Lock()
+					violations = append(violations, fmt.Sprintf("stream %d: %v", i, err))
+					mu.Unlock()
+				case !r.recovered:
+					afresh.Add(1)
+				}
+				events.Add(int64(r.events))
+				if r.violation != "" {
+					mu.Lock()
+					violations = append(violations, fmt.Sprintf("stream %d: %s", i, r.violation))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for i := range *resumes {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	elapsed := time.Since(began) - *quiet // each stream's last wait is the tool's
+	cpu1, err := srv.cpu()
+	if err != nil {
+		return err
+	}
+	cpu, self := cpu1-cpu0, selfCPU()-self0
+
+	n, ev := *resumes, events.Load()
+	fmt.Fprintf(stdout, "taskhub-load resume: %d streams, %d at once, each after seq %d of %d, JSON over HTTP/1.1, against %s\n", n, *concurrency, after, fresh.snapSeq, *rawURL)
+	fmt.Fprintf(stdout, "streams            %d resumed, %d started afresh, %d failed; %d events replayed (%.1f a stream), in %v\n", int64(n)-afresh.Load()-failed.Load(), afresh.Load(), failed.Load(), ev, float64(ev)/float64(n), elapsed.Round(time.Millisecond))
+	perEvent := "no events"
+	if ev > 0 {
+		perEvent = fmt.Sprintf("%v a replayed event", (cpu / time.Duration(ev)).Round(100*time.Nanosecond))
+	}
+	fmt.Fprintf(stdout, "server             pid %d: %.2f CPU s: %v a resume, %s\n", pid, cpu.Seconds(), (cpu / time.Duration(n)).Round(time.Microsecond), perEvent)
+	fmt.Fprintf(stdout, "this tool          %.2f CPU s\n", self.Seconds())
+	if len(violations) > 0 || afresh.Load() > 0 {
+		for _, v := range violations[:min(len(violations), 10)] {
+			fmt.Fprintln(stdout, "violation         ", v)
+		}
+		return fmt.Errorf("%d streams did not resume, %d violations", afresh.Load()+failed.Load(), len(violations))
+	}
+	fmt.Fprintln(stdout, "result             OK: every stream resumed, and got its events in order, all after its seq")
+	return nil
+}
+
+// resumed is what one stream got.
+type resumed struct {
+	epoch     string
+	snapSeq   uint64
+	recovered bool
+	events    int
+	last      uint64 // the last event's seq
+	violation string // the first thing wrong
+}
+
+// watchMessage is the part of a WatchTasksResponse in JSON that resume reads.
+type watchMessage struct {
+	Snapshot *struct {
+		Epoch     string `json:"epoch"`
+		Seq       uint64 `json:"seq,string"`
+		Recovered bool   `json:"recovered"`
+	} `json:"snapshot"`
+	Event *struct {
+		Seq uint64 `json:"seq,string"`
+	} `json:"event"`
+}
+
+// readWatch opens a WatchTasks stream with body (JSON) as token's user and reads it into r until
+// it sends nothing for quiet.
+func readWatch(ctx context.Context, hc *http.Client, base, token, body string, quiet time.Duration, r *resumed) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var env bytes.Buffer
+	env.WriteByte(0)
+	env.Write(binary.BigEndian.AppendUint32(nil, uint32(len(body))))
+	env.WriteString(body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/taskhub.v1.TaskService/WatchTasks", &env)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/connect+json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %s", res.Status)
+	}
+	msgs, errs := make(chan []byte), make(chan error, 1)
+	go func() { // it sends its one error, then closes msgs
+		defer close(msgs)
+		br := bufio.NewReader(res.Body)
+		for {
+			var h [5]byte
+			if _, err := io.ReadFull(br, h[:]); err != nil {
+				errs <- err
+				return
+			}
+			p := make([]byte, binary.BigEndian.Uint32(h[1:]))
+			if _, err := io.ReadFull(br, p); err != nil {
+				errs <- err
+				return
+			}
+			if h[0]&2 != 0 { // the stream's end: an error, since a watch does not end itself
+				errs <- fmt.Errorf("the stream ended: %s", p)
+				return
+			}
+			select {
+			case msgs <- p:
+			case <-ctx.Done():
+				errs <- ctx.Err()
+				return
+			}
+		}
+	}()
+	t := time.NewTimer(quiet)
+	defer t.Stop()
+	for first := true; ; first = false {
+		select {
+		case p, ok := <-msgs:
+			if !ok {
+				return <-errs
+			}
+			var m watchMessage
+			if err := json.Unmarshal(p, &m); err != nil {
+				return err
+			}
+			switch {
+			case first && m.Snapshot == nil:
+				return errors.New("the first message is not a snapshot")
+			case first:
+				r.epoch, r.snapSeq, r.recovered, r.last = m.Snapshot.Epoch, m.Snapshot.Seq, m.Snapshot.Recovered, m.Snapshot.Seq
+			case m.Event != nil:
+				if m.Event.Seq <= r.last && r.violation == "" {
+					r.violation = fmt.Sprintf("event seq %d after %d", m.Event.Seq, r.last)
+				}
+				r.events++
+				r.last = m.Event.Seq
+			}
+			t.Reset(quiet)
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
