@@ -69,10 +69,11 @@ func BenchmarkLog_Last(b *testing.B) {
 	}
 }
 
-// BenchmarkLog_Next reads one owner's events in order, as a resumed watch's replay does
-// (Log.Next with the owner's filter, from the sequence after the last one read), in a log whose
-// events are interleaved with those of other owners: every owner's task reports in turn, as
-// many users' running tasks do. An op is one event read.
+// BenchmarkLog_Next reads one owner's events in order, as a resumed watch's replay did
+// (Log.Next with the owner's filter, from the sequence after the last one read), and one task's
+// (its subject, as the webhooks read), in a log whose events are interleaved with those of
+// other owners: every owner's task reports in turn, as many users' running tasks do. An op is
+// one event read.
 func BenchmarkLog_Next(b *testing.B) {
 	for _, owners := range []int{1, 100, 5000} {
 		b.Run(fmt.Sprintf("owners=%d", owners), func(b *testing.B) {
@@ -96,16 +97,20 @@ func BenchmarkLog_Next(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			filter, seq := eventlog.OwnerFilter("user0"), uint64(1)
-			for range b.N {
-				e, err := l.Next(b.Context(), filter, seq)
-				if err != nil { // past the owner's last: from its first again
-					seq = 1
-					continue
-				}
-				seq = e.Seq + 1
+			for _, by := range []struct{ name, filter string }{{"owner", eventlog.OwnerFilter("user0")}, {"task", eventlog.Subject("user0", "T0")}} {
+				filter := by.filter
+				b.Run("by="+by.name, func(b *testing.B) {
+					b.ReportAllocs()
+					seq := uint64(1)
+					for range b.N {
+						e, err := l.Next(b.Context(), filter, seq)
+						if err != nil { // past the owner's last: from its first again
+							seq = 1
+							continue
+						}
+						seq = e.Seq + 1
+					}
+				})
 			}
 		})
 	}
