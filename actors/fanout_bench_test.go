@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/eventlog"
+	"github.com/taskhub/taskhub/webhook"
 )
 
 func benchHub(b testing.TB) *Hub { return benchHubWith(b, Options{}) }
@@ -261,16 +265,15 @@ func BenchmarkHub_ReportProgress(b *testing.B) {
 	}
 }
 
-// BenchmarkHub_Resume is a watch that resumes: one owner's events since its task started (18
-// progress reports) to replay, among those of 5000 owners, each with a task reporting in turn,
-// as many users' running tasks do. An op is one resume, from the watch's start until its last
-// replayed event; run it under `taskset -c 0` with GOMAXPROCS=1 for its CPU.
-func BenchmarkHub_Resume(b *testing.B) {
-	const owners, rounds, batch = 5000, 18, 500
-	h := benchHub(b)
+// runningTasks creates a task for each of owners users (hooked(i) is the webhook of user i's, or
+// nil), claims them all, and has them report rounds times in turn, in batches, as many users'
+// running tasks do. It returns the claims, in the order of the users.
+func runningTasks(b *testing.B, h *Hub, owners, rounds int, hooked func(i int) *taskhubv1.Webhook) []*taskhub.Claim {
+	b.Helper()
+	const batch = 500
 	ctx := b.Context()
 	for i := range owners {
-		if _, err := h.CreateTask(ctx, fmt.Sprint("user", i), taskhub.TaskSpec{Prompt: "p", Mode: "bench"}); err != nil {
+		if _, err := h.CreateTask(ctx, fmt.Sprint("user", i), taskhub.TaskSpec{Prompt: "p", Mode: "bench", Webhook: hooked(i)}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -285,7 +288,7 @@ func BenchmarkHub_Resume(b *testing.B) {
 	for r := range rounds {
 		for i := 0; i < owners; i += batch {
 			reports := make([]taskhub.Report, 0, batch)
-			for _, c := range claims[i : i+batch] {
+			for _, c := range claims[i:min(i+batch, owners)] {
 				reports = append(reports, taskhub.Report{Lease: taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, Progress: float64(r), Message: "step"})
 			}
 			res, err := h.BatchReportProgress(ctx, reports)
@@ -294,6 +297,18 @@ func BenchmarkHub_Resume(b *testing.B) {
 			}
 		}
 	}
+	return claims
+}
+
+// BenchmarkHub_Resume is a watch that resumes: one owner's events since its task started (18
+// progress reports) to replay, among those of 5000 owners, each with a task reporting in turn,
+// as many users' running tasks do. An op is one resume, from the watch's start until its last
+// replayed event; run it under `taskset -c 0` with GOMAXPROCS=1 for its CPU.
+func BenchmarkHub_Resume(b *testing.B) {
+	const owners = 5000
+	h := benchHub(b)
+	ctx := b.Context()
+	claims := runningTasks(b, h, owners, 18, func(int) *taskhubv1.Webhook { return nil })
 	last := make([]uint64, owners)
 	for i, c := range claims {
 		t, err := h.GetTask(ctx, c.Task.Owner, c.Task.Id)
@@ -320,6 +335,46 @@ func BenchmarkHub_Resume(b *testing.B) {
 				}
 			}
 			w.Close()
+		}
+	})
+}
+
+// BenchmarkHub_Webhook is a task's webhook delivery among many users' running tasks: 5000
+// owners' tasks report 18 times in turn; every 25th has a webhook for its completion, which its
+// delivery loop finds after reading the task's events. An op completes one of those tasks and
+// ends when its webhook is delivered (to a receiver in the same process); at most 200 ops in
+// all (-benchtime 100x).
+func BenchmarkHub_Webhook(b *testing.B) {
+	const owners, every = 5000, 25
+	delivered := make(chan struct{}, owners/every)
+	rcv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { delivered <- struct{}{} }))
+	b.Cleanup(rcv.Close)
+	u, _ := url.Parse(rcv.URL)
+	sender, err := webhook.New(webhook.Config{Allow: []string{u.Host}, Secret: "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := benchHubWith(b, Options{Webhooks: sender})
+	ctx := b.Context()
+	claims := runningTasks(b, h, owners, 18, func(i int) *taskhubv1.Webhook {
+		if i%every != 0 {
+			return nil
+		}
+		return &taskhubv1.Webhook{Url: rcv.URL, Events: []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_COMPLETED}}
+	})
+	next := 0 // the next hooked task to complete, over the runs
+	b.Run(fmt.Sprintf("owners=%d", owners), func(b *testing.B) {
+		if next+b.N > owners/every {
+			b.Skipf("at most %d ops in all", owners/every)
+		}
+		b.ReportAllocs()
+		for range b.N {
+			c := claims[next*every]
+			next++
+			if _, err := h.CompleteTask(ctx, taskhub.Lease{TaskID: c.Task.Id, Token: c.LeaseToken}, "done"); err != nil {
+				b.Fatal(err)
+			}
+			<-delivered
 		}
 	})
 }

@@ -84,6 +84,7 @@ type feed struct {
 	after    afterHeap                             // what to do once pos reaches a seq
 	creating creating                              // creates admitted, not yet applied
 	history  history                               // the owners' events, for replays
+	hooked   history                               // the events of tasks with a webhook, by task, for their deliveries
 	ready    chan struct{}                         // closed once every task has been read
 	once     sync.Once
 	stop     func()
@@ -112,6 +113,9 @@ func startFeed(ctx context.Context, log Events, root *actor.RootContext, logger 
 		f.pos = last
 		f.applied.Store(last)
 		f.markReady()
+	}
+	if hooks != nil {
+		hooks.index = f.nextOfTask // before any delivery loop starts
 	}
 	f.stop, err = log.Follow(ctx, f.apply)
 	if err != nil {
@@ -145,6 +149,9 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 				queuedMode = ev.Task.Mode
 			}
 			hooked = ev.Task.Webhook != nil && (webhook.Wants(ev.Task.Webhook, ev.Kind) || taskhub.Terminal(ev.Task.State))
+			if ev.Task.Webhook != nil {
+				f.hooked.add(ev.Task.Id, e.Seq)
+			}
 		}
 		if it != nil {
 			owner := it.msg.GetEvent().Task.Owner
@@ -160,6 +167,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 	if pending == 0 && f.history.floor == 0 {
 		// Every task is read: from here on the follower hands over every event in order.
 		f.history.start(f.pos + 1)
+		f.hooked.start(f.pos + 1)
 	}
 	f.mu.Unlock()
 	for _, fn := range due {
@@ -329,6 +337,14 @@ func (f *feed) nextOf(owner string, seq uint64) (uint64, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.history.next(owner, seq)
+}
+
+// nextOfTask returns the first event at or after seq of task id, which has a webhook (0: none
+// yet), and whether the feed's index of such tasks' events covers seq (see history).
+func (f *feed) nextOfTask(id string, seq uint64) (uint64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hooked.next(id, seq)
 }
 
 // position is the last sequence applied.

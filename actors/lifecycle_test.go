@@ -604,3 +604,64 @@ func TestHub_MadeUpIDsCannotSpendTheNode(t *testing.T) {
 	require.LessOrEqual(t, byID, 100+int(100*took.Seconds())+1, "read by id alone %d times in %v", byID, took)
 	require.Positive(t, count[taskhub.Unavailable], "%v", count)
 }
+
+// TestHub_WebhookReadsByIndex: a task with a webhook reports among other users' tasks. Its
+// deliveries read each of its events by sequence from the feed's index, never asking the log to
+// search the others' events for its next one, and every event it asks for arrives, in order.
+// After a restart the index starts afresh: the loop, resuming at its cursor from before it,
+// finds the task's next event by searching the log, as before.
+func TestHub_WebhookReadsByIndex(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var got []string
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		ev := &taskhubv1.TaskEvent{}
+		require.NoError(t, protojson.Unmarshal(body, ev))
+		mu.Lock()
+		got = append(got, fmt.Sprintf("%s %v", ev.Kind, ev.Task.Progress))
+		mu.Unlock()
+	}))
+	t.Cleanup(rcv.Close)
+	u, _ := url.Parse(rcv.URL)
+	sender, err := webhook.New(webhook.Config{Allow: []string{u.Host}, Secret: "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+		RetryMin: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond})
+	require.NoError(t, err)
+	r := &readsOfReplays{}
+	opts := options{lease: 10 * time.Second, webhooks: sender, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }}
+	b := setup(t, opts)
+	h, ctx := b.hub, t.Context()
+	delivered := func(want ...string) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(got) >= len(want)
+		}, 10*time.Second, 10*time.Millisecond, "%v", want)
+		time.Sleep(50 * time.Millisecond) // a repeat would arrive by now
+		mu.Lock()
+		defer mu.Unlock()
+		require.Equal(t, want, got)
+	}
+
+	task, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "x", Mode: "paint", Webhook: &taskhubv1.Webhook{Url: rcv.URL, ProgressIntervalSeconds: 1,
+		Events: []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.EventKind_EVENT_KIND_COMPLETED}}})
+	require.NoError(t, err)
+	c := claim(t, h, "paint")
+	require.Equal(t, task.Id, c.Task.Id)
+	for p := 10.0; p <= 30; p += 10 {
+		create(t, h, "bob", fmt.Sprint("b", p), "draw")
+		create(t, h, "carol", fmt.Sprint("c", p), "draw")
+		report(t, h, c, p)
+	}
+	// 20 came too soon after 10, and 30 was stored after it: skipped. 30 goes a second after 10.
+	delivered("EVENT_KIND_STARTED 0", "EVENT_KIND_PROGRESS 10", "EVENT_KIND_PROGRESS 30")
+	require.Zero(t, r.next.Load(), "a delivery searched the log")
+	require.NotZero(t, r.get.Load())
+
+	b.close()
+	b.open(t, opts)
+	complete(t, b.hub, c)
+	delivered("EVENT_KIND_STARTED 0", "EVENT_KIND_PROGRESS 10", "EVENT_KIND_PROGRESS 30", "EVENT_KIND_COMPLETED 100")
+	require.NotZero(t, r.next.Load(), "the cursor from before the restart is not in the index")
+}

@@ -39,7 +39,11 @@ type hooks struct {
 	log interface {
 		Cursors
 		Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error)
+		Get(ctx context.Context, seq uint64) (*eventlog.Entry, error)
 	}
+	// index finds a task's next event in the feed's index of tasks with a webhook
+	// (feed.nextOfTask); nil: the log is searched.
+	index  func(id string, seq uint64) (uint64, bool)
 	sender *webhook.Sender
 	logger *slog.Logger
 	life   context.Context
@@ -210,7 +214,7 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 	subject := eventlog.Subject(l.owner, l.id)
 	for ctx.Err() == nil {
 		call, cancel := context.WithTimeout(ctx, hookCall)
-		e, err := k.log.Next(call, subject, st.DeliveredSeq+1)
+		e, err := k.next(call, l, subject, st.DeliveredSeq+1)
 		cancel()
 		if errors.Is(err, eventlog.ErrNotFound) {
 			if k.idle(l, false, cur) {
@@ -233,7 +237,7 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 				// Too soon after the last: skipped if a later event is stored; else sent when
 				// the interval is over, unless a later event comes first.
 				call, cancel := context.WithTimeout(ctx, hookCall)
-				_, err := k.log.Next(call, subject, e.Seq+1)
+				_, err := k.next(call, l, subject, e.Seq+1)
 				cancel()
 				if err == nil {
 					send = false
@@ -266,6 +270,29 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 		}
 	}
 	k.idle(l, false, nil)
+}
+
+// next reads the task's first event at or after from (ErrNotFound if none is stored yet): by
+// its sequence when the feed's index of tasks with a webhook covers from, else by asking the
+// log for the next event on the task's subject, which JetStream finds by reading every event
+// in between, whoever's it is (BenchmarkLog_Next). An indexed event that the log no longer
+// holds is passed over, as the log's own search passes over it.
+func (k *hooks) next(ctx context.Context, l *hookLoop, subject string, from uint64) (*eventlog.Entry, error) {
+	for k.index != nil {
+		s, indexed := k.index(l.id, from)
+		switch {
+		case !indexed:
+			return k.log.Next(ctx, subject, from)
+		case s == 0:
+			return nil, eventlog.ErrNotFound
+		}
+		e, err := k.log.Get(ctx, s)
+		if !errors.Is(err, eventlog.ErrNotFound) {
+			return e, err
+		}
+		from = s + 1
+	}
+	return k.log.Next(ctx, subject, from)
 }
 
 // deliver sends one event and records the outcome in cur; after a failure it waits out the
