@@ -149,7 +149,7 @@ func (f *feed) apply(e *eventlog.Entry, pending uint64) {
 				queuedMode = ev.Task.Mode
 			}
 			hooked = ev.Task.Webhook != nil && (webhook.Wants(ev.Task.Webhook, ev.Kind) || taskhub.Terminal(ev.Task.State))
-			if ev.Task.Webhook != nil {
+			if ev.Task.Webhook != nil && f.hooks != nil {
 				f.hooked.add(ev.Task.Id, e.Seq)
 			}
 		}

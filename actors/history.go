@@ -1,6 +1,12 @@
 package actors
 
-import "slices"
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"github.com/taskhub/taskhub/eventlog"
+)
 
 // history indexes events the feed applied by a key: the sequences of each key's events. The
 // feed keeps two: by owner, so that a watch that replays (a client that resumes, or one its
@@ -23,7 +29,9 @@ type history struct {
 }
 
 // maxHistory is how many events a history indexes at most: 8 bytes each, 16 MiB in all (32 with
-// the room slices grow into). At 10,000 events a second that is the last 100 to 200 s.
+// the room slices grow into), and about 100 bytes more for each key of a generation (its map
+// entry, its smallest slice): up to 200 MiB if every event were another key's, as with tasks of
+// one event each. At 10,000 events a second that is the last 100 to 200 s.
 const maxHistory = 1 << 21
 
 // start indexes every event from seq on.
@@ -57,4 +65,31 @@ func (h *history) next(key string, seq uint64) (uint64, bool) {
 		}
 	}
 	return 0, true
+}
+
+// indexedRead reads the first event at or after from on filter's subjects, if it is at most
+// to (eventlog.ErrNotFound if none is): by its sequence when index (a history's next, for one
+// key) covers from, else by asking the log for the next event on filter's subjects. An event
+// the index names that the log does not give back as filter's (not found: compacted, or not
+// yet held by the leader that answers reads; or another's) is found by asking the log from
+// there instead, which passes over what was compacted and returns nothing the leader lacks.
+func indexedRead(ctx context.Context, log interface {
+	Get(ctx context.Context, seq uint64) (*eventlog.Entry, error)
+	Next(ctx context.Context, filter string, from uint64) (*eventlog.Entry, error)
+}, index func(seq uint64) (uint64, bool), filter string, mine func(subject string) bool, from, to uint64) (*eventlog.Entry, error) {
+	s, indexed := index(from)
+	switch {
+	case !indexed:
+		return log.Next(ctx, filter, from)
+	case s == 0 || s > to:
+		return nil, eventlog.ErrNotFound
+	}
+	e, err := log.Get(ctx, s)
+	switch {
+	case err == nil && e.Seq == s && mine(e.Subject):
+		return e, nil
+	case err == nil || errors.Is(err, eventlog.ErrNotFound):
+		return log.Next(ctx, filter, s)
+	}
+	return nil, err
 }

@@ -1,9 +1,14 @@
 package actors
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/taskhub/taskhub/eventlog"
 )
 
 // TestHistory: the index finds each owner's next event by sequence, covers nothing before its
@@ -73,4 +78,62 @@ func TestHistory(t *testing.T) {
 		}
 	}
 	require.LessOrEqual(t, held, maxHistory)
+}
+
+// fakeReads is a log that holds entries by sequence, for indexedRead.
+type fakeReads struct {
+	entries map[uint64]*eventlog.Entry
+	nexts   []uint64 // the froms Next was called with
+}
+
+func (f *fakeReads) Get(_ context.Context, seq uint64) (*eventlog.Entry, error) {
+	if e, ok := f.entries[seq]; ok {
+		return e, nil
+	}
+	return nil, eventlog.ErrNotFound
+}
+
+func (f *fakeReads) Next(_ context.Context, filter string, from uint64) (*eventlog.Entry, error) {
+	f.nexts = append(f.nexts, from)
+	best := uint64(0)
+	for seq, e := range f.entries {
+		if seq >= from && strings.HasPrefix(e.Subject, strings.TrimSuffix(filter, ">")) && (best == 0 || seq < best) {
+			best = seq
+		}
+	}
+	if best == 0 {
+		return nil, eventlog.ErrNotFound
+	}
+	return f.entries[best], nil
+}
+
+// TestIndexedRead: an indexed event is read by its sequence; one the log does not give back as
+// the key's (gone, or another's) is searched for from there; an uncovered one is searched for.
+func TestIndexedRead(t *testing.T) {
+	entry := func(seq uint64, owner string) *eventlog.Entry {
+		return &eventlog.Entry{Seq: seq, Subject: eventlog.Subject(owner, "t")}
+	}
+	log := &fakeReads{entries: map[uint64]*eventlog.Entry{5: entry(5, "alice"), 9: entry(9, "bob"), 12: entry(12, "alice")}}
+	filter := eventlog.OwnerFilter("alice")
+	mine := func(s string) bool { return strings.HasPrefix(s, "tasks.alice.") }
+	read := func(index func(uint64) (uint64, bool), from, to uint64) uint64 {
+		t.Helper()
+		e, err := indexedRead(t.Context(), log, index, filter, mine, from, to)
+		if errors.Is(err, eventlog.ErrNotFound) {
+			return 0
+		}
+		require.NoError(t, err)
+		return e.Seq
+	}
+	at := func(s uint64) func(uint64) (uint64, bool) { return func(uint64) (uint64, bool) { return s, true } }
+
+	require.Equal(t, uint64(5), read(at(5), 1, 100))
+	require.Empty(t, log.nexts, "read by its sequence")
+	require.Zero(t, read(at(5), 1, 4), "past to")
+	require.Zero(t, read(at(0), 1, 100), "none")
+	require.Equal(t, uint64(12), read(at(7), 6, 100), "gone from the log: searched for from 7")
+	require.Equal(t, []uint64{7}, log.nexts)
+	require.Equal(t, uint64(12), read(at(9), 6, 100), "bob's: searched for from 9")
+	require.Equal(t, uint64(5), read(func(uint64) (uint64, bool) { return 0, false }, 1, 100), "not covered: searched for")
+	require.Equal(t, []uint64{7, 9, 1}, log.nexts)
 }

@@ -659,6 +659,7 @@ func TestHub_WebhookReadsByIndex(t *testing.T) {
 	require.Zero(t, r.next.Load(), "a delivery searched the log")
 	require.NotZero(t, r.get.Load())
 
+	create(t, h, "bob", "after", "draw") // so that the loop's cursor is before the restart's index
 	b.close()
 	b.open(t, opts)
 	complete(t, b.hub, c)

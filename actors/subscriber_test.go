@@ -575,11 +575,22 @@ func TestHub_WatchReplaysByIndex(t *testing.T) {
 	require.Zero(t, r.next.Load(), "the replay searched the log")
 	require.Equal(t, int64(len(want)), r.get.Load(), "one read an event")
 
+	create(t, h, "bob", "last", "paint") // the restart's index starts after it
 	b.close()
 	b.open(t, opts)
+	for i := range 3 { // after the restart, in its index
+		create(t, b.hub, "bob", fmt.Sprint("b", i), "paint")
+		create(t, b.hub, "alice", fmt.Sprint("after", i), "paint")
+	}
+	want = logEvents(t, b.log, "alice", first.Seq)
+	require.Len(t, want, 15)
 	r.next.Store(0)
+	r.get.Store(0)
 	require.Equal(t, keysOf(want), keysOf(resume()))
 	require.NotZero(t, r.next.Load(), "events from before the restart are not in the index")
+	// The search from before the index finds the first event after the restart; the two
+	// after that are read by their sequence.
+	require.Equal(t, int64(2), r.get.Load(), "events in the index are read by their sequence")
 }
 
 func TestHub_WatchResumeAcrossRestart(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -328,24 +329,12 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 }
 
 // next reads the owner's first event at or after seq, if it is at most to (ErrNotFound if
-// none is): by its sequence when the feed's index covers seq (see history), else by asking the
-// log for the next event on the owner's subjects. An indexed event that the log no longer holds
-// (compacted) is passed over, as the log's own search passes over it.
+// none is): by its sequence from the feed's index of the owners' events (see history), or by
+// asking the log (see indexedRead).
 func (w *Watch) next(ctx context.Context, filter string, seq, to uint64) (*eventlog.Entry, error) {
-	for {
-		s, indexed := w.h.feed.nextOf(w.owner, seq)
-		switch {
-		case !indexed:
-			return w.h.log.Next(ctx, filter, seq)
-		case s == 0 || s > to:
-			return nil, eventlog.ErrNotFound
-		}
-		e, err := w.h.log.Get(ctx, s)
-		if !errors.Is(err, eventlog.ErrNotFound) {
-			return e, err
-		}
-		seq = s + 1
-	}
+	index := func(seq uint64) (uint64, bool) { return w.h.feed.nextOf(w.owner, seq) }
+	prefix := filter[:len(filter)-1] // "tasks.<owner>."
+	return indexedRead(ctx, w.h.log, index, filter, func(subject string) bool { return strings.HasPrefix(subject, prefix) }, seq, to)
 }
 
 // leaderHolds waits, for at most clusterReadTimeout, until the log's reads (answered by its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -272,27 +273,16 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 	k.idle(l, false, nil)
 }
 
-// next reads the task's first event at or after from (ErrNotFound if none is stored yet): by
-// its sequence when the feed's index of tasks with a webhook covers from, else by asking the
-// log for the next event on the task's subject, which JetStream finds by reading every event
-// in between, whoever's it is (BenchmarkLog_Next). An indexed event that the log no longer
-// holds is passed over, as the log's own search passes over it.
+// next reads the task's first event at or after from (ErrNotFound if there is none yet): by
+// its sequence from the feed's index of the tasks with a webhook (see history), or by asking
+// the log for the next event on the task's subject (see indexedRead). "Yet" is as far as this
+// node's feed has applied, for an indexed read: the loop is woken when it applies more.
 func (k *hooks) next(ctx context.Context, l *hookLoop, subject string, from uint64) (*eventlog.Entry, error) {
-	for k.index != nil {
-		s, indexed := k.index(l.id, from)
-		switch {
-		case !indexed:
-			return k.log.Next(ctx, subject, from)
-		case s == 0:
-			return nil, eventlog.ErrNotFound
-		}
-		e, err := k.log.Get(ctx, s)
-		if !errors.Is(err, eventlog.ErrNotFound) {
-			return e, err
-		}
-		from = s + 1
+	if k.index == nil {
+		return k.log.Next(ctx, subject, from)
 	}
-	return k.log.Next(ctx, subject, from)
+	index := func(seq uint64) (uint64, bool) { return k.index(l.id, seq) }
+	return indexedRead(ctx, k.log, index, subject, func(s string) bool { return s == subject }, from, math.MaxUint64)
 }
 
 // deliver sends one event and records the outcome in cur; after a failure it waits out the
