@@ -275,17 +275,20 @@ func TestRun_Resume(t *testing.T) {
 	var out, notes bytes.Buffer
 	pid := strconv.Itoa(os.Getpid())
 	require.NoError(t, run(t.Context(), []string{"resume", "--url", srv.URL(), "--auth-file", authFile, "--server-pid", pid,
-		"--resumes", "6", "--concurrency", "2", "--back", "30", "--quiet", "200ms"}, &out, &notes), "%s\n%s", out.String(), notes.String())
+		"--resumes", "6", "--users", "3", "--concurrency", "2", "--back", "30", "--quiet", "200ms"}, &out, &notes), "%s\n%s", out.String(), notes.String())
 	require.Contains(t, out.String(), "6 resumed, 0 started afresh, 0 failed")
 	require.Contains(t, out.String(), "result             OK")
-	require.Regexp(t, `; [1-9]\d* events replayed`, out.String())
+	require.Regexp(t, `; [1-9]\d* events`, out.String())
+	require.Contains(t, out.String(), "a user's streams the same events")
 
 	for args, want := range map[string]string{
-		"resume":                                         "--auth-file is required",
-		"resume --auth-file x --resumes 0":               "--resumes must be",
-		"resume --auth-file x --concurrency 0":           "--concurrency must be",
-		"resume --auth-file x --url https://127.0.0.1:1": "--url must be http://host:port",
-		"resume --auth-file x --quiet 0s":                "--quiet must be",
+		"resume":                                                     "--auth-file is required",
+		"resume --auth-file x --resumes 0":                           "--resumes must be",
+		"resume --auth-file x --concurrency 0":                       "--concurrency must be",
+		"resume --auth-file x --url https://127.0.0.1:1":             "--url must be http://host:port",
+		"resume --auth-file x --quiet 0s":                            "--quiet must be",
+		"resume --auth-file x --resumes 5 --concurrency 1 --users 6": "--users must be",
+		"resume --auth-file x --timeout 1s --quiet 2s":               "--timeout must be above --quiet",
 	} {
 		err := run(t.Context(), strings.Fields(args), io.Discard, io.Discard)
 		require.ErrorContains(t, err, want, args)

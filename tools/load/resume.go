@@ -26,8 +26,8 @@ import (
 // saw. Each is a WatchTasks stream of its own, JSON over HTTP/1.1 as a page without TLS or curl
 // opens it, resumed --back events before the log's end (the seq of a fresh snapshot), and read
 // until it sends nothing for --quiet. It checks that each resumed (its snapshot recovered) and
-// got its events in order, all after its seq, and reports the server's CPU a resume and a
-// replayed event.
+// got its events in order, all after its seq, and that the streams of a user (--resumes over
+// --users) got the same events; and reports the server's CPU a resume and an event.
 func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("taskhub-load resume", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -35,7 +35,9 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	authFile := fs.String("auth-file", "", "the server's --auth-file: each resume is one of its users' (taskhub-load users writes one)")
 	resumes := fs.Int("resumes", 2000, "how many streams resume, one user's each, round-robin over the users")
 	concurrency := fs.Int("concurrency", 20, "how many resume at once")
+	users := fs.Int("users", 1000, "how many of the auth file's users resume, each --resumes/--users times: the streams of a user must agree on its events")
 	back := fs.Uint64("back", 50000, "each resumes after the seq this many events before the log's end")
+	timeout := fs.Duration("timeout", 30*time.Second, "a stream that has not gone quiet by then fails")
 	quiet := fs.Duration("quiet", 300*time.Millisecond, "a stream that sends nothing for this long has sent its replay")
 	serverPID := fs.Int("server-pid", 0, "`pid` of the server, for its CPU (default: the process listening on the URL's port)")
 	if err := fs.Parse(args); err != nil {
@@ -55,13 +57,17 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("--concurrency must be 1..%d (--resumes): got %d", *resumes, *concurrency)
 	case *quiet <= 0 || *quiet > time.Minute:
 		return fmt.Errorf("--quiet must be above 0 and at most 1m: got %v", *quiet)
+	case *timeout <= *quiet:
+		return fmt.Errorf("--timeout must be above --quiet: got %v", *timeout)
+	case *users < 1 || *users > *resumes:
+		return fmt.Errorf("--users must be 1..%d (--resumes): got %d", *resumes, *users)
 	}
 	f, err := rpc.ReadAuthFile(*authFile)
 	if err != nil {
 		return err
 	}
-	if len(f.Users) == 0 {
-		return fmt.Errorf("%s has no users", *authFile)
+	if len(f.Users) < *users {
+		return fmt.Errorf("--users %d: %s has %d users", *users, *authFile, len(f.Users))
 	}
 	pid := *serverPID
 	if pid == 0 {
@@ -76,7 +82,7 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tr.Protocols.SetHTTP1(true)
 	hc := &http.Client{Transport: tr}
 	var fresh resumed
-	if err := readWatch(ctx, hc, *rawURL, f.Users[0].Token, `{}`, *quiet, &fresh); err != nil {
+	if err := readWatch(ctx, hc, *rawURL, f.Users[0].Token, `{}`, *quiet, *timeout, &fresh); err != nil {
 		return fmt.Errorf("a fresh watch: %w", err)
 	}
 	after := uint64(1)
@@ -86,14 +92,23 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	body := fmt.Sprintf(`{"epoch":%q,"afterSeq":"%d"}`, fresh.epoch, after)
 	fmt.Fprintf(stderr, "resuming %d streams, %d at once, after seq %d (the log's end %d)\n", *resumes, *concurrency, after, fresh.snapSeq)
 
+	// What the server spends idle (its probes, timers), for the reader to weigh: the window
+	// below includes each stream's last quiet wait.
+	idle0, err := srv.cpu()
+	if err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
 	cpu0, err := srv.cpu()
 	if err != nil {
 		return err
 	}
+	idle := (cpu0 - idle0) / 2
 	self0 := selfCPU()
 	var events, afresh, failed atomic.Int64
 	var mu sync.Mutex
 	var violations []string
+	seen := make([]*resumed, *users) // each user's first stream's, which the others must match
 	work := make(chan int)
 	var wg sync.WaitGroup
 	began := time.Now()
@@ -101,22 +116,28 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		wg.Go(func() {
 			for i := range work {
 				var r resumed
-				err := readWatch(ctx, hc, *rawURL, f.Users[i%len(f.Users)].Token, body, *quiet, &r)
+				u := i % *users
+				err := readWatch(ctx, hc, *rawURL, f.Users[u].Token, body, *quiet, *timeout, &r)
 				switch {
 				case err != nil:
 					failed.Add(1)
-					mu.Lock()
-					violations = append(violations, fmt.Sprintf("stream %d: %v", i, err))
-					mu.Unlock()
+					r.violation = err.Error()
 				case !r.recovered:
 					afresh.Add(1)
 				}
 				events.Add(int64(r.events))
-				if r.violation != "" {
-					mu.Lock()
-					violations = append(violations, fmt.Sprintf("stream %d: %s", i, r.violation))
-					mu.Unlock()
+				mu.Lock()
+				if err == nil && r.recovered && r.violation == "" {
+					if first := seen[u]; first == nil {
+						seen[u] = &r
+					} else if first.events != r.events || first.last != r.last {
+						r.violation = fmt.Sprintf("user %d's streams disagree: %d events to seq %d, and %d to seq %d", u, first.events, first.last, r.events, r.last)
+					}
 				}
+				if r.violation != "" {
+					violations = append(violations, fmt.Sprintf("stream %d: %s", i, r.violation))
+				}
+				mu.Unlock()
 			}
 		})
 	}
@@ -125,7 +146,7 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	close(work)
 	wg.Wait()
-	elapsed := time.Since(began) - *quiet // each stream's last wait is the tool's
+	elapsed := time.Since(began)
 	cpu1, err := srv.cpu()
 	if err != nil {
 		return err
@@ -133,13 +154,13 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	cpu, self := cpu1-cpu0, selfCPU()-self0
 
 	n, ev := *resumes, events.Load()
-	fmt.Fprintf(stdout, "taskhub-load resume: %d streams, %d at once, each after seq %d of %d, JSON over HTTP/1.1, against %s\n", n, *concurrency, after, fresh.snapSeq, *rawURL)
-	fmt.Fprintf(stdout, "streams            %d resumed, %d started afresh, %d failed; %d events replayed (%.1f a stream), in %v\n", int64(n)-afresh.Load()-failed.Load(), afresh.Load(), failed.Load(), ev, float64(ev)/float64(n), elapsed.Round(time.Millisecond))
+	fmt.Fprintf(stdout, "taskhub-load resume: %d streams of %d users, %d at a time, each after seq %d of %d, JSON over HTTP/1.1, against %s\n", n, *users, *concurrency, after, fresh.snapSeq, *rawURL)
+	fmt.Fprintf(stdout, "streams            %d resumed, %d started afresh, %d failed; %d events (%.1f a stream: the replay, and any live ones), in %v (each stream's wait of %v until it was quiet included)\n", int64(n)-afresh.Load()-failed.Load(), afresh.Load(), failed.Load(), ev, float64(ev)/float64(n), elapsed.Round(time.Millisecond), *quiet)
 	perEvent := "no events"
 	if ev > 0 {
-		perEvent = fmt.Sprintf("%v a replayed event", (cpu / time.Duration(ev)).Round(100*time.Nanosecond))
+		perEvent = fmt.Sprintf("%v an event", (cpu / time.Duration(ev)).Round(100*time.Nanosecond))
 	}
-	fmt.Fprintf(stdout, "server             pid %d: %.2f CPU s: %v a resume, %s\n", pid, cpu.Seconds(), (cpu / time.Duration(n)).Round(time.Microsecond), perEvent)
+	fmt.Fprintf(stdout, "server             pid %d: %.2f CPU s: %v a resume, %s (idle it used %v a second)\n", pid, cpu.Seconds(), (cpu / time.Duration(n)).Round(time.Microsecond), perEvent, idle.Round(time.Millisecond))
 	fmt.Fprintf(stdout, "this tool          %.2f CPU s\n", self.Seconds())
 	if len(violations) > 0 || afresh.Load() > 0 {
 		for _, v := range violations[:min(len(violations), 10)] {
@@ -147,7 +168,7 @@ func runResume(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return fmt.Errorf("%d streams did not resume, %d violations", afresh.Load()+failed.Load(), len(violations))
 	}
-	fmt.Fprintln(stdout, "result             OK: every stream resumed, and got its events in order, all after its seq")
+	fmt.Fprintln(stdout, "result             OK: every stream resumed and got its events in order, all after its seq, and a user's streams the same events")
 	return nil
 }
 
@@ -174,9 +195,9 @@ type watchMessage struct {
 }
 
 // readWatch opens a WatchTasks stream with body (JSON) as token's user and reads it into r until
-// it sends nothing for quiet.
-func readWatch(ctx context.Context, hc *http.Client, base, token, body string, quiet time.Duration, r *resumed) error {
-	ctx, cancel := context.WithCancel(ctx)
+// it sends nothing for quiet, failing if it has not by timeout.
+func readWatch(ctx context.Context, hc *http.Client, base, token, body string, quiet, timeout time.Duration, r *resumed) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var env bytes.Buffer
 	env.WriteByte(0)
@@ -249,9 +270,12 @@ func readWatch(ctx context.Context, hc *http.Client, base, token, body string, q
 			}
 			t.Reset(quiet)
 		case <-t.C:
+			if first {
+				return fmt.Errorf("no snapshot within %v", quiet)
+			}
 			return nil
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("not quiet within %v: %w", timeout, ctx.Err())
 		}
 	}
 }
