@@ -365,35 +365,57 @@ func TestHub_StartReadsTheTasksThatMatter(t *testing.T) {
 	}
 }
 
-// TestHub_WebhookHoldsCompaction: a finished task whose webhook deliveries are not done keeps
-// its whole history past the retention, so that the events still to send are there to send;
-// once they are delivered, it is compacted as any other.
-func TestHub_WebhookHoldsCompaction(t *testing.T) {
-	t.Parallel()
-	var up atomic.Bool
-	var mu sync.Mutex
-	var got []string
+// hookReceiver is a webhook receiver, which keeps each event it is sent as name(ev) (answering
+// 503 while up says it is not), and a sender that may post to it.
+type hookReceiver struct {
+	url    string
+	sender *webhook.Sender
+	mu     sync.Mutex
+	got    []string
+}
+
+func newHookReceiver(t *testing.T, name func(*taskhubv1.TaskEvent) string, up func() bool) *hookReceiver {
+	t.Helper()
+	h := &hookReceiver{}
 	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !up.Load() {
+		if !up() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
 		ev := &taskhubv1.TaskEvent{}
 		require.NoError(t, protojson.Unmarshal(body, ev))
-		mu.Lock()
-		got = append(got, ev.Kind.String())
-		mu.Unlock()
+		h.mu.Lock()
+		h.got = append(h.got, name(ev))
+		h.mu.Unlock()
 	}))
 	t.Cleanup(rcv.Close)
 	u, _ := url.Parse(rcv.URL)
 	sender, err := webhook.New(webhook.Config{Allow: []string{u.Host}, Secret: "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
 		RetryMin: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond})
 	require.NoError(t, err)
-	b := setup(t, options{lease: 10 * time.Second, retention: 100 * time.Millisecond, webhooks: sender})
+	h.url, h.sender = rcv.URL, sender
+	return h
+}
+
+// events is what it was sent, in order.
+func (h *hookReceiver) events() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.got)
+}
+
+// TestHub_WebhookHoldsCompaction: a finished task whose webhook deliveries are not done keeps
+// its whole history past the retention, so that the events still to send are there to send;
+// once they are delivered, it is compacted as any other.
+func TestHub_WebhookHoldsCompaction(t *testing.T) {
+	t.Parallel()
+	var up atomic.Bool
+	rcv := newHookReceiver(t, func(ev *taskhubv1.TaskEvent) string { return ev.Kind.String() }, up.Load)
+	b := setup(t, options{lease: 10 * time.Second, retention: 100 * time.Millisecond, webhooks: rcv.sender})
 	h, ctx := b.hub, t.Context()
 
-	task, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "x", Mode: "paint", Webhook: &taskhubv1.Webhook{Url: rcv.URL,
+	task, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "x", Mode: "paint", Webhook: &taskhubv1.Webhook{Url: rcv.url,
 		Events: []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_COMPLETED}}})
 	require.NoError(t, err)
 	c := claim(t, h, "paint")
@@ -414,9 +436,7 @@ func TestHub_WebhookHoldsCompaction(t *testing.T) {
 		e, err := b.log.Next(ctx, "tasks.alice.>", 1)
 		return err == nil && e.Seq == done.Seq
 	}, 10*time.Second, 20*time.Millisecond, "compacted once delivered")
-	mu.Lock()
-	defer mu.Unlock()
-	require.Equal(t, []string{"EVENT_KIND_STARTED", "EVENT_KIND_COMPLETED"}, got)
+	require.Equal(t, []string{"EVENT_KIND_STARTED", "EVENT_KIND_COMPLETED"}, rcv.events())
 }
 
 // renewals records when the task actors renew queue deliveries.
@@ -612,39 +632,19 @@ func TestHub_MadeUpIDsCannotSpendTheNode(t *testing.T) {
 // finds the task's next event by searching the log, as before.
 func TestHub_WebhookReadsByIndex(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	var got []string
-	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		ev := &taskhubv1.TaskEvent{}
-		require.NoError(t, protojson.Unmarshal(body, ev))
-		mu.Lock()
-		got = append(got, fmt.Sprintf("%s %v", ev.Kind, ev.Task.Progress))
-		mu.Unlock()
-	}))
-	t.Cleanup(rcv.Close)
-	u, _ := url.Parse(rcv.URL)
-	sender, err := webhook.New(webhook.Config{Allow: []string{u.Host}, Secret: "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
-		RetryMin: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond})
-	require.NoError(t, err)
+	rcv := newHookReceiver(t, func(ev *taskhubv1.TaskEvent) string { return fmt.Sprintf("%s %v", ev.Kind, ev.Task.Progress) }, func() bool { return true })
 	r := &readsOfReplays{}
-	opts := options{lease: 10 * time.Second, webhooks: sender, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }}
+	opts := options{lease: 10 * time.Second, webhooks: rcv.sender, wrap: func(l actors.Log) actors.Log { r.Log = l; return r }}
 	b := setup(t, opts)
 	h, ctx := b.hub, t.Context()
 	delivered := func(want ...string) {
 		t.Helper()
-		require.Eventually(t, func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(got) >= len(want)
-		}, 10*time.Second, 10*time.Millisecond, "%v", want)
+		require.Eventually(t, func() bool { return len(rcv.events()) >= len(want) }, 10*time.Second, 10*time.Millisecond, "%v", want)
 		time.Sleep(50 * time.Millisecond) // a repeat would arrive by now
-		mu.Lock()
-		defer mu.Unlock()
-		require.Equal(t, want, got)
+		require.Equal(t, want, rcv.events())
 	}
 
-	task, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "x", Mode: "paint", Webhook: &taskhubv1.Webhook{Url: rcv.URL, ProgressIntervalSeconds: 1,
+	task, err := h.CreateTask(ctx, "alice", taskhub.TaskSpec{Prompt: "x", Mode: "paint", Webhook: &taskhubv1.Webhook{Url: rcv.url, ProgressIntervalSeconds: 1,
 		Events: []taskhubv1.EventKind{taskhubv1.EventKind_EVENT_KIND_STARTED, taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.EventKind_EVENT_KIND_COMPLETED}}})
 	require.NoError(t, err)
 	c := claim(t, h, "paint")
