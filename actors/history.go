@@ -18,7 +18,8 @@ import (
 // among 5000 users' running tasks, against 25 µs for one user's alone).
 //
 // It holds the last maxHistory/2 to maxHistory events in two generations: when the newer one
-// is full, the older one goes and floor moves up to where the newer one began. An event before
+// is full (of events, or of keys), the older one goes and floor moves up to where the newer one
+// began. An event before
 // floor is not indexed, and the replay reads the log as before. The caller (the feed) holds its
 // lock.
 type history struct {
@@ -29,10 +30,14 @@ type history struct {
 }
 
 // maxHistory is how many events a history indexes at most: 8 bytes each, 16 MiB in all (32 with
-// the room slices grow into), and about 100 bytes more for each key of a generation (its map
-// entry, its smallest slice): up to 200 MiB if every event were another key's, as with tasks of
-// one event each. At 10,000 events a second that is the last 100 to 200 s.
-const maxHistory = 1 << 21
+// the room slices grow into). At 10,000 events a second that is the last 100 to 200 s.
+// maxHistoryKeys bounds the keys a generation holds, about 100 bytes each (its map entry, its
+// smallest slice): a generation with that many ends early, so that events of many keys with
+// few events each (tasks with a webhook that end at once) hold at most about 50 MiB.
+const (
+	maxHistory     = 1 << 21
+	maxHistoryKeys = 1 << 18
+)
 
 // start indexes every event from seq on.
 func (h *history) start(seq uint64) {
@@ -45,7 +50,7 @@ func (h *history) add(key string, seq uint64) {
 	if h.floor == 0 {
 		return
 	}
-	if h.curN >= maxHistory/2 {
+	if h.curN >= maxHistory/2 || len(h.cur) >= maxHistoryKeys/2 && h.cur[key] == nil {
 		h.old, h.cur = h.cur, make(map[string][]uint64, len(h.cur))
 		h.floor, h.curFrom, h.curN = h.curFrom, seq, 0
 	}

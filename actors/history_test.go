@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -78,6 +79,26 @@ func TestHistory(t *testing.T) {
 		}
 	}
 	require.LessOrEqual(t, held, maxHistory)
+}
+
+// TestHistory_KeysBound: a generation full of keys, each with one event, ends early: the index
+// holds at most maxHistoryKeys keys, and the newest events stay covered.
+func TestHistory_KeysBound(t *testing.T) {
+	var h history
+	h.start(1)
+	n := uint64(maxHistoryKeys * 2)
+	for seq := uint64(1); seq <= n; seq++ {
+		h.add(fmt.Sprint("t", seq), seq)
+	}
+	require.LessOrEqual(t, len(h.old)+len(h.cur), maxHistoryKeys)
+	got, covered := h.next(fmt.Sprint("t", n), n)
+	require.True(t, covered)
+	require.Equal(t, n, got)
+	_, covered = h.next("t1", 1)
+	require.False(t, covered, "the oldest keys' generation went")
+	h.add(fmt.Sprint("t", n), n+1) // a key it holds does not end the generation
+	got, _ = h.next(fmt.Sprint("t", n), n+1)
+	require.Equal(t, n+1, got)
 }
 
 // fakeReads is a log that holds entries by sequence, for indexedRead.
