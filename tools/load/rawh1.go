@@ -92,29 +92,12 @@ func (w *watcher) readH1(conn net.Conn) error {
 	if want := "application/connect+" + cfg.codec; w.contentType != want {
 		return fmt.Errorf("the response is %q, not %q", w.contentType, want)
 	}
-	var head [5]byte
 	var buf []byte
 	var jp fastjson.Parser
 	for {
-		if _, err := io.ReadFull(res.Body, head[:]); err != nil {
+		b, err := nextEnvelope(res.Body, &buf)
+		if err != nil {
 			return err
-		}
-		size := binary.BigEndian.Uint32(head[1:])
-		if size > maxMessage {
-			return fmt.Errorf("a message of %d bytes, above the %d allowed", size, maxMessage)
-		}
-		if cap(buf) < int(size) {
-			buf = make([]byte, size)
-		}
-		b := buf[:size]
-		if _, err := io.ReadFull(res.Body, b); err != nil {
-			return err
-		}
-		switch {
-		case head[0]&flagEndStream != 0:
-			return endStreamError(b)
-		case head[0]&flagCompressed != 0:
-			return errors.New("a compressed message, though the request did not accept compression")
 		}
 		m, err := decodeMessage(cfg.codec, b, &jp)
 		if err != nil {
@@ -129,6 +112,34 @@ func (w *watcher) readH1(conn net.Conn) error {
 			w.stoppedFor = time.Since(now)
 		}
 	}
+}
+
+// nextEnvelope reads the next message of a Connect stream from r into *buf (grown as needed)
+// and returns it. The stream's end is returned as its error, and so is a compressed message (no
+// request here accepts compression).
+func nextEnvelope(r io.Reader, buf *[]byte) ([]byte, error) {
+	var head [5]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return nil, err
+	}
+	size := binary.BigEndian.Uint32(head[1:])
+	if size > maxMessage {
+		return nil, fmt.Errorf("a message of %d bytes, above the %d allowed", size, maxMessage)
+	}
+	if cap(*buf) < int(size) {
+		*buf = make([]byte, size)
+	}
+	b := (*buf)[:size]
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	switch {
+	case head[0]&flagEndStream != 0:
+		return nil, endStreamError(b)
+	case head[0]&flagCompressed != 0:
+		return nil, errors.New("a compressed message, though the request did not accept compression")
+	}
+	return b, nil
 }
 
 // decodeMessage decodes a WatchTasksResponse. A JSON progress event, nearly every message of a

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +16,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/valyala/fastjson"
+
+	taskhubv1 "github.com/taskhub/taskhub/gen/taskhub/v1"
 
 	"github.com/taskhub/taskhub/rpc"
 )
@@ -182,18 +185,6 @@ type resumed struct {
 	violation string // the first thing wrong
 }
 
-// watchMessage is the part of a WatchTasksResponse in JSON that resume reads.
-type watchMessage struct {
-	Snapshot *struct {
-		Epoch     string `json:"epoch"`
-		Seq       uint64 `json:"seq,string"`
-		Recovered bool   `json:"recovered"`
-	} `json:"snapshot"`
-	Event *struct {
-		Seq uint64 `json:"seq,string"`
-	} `json:"event"`
-}
-
 // readWatch opens a WatchTasks stream with body (JSON) as token's user and reads it into r until
 // it sends nothing for quiet, failing if it has not by timeout.
 func readWatch(ctx context.Context, hc *http.Client, base, token, body string, quiet, timeout time.Duration, r *resumed) error {
@@ -217,27 +208,25 @@ func readWatch(ctx context.Context, hc *http.Client, base, token, body string, q
 	if res.StatusCode != http.StatusOK {
 		return fmt.Errorf("HTTP %s", res.Status)
 	}
-	msgs, errs := make(chan []byte), make(chan error, 1)
+	msgs, errs := make(chan *taskhubv1.WatchTasksResponse), make(chan error, 1)
 	go func() { // it sends its one error, then closes msgs
 		defer close(msgs)
 		br := bufio.NewReader(res.Body)
+		var buf []byte
+		var jp fastjson.Parser
 		for {
-			var h [5]byte
-			if _, err := io.ReadFull(br, h[:]); err != nil {
+			b, err := nextEnvelope(br, &buf) // a watch does not end itself: its end is an error
+			if err != nil {
 				errs <- err
 				return
 			}
-			p := make([]byte, binary.BigEndian.Uint32(h[1:]))
-			if _, err := io.ReadFull(br, p); err != nil {
+			m, err := decodeMessage(codecJSON, b, &jp)
+			if err != nil {
 				errs <- err
-				return
-			}
-			if h[0]&2 != 0 { // the stream's end: an error, since a watch does not end itself
-				errs <- fmt.Errorf("the stream ended: %s", p)
 				return
 			}
 			select {
-			case msgs <- p:
+			case msgs <- m:
 			case <-ctx.Done():
 				errs <- ctx.Err()
 				return
@@ -248,25 +237,22 @@ func readWatch(ctx context.Context, hc *http.Client, base, token, body string, q
 	defer t.Stop()
 	for first := true; ; first = false {
 		select {
-		case p, ok := <-msgs:
+		case m, ok := <-msgs:
 			if !ok {
 				return <-errs
 			}
-			var m watchMessage
-			if err := json.Unmarshal(p, &m); err != nil {
-				return err
-			}
+			snap, ev := m.GetSnapshot(), m.GetEvent()
 			switch {
-			case first && m.Snapshot == nil:
+			case first && snap == nil:
 				return errors.New("the first message is not a snapshot")
 			case first:
-				r.epoch, r.snapSeq, r.recovered, r.last = m.Snapshot.Epoch, m.Snapshot.Seq, m.Snapshot.Recovered, m.Snapshot.Seq
-			case m.Event != nil:
-				if m.Event.Seq <= r.last && r.violation == "" {
-					r.violation = fmt.Sprintf("event seq %d after %d", m.Event.Seq, r.last)
+				r.epoch, r.snapSeq, r.recovered, r.last = snap.Epoch, snap.Seq, snap.Recovered, snap.Seq
+			case ev != nil:
+				if ev.Seq <= r.last && r.violation == "" {
+					r.violation = fmt.Sprintf("event seq %d after %d", ev.Seq, r.last)
 				}
 				r.events++
-				r.last = m.Event.Seq
+				r.last = ev.Seq
 			}
 			t.Reset(quiet)
 		case <-t.C:
