@@ -333,7 +333,7 @@ func (w *Watch) replay(ctx context.Context, work *replayWork) error {
 // asking the log (see indexedRead).
 func (w *Watch) next(ctx context.Context, filter string, seq, to uint64) (*eventlog.Entry, error) {
 	index := func(seq uint64) (uint64, bool) { return w.h.feed.nextOf(w.owner, seq) }
-	prefix := filter[:len(filter)-1] // "tasks.<owner>."
+	prefix := eventlog.Subject(w.owner, "") // of each of the owner's tasks' subjects
 	return indexedRead(ctx, w.h.log, index, filter, func(subject string) bool { return strings.HasPrefix(subject, prefix) }, seq, to)
 }
 

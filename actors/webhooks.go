@@ -235,8 +235,9 @@ func (k *hooks) run(ctx context.Context, l *hookLoop) {
 		if send && ev.Kind == taskhubv1.EventKind_EVENT_KIND_PROGRESS && cur.ProgressSentAt != nil {
 			next := cur.ProgressSentAt.AsTime().Add(webhook.ProgressInterval(wh))
 			if ev.Time.AsTime().Before(next) {
-				// Too soon after the last: skipped if a later event is stored; else sent when
-				// the interval is over, unless a later event comes first.
+				// Too soon after the last: skipped if a later event is stored (as far as this
+				// node's feed has applied, see next); else sent when the interval is over,
+				// unless a later event comes first.
 				call, cancel := context.WithTimeout(ctx, hookCall)
 				_, err := k.next(call, l, subject, e.Seq+1)
 				cancel()
