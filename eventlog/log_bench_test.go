@@ -11,17 +11,24 @@ import (
 	"github.com/taskhub/taskhub/eventlog"
 )
 
+// benchLog opens an event log as cfg asks, in a temp dir, closed when b ends.
+func benchLog(b *testing.B, cfg eventlog.Config) *eventlog.Log {
+	b.Helper()
+	cfg.DataDir, cfg.Logger = b.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil))
+	l, err := eventlog.Open(b.Context(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	return l
+}
+
 // BenchmarkLog_Append appends the CREATED event of a new task, one writer, with the default
 // sync policy and with an fsync on every write (--fsync).
 func BenchmarkLog_Append(b *testing.B) {
 	for _, fsync := range []bool{false, true} {
 		b.Run(fmt.Sprintf("fsync=%v", fsync), func(b *testing.B) {
-			l, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(), SyncAlways: fsync,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
+			l := benchLog(b, eventlog.Config{SyncAlways: fsync})
 			b.ReportAllocs()
 			for i := range b.N {
 				id := fmt.Sprintf("T%d", i)
@@ -39,12 +46,7 @@ func BenchmarkLog_Append(b *testing.B) {
 // (owner "*", which JetStream answers by matching every owner's subjects) and by its owner and
 // id.
 func BenchmarkLog_Last(b *testing.B) {
-	l, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
+	l := benchLog(b, eventlog.Config{})
 	const owners = 5000
 	for i := range owners {
 		rec := record(fmt.Sprintf("T%d", i), taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED)
@@ -77,13 +79,9 @@ func BenchmarkLog_Last(b *testing.B) {
 func BenchmarkLog_Next(b *testing.B) {
 	for _, owners := range []int{1, 100, 5000} {
 		b.Run(fmt.Sprintf("owners=%d", owners), func(b *testing.B) {
-			l, err := eventlog.Open(b.Context(), eventlog.Config{DataDir: b.TempDir(),
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
+			l := benchLog(b, eventlog.Config{})
 			const events = 100_000
+			var err error
 			last := make([]uint64, owners)
 			for i := range events {
 				o := i % owners
