@@ -33,3 +33,32 @@ func OwnHeld(l *Log) (waiting, bytes int) {
 	defer l.own.mu.Unlock()
 	return len(l.own.waiting), l.own.bytes
 }
+
+// Batches tells how l's appends went in batches: how many are queued, how many batches were
+// sent and how many appends in them (zeros when l sends no batches).
+func Batches(l *Log) (queued int, batches, appends uint64) {
+	if l.batch == nil {
+		return 0, 0, 0
+	}
+	l.batch.mu.Lock()
+	defer l.batch.mu.Unlock()
+	return len(l.batch.queue), l.batch.n, l.batch.sent
+}
+
+// HoldBatches keeps l's appends queued, as if a batch were in flight, until release: they then
+// go together, in the order they were made.
+func HoldBatches(l *Log) (release func()) {
+	b := l.batch
+	b.mu.Lock()
+	b.running = true
+	b.mu.Unlock()
+	return func() { go b.run() }
+}
+
+// DisallowBatches turns fast batch publishing off in l's event stream, behind l's back.
+func DisallowBatches(t *testing.T, l *Log) {
+	cfg := l.events.CachedInfo().Config
+	cfg.AllowBatchPublish = false
+	_, err := l.js.UpdateStream(t.Context(), cfg)
+	require.NoError(t, err)
+}

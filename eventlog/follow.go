@@ -53,6 +53,7 @@ func (l *Log) follow(ctx context.Context, from uint64, fn func(e *Entry, pending
 		return nil, err
 	}
 	l.followers.Store(f, struct{}{})
+	l.following.Add(1)
 	l.wg.Go(f.watch)
 	return f.stop, nil
 }
@@ -168,6 +169,7 @@ func (f *follower) stop() {
 		f.cc.Stop()
 		f.mu.Unlock()
 		f.l.followers.Delete(f)
+		f.l.following.Add(-1)
 		close(f.done)
 	})
 }

@@ -108,6 +108,8 @@ type Log struct {
 	appended       atomic.Uint64 // the highest sequence this process appended
 	own            own           // the records this process appended, for the followers (own.go)
 	followers      sync.Map      // *follower: the live ones (a test stalls them)
+	following      atomic.Int32  // how many followers are live
+	batch          *batcher      // nil: appends are a request each (batch.go)
 	followRestarts atomic.Uint64 // consumers the followers replaced (follow.go)
 
 	health    health
@@ -162,9 +164,23 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.Close()
 		return nil, err
 	}
+	if l.fastBatches() {
+		b, err := newBatcher(l)
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.batch = b
+	}
 	l.wg.Add(1)
 	go l.watch()
 	return l, nil
+}
+
+// fastBatches reports whether appends go to the event stream in fast batches (batch.go): with
+// the embedded server of a single node.
+func (l *Log) fastBatches() bool {
+	return l.emb != nil && !l.cfg.Cluster.Enabled() && l.cfg.Replicas == 1
 }
 
 func (l *Log) connect() error {
@@ -247,6 +263,8 @@ func (l *Log) createStreams(ctx context.Context) error {
 		Retention:   jetstream.LimitsPolicy,
 		Replicas:    l.cfg.Replicas,
 		AllowDirect: direct,
+		// The embedded server alone: its stream has one writer's process, and one copy.
+		AllowBatchPublish: l.fastBatches(),
 	})
 	if err != nil {
 		return fmt.Errorf("eventlog: create stream %s: %w", EventStream, err)
@@ -524,11 +542,25 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 	subject := Subject(task.Owner, task.Id)
 	// Held for the followers from before it is sent: one may get the message before this gets
 	// its acknowledgement (own.go).
-	held := l.own.expect(subject, expectLast, rec, data)
+	var x *batched // the append in a batch, when appends go in batches (batch.go)
+	if l.batching() {
+		x = &batched{done: make(chan struct{})}
+	}
+	held := l.own.expect(subject, expectLast, rec, data, x)
 	defer func() { l.own.drop(held) }() // unless stored settled it: the append failed, or may not have landed
 	// The fence makes a second attempt safe: if the first landed after all, the second is
 	// refused as a conflict, and the event found after expectLast is this one.
-	seq, attempts, err := l.publish(ctx, fenced(subject, data, expectLast))
+	m, attempts := fenced(subject, data, expectLast), 1
+	if x != nil && held != nil { // a follower can number it
+		x.m = m
+		seq, err = l.batch.append(ctx, x)
+		if batchRefused(err) { // not stored: the server took no batch, so send it alone
+			m.Reply = ""
+			seq, attempts, err = l.publish(ctx, m)
+		}
+	} else {
+		seq, attempts, err = l.publish(ctx, m)
+	}
 	// stored numbers rec as decode numbers a message, and hands it to the followers unless one
 	// has passed it (it may have decoded its message, when it was not held).
 	stored := func(seq uint64) (uint64, error) {

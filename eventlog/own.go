@@ -63,14 +63,16 @@ type fence struct {
 type expected struct {
 	key   fence
 	rec   *storagev1.Record
-	data  []byte // rec encoded, as sent
-	taken bool   // a follower took it, and numbered it
+	data  []byte   // rec encoded, as sent
+	taken bool     // a follower took it, and numbered it
+	batch *batched // its append in a batch, which learns its sequence when a follower takes it
 }
 
-// expect holds rec, encoded as data, about to be appended to subject after last, and returns
-// what stored or drop settles; nil when the records held are ownBytes already, or another
-// append for the same pair is in flight (a task's actor and its successor: one will fail).
-func (o *own) expect(subject string, last uint64, rec *storagev1.Record, data []byte) *expected {
+// expect holds rec, encoded as data, about to be appended to subject after last (in batch x,
+// or nil), and returns what stored or drop settles; nil when the records held are ownBytes
+// already, or another append for the same pair is in flight (a task's actor and its successor:
+// one will fail).
+func (o *own) expect(subject string, last uint64, rec *storagev1.Record, data []byte, x *batched) *expected {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	key := fence{subject, last}
@@ -80,7 +82,7 @@ func (o *own) expect(subject string, last uint64, rec *storagev1.Record, data []
 	if o.waiting == nil {
 		o.waiting = map[fence]*expected{}
 	}
-	e := &expected{key: key, rec: rec, data: data}
+	e := &expected{key: key, rec: rec, data: data, batch: x}
 	o.waiting[key] = e
 	o.bytes += len(data)
 	return e
@@ -167,6 +169,9 @@ func (o *own) take(seq uint64, m fencedMsg) (rec *storagev1.Record) {
 			e.taken = true
 			rec = e.rec
 			number(rec, seq)
+			if e.batch != nil {
+				e.batch.settle(seq, nil)
+			}
 		}
 	}
 	return rec

@@ -112,9 +112,9 @@ func TestOwn_BeforeTheAcknowledgement(t *testing.T) {
 
 	// The follower first: it takes and numbers the record; the acknowledgement after changes nothing.
 	r := rec()
-	e := o.expect("tasks.a.1", 4, r, data)
+	e := o.expect("tasks.a.1", 4, r, data, nil)
 	require.NotNil(t, e)
-	require.Nil(t, o.expect("tasks.a.1", 4, rec(), data), "one append in flight a fence: another's fails")
+	require.Nil(t, o.expect("tasks.a.1", 4, rec(), data, nil), "one append in flight a fence: another's fails")
 	require.Equal(t, len(data), o.bytes)
 	require.Same(t, r, o.take(9, msg{"tasks.a.1", data, "4"}))
 	require.Equal(t, uint64(9), r.Event.Seq)
@@ -126,7 +126,7 @@ func TestOwn_BeforeTheAcknowledgement(t *testing.T) {
 
 	// The acknowledgement first: the record moves to the ring, numbered, and is taken by sequence.
 	r = rec()
-	e = o.expect("tasks.a.1", 9, r, data)
+	e = o.expect("tasks.a.1", 9, r, data, nil)
 	o.stored(e, r, 12, len(data))
 	o.drop(e)
 	require.Equal(t, uint64(12), r.Event.Seq)
@@ -137,7 +137,7 @@ func TestOwn_BeforeTheAcknowledgement(t *testing.T) {
 	// Another writer's message for the same fence (its append won) has other bytes: not this
 	// record, which its appender drops when its append is refused.
 	r = rec()
-	e = o.expect("tasks.a.1", 12, r, data)
+	e = o.expect("tasks.a.1", 12, r, data, nil)
 	require.Nil(t, o.take(13, msg{"tasks.a.1", []byte("another writer's record"), "12"}))
 	require.Nil(t, o.take(14, msg{"tasks.a.2", data, "12"}), "another task's")
 	require.Nil(t, o.take(15, msg{"tasks.a.1", data, ""}), "no fence")
@@ -149,7 +149,7 @@ func TestOwn_BeforeTheAcknowledgement(t *testing.T) {
 
 	// An append the follower passed before its acknowledgement came is not held after it.
 	r = rec()
-	e = o.expect("tasks.a.1", 13, r, data)
+	e = o.expect("tasks.a.1", 13, r, data, nil)
 	require.Nil(t, o.take(17, probe()))
 	o.stored(e, r, 16, len(data))
 	require.Equal(t, uint64(16), r.Event.Seq)
@@ -157,9 +157,9 @@ func TestOwn_BeforeTheAcknowledgement(t *testing.T) {
 
 	// Bounded in bytes: a record that does not fit is not held, and is numbered when stored.
 	big := make([]byte, ownBytes)
-	require.NotNil(t, o.expect("tasks.a.3", 0, rec(), big))
+	require.NotNil(t, o.expect("tasks.a.3", 0, rec(), big, nil))
 	r = rec()
-	require.Nil(t, o.expect("tasks.a.4", 0, r, data))
+	require.Nil(t, o.expect("tasks.a.4", 0, r, data, nil))
 	o.stored(nil, r, 20, len(data))
 	require.Equal(t, uint64(20), r.Event.Seq)
 }
