@@ -62,11 +62,19 @@ func newMetrics(hub *actors.Hub, log *eventlog.Log, conns *limitedListener, auth
 		Name: "taskhub_event_log_follower_restarts_total",
 		Help: "Consumers this node's event log follower replaced because they stalled while it was behind this node's writes.",
 	}, func() float64 { return float64(log.FollowerRestarts()) })
+	batches := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "taskhub_event_log_batches_total",
+		Help: "Batches this node sent to the event log: the appends made while one was being stored go together in the next.",
+	}, func() float64 { n, _ := log.Batches(); return float64(n) })
+	batched := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "taskhub_event_log_batched_appends_total",
+		Help: "Appends this node sent to the event log in batches (divided by taskhub_event_log_batches_total: the mean batch).",
+	}, func() float64 { _, n := log.Batches(); return float64(n) })
 	stalled := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "taskhub_write_timeouts_total",
 		Help: "Writes that failed because their client took none of them for --write-timeout: each cost its client the connection.",
 	}, func() float64 { return float64(conns.stalled.Load()) })
-	m.registry.MustRegister(m.calls, m.batched, m.lag, build, hubCollector{hub}, restarts, stalled,
+	m.registry.MustRegister(m.calls, m.batched, m.lag, build, hubCollector{hub}, restarts, batches, batched, stalled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -118,6 +118,8 @@ func TestMetrics(t *testing.T) {
 		require.Equal(t, n, value("taskhub_events_appended_total", map[string]string{"kind": kind}), kind)
 	}
 	require.Equal(t, 7.0, value("taskhub_event_log_append_seconds", nil), "one observation per append")
+	require.Equal(t, 7.0, value("taskhub_event_log_batched_appends_total", nil), "every append went in a batch")
+	require.InDelta(t, 4.0, value("taskhub_event_log_batches_total", nil), 3.0, "of one to seven appends")
 	require.Equal(t, 1.0, value("taskhub_watches_open", nil))
 	require.GreaterOrEqual(t, value("taskhub_watch_messages_total", nil), float64(1+len(got)), "the snapshot and the events")
 	// The watch is on an HTTP/1.1 connection of its own, which takes every write at once.
