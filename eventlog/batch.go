@@ -2,10 +2,12 @@ package eventlog
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +24,10 @@ const maxBatch = 1000
 // about it: its message may or may not be stored.
 var errBatchLost = errors.New("eventlog: the batch of the append was not acknowledged")
 
+// errNotSent is what an append fails with when its message was never sent: its caller's
+// context ended while it waited for its batch.
+var errNotSent = errors.New("eventlog: the append was not sent")
+
 // Batches is how many batches this process sent to the event stream, and how many appends
 // they carried (batch.go; zeros when appends are a request each).
 func (l *Log) Batches() (batches, appends uint64) {
@@ -35,8 +41,12 @@ func (l *Log) Batches() (batches, appends uint64) {
 
 // batchRefused reports whether err is the server's refusal of a batch rather than of its
 // message (fast batches turned off in the stream, too many in flight, a batch it does not
-// know): the message was not stored, and can be sent alone.
+// know), or no stream's answer: the message was not stored, and can be sent alone, as a
+// request, which waits a moment for a stream that is not listening.
 func batchRefused(err error) bool {
+	if errors.Is(err, nats.ErrNoResponders) {
+		return true // no stream listened (a server restarting): a request waits for one
+	}
 	apiErr, ok := errors.AsType[*jetstream.APIError](err)
 	if !ok {
 		return false
@@ -84,11 +94,12 @@ type batchAck struct {
 
 // batched is an append in a batcher.
 type batched struct {
-	m    *nats.Msg
-	seq  uint64 // its sequence, or
-	err  error  // why it failed: a refusal, or errBatchLost; both set before done closes
-	once sync.Once
-	done chan struct{}
+	m      *nats.Msg
+	queued bool   // in the batcher's queue, not sent yet (under the batcher's lock)
+	seq    uint64 // its sequence, or
+	err    error  // why it failed: a refusal, or errBatchLost; both set before done closes
+	once   sync.Once
+	done   chan struct{}
 }
 
 // settle ends x's wait with its sequence or an error, once.
@@ -128,6 +139,7 @@ func (b *batcher) append(ctx context.Context, x *batched) (uint64, error) {
 	}
 	b.mu.Lock()
 	b.queue = append(b.queue, x)
+	x.queued = true
 	first := !b.running
 	b.running = true
 	b.mu.Unlock()
@@ -141,8 +153,20 @@ func (b *batcher) append(ctx context.Context, x *batched) (uint64, error) {
 	case <-x.done:
 		return x.seq, x.err
 	case <-ctx.Done():
-		return 0, ctx.Err()
+	case <-b.l.life.Done():
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-x.done: // settled meanwhile
+		return x.seq, x.err
+	default:
+	}
+	if x.queued { // never sent: take it back
+		b.queue = slices.DeleteFunc(b.queue, func(y *batched) bool { return y == x })
+		return 0, fmt.Errorf("%w: %w", errNotSent, cmp.Or(ctx.Err(), b.l.life.Err()))
+	}
+	return 0, cmp.Or(ctx.Err(), errBatchLost)
 }
 
 // run sends batches until none is queued.
@@ -162,6 +186,9 @@ func (b *batcher) next() bool {
 		return false
 	}
 	batch := b.queue[:n:n]
+	for _, x := range batch {
+		x.queued = false
+	}
 	b.queue = b.queue[n:]
 	if len(b.queue) == 0 {
 		b.queue = nil
@@ -210,11 +237,22 @@ func (b *batcher) send(id uint64, batch []*batched) {
 		msgs = append(msgs, x.m)
 	}
 	if len(batch) > 1 {
-		msgs = append(msgs, &nats.Msg{Subject: batch[len(batch)-1].m.Subject, Reply: fast(len(batch)+1, 3)}) // commit, end of batch
+		// Commit, end of batch: not stored; on the probes' subject, which holds no task, were
+		// it ever stored.
+		msgs = append(msgs, &nats.Msg{Subject: probeEvents, Reply: fast(len(batch)+1, 3)})
+	}
+	select {
+	case <-b.acked: // a batch's before, answered after its wait ended
+	default:
 	}
 	sent := 0
 	for _, m := range msgs {
-		if b.l.nc.PublishMsg(m) != nil {
+		if err := b.l.nc.PublishMsg(m); err != nil {
+			// Not sent, this and the rest (while the connection is made again, at once):
+			// stored is only what was sent before, which the server may not acknowledge.
+			for _, x := range batch[min(sent, len(batch)):] {
+				x.settle(0, err)
+			}
 			break
 		}
 		sent++
@@ -285,12 +323,19 @@ func (b *batcher) reply(m *nats.Msg) {
 			Seq   uint64              `json:"seq"`
 			Error *jetstream.APIError `json:"error"`
 		}
-		if json.Unmarshal(m.Data, &r) == nil && r.Type == "err" && r.Error != nil && r.Seq >= 1 && r.Seq <= uint64(len(b.cur)) {
-			b.cur[r.Seq-1].settle(0, fmt.Errorf("nats: %w", r.Error))
+		if json.Unmarshal(m.Data, &r) == nil && r.Type == "err" && r.Seq >= 1 && r.Seq <= uint64(len(b.cur)) {
+			if r.Error == nil {
+				b.cur[r.Seq-1].settle(0, errBatchLost)
+			} else {
+				b.cur[r.Seq-1].settle(0, fmt.Errorf("nats: %w", r.Error))
+			}
 		}
 		return
 	}
 	seq, err := pubAck(m.Data)
+	if m.Header.Get("Status") == "503" {
+		err = nats.ErrNoResponders // no stream listened: nothing stored
+	}
 	switch {
 	case !fast: // a batch of one: its message's own answer, as a request's
 		if err == nil && seq == 0 {

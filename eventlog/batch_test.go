@@ -189,3 +189,32 @@ func TestLog_BatchRefusedWholeIsSentAlone(t *testing.T) {
 	}
 	require.EventuallyWithT(t, func(c *assert.CollectT) { require.Len(c, got(), len(recs)) }, 5*time.Second, time.Millisecond)
 }
+
+// An append whose caller gives up while it waits for its batch is taken back: never sent, it
+// fails as unavailable, and leaves the log ready.
+func TestLog_BatchedAppendGivenUpIsNotSent(t *testing.T) {
+	t.Parallel()
+	l := setup(t)
+	followAll(t, l)
+	release := eventlog.HoldBatches(l)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	_, err := l.Append(ctx, record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	require.ErrorIs(t, err, eventlog.ErrUnavailable)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	queued, _, sent := eventlog.Batches(l)
+	require.Zero(t, queued)
+	release()
+	require.NoError(t, l.Ready(), "a caller's deadline is no failure of the log's")
+	_, err = l.Last(t.Context(), "alice", "T1")
+	require.ErrorIs(t, err, eventlog.ErrNotFound)
+	_, _, after := eventlog.Batches(l)
+	require.Equal(t, sent, after, "nothing was sent")
+
+	// The next append goes as usual.
+	seq, err := l.Append(t.Context(), record("T1", taskhubv1.EventKind_EVENT_KIND_CREATED, taskhubv1.TaskState_TASK_STATE_QUEUED), 0)
+	require.NoError(t, err)
+	last, err := l.Last(t.Context(), "alice", "T1")
+	require.NoError(t, err)
+	require.Equal(t, seq, last.Seq)
+}

@@ -557,6 +557,7 @@ func (l *Log) Append(ctx context.Context, rec *storagev1.Record, expectLast uint
 		if batchRefused(err) { // not stored: the server took no batch, so send it alone
 			m.Reply = ""
 			seq, attempts, err = l.publish(ctx, m)
+			attempts++ // a conflict looks for it in the log all the same
 		}
 	} else {
 		seq, attempts, err = l.publish(ctx, m)
@@ -681,7 +682,7 @@ func mayBeStored(err error) bool {
 		return false
 	}
 	return !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) &&
-		!errors.Is(err, nats.ErrReconnectBufExceeded)
+		!errors.Is(err, nats.ErrReconnectBufExceeded) && !errors.Is(err, errNotSent)
 }
 
 // Last returns the last event of a task: its current state. Owner may be "*".
