@@ -121,22 +121,7 @@ func TestLog_BatchedAppendsUnderLoad(t *testing.T) {
 
 	got := followAll(t, l)
 	const tasks, each = 200, 10
-	appended := make([][]*storagev1.Record, tasks)
-	var wg sync.WaitGroup
-	for i := range tasks {
-		wg.Go(func() {
-			last := uint64(0)
-			for range each {
-				r := record(fmt.Sprintf("T%d", i), taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING)
-				seq, err := l.Append(ctx, r, last)
-				if !assert.NoError(t, err) {
-					return
-				}
-				appended[i], last = append(appended[i], r), seq
-			}
-		})
-	}
-	wg.Wait()
+	appended := appendAtOnce(t, l, tasks, each)
 	_, batches, sent := eventlog.Batches(l)
 	require.Equal(t, uint64(tasks*each), sent, "every append went in a batch")
 	require.Less(t, batches, sent/2, "appends made together went together")

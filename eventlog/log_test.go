@@ -158,20 +158,35 @@ func TestLog_FollowDeliversLastPerTaskThenLive(t *testing.T) {
 func TestLog_FollowHandsOnItsOwnRecords(t *testing.T) {
 	t.Parallel()
 	l := setup(t)
-	ctx := t.Context()
-	var mu sync.Mutex
-	got := map[uint64]*storagev1.Record{}
-	stop, err := l.Follow(ctx, func(e *eventlog.Entry, _ uint64) {
-		if e.Record != nil { // not the position a follower of an empty log starts at
-			mu.Lock()
-			defer mu.Unlock()
-			got[e.Seq] = e.Record
-		}
-	})
-	require.NoError(t, err)
-	defer stop()
-
+	got := followAll(t, l)
 	const tasks, each = 50, 20
+	appended := appendAtOnce(t, l, tasks, each)
+	var entries map[uint64]*eventlog.Entry
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		entries = got()
+		require.Equal(c, tasks*each, len(entries))
+	}, 10*time.Second, 10*time.Millisecond)
+	decoded := 0
+	for _, rs := range appended {
+		for _, r := range rs {
+			seq := r.Event.Seq
+			require.Equal(t, seq, r.Event.Task.Seq)
+			if entries[seq].Record != r {
+				decoded++
+				require.True(t, proto.Equal(r, entries[seq].Record), "%v\n%v", r, entries[seq].Record)
+			}
+		}
+	}
+	require.Zero(t, decoded, "of %d records appended, decoded again instead of handed on", tasks*each)
+	waiting, bytes := eventlog.OwnHeld(l)
+	require.Zero(t, waiting)
+	require.Zero(t, bytes, "every record held was taken")
+}
+
+// appendAtOnce has tasks tasks T0, T1... append each progress events at once, each task's one
+// after the other, and returns the records each appended, in order.
+func appendAtOnce(t *testing.T, l *eventlog.Log, tasks, each int) [][]*storagev1.Record {
+	t.Helper()
 	appended := make([][]*storagev1.Record, tasks)
 	var wg sync.WaitGroup
 	for i := range tasks {
@@ -179,7 +194,7 @@ func TestLog_FollowHandsOnItsOwnRecords(t *testing.T) {
 			last := uint64(0)
 			for range each {
 				r := record(fmt.Sprintf("T%d", i), taskhubv1.EventKind_EVENT_KIND_PROGRESS, taskhubv1.TaskState_TASK_STATE_RUNNING)
-				seq, err := l.Append(ctx, r, last)
+				seq, err := l.Append(t.Context(), r, last)
 				if !assert.NoError(t, err) || !assert.Equal(t, seq, r.Event.Seq) {
 					return
 				}
@@ -188,28 +203,7 @@ func TestLog_FollowHandsOnItsOwnRecords(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		mu.Lock()
-		defer mu.Unlock()
-		require.Equal(c, tasks*each, len(got))
-	}, 10*time.Second, 10*time.Millisecond)
-	mu.Lock()
-	defer mu.Unlock()
-	decoded := 0
-	for _, rs := range appended {
-		for _, r := range rs {
-			seq := r.Event.Seq
-			require.Equal(t, seq, r.Event.Task.Seq)
-			if got[seq] != r {
-				decoded++
-				require.True(t, proto.Equal(r, got[seq]), "%v\n%v", r, got[seq])
-			}
-		}
-	}
-	require.Zero(t, decoded, "of %d records appended, decoded again instead of handed on", tasks*each)
-	waiting, bytes := eventlog.OwnHeld(l)
-	require.Zero(t, waiting)
-	require.Zero(t, bytes, "every record held was taken")
+	return appended
 }
 
 func requireEnqueued(t *testing.T, l *eventlog.Log, mode, id string) {
