@@ -72,8 +72,7 @@ func batchRefused(err error) bool {
 // a plain publish, answered as a request is.
 type batcher struct {
 	l     *Log
-	inbox string // replies: inbox.<batch> (a batch of one), inbox.<batch>.<flow>.ok.<place>.<op>.$FI
-	sub   *nats.Subscription
+	inbox string        // replies: inbox.<batch> (a batch of one), inbox.<batch>.<flow>.ok.<place>.<op>.$FI
 	timer *time.Timer   // the batch in flight's deadline; only the goroutine sending uses it
 	acked chan batchAck // cap 1: the batch in flight's acknowledgement
 
@@ -114,11 +113,10 @@ func (x *batched) settle(seq uint64, err error) {
 func newBatcher(l *Log) (*batcher, error) {
 	b := &batcher{l: l, inbox: nats.NewInbox(), timer: time.NewTimer(time.Hour), acked: make(chan batchAck, 1)}
 	b.timer.Stop()
-	sub, err := l.nc.Subscribe(b.inbox+".>", b.reply)
-	if err != nil {
+	// The connection's close ends the subscription.
+	if _, err := l.nc.Subscribe(b.inbox+".>", b.reply); err != nil {
 		return nil, fmt.Errorf("eventlog: subscribe to the batches' replies: %w", err)
 	}
-	b.sub = sub
 	return b, nil
 }
 

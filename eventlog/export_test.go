@@ -37,12 +37,13 @@ func OwnHeld(l *Log) (waiting, bytes int) {
 // Batches tells how l's appends went in batches: how many are queued, how many batches were
 // sent and how many appends in them (zeros when l sends no batches).
 func Batches(l *Log) (queued int, batches, appends uint64) {
-	if l.batch == nil {
-		return 0, 0, 0
+	batches, appends = l.Batches()
+	if l.batch != nil {
+		l.batch.mu.Lock()
+		defer l.batch.mu.Unlock()
+		queued = len(l.batch.queue)
 	}
-	l.batch.mu.Lock()
-	defer l.batch.mu.Unlock()
-	return len(l.batch.queue), l.batch.n, l.batch.sent
+	return queued, batches, appends
 }
 
 // HoldBatches keeps l's appends queued, as if a batch were in flight, until release: they then
